@@ -1,0 +1,180 @@
+"""`raysweep check|train|tune SPEC`: load the spec, build, run, report.
+
+Exit codes: 0 success, 2 invalid input (spec, data, config), 1 a run that failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+
+from raysweep.data import ResolvedData, resolve_data
+from raysweep.errors import RunFailedError, UserInputError
+from raysweep.spec import Spec, load_spec
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="raysweep", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("spec", help="experiment spec (YAML), e.g. search_spaces/digits_mlp.yaml")
+        sub.add_argument("--set", dest="overrides", action="append", default=[],
+                         metavar="KEY.PATH=VALUE", help="override a spec field (repeatable)")
+        return sub
+
+    add("check", "Validate the spec and the data's schema; starts no Ray.")
+    train = add("train", "One data-parallel training run at the spec's fixed params.")
+    train.add_argument("--name", help="run name; re-using it resumes from the latest checkpoint "
+                                      "(default: SPEC_NAME-train)")
+    add("tune", "An Optuna sweep of data-parallel trials on Ray Tune.")
+    for sub in (train, commands.choices["tune"]):
+        sub.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, "
+                                           "else a local cluster started in-process)")
+    return parser
+
+
+def check_trainer(spec: Spec, source: str) -> None:
+    """The trainer module imports and defines train(ctx)."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(spec.trainer)
+    except Exception as exc:  # any import failure is the user's module
+        raise UserInputError(
+            f"{source}: trainer: cannot import {spec.trainer!r}: {type(exc).__name__}: {exc}"
+        ) from None
+    if not callable(getattr(module, "train", None)):
+        raise UserInputError(f"{source}: trainer: module {spec.trainer!r} defines no train(ctx)")
+
+
+def validate(spec_path: str, overrides: list[str]) -> tuple[Spec, ResolvedData]:
+    """Everything checked before Ray or MLflow start."""
+    spec = load_spec(spec_path, overrides)
+    check_trainer(spec, spec_path)
+    data = resolve_data(spec.data, spec_path)
+    if data.num_train_rows < spec.scaling.num_workers:
+        raise UserInputError(
+            f"{spec_path}: scaling.num_workers: {spec.scaling.num_workers} workers need at least "
+            f"as many training rows, got {data.num_train_rows}"
+        )
+    return spec, data
+
+
+def cmd_check(spec: Spec, data: ResolvedData, args: argparse.Namespace) -> int:
+    print(f"{args.spec}: ok: trainer {spec.trainer}, {len(data.features)} features, "
+          f"{data.num_train_rows} train rows in {len(data.train_files)} file(s), "
+          f"{data.num_validation_rows} validation rows, {len(spec.space)} searched params")
+    return EXIT_OK
+
+
+def cmd_train(spec: Spec, data: ResolvedData, args: argparse.Namespace) -> int:
+    import ray
+
+    from raysweep.cluster import connect
+    from raysweep.tracking import RunStore, TrainMetricsCallback, tracking_uri
+    from raysweep.training import TrainJob, build_trainer, storage_root
+
+    run_name = args.name or f"{spec.name}-train"
+    store = RunStore(tracking_uri(), spec.name)
+    run_id = store.open(f"train/{run_name}", run_name, params=spec.params)
+    store.client.log_text(run_id, spec_yaml(spec), "spec.yaml")
+    status = "FAILED"
+    try:
+        connect(args.address)
+        job = TrainJob.from_spec(spec, data, storage_root(spec))
+        callback = TrainMetricsCallback(store.uri, spec.name, run_id)
+        result = build_trainer(job, spec.params, run_name, callbacks=[callback]).fit()
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    except Exception as exc:
+        raise RunFailedError(f"training run {run_name!r} failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        store.close(run_id, status)
+        ray.shutdown()
+    metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+    print(f"run {run_name}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    print(f"checkpoint: {result.checkpoint.path if result.checkpoint else None}")
+    print(f"MLflow: {store.uri} experiment {spec.name!r}, run {run_id}")
+    return EXIT_OK
+
+
+def cmd_tune(spec: Spec, data: ResolvedData, args: argparse.Namespace) -> int:
+    import ray
+
+    from raysweep.cluster import cluster_capacity, connect
+    from raysweep.report import print_summary
+    from raysweep.sweep import run_sweep
+    from raysweep.tracking import RunStore, SweepTracker, tracking_uri
+    from raysweep.training import TrainJob, storage_root
+
+    sweep_id = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    store = RunStore(tracking_uri(), spec.name)
+    parent_id = store.open(f"sweep/{sweep_id}", sweep_id, params=sweep_params(spec))
+    store.client.log_text(parent_id, spec_yaml(spec), "spec.yaml")
+    tracker = SweepTracker(store, sweep_id, parent_id, spec.scheduler.metric,
+                           spec.scheduler.mode, spec.scheduler.max_epochs)
+    status = "FAILED"
+    try:
+        connect(args.address)
+        job = TrainJob.from_spec(spec, data, storage_root(spec))
+        outcome = run_sweep(spec, job, sweep_id, tracker, *cluster_capacity())
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracker.close_all(status)
+        ray.shutdown()
+    print_summary(spec, outcome, store.uri, parent_id)
+    finished = [t for t in tracker.trials.values() if t.status == "FINISHED"]
+    return EXIT_OK if finished else EXIT_FAILED
+
+
+def spec_yaml(spec: Spec) -> str:
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+
+
+def sweep_params(spec: Spec) -> dict[str, Any]:
+    """The parent run's params: fixed params and the sweep's settings, flattened."""
+    return {
+        "params": spec.params,
+        "sampler": spec.sampler.model_dump(),
+        "scheduler": spec.scheduler.model_dump(),
+        "budget": spec.budget.model_dump(),
+        "scaling": spec.scaling.model_dump(),
+        "trainer": spec.trainer,
+        "seed": spec.seed,
+    }
+
+
+COMMANDS = {"check": cmd_check, "train": cmd_train, "tune": cmd_tune}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        spec, data = validate(args.spec, args.overrides)
+        return COMMANDS[args.command](spec, data, args)
+    except UserInputError as exc:
+        print(f"raysweep: error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except RunFailedError as exc:
+        print(f"raysweep: run failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""What a trainer gets: its data shard, `report`, the state to resume, its rank.
+
+Trainers do not import Ray. The engine builds a `TrainContext` inside a Ray Train
+worker (see `raysweep.worker`), and tests build one in-process with
+`TrainContext.in_process`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from raysweep.data import (
+    iter_blocks,
+    num_train_batches,
+    train_batch_indices,
+    validation_block,
+)
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+ReportFn = Callable[[dict[str, float], "dict[str, Any] | None"], None]
+
+
+class NonFiniteMetricError(RuntimeError):
+    """A reported metric is NaN or infinite: the run stops and is marked FAILED."""
+
+
+@dataclass(frozen=True)
+class ArraySet:
+    """Features as one float32 matrix and the label column, in file order."""
+
+    features: np.ndarray
+    labels: np.ndarray
+
+    @classmethod
+    def from_columns(cls, columns: dict[str, np.ndarray], features: list[str], label: str) -> ArraySet:
+        matrix = np.stack([np.asarray(columns[n], dtype=np.float32) for n in features], axis=1)
+        return cls(np.ascontiguousarray(matrix), np.ascontiguousarray(columns[label]))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, rows: np.ndarray | slice) -> Batch:
+        return torch.from_numpy(self.features[rows]), torch.from_numpy(self.labels[rows])
+
+
+@dataclass
+class TrainContext:
+    """Everything one worker's training code may use.
+
+    Attributes:
+        params: fixed params merged with this trial's sampled ones.
+        num_epochs: epochs to train (the scheduler may stop the run earlier).
+        start_epoch: first epoch to run (0, or the one after a resumed checkpoint).
+        checkpoint: the state dict a previous `report` saved, or None.
+    """
+
+    params: dict[str, Any]
+    num_epochs: int
+    seed: int
+    train: ArraySet
+    validation: ArraySet
+    report_fn: ReportFn
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    checkpoint: dict[str, Any] | None = None
+
+    @property
+    def start_epoch(self) -> int:
+        return 0 if self.checkpoint is None else int(self.checkpoint["epoch"]) + 1
+
+    def num_train_batches(self, batch_size: int) -> int:
+        return num_train_batches(len(self.train), self.world_size, batch_size)
+
+    def train_batches(self, epoch: int, batch_size: int) -> Iterator[Batch]:
+        """This rank's shard for `epoch`: seeded shuffle, same batch count on every rank."""
+        for rows in train_batch_indices(
+            len(self.train), self.rank, self.world_size, batch_size, self.seed, epoch
+        ):
+            yield self._to_device(self.train.take(rows))
+
+    def validation_batches(self, batch_size: int) -> Iterator[Batch]:
+        """This rank's block of the validation set; all blocks cover every row once."""
+        block = validation_block(len(self.validation), self.rank, self.world_size)
+        for rows in iter_blocks(len(self.validation), batch_size, block):
+            yield self._to_device(self.validation.take(rows))
+
+    def _to_device(self, batch: Batch) -> Batch:
+        return batch[0].to(self.device), batch[1].to(self.device)
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Move to the device; wrap in DistributedDataParallel when world_size > 1."""
+        model = model.to(self.device)
+        if self.world_size > 1 and dist.is_initialized():
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        return model
+
+    def all_reduce_sum(self, values: list[float]) -> list[float]:
+        """Sums `values` across ranks (identity for one worker)."""
+        if self.world_size == 1 or not dist.is_initialized():
+            return list(values)
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    def report(self, metrics: dict[str, float], checkpoint: dict[str, Any] | None = None) -> None:
+        """Report one epoch's metrics (rank 0's travel up) and optionally its state.
+
+        `metrics` must hold the 0-based `epoch`; `epochs_completed` is added.
+
+        Every rank must call it once per epoch. A NaN or infinite metric raises
+        NonFiniteMetricError, which fails the run.
+        """
+        if "epoch" not in metrics:
+            raise ValueError("report() needs metrics['epoch'] (0-based)")
+        bad = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)}
+        if bad:
+            raise NonFiniteMetricError(f"non-finite metric(s) {bad} at epoch {metrics['epoch']}")
+        # The scheduler's clock: ASHA's grace period counts completed epochs.
+        metrics = {**metrics, "epochs_completed": int(metrics["epoch"]) + 1}
+        self.report_fn(metrics, checkpoint if self.rank == 0 else None)
+
+    @classmethod
+    def in_process(
+        cls,
+        train: ArraySet,
+        validation: ArraySet,
+        params: dict[str, Any],
+        num_epochs: int,
+        seed: int = 0,
+        checkpoint: dict[str, Any] | None = None,
+    ) -> tuple[TrainContext, list[tuple[dict[str, float], dict[str, Any] | None]]]:
+        """A one-worker context without Ray; returns it and the list `report` fills."""
+        reports: list[tuple[dict[str, float], dict[str, Any] | None]] = []
+        context = cls(
+            params=params,
+            num_epochs=num_epochs,
+            seed=seed,
+            train=train,
+            validation=validation,
+            report_fn=lambda m, c: reports.append((m, c)),
+            checkpoint=checkpoint,
+        )
+        return context, reports

@@ -1,0 +1,138 @@
+"""An Optuna sweep on Ray Tune: each trial drives one data-parallel TorchTrainer.
+
+Train V2 pattern: `Tuner(trial_driver)`, where the trial driver builds a
+TorchTrainer with `TuneReportCallback` and calls `fit()`. Tune does not count
+Train's workers, so the trial itself asks for no CPU and `max_concurrent_trials`
+is derived from the cluster's CPUs/GPUs.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from raysweep.errors import UserInputError
+from raysweep.space import to_optuna_space
+from raysweep.spec import BudgetSpec, SamplerSpec, ScalingSpec, SchedulerSpec, Spec
+from raysweep.tracking import SweepTracker
+from raysweep.training import TrainJob, build_trainer
+
+STUDY_FILE = "optuna.journal"
+# The trial driver only waits on its TorchTrainer: it takes no CPU (Train's workers
+# do). Tune refuses an empty request, so it reserves a little memory instead.
+TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 256 * 1024**2}
+
+
+class _OptunaSearch(OptunaSearch):
+    """OptunaSearch that marks an errored trial FAIL even if it reported before."""
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        super().on_trial_complete(trial_id, None if error else result, error)
+
+
+def study_storage(sweep_dir: str) -> JournalStorage:
+    """The durable Optuna storage of a sweep: a journal file in its folder."""
+    path = Path(sweep_dir) / STUDY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def load_study(sweep_dir: str, study_name: str) -> optuna.Study:
+    return optuna.load_study(study_name=study_name, storage=study_storage(sweep_dir))
+
+
+def make_sampler(sampler: SamplerSpec) -> optuna.samplers.BaseSampler:
+    if sampler.type == "random":
+        return optuna.samplers.RandomSampler(seed=sampler.seed)
+    extra = {} if sampler.n_startup_trials is None else {"n_startup_trials": sampler.n_startup_trials}
+    return optuna.samplers.TPESampler(seed=sampler.seed, **extra)
+
+
+def make_scheduler(scheduler: SchedulerSpec) -> TrialScheduler:
+    if scheduler.type == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr="epochs_completed",
+        metric=scheduler.metric,
+        mode=scheduler.mode,
+        max_t=scheduler.max_epochs,
+        grace_period=scheduler.grace_period,
+        reduction_factor=scheduler.reduction_factor,
+    )
+
+
+def max_concurrent_trials(scaling: ScalingSpec, budget: BudgetSpec, cpus: float, gpus: float) -> int:
+    """How many trials fit on the cluster at once, each with all its workers."""
+    need_cpu = scaling.num_workers * scaling.cpus_per_worker
+    need_gpu = scaling.num_workers * scaling.gpus_per_worker
+    fits = math.floor(cpus / need_cpu + 1e-9)
+    if need_gpu:
+        fits = min(fits, math.floor(gpus / need_gpu + 1e-9))
+    if fits < 1:
+        raise UserInputError(
+            f"scaling: one trial needs {need_cpu:g} CPUs and {need_gpu:g} GPUs, "
+            f"but the cluster has {cpus:g} CPUs and {gpus:g} GPUs"
+        )
+    return max(1, min(fits, budget.max_concurrent_trials or fits, budget.num_trials))
+
+
+def _trial_driver(config: dict[str, Any], *, job: TrainJob, params: dict[str, Any], trials_dir: str) -> None:
+    trial_id = tune.get_context().get_trial_id()
+    trainer = build_trainer(job, {**params, **config}, run_name=trial_id,
+                            callbacks=[TuneReportCallback()], storage_path=trials_dir)
+    trainer.fit()
+
+
+@dataclass
+class SweepOutcome:
+    sweep_id: str
+    sweep_dir: str
+    tracker: SweepTracker
+    wall_s: float
+
+
+def run_sweep(spec: Spec, job: TrainJob, sweep_id: str, tracker: SweepTracker,
+              cpus: float, gpus: float) -> SweepOutcome:
+    """Run the whole sweep; trials that fail are recorded, not raised."""
+    sweep_dir = f"{job.storage_path}/{sweep_id}"
+    searcher = _OptunaSearch(
+        space=to_optuna_space(spec.space),
+        metric=spec.scheduler.metric,
+        mode=spec.scheduler.mode,
+        sampler=make_sampler(spec.sampler),
+        study_name=spec.name,
+        storage=study_storage(sweep_dir),
+    )
+    driver = functools.partial(_trial_driver, job=job, params=spec.params,
+                               trials_dir=f"{sweep_dir}/trials")
+    tuner = tune.Tuner(
+        tune.with_resources(driver, TRIAL_DRIVER_RESOURCES),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=make_scheduler(spec.scheduler),
+            num_samples=spec.budget.num_trials,
+            max_concurrent_trials=max_concurrent_trials(spec.scaling, spec.budget, cpus, gpus),
+        ),
+        run_config=tune.RunConfig(
+            name="tune",
+            storage_path=sweep_dir,
+            callbacks=[tracker],
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
+    )
+    started = time.perf_counter()
+    tuner.fit()
+    return SweepOutcome(sweep_id, sweep_dir, tracker, time.perf_counter() - started)

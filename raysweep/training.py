@@ -1,0 +1,95 @@
+"""One data-parallel training run on Ray Train (`raysweep train`, and each trial)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from raysweep.context import ArraySet
+from raysweep.data import ResolvedData, read_parquet_columns
+from raysweep.spec import ScalingSpec, Spec
+from raysweep.worker import WorkerPlan, run_worker
+
+CHECKPOINTS_KEPT = 2
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """The parts of a spec a training run needs (picklable, sent to Tune trials)."""
+
+    trainer: str
+    data: ResolvedData
+    scaling: ScalingSpec
+    num_epochs: int
+    seed: int
+    storage_path: str
+    arrays: Any
+    """ObjectRef to the (train, validation) ArraySets, read once by the driver."""
+
+    @classmethod
+    def from_spec(cls, spec: Spec, data: ResolvedData, storage_path: str) -> TrainJob:
+        """Reads the data on the driver and puts it in Ray's object store (needs ray.init)."""
+        arrays = ray.put(load_arrays(data))
+        return cls(spec.trainer, data, spec.scaling, spec.scheduler.max_epochs, spec.seed,
+                   storage_path, arrays)
+
+
+def load_arrays(data: ResolvedData) -> tuple[ArraySet, ArraySet]:
+    """Training and validation columns, in file order, as ArraySets."""
+    features = list(data.features)
+    return tuple(  # type: ignore[return-value]
+        ArraySet.from_columns(read_parquet_columns(files, data.columns), features, data.label)
+        for files in (data.train_files, data.validation_files)
+    )
+
+
+def storage_root(spec: Spec) -> str:
+    """The experiment's run folder: an absolute local path, or the URI as given."""
+    if "://" in spec.storage_path:
+        return f"{spec.storage_path.rstrip('/')}/{spec.name}"
+    return str(Path(spec.storage_path).resolve() / spec.name)
+
+
+def _worker_entry(config: dict[str, Any]) -> None:
+    run_worker(config["plan"])
+
+
+def build_trainer(job: TrainJob, params: dict[str, Any], run_name: str,
+                  callbacks: list[Any], storage_path: str | None = None) -> TorchTrainer:
+    """A TorchTrainer whose workers run `job.trainer` on the job's data.
+
+    Re-running with the same `run_name` and storage resumes from the latest
+    checkpoint (Ray Train V2 behaviour).
+    """
+    plan = WorkerPlan(job.trainer, params, job.num_epochs, job.seed, job.arrays)
+    resources = {"CPU": job.scaling.cpus_per_worker}
+    if job.scaling.use_gpu:
+        resources["GPU"] = job.scaling.gpus_per_worker
+    return TorchTrainer(
+        _worker_entry,
+        train_loop_config={"plan": plan},
+        scaling_config=ScalingConfig(
+            num_workers=job.scaling.num_workers,
+            use_gpu=job.scaling.use_gpu,
+            resources_per_worker=resources,
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage_path or job.storage_path,
+            callbacks=callbacks,
+            checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
+            failure_config=FailureConfig(max_failures=0),
+        ),
+    )
+
+
+def worker_env() -> dict[str, str]:
+    """Environment the driver passes on to Ray jobs and actors."""
+    keys = ("RAY_TRAIN_V2_ENABLED", "MLFLOW_TRACKING_URI")
+    return {k: os.environ[k] for k in keys if k in os.environ}
