@@ -89,9 +89,9 @@ def cmd_train(spec: Spec, data: ResolvedData, args: argparse.Namespace) -> int:
     store = RunStore(tracking_uri(), spec.name)
     run_id = store.open(f"train/{run_name}", run_name, params=spec.params)
     store.client.log_text(run_id, spec_yaml(spec), "spec.yaml")
-    status = "FAILED"
+    status, started_ray = "FAILED", False
     try:
-        connect(args.address)
+        started_ray = connect(args.address)
         job = TrainJob.from_spec(spec, data, storage_root(spec))
         callback = TrainMetricsCallback(store.uri, spec.name, run_id)
         result = build_trainer(job, spec.params, run_name, callbacks=[callback]).fit()
@@ -103,7 +103,8 @@ def cmd_train(spec: Spec, data: ResolvedData, args: argparse.Namespace) -> int:
         raise RunFailedError(f"training run {run_name!r} failed: {type(exc).__name__}: {exc}") from exc
     finally:
         store.close(run_id, status)
-        ray.shutdown()
+        if started_ray:
+            ray.shutdown()
     metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
     print(f"run {run_name}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     print(f"checkpoint: {result.checkpoint.path if result.checkpoint else None}")
@@ -126,9 +127,9 @@ def cmd_tune(spec: Spec, data: ResolvedData, args: argparse.Namespace) -> int:
     store.client.log_text(parent_id, spec_yaml(spec), "spec.yaml")
     tracker = SweepTracker(store, sweep_id, parent_id, spec.scheduler.metric,
                            spec.scheduler.mode, spec.scheduler.max_epochs)
-    status = "FAILED"
+    status, started_ray = "FAILED", False
     try:
-        connect(args.address)
+        started_ray = connect(args.address)
         job = TrainJob.from_spec(spec, data, storage_root(spec))
         outcome = run_sweep(spec, job, sweep_id, tracker, *cluster_capacity())
         status = "FINISHED"
@@ -137,7 +138,8 @@ def cmd_tune(spec: Spec, data: ResolvedData, args: argparse.Namespace) -> int:
         raise
     finally:
         tracker.close_all(status)
-        ray.shutdown()
+        if started_ray:
+            ray.shutdown()
     print_summary(spec, outcome, store.uri, parent_id)
     finished = [t for t in tracker.trials.values() if t.status == "FINISHED"]
     return EXIT_OK if finished else EXIT_FAILED

@@ -17,17 +17,19 @@ def quiet_ray_data() -> None:
     context.print_on_execution_start = False
 
 
-def connect(address: str | None = None, num_cpus: int | None = None) -> None:
+def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     """Join the cluster at `address` (or RAY_ADDRESS); else start a local one.
 
     A local cluster binds to 127.0.0.1, dashboard included, and Ray 2.60 turns on
     token auth for it. The dashboard cannot be left out: Train V2's placement-group
     cleaner asks its state API whether a controller is alive, and without it the
     workers' CPUs of a trial that Tune stopped early are never given back.
+
+    Returns True when this call initialised Ray (the caller then shuts it down).
     """
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     if ray.is_initialized():
-        return
+        return False
     address = address or os.environ.get("RAY_ADDRESS")
     common = dict(logging_level=logging.WARNING, log_to_driver=False, configure_logging=True)
     if address:
@@ -35,6 +37,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
     else:
         ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1", **common)
     quiet_ray_data()
+    return True
 
 
 def cluster_capacity() -> tuple[float, float]:

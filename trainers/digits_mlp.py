@@ -73,7 +73,7 @@ def train(ctx: TrainContext) -> None:
             loss = loss_fn(ddp_model(x), y)
             loss.backward()
             optimizer.step()
-            loss_sum += float(loss) * len(y)
+            loss_sum += loss.item() * len(y)
             seen += len(y)
         elapsed = time.perf_counter() - started
         loss_sum, seen_all = ctx.all_reduce_sum([loss_sum, float(seen)])

@@ -1,0 +1,96 @@
+"""Test helpers shipped beside the engine (importable by Ray workers).
+
+`write_probe_data` writes a small Parquet data set whose `row_id` column is also
+a feature; the probe trainer (`trainers=raysweep.testing`) records which rows
+every rank saw, so tests can check sharding from outside the workers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from raysweep.context import TrainContext
+
+
+def write_probe_data(root: Path, num_train: int = 203, num_validation: int = 61,
+                     files: int = 2) -> tuple[Path, Path]:
+    """A separable two-class problem in `files` Parquet files per split."""
+    rng = np.random.default_rng(0)
+    out = []
+    offset = 0
+    for split, rows in (("train", num_train), ("validation", num_validation)):
+        folder = root / split
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, ids in enumerate(np.array_split(np.arange(offset, offset + rows), files)):
+            x = rng.normal(size=(len(ids), 2)).astype(np.float32)
+            label = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
+            table = pa.table({"row_id": ids.astype(np.float32), "x0": x[:, 0], "x1": x[:, 1],
+                              "label": label})
+            pq.write_table(table, folder / f"part-{i}.parquet")
+        offset += rows
+        out.append(folder)
+    return out[0], out[1]
+
+
+def probe_spec(data_root: Path, storage: Path, probe_dir: Path, **overrides: Any) -> dict[str, Any]:
+    """A raw spec dict for the probe trainer (one worker, 2 epochs by default)."""
+    spec: dict[str, Any] = {
+        "name": "probe",
+        "trainer": "raysweep.testing",
+        "data": {"train": str(data_root / "train"), "validation": str(data_root / "validation"),
+                 "features": ["row_id", "x*"], "label": "label"},
+        "params": {"batch_size": 16, "lr": 0.1, "probe_dir": str(probe_dir), "nan_epoch": -1},
+        "space": {"lr": {"type": "float", "low": 0.01, "high": 0.5, "log": True}},
+        "sampler": {"type": "random", "seed": 0},
+        "scheduler": {"type": "fifo", "metric": "val_loss", "mode": "min", "max_epochs": 2},
+        "budget": {"num_trials": 2},
+        "scaling": {"num_workers": 1},
+        "storage_path": str(storage),
+    }
+    for key, value in overrides.items():
+        spec[key] = value
+    return spec
+
+
+def train(ctx: TrainContext) -> None:
+    """Logistic regression on x0, x1; writes the row ids each rank saw per epoch."""
+    torch.manual_seed(ctx.seed)
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=float(ctx.params["lr"]))
+    if ctx.checkpoint is not None:
+        model.load_state_dict(ctx.checkpoint["model"])
+        optimizer.load_state_dict(ctx.checkpoint["optimizer"])
+    ddp = ctx.prepare_model(model)
+    probe = Path(ctx.params["probe_dir"])
+    probe.mkdir(parents=True, exist_ok=True)
+    batch_size = int(ctx.params["batch_size"])
+    loss_fn = torch.nn.CrossEntropyLoss()
+    for epoch in range(ctx.start_epoch, ctx.num_epochs):
+        seen, total, count = [], 0.0, 0
+        for x, y in ctx.train_batches(epoch, batch_size):
+            seen.append(x[:, 0].numpy().astype(np.int64))
+            optimizer.zero_grad()
+            loss = loss_fn(ddp(x[:, 1:]), y)
+            loss.backward()
+            optimizer.step()
+            total, count = total + loss.item() * len(y), count + len(y)
+        np.save(probe / f"train-rank{ctx.rank}-epoch{epoch}.npy", np.concatenate(seen))
+        val_ids, val_loss, val_n = [], 0.0, 0
+        with torch.no_grad():
+            for x, y in ctx.validation_batches(batch_size):
+                val_ids.append(x[:, 0].numpy().astype(np.int64))
+                val_loss += float(torch.nn.functional.cross_entropy(model(x[:, 1:]), y, reduction="sum"))
+                val_n += len(y)
+        np.save(probe / f"val-rank{ctx.rank}-epoch{epoch}.npy", np.concatenate(val_ids or [[]]))
+        total, count, val_loss, val_n = ctx.all_reduce_sum([total, count, val_loss, val_n])
+        metrics = {"epoch": epoch, "train_loss": total / count, "val_loss": val_loss / val_n}
+        if epoch == int(ctx.params.get("nan_epoch", -1)):
+            metrics["val_loss"] = float("nan")
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
+        ctx.report(metrics, checkpoint=state)

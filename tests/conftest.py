@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from raysweep.testing import probe_spec, write_probe_data
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def probe_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("probe-data")
+    write_probe_data(root)
+    return root
+
+
+@pytest.fixture
+def write_spec(tmp_path: Path, probe_data: Path):
+    """write_spec(**overrides) -> path of a probe spec YAML in tmp_path."""
+
+    def write(name: str = "spec.yaml", **overrides) -> Path:
+        spec = probe_spec(probe_data, tmp_path / "results", tmp_path / "probe", **overrides)
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(spec))
+        return path
+
+    return write

@@ -1,0 +1,29 @@
+"""One local Ray cluster (2 CPUs, 127.0.0.1) shared by every integration test."""
+
+from __future__ import annotations
+
+import pytest
+import ray
+
+from raysweep.cluster import connect
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    started = connect(num_cpus=2)
+    yield ray.cluster_resources()
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path, monkeypatch) -> str:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
