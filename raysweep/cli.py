@@ -44,8 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def check_trainer(spec: Spec, source: str) -> None:
-    """The trainer module imports and defines train(ctx)."""
+def check_trainer(spec: Spec, data: ResolvedData, source: str) -> None:
+    """The trainer module imports and defines train(ctx) or a usable LightningModule."""
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
@@ -54,15 +54,43 @@ def check_trainer(spec: Spec, source: str) -> None:
         raise UserInputError(
             f"{source}: trainer: cannot import {spec.trainer!r}: {type(exc).__name__}: {exc}"
         ) from None
-    if not callable(getattr(module, "train", None)):
-        raise UserInputError(f"{source}: trainer: module {spec.trainer!r} defines no train(ctx)")
+    if callable(getattr(module, "train", None)):
+        return
+    from raysweep.lightning import check_module, find_module_factory
+
+    factory = find_module_factory(module)
+    if factory is None:
+        raise UserInputError(
+            f"{source}: trainer: module {spec.trainer!r} defines neither train(ctx) nor one "
+            "LightningModule subclass (or build_module(params))"
+        )
+    check_module(factory, sample_params(spec), sample_batch(data), spec.lightning,
+                 spec.scaling.use_gpu, source)
+
+
+def sample_params(spec: Spec) -> dict[str, Any]:
+    """The fixed params plus one value from each searched param (low, or first choice)."""
+    picked = {name: getattr(p, "low", None) if p.type != "categorical" else p.choices[0]
+              for name, p in spec.space.items()}
+    return {**spec.params, **picked}
+
+
+def sample_batch(data: ResolvedData, rows: int = 8) -> Any:
+    import pyarrow.parquet as pq
+
+    from raysweep.context import ArraySet
+    from raysweep.data import table_to_columns
+
+    table = pq.ParquetFile(data.train_files[0]).read_row_group(0, columns=data.columns).slice(0, rows)
+    arrays = table_to_columns(table, data.columns)
+    return ArraySet.from_columns(arrays, list(data.features), data.label).take(slice(0, rows))
 
 
 def validate(spec_path: str, overrides: list[str]) -> tuple[Spec, ResolvedData]:
     """Everything checked before Ray or MLflow start."""
     spec = load_spec(spec_path, overrides)
-    check_trainer(spec, spec_path)
     data = resolve_data(spec.data, spec_path)
+    check_trainer(spec, data, spec_path)
     if data.num_train_rows < spec.scaling.num_workers:
         raise UserInputError(
             f"{spec_path}: scaling.num_workers: {spec.scaling.num_workers} workers need at least "
@@ -89,11 +117,11 @@ def cmd_train(spec: Spec, data: ResolvedData, args: argparse.Namespace) -> int:
     store = RunStore(tracking_uri(), spec.name)
     run_id = store.open(f"train/{run_name}", run_name, params=spec.params)
     store.client.log_text(run_id, spec_yaml(spec), "spec.yaml")
-    status, started_ray = "FAILED", False
+    status, started_ray, started_at = "FAILED", False, time.time()
     try:
         started_ray = connect(args.address)
         job = TrainJob.from_spec(spec, data, storage_root(spec))
-        callback = TrainMetricsCallback(store.uri, spec.name, run_id)
+        callback = TrainMetricsCallback(store.uri, spec.name, run_id, started_at)
         result = build_trainer(job, spec.params, run_name, callbacks=[callback]).fit()
         status = "FINISHED"
     except KeyboardInterrupt:

@@ -8,15 +8,6 @@ import os
 import ray
 
 
-def quiet_ray_data() -> None:
-    """One line per trial result on the console: no per-operator progress bars."""
-    from ray.data import DataContext
-
-    context = DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
-
-
 def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     """Join the cluster at `address` (or RAY_ADDRESS); else start a local one.
 
@@ -36,7 +27,6 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
         ray.init(address=address, **common)
     else:
         ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1", **common)
-    quiet_ray_data()
     return True
 
 

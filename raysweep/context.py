@@ -8,6 +8,7 @@ worker (see `raysweep.worker`), and tests build one in-process with
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,7 +48,12 @@ class ArraySet:
         return len(self.labels)
 
     def take(self, rows: np.ndarray | slice) -> Batch:
-        return torch.from_numpy(self.features[rows]), torch.from_numpy(self.labels[rows])
+        return _tensor(self.features[rows]), _tensor(self.labels[rows])
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    # Arrays mapped from Ray's object store are read-only; a slice of one is too.
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
 
 
 @dataclass
@@ -71,10 +77,18 @@ class TrainContext:
     world_size: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     checkpoint: dict[str, Any] | None = None
+    checkpoint_every: int = 1
+    runs_on_ray: bool = False
+    _first_step_at: float | None = field(default=None, init=False, repr=False)
+    _first_step_reported: bool = field(default=False, init=False, repr=False)
 
     @property
     def start_epoch(self) -> int:
         return 0 if self.checkpoint is None else int(self.checkpoint["epoch"]) + 1
+
+    def checkpoint_due(self, epoch: int) -> bool:
+        """Whether `report` keeps a checkpoint for `epoch` (every N, and the last)."""
+        return (epoch + 1) % self.checkpoint_every == 0 or epoch + 1 >= self.num_epochs
 
     def num_train_batches(self, batch_size: int) -> int:
         return num_train_batches(len(self.train), self.world_size, batch_size)
@@ -84,7 +98,10 @@ class TrainContext:
         for rows in train_batch_indices(
             len(self.train), self.rank, self.world_size, batch_size, self.seed, epoch
         ):
-            yield self._to_device(self.train.take(rows))
+            batch = self._to_device(self.train.take(rows))
+            if self._first_step_at is None:
+                self._first_step_at = time.time()
+            yield batch
 
     def validation_batches(self, batch_size: int) -> Iterator[Batch]:
         """This rank's block of the validation set; all blocks cover every row once."""
@@ -126,7 +143,13 @@ class TrainContext:
             raise NonFiniteMetricError(f"non-finite metric(s) {bad} at epoch {metrics['epoch']}")
         # The scheduler's clock: ASHA's grace period counts completed epochs.
         metrics = {**metrics, "epochs_completed": int(metrics["epoch"]) + 1}
-        self.report_fn(metrics, checkpoint if self.rank == 0 else None)
+        if self._first_step_at is not None and not self._first_step_reported:
+            # Wall-clock time of the first training step: the driver turns it
+            # into the run's start-up time (trial start -> first step).
+            metrics["first_step_unix"] = self._first_step_at
+            self._first_step_reported = True
+        keep = self.rank == 0 and self.checkpoint_due(int(metrics["epoch"]))
+        self.report_fn(metrics, checkpoint if keep else None)
 
     @classmethod
     def in_process(

@@ -20,11 +20,12 @@ def trial_rows(spec: Spec, outcome: Any) -> list[list[str]]:
     for record in outcome.tracker.trials.values():
         best = record.best(metric, mode) or {}
         status = "STOPPED" if record.early_stopped else record.status
-        duration = (record.ended or record.started) - record.started
+        startup = "-" if record.startup_s is None else f"{record.startup_s:.1f}"
         rows.append([
             record.trial_id, status, str(len(record.history)),
             *(_fmt(record.params.get(n)) for n in names),
-            _fmt(best.get(metric, "-")), _fmt(best.get("val_accuracy", "-")), f"{duration:.1f}",
+            _fmt(best.get(metric, "-")), _fmt(best.get("val_accuracy", "-")), startup,
+            f"{record.wall_s:.1f}",
         ])
     return rows
 
@@ -40,7 +41,7 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
 
 def print_summary(spec: Spec, outcome: Any, uri: str, parent_id: str) -> None:
     metric, mode = spec.scheduler.metric, spec.scheduler.mode
-    header = ["trial", "status", "epochs", *spec.space, f"best {metric}", "val_accuracy", "seconds"]
+    header = ["trial", "status", "epochs", *spec.space, f"best {metric}", "val_accuracy", "startup s", "wall s"]
     print()
     print(format_table(header, trial_rows(spec, outcome)))
     best = outcome.tracker.best_trial()

@@ -139,11 +139,28 @@ class ScalingSpec(_Section):
         return self.gpus_per_worker > 0
 
 
+class CheckpointSpec(_Section):
+    every_n_epochs: PositiveInt = 1
+    """Save a checkpoint every N epochs (and always at the last epoch)."""
+    num_to_keep: PositiveInt = 2
+    """Checkpoints kept per run: the latest ones, or the best by `score_metric`."""
+    score_metric: str | None = None
+    score_mode: Literal["min", "max"] = "min"
+
+
+class LightningSpec(_Section):
+    """Settings for trainer modules that provide a LightningModule."""
+
+    precision: Literal["32", "32-true", "64", "64-true", "bf16-mixed", "bf16-true", "16-mixed"] = "32"
+    gradient_clip_val: float | None = Field(default=None, gt=0)
+
+
 class Spec(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
     """Experiment name: the MLflow experiment, the Optuna study, the run folder."""
     trainer: str
-    """Importable module (from the repo root) that defines `train(ctx)`."""
+    """Importable module (from the repo root) that defines `train(ctx)`, or a
+    LightningModule subclass (optionally a `build_module(params)` factory)."""
     data: DataSpec
     params: dict[str, Any] = Field(default_factory=dict)
     """Fixed params every run gets; a searched param of the same name overrides."""
@@ -152,6 +169,8 @@ class Spec(_Section):
     scheduler: SchedulerSpec
     budget: BudgetSpec
     scaling: ScalingSpec = ScalingSpec()
+    checkpoint: CheckpointSpec = CheckpointSpec()
+    lightning: LightningSpec = LightningSpec()
     seed: int = 0
     """Seeds model init and the per-epoch shuffle."""
     storage_path: str = "results"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +108,8 @@ def run_sweep(spec: Spec, job: TrainJob, sweep_id: str, tracker: SweepTracker,
               cpus: float, gpus: float) -> SweepOutcome:
     """Run the whole sweep; trials that fail are recorded, not raised."""
     sweep_dir = f"{job.storage_path}/{sweep_id}"
+    # Tune's own console tables off: SweepTracker prints one line per trial event.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     searcher = _OptunaSearch(
         space=to_optuna_space(spec.space),
         metric=spec.scheduler.metric,
@@ -134,5 +137,6 @@ def run_sweep(spec: Spec, job: TrainJob, sweep_id: str, tracker: SweepTracker,
         ),
     )
     started = time.perf_counter()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     tuner.fit()
     return SweepOutcome(sweep_id, sweep_dir, tracker, time.perf_counter() - started)

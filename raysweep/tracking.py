@@ -52,7 +52,7 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def epoch_metrics(result: dict[str, Any]) -> dict[str, float]:
     """The trainer's own numeric metrics from a report (Tune's bookkeeping left out)."""
-    skip = {"done", "training_iteration", "timestamp", "time_this_iter_s", "time_total_s",
+    skip = {"done", "training_iteration", "first_step_unix", "timestamp", "time_this_iter_s", "time_total_s",
             "time_since_restore", "iterations_since_restore", "pid", "trial_id"}
     return {
         k: float(v)
@@ -116,14 +116,17 @@ class RunStore:
 class TrainMetricsCallback(UserCallback):
     """Logs each reported epoch of one Train run to its MLflow run."""
 
-    def __init__(self, uri: str, experiment_name: str, run_id: str) -> None:
+    def __init__(self, uri: str, experiment_name: str, run_id: str, started_at: float) -> None:
         self.uri, self.experiment_name, self.run_id = uri, experiment_name, run_id
+        self.started_at = started_at
         self._store: RunStore | None = None
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         if self._store is None:
             self._store = RunStore(self.uri, self.experiment_name)
         values = epoch_metrics(metrics[0])
+        if "first_step_unix" in metrics[0]:
+            values["startup_s"] = float(metrics[0]["first_step_unix"]) - self.started_at
         self._store.log_metrics(self.run_id, values, step=int(values.get("epoch", 0)))
 
 
@@ -140,6 +143,12 @@ class TrialRecord:
     error: str = ""
     started: float = field(default_factory=time.time)
     ended: float | None = None
+    startup_s: float | None = None
+    """Trial start (on the driver) to the first training step (in a worker)."""
+
+    @property
+    def wall_s(self) -> float:
+        return (self.ended or time.time()) - self.started
 
     def best(self, metric: str, mode: str) -> dict[str, float] | None:
         rows = [r for r in self.history if metric in r]
@@ -179,9 +188,12 @@ class SweepTracker(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         record = self._record(trial)
         values = epoch_metrics(result)
+        if "first_step_unix" in result and record.startup_s is None:
+            record.startup_s = float(result["first_step_unix"]) - record.started
+            values["startup_s"] = record.startup_s
         record.history.append(values)
         self.store.log_metrics(record.run_id, values, step=int(values.get("epoch", 0)))
-        shown = " ".join(f"{k}={v:.4g}" for k, v in values.items() if k != "epoch")
+        shown = " ".join(f"{k}={v:.4g}" for k, v in values.items() if k not in ("epoch", "epochs_completed"))
         self._say(f"[{trial.trial_id}] epoch {int(values.get('epoch', 0))} {shown}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

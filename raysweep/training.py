@@ -13,10 +13,8 @@ from ray.train.torch import TorchTrainer
 
 from raysweep.context import ArraySet
 from raysweep.data import ResolvedData, read_parquet_columns
-from raysweep.spec import ScalingSpec, Spec
+from raysweep.spec import CheckpointSpec, LightningSpec, ScalingSpec, Spec
 from raysweep.worker import WorkerPlan, run_worker
-
-CHECKPOINTS_KEPT = 2
 
 
 @dataclass(frozen=True)
@@ -31,13 +29,15 @@ class TrainJob:
     storage_path: str
     arrays: Any
     """ObjectRef to the (train, validation) ArraySets, read once by the driver."""
+    checkpoint: CheckpointSpec
+    lightning: LightningSpec
 
     @classmethod
     def from_spec(cls, spec: Spec, data: ResolvedData, storage_path: str) -> TrainJob:
         """Reads the data on the driver and puts it in Ray's object store (needs ray.init)."""
         arrays = ray.put(load_arrays(data))
         return cls(spec.trainer, data, spec.scaling, spec.scheduler.max_epochs, spec.seed,
-                   storage_path, arrays)
+                   storage_path, arrays, spec.checkpoint, spec.lightning)
 
 
 def load_arrays(data: ResolvedData) -> tuple[ArraySet, ArraySet]:
@@ -67,7 +67,8 @@ def build_trainer(job: TrainJob, params: dict[str, Any], run_name: str,
     Re-running with the same `run_name` and storage resumes from the latest
     checkpoint (Ray Train V2 behaviour).
     """
-    plan = WorkerPlan(job.trainer, params, job.num_epochs, job.seed, job.arrays)
+    plan = WorkerPlan(job.trainer, params, job.num_epochs, job.seed, job.arrays,
+                      job.checkpoint.every_n_epochs, job.lightning)
     resources = {"CPU": job.scaling.cpus_per_worker}
     if job.scaling.use_gpu:
         resources["GPU"] = job.scaling.gpus_per_worker
@@ -83,7 +84,11 @@ def build_trainer(job: TrainJob, params: dict[str, Any], run_name: str,
             name=run_name,
             storage_path=storage_path or job.storage_path,
             callbacks=callbacks,
-            checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=job.checkpoint.num_to_keep,
+                checkpoint_score_attribute=job.checkpoint.score_metric,
+                checkpoint_score_order=job.checkpoint.score_mode,
+            ),
             failure_config=FailureConfig(max_failures=0),
         ),
     )

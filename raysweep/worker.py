@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from raysweep.checkpoint import load_state, save_state
 from raysweep.context import TrainContext
+from raysweep.spec import LightningSpec
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,20 @@ class WorkerPlan:
     seed: int
     arrays: Any
     """ObjectRef to the (train, validation) ArraySets the driver read once."""
+    checkpoint_every: int = 1
+    lightning: LightningSpec = LightningSpec()
+
+
+def resolve_train_fn(module_name: str, lightning: LightningSpec) -> Callable[[TrainContext], None] | None:
+    """The trainer module's `train(ctx)`, or a Lightning runner for its module; None if neither."""
+    module = importlib.import_module(module_name)
+    train = getattr(module, "train", None)
+    if callable(train):
+        return train
+    from raysweep.lightning import find_module_factory, fit
+
+    factory = find_module_factory(module)
+    return None if factory is None else functools.partial(fit, factory=factory, settings=lightning)
 
 
 def _report_to_ray(metrics: dict[str, float], state: dict[str, Any] | None) -> None:
@@ -51,7 +68,8 @@ def run_worker(plan: WorkerPlan) -> None:
     import ray.train.torch
 
     context = ray.train.get_context()
-    trainer = importlib.import_module(plan.trainer)
+    train_fn = resolve_train_fn(plan.trainer, plan.lightning)
+    assert train_fn is not None, f"{plan.trainer} was checked on the driver"
     train, validation = ray.get(plan.arrays)
     ctx = TrainContext(
         params=plan.params,
@@ -64,5 +82,7 @@ def run_worker(plan: WorkerPlan) -> None:
         world_size=context.get_world_size(),
         device=ray.train.torch.get_device(),
         checkpoint=_resume_state(),
+        checkpoint_every=plan.checkpoint_every,
+        runs_on_ray=True,
     )
-    trainer.train(ctx)
+    train_fn(ctx)
