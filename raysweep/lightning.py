@@ -93,15 +93,18 @@ class ReportCallback(pl.Callback):
 
     def __init__(self, ctx: TrainContext, loader: _TrainLoader) -> None:
         self.ctx, self.loader = ctx, loader
-        self._started = 0.0
+        self._started = self._last_step = 0.0
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.loader.epoch = trainer.current_epoch
         self._started = time.perf_counter()
 
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        self._last_step = time.perf_counter()
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
-        elapsed = time.perf_counter() - self._started
+        elapsed = self._last_step - self._started  # training steps only, as the plain trainer
         metrics = self._exact_means(trainer.callback_metrics)
         train_rows, = self.ctx.all_reduce_sum([float(self._rows(train=True))])
         metrics.update(epoch=epoch, samples_per_s=train_rows / max(elapsed, 1e-9))

@@ -224,6 +224,8 @@ def _describe(error: dict[str, Any]) -> str:
     if kind == "missing":
         return f"{path}: required field is missing"
     message = error["msg"].removeprefix("Value error, ")
+    if isinstance(error["input"], dict):  # a section-level rule already names its values
+        return f"{path}: {message}"
     return f"{path}: {message} (got {error['input']!r})"
 
 

@@ -28,3 +28,28 @@ def write_spec(tmp_path: Path, probe_data: Path):
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def digits_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from raysweep.examples import write_digits_parquet
+
+    root = tmp_path_factory.mktemp("digits")
+    write_digits_parquet(root)
+    return root
+
+
+@pytest.fixture
+def digits_spec(tmp_path: Path, digits_data: Path):
+    """digits_spec(spec_file, **overrides) -> a copy of a search_spaces/ spec on the test data."""
+
+    def write(name: str, **overrides) -> Path:
+        raw = yaml.safe_load((REPO / "search_spaces" / name).read_text())
+        raw["data"].update(train=str(digits_data / "train"), validation=str(digits_data / "validation"))
+        raw["storage_path"] = str(tmp_path / "results")
+        raw.update(overrides)
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(raw))
+        return path
+
+    return write

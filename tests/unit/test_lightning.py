@@ -1,0 +1,107 @@
+"""The Lightning path through an in-process context (no Ray), and its bad input."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from raysweep.checkpoint import load_state, save_state
+from raysweep.cli import main
+from raysweep.context import ArraySet, TrainContext
+from raysweep.lightning import find_module_factory, fit
+from raysweep.spec import LightningSpec
+from trainers import digits_mlp, digits_mlp_lightning
+
+PARAMS = {"batch_size": 64, "hidden": 32, "lr": 0.01, "optimizer": "adam"}
+# Both paths run the same float32 ops on the same batches in the same order; they
+# differ only in how the epoch mean is accumulated (float64 sums in the plain
+# trainer, Lightning's float32 running mean), which moves the 6th-7th digit.
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[ArraySet, ArraySet]:
+    d = load_digits()
+    x = (d.data / 16.0).astype(np.float32)
+    y = d.target.astype(np.int64)
+    return ArraySet(x[:1400], y[:1400]), ArraySet(x[1400:], y[1400:])
+
+
+def _lightning(digits, num_epochs, checkpoint=None, settings=None):
+    ctx, reports = TrainContext.in_process(
+        *digits, params=PARAMS, num_epochs=num_epochs, checkpoint=checkpoint
+    )
+    fit(ctx, find_module_factory(digits_mlp_lightning), settings or LightningSpec())
+    return reports
+
+
+def test_same_losses_as_the_plain_trainer(digits) -> None:
+    ctx, plain = TrainContext.in_process(*digits, params=PARAMS, num_epochs=2)
+    digits_mlp.train(ctx)
+    light = _lightning(digits, 2)
+    assert [m["epoch"] for m, _ in light] == [0, 1]
+    for (p, _), (q, _) in zip(plain, light, strict=True):
+        assert q["train_loss"] == pytest.approx(p["train_loss"], rel=TOLERANCE)
+        assert q["val_loss"] == pytest.approx(p["val_loss"], rel=TOLERANCE)
+        assert q["val_accuracy"] == pytest.approx(p["val_accuracy"], abs=1e-6)
+    assert light[1][0]["val_loss"] < light[0][0]["val_loss"]
+
+
+def test_resume_continues_from_the_lightning_checkpoint(digits, tmp_path) -> None:
+    full = _lightning(digits, 3)
+    first = _lightning(digits, 2)
+    save_state(first[-1][1], tmp_path)
+    resumed = _lightning(digits, 3, checkpoint=load_state(tmp_path))
+    assert [m["epoch"] for m, _ in resumed] == [2]
+    assert resumed[0][0]["val_loss"] == pytest.approx(full[2][0]["val_loss"], rel=TOLERANCE)
+
+
+def test_bf16_mixed_and_clipping_run_on_cpu(digits) -> None:
+    reports = _lightning(digits, 1, settings=LightningSpec(precision="bf16-mixed", gradient_clip_val=0.5))
+    assert np.isfinite(reports[0][0]["val_loss"])
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    """write(source) -> name of an importable module holding `source`."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def write(name: str, source: str) -> str:
+        (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
+        sys.modules.pop(name, None)
+        return name
+
+    return write
+
+
+def test_module_without_lightning_module(capsys, write_spec, user_module) -> None:
+    name = user_module("no_module_here", "x = 1\n")
+    assert main(["check", str(write_spec(trainer=name))]) == 2
+    assert "defines neither train(ctx) nor one LightningModule" in capsys.readouterr().err
+
+
+def test_training_step_that_returns_nothing(capsys, write_spec, user_module) -> None:
+    name = user_module("returns_nothing", """
+        import pytorch_lightning as pl, torch
+        class M(pl.LightningModule):
+            def __init__(self, lr=0.1):
+                super().__init__()
+                self.layer = torch.nn.Linear(3, 2)
+            def training_step(self, batch, batch_idx):
+                loss = self.layer(batch[0]).sum()
+            def configure_optimizers(self):
+                return torch.optim.SGD(self.parameters(), lr=0.1)
+    """)
+    assert main(["train", str(write_spec(trainer=name))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "M.training_step must return the loss" in err and "got NoneType" in err and "\n" not in err
+
+
+def test_precision_the_machine_cannot_do(capsys, write_spec) -> None:
+    spec = write_spec(trainer="trainers.digits_mlp_lightning", lightning={"precision": "16-mixed"})
+    assert main(["tune", str(spec)]) == 2
+    assert "lightning.precision: '16-mixed' needs a GPU" in capsys.readouterr().err
