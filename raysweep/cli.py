@@ -17,6 +17,7 @@ import yaml
 
 from raysweep.data import ResolvedData, resolve_data
 from raysweep.errors import RunFailedError, UserInputError
+from raysweep.profile import load_profile
 from raysweep.spec import Spec, load_spec
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
@@ -39,8 +40,10 @@ def _parser() -> argparse.ArgumentParser:
                                       "(default: SPEC_NAME-train)")
     add("tune", "An Optuna sweep of data-parallel trials on Ray Tune.")
     for sub in (train, commands.choices["tune"]):
-        sub.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, "
-                                           "else a local cluster started in-process)")
+        sub.add_argument("--cluster", metavar="PROFILE",
+                         help="cluster profile, e.g. cluster/local.yaml (default: a local cluster "
+                              "started in-process)")
+        sub.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else the profile's)")
     return parser
 
 
@@ -86,9 +89,11 @@ def sample_batch(data: ResolvedData, rows: int = 8) -> Any:
     return ArraySet.from_columns(arrays, list(data.features), data.label).take(slice(0, rows))
 
 
-def validate(spec_path: str, overrides: list[str]) -> tuple[Spec, ResolvedData]:
+def validate(args: argparse.Namespace) -> tuple[Spec, ResolvedData]:
     """Everything checked before Ray or MLflow start."""
-    spec = load_spec(spec_path, overrides)
+    spec_path = args.spec
+    spec = load_spec(spec_path, args.overrides)
+    load_profile(getattr(args, "cluster", None))
     data = resolve_data(spec.data, spec_path)
     check_trainer(spec, data, spec_path)
     if data.num_train_rows < spec.scaling.num_workers:
@@ -119,7 +124,7 @@ def cmd_train(spec: Spec, data: ResolvedData, args: argparse.Namespace) -> int:
     store.client.log_text(run_id, spec_yaml(spec), "spec.yaml")
     status, started_ray, started_at = "FAILED", False, time.time()
     try:
-        started_ray = connect(args.address)
+        started_ray = connect(load_profile(args.cluster), args.address)
         job = TrainJob.from_spec(spec, data, storage_root(spec))
         callback = TrainMetricsCallback(store.uri, spec.name, run_id, started_at)
         result = build_trainer(job, spec.params, run_name, callbacks=[callback]).fit()
@@ -157,7 +162,7 @@ def cmd_tune(spec: Spec, data: ResolvedData, args: argparse.Namespace) -> int:
                            spec.scheduler.mode, spec.scheduler.max_epochs)
     status, started_ray = "FAILED", False
     try:
-        started_ray = connect(args.address)
+        started_ray = connect(load_profile(args.cluster), args.address)
         job = TrainJob.from_spec(spec, data, storage_root(spec))
         outcome = run_sweep(spec, job, sweep_id, tracker, *cluster_capacity())
         status = "FINISHED"
@@ -196,7 +201,7 @@ COMMANDS = {"check": cmd_check, "train": cmd_train, "tune": cmd_tune}
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        spec, data = validate(args.spec, args.overrides)
+        spec, data = validate(args)
         return COMMANDS[args.command](spec, data, args)
     except UserInputError as exc:
         print(f"raysweep: error: {exc}", file=sys.stderr)

@@ -7,9 +7,12 @@ import os
 
 import ray
 
+from raysweep.profile import DEFAULT_PROFILE, ClusterProfile
 
-def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
-    """Join the cluster at `address` (or RAY_ADDRESS); else start a local one.
+
+def connect(profile: ClusterProfile = DEFAULT_PROFILE, address: str | None = None) -> bool:
+    """Join the cluster at `address`, RAY_ADDRESS or the profile's address; else
+    start a local one as the profile says.
 
     A local cluster binds to 127.0.0.1, dashboard included, and Ray 2.60 turns on
     token auth for it. The dashboard cannot be left out: Train V2's placement-group
@@ -21,12 +24,13 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = address or os.environ.get("RAY_ADDRESS") or profile.address
     common = dict(logging_level=logging.WARNING, log_to_driver=False, configure_logging=True)
     if address:
         ray.init(address=address, **common)
     else:
-        ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1", **common)
+        ray.init(num_cpus=profile.num_cpus, num_gpus=profile.num_gpus, dashboard_host=profile.host,
+                 _node_ip_address=profile.host, **common)
     return True
 
 

@@ -214,7 +214,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return result
 
 
-def _describe(error: dict[str, Any]) -> str:
+def describe_error(error: dict[str, Any]) -> str:
     # Pydantic puts the union tag (e.g. 'float') into the location; drop it.
     parts = [str(p) for p in error["loc"] if p not in ("float", "int", "categorical")]
     path = ".".join(parts) or "(top level)"
@@ -229,11 +229,11 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{path}: {message} (got {error['input']!r})"
 
 
-def read_spec_file(path: str | Path) -> dict[str, Any]:
-    """The spec file's YAML as a dict, or a one-line UserInputError."""
+def read_spec_file(path: str | Path, what: str = "spec") -> dict[str, Any]:
+    """A YAML file as a dict, or a one-line UserInputError."""
     path = Path(path)
     if not path.is_file():
-        raise UserInputError(f"{path}: spec file not found")
+        raise UserInputError(f"{path}: {what} file not found")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -242,7 +242,7 @@ def read_spec_file(path: str | Path) -> dict[str, Any]:
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise UserInputError(f"{path}: YAML does not parse{where}: {problem}") from None
     if not isinstance(raw, dict):
-        raise UserInputError(f"{path}: expected a mapping of spec fields, got {type(raw).__name__}")
+        raise UserInputError(f"{path}: expected a mapping of {what} fields, got {type(raw).__name__}")
     return raw
 
 
@@ -250,7 +250,7 @@ def validate_spec(raw: dict[str, Any], source: str) -> Spec:
     try:
         return Spec.model_validate(raw)
     except ValidationError as exc:
-        raise UserInputError(f"{source}: {_describe(exc.errors()[0])}") from None
+        raise UserInputError(f"{source}: {describe_error(exc.errors()[0])}") from None
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:

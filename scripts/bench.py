@@ -138,10 +138,11 @@ def bench_overhead(data_root: Path, repeats: int) -> dict[str, Any]:
 
     from raysweep.cluster import connect
     from raysweep.data import resolve_data
+    from raysweep.profile import ClusterProfile
     from raysweep.spec import load_spec
     from raysweep.training import TrainJob, build_trainer
 
-    connect(num_cpus=2)
+    connect(ClusterProfile(name="bench", num_cpus=2))
     spec = load_spec("search_spaces/digits_mlp.yaml", [
         f"data.train={data_root}/train", f"data.validation={data_root}/validation",
         "scheduler.max_epochs=1", "scheduler.grace_period=1"])

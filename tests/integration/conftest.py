@@ -6,11 +6,12 @@ import pytest
 import ray
 
 from raysweep.cluster import connect
+from raysweep.profile import ClusterProfile
 
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    started = connect(num_cpus=2)
+    started = connect(ClusterProfile(name="tests", num_cpus=2))
     yield ray.cluster_resources()
     if started:
         ray.shutdown()

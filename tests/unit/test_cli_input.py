@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import ray
@@ -65,3 +66,24 @@ def test_unknown_key(capsys, write_spec, tmp_path) -> None:
 def test_check_ok(capsys, write_spec) -> None:
     assert main(["check", str(write_spec())]) == 0
     assert "ok: trainer raysweep.testing, 3 features, 203 train rows" in capsys.readouterr().out
+
+
+def test_profile_with_unknown_key(capsys, write_spec, tmp_path) -> None:
+    profile = tmp_path / "bad.yaml"
+    profile.write_text("name: x\nnum_cpu: 2\n")
+    code, err = _run(capsys, "tune", str(write_spec()), "--cluster", str(profile))
+    assert code == 2 and err == f"raysweep: error: {profile}: num_cpu: unknown key"
+
+
+def test_profile_with_wrong_type(capsys, write_spec, tmp_path) -> None:
+    profile = tmp_path / "bad.yaml"
+    profile.write_text("name: x\nnum_cpus: lots\n")
+    code, err = _run(capsys, "train", str(write_spec()), "--cluster", str(profile))
+    assert code == 2 and err.startswith(f"raysweep: error: {profile}: num_cpus:")
+
+
+def test_shipped_local_profile_loads() -> None:
+    from raysweep.profile import load_profile
+
+    profile = load_profile(Path(__file__).resolve().parents[2] / "cluster" / "local.yaml")
+    assert profile.address is None and profile.host == "127.0.0.1"
