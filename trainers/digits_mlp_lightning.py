@@ -1,7 +1,7 @@
 """The digits MLP of `trainers.digits_mlp` as a LightningModule.
 
 Same model, optimizer, seed and data order as the plain trainer, so the two paths
-give the same per-epoch losses (tests/integration/test_lightning.py checks it).
+give the same per-epoch losses (tests/integration/test_lightning_on_ray.py checks it).
 """
 
 from __future__ import annotations
