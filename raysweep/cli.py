@@ -11,13 +11,14 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from raysweep.data import ResolvedData, resolve_data
 from raysweep.errors import RunFailedError, UserInputError
-from raysweep.profile import load_profile
+from raysweep.profile import check_storage, load_profile
 from raysweep.spec import Spec, load_spec
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
@@ -34,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
                          metavar="KEY.PATH=VALUE", help="override a spec field (repeatable)")
         return sub
 
-    add("check", "Validate the spec and the data's schema; starts no Ray.")
+    check = add("check", "Validate the spec and the data's schema; starts no Ray.")
+    check.add_argument("--cluster", metavar="PROFILE", help="also check the spec against this cluster profile")
     train = add("train", "One data-parallel training run at the spec's fixed params.")
     train.add_argument("--name", help="run name; re-using it resumes from the latest checkpoint "
                                       "(default: SPEC_NAME-train)")
@@ -44,6 +46,18 @@ def _parser() -> argparse.ArgumentParser:
                          help="cluster profile, e.g. cluster/local.yaml (default: a local cluster "
                               "started in-process)")
         sub.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else the profile's)")
+    submit = add("submit", "Submit `raysweep tune SPEC` as a Ray job to a cluster and follow its logs.")
+    submit.add_argument("--cluster", metavar="PROFILE", default="cluster/local.yaml",
+                        help="profile of a cluster started with `raysweep cluster up` (default: %(default)s)")
+    submit.add_argument("--timeout", type=float, help="stop the job after this many seconds")
+    cluster = commands.add_parser("cluster", help="Start, stop or inspect a local Ray cluster.",
+                                  description="Start, stop or inspect a local Ray cluster from a profile.")
+    cluster.add_argument("action", choices=["up", "down", "status"])
+    cluster.add_argument("profile", nargs="?", default="cluster/local.yaml",
+                         help="cluster profile (default: %(default)s); a Ray cluster launcher "
+                              "config (cluster/aws.yaml, cluster/gcp.yaml) is handed over to `ray up`/`ray down`")
+    cluster.add_argument("--dry-run", action="store_true",
+                         help="with a launcher config: print the `ray` command instead of running it")
     return parser
 
 
@@ -93,7 +107,13 @@ def validate(args: argparse.Namespace) -> tuple[Spec, ResolvedData]:
     """Everything checked before Ray or MLflow start."""
     spec_path = args.spec
     spec = load_spec(spec_path, args.overrides)
-    load_profile(getattr(args, "cluster", None))
+    profile = load_profile(getattr(args, "cluster", None))
+    check_storage(profile, spec.storage_path, spec_path)
+    address = getattr(args, "address", None) or os.environ.get("RAY_ADDRESS") or profile.address
+    if address and args.command in ("train", "tune"):
+        from raysweep.cluster import check_reachable
+
+        check_reachable(address)
     data = resolve_data(spec.data, spec_path)
     check_trainer(spec, data, spec_path)
     if data.num_train_rows < spec.scaling.num_workers:
@@ -131,6 +151,8 @@ def cmd_train(spec: Spec, data: ResolvedData, args: argparse.Namespace) -> int:
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
+        raise
+    except UserInputError:
         raise
     except Exception as exc:
         raise RunFailedError(f"training run {run_name!r} failed: {type(exc).__name__}: {exc}") from exc
@@ -195,12 +217,75 @@ def sweep_params(spec: Spec) -> dict[str, Any]:
     }
 
 
-COMMANDS = {"check": cmd_check, "train": cmd_train, "tune": cmd_tune}
+def cmd_submit(spec: Spec, data: ResolvedData, args: argparse.Namespace) -> int:
+    from raysweep.launcher import ClusterState, use_token_auth
+    from raysweep.submit import submit
+
+    profile = load_profile(args.cluster)
+    state = ClusterState.load(profile.name)
+    if state is None:
+        raise UserInputError(f"{args.cluster}: cluster {profile.name!r} is not up (raysweep cluster up {args.cluster})")
+    use_token_auth()
+    return submit(state.dashboard, args.spec, args.overrides, Path.cwd(), args.timeout)
+
+
+def cmd_launcher(args: argparse.Namespace) -> int:
+    """Cloud profiles: validated with Ray's schema, then `ray up` / `ray down`."""
+    import subprocess
+
+    from raysweep.profile import validate_launcher_config
+    from raysweep.spec import read_spec_file
+
+    validate_launcher_config(read_spec_file(args.profile, what="profile"), args.profile)
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    verbs = {"up": ["up", "-y"], "down": ["down", "-y"], "status": ["exec"]}
+    command = [ray_cli, *verbs[args.action], args.profile] + (["ray status"] if args.action == "status" else [])
+    if args.dry_run:
+        print(" ".join(command))
+        return EXIT_OK
+    return EXIT_OK if subprocess.run(command).returncode == 0 else EXIT_FAILED
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from raysweep import launcher
+    from raysweep.profile import is_launcher_config
+    from raysweep.spec import read_spec_file
+
+    if is_launcher_config(read_spec_file(args.profile, what="profile")):
+        return cmd_launcher(args)
+    if args.dry_run:
+        raise UserInputError(f"{args.profile}: --dry-run is for launcher configs (cluster/aws.yaml, cluster/gcp.yaml)")
+    profile = load_profile(args.profile)
+    if args.action == "up":
+        state = launcher.up(profile)
+        print(f"cluster {profile.name!r} is up: {len(state.pids)} node(s), address {state.address}, "
+              f"dashboard and job API {state.dashboard} (token auth on; token in {launcher.token_source()})")
+        print(f"  submit: raysweep submit SPEC --cluster {args.profile}")
+        print(f"      or: RAY_ADDRESS={state.dashboard} ray job submit --working-dir . -- "
+              "python -m raysweep tune SPEC")
+        print(f"  stop:   raysweep cluster down {args.profile}")
+    elif args.action == "down":
+        pids = launcher.down(profile.name)
+        print(f"cluster {profile.name!r} is down: stopped process groups {', '.join(map(str, pids))}")
+    else:
+        state = launcher.ClusterState.load(profile.name)
+        if state is None or not state.alive():
+            raise UserInputError(f"{args.profile}: cluster {profile.name!r} is not up")
+        print(f"cluster {profile.name!r}: address {state.address}, dashboard {state.dashboard}")
+        for node in launcher.status(state):
+            resources = " ".join(f"{k}={v:g}" for k, v in sorted(node["resources"].items()))
+            print(f"  node {node['node_id']} {node['address']} {'alive' if node['alive'] else 'dead'}: {resources}")
+    return EXIT_OK
+
+
+COMMANDS = {"check": cmd_check, "train": cmd_train, "tune": cmd_tune, "submit": cmd_submit}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "cluster":
+            return cmd_cluster(args)
         spec, data = validate(args)
         return COMMANDS[args.command](spec, data, args)
     except UserInputError as exc:

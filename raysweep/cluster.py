@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 
 import ray
 
+from raysweep.errors import UserInputError
 from raysweep.profile import DEFAULT_PROFILE, ClusterProfile
 
 
@@ -27,11 +29,33 @@ def connect(profile: ClusterProfile = DEFAULT_PROFILE, address: str | None = Non
     address = address or os.environ.get("RAY_ADDRESS") or profile.address
     common = dict(logging_level=logging.WARNING, log_to_driver=False, configure_logging=True)
     if address:
-        ray.init(address=address, **common)
+        check_reachable(address)
+        try:
+            ray.init(address=address, **common)
+        except Exception as exc:
+            if "auth" in f"{type(exc).__name__} {exc}".lower():
+                raise UserInputError(
+                    f"{address}: the cluster refused this process's token; set RAY_AUTH_TOKEN (or "
+                    "RAY_AUTH_TOKEN_PATH) to the cluster's token, which `ray get-auth-token` prints on its head"
+                ) from None
+            raise
     else:
         ray.init(num_cpus=profile.num_cpus, num_gpus=profile.num_gpus, dashboard_host=profile.host,
                  _node_ip_address=profile.host, **common)
     return True
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail within seconds, naming the address, when nothing listens there."""
+    if address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserInputError(f"{address}: a Ray address is host:port (or 'auto')")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise UserInputError(f"{address}: no Ray cluster answers there ({exc.strerror or exc})") from None
 
 
 def cluster_capacity() -> tuple[float, float]:

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raysweep.errors import UserInputError
-from raysweep.spec import DataSpec
+from raysweep.spec import DataSpec, resolve_path
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,7 @@ class ResolvedData:
 
 def find_parquet_files(path: str, *, source: str, field: str) -> tuple[str, ...]:
     """A file, a directory (searched recursively) or a glob -> sorted absolute paths."""
+    path = resolve_path(path)
     candidate = Path(path)
     if candidate.is_file():
         files = [candidate]

@@ -10,14 +10,75 @@ from raysweep.errors import UserInputError
 from raysweep.spec import _Section, describe_error, read_spec_file
 
 
+class WorkerNode(_Section):
+    """One extra node `raysweep cluster up` starts on this machine."""
+
+    num_cpus: int = Field(default=1, ge=0)
+    num_gpus: int = Field(default=0, ge=0)
+    resources: dict[str, float] = Field(default_factory=dict)
+    """Custom resources, e.g. {preemptible: 1}."""
+
+
 class ClusterProfile(_Section):
-    name: str
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     address: str | None = None
-    """None: start Ray in-process here; `host:port` or `auto`: join that cluster."""
+    """None: start Ray here (in-process, or with `raysweep cluster up`);
+    `host:port` or `auto`: join that cluster."""
     host: str = "127.0.0.1"
     """Bind address of a cluster started here."""
+    port: int = Field(default=6379, ge=1, le=65535)
+    """GCS port of a cluster started with `raysweep cluster up`."""
+    dashboard_port: int = Field(default=8265, ge=1, le=65535)
     num_cpus: int | None = Field(default=None, ge=1)
+    """CPUs of the head node (None: every core)."""
     num_gpus: int | None = Field(default=None, ge=0)
+    resources: dict[str, float] = Field(default_factory=dict)
+    """Custom resources of the head node."""
+    worker_nodes: list[WorkerNode] = Field(default_factory=list)
+    """Extra nodes `raysweep cluster up` starts (rehearsing a multi-node run)."""
+    shared_paths: list[str] = Field(default_factory=list)
+    """Local paths every node of a joined cluster sees (an NFS mount, say)."""
+
+    def spans_hosts(self) -> bool:
+        """Whether nodes may sit on other machines (a joined, non-loopback cluster)."""
+        if self.address is None or self.address == "auto":
+            return False
+        host = self.address.split("://")[-1].rpartition(":")[0]
+        return host not in ("127.0.0.1", "localhost", "::1")
+
+
+def check_storage(profile: ClusterProfile, storage_path: str, source: str) -> None:
+    """Multi-host clusters need run storage every node sees (checkpoints from every
+    node must reach it)."""
+    if not profile.spans_hosts() or "://" in storage_path:
+        return
+    resolved = Path(storage_path).resolve()
+    if any(resolved.is_relative_to(Path(p).resolve()) for p in profile.shared_paths):
+        return
+    raise UserInputError(
+        f"{source}: storage_path: {storage_path!r} is a local path that only this machine sees, but "
+        f"cluster {profile.name!r} at {profile.address} spans hosts; use s3://, gs:// or a path "
+        "listed in the profile's shared_paths"
+    )
+
+
+def is_launcher_config(raw: dict) -> bool:
+    """A Ray cluster launcher config (cloud profile), handed over to `ray up`."""
+    return "provider" in raw and "cluster_name" in raw
+
+
+def validate_launcher_config(raw: dict, path: str | Path) -> None:
+    """Validate against Ray's own cluster config schema, as `ray up` does."""
+    import jsonschema
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    try:
+        validate_config(prepare_config(raw))
+    except jsonschema.ValidationError as exc:
+        where = ".".join(str(p) for p in exc.absolute_path) or "(top level)"
+        raise UserInputError(f"{path}: {where}: {exc.message}") from None
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise UserInputError(f"{path}: {exc}") from None
 
 
 DEFAULT_PROFILE = ClusterProfile(name="local")

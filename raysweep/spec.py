@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -183,6 +184,19 @@ class Spec(_Section):
         if not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", value):
             raise ValueError(f"must be a dotted module name, got {value!r}")
         return value
+
+
+def base_dir() -> Path:
+    """Where relative spec paths point: RAYSWEEP_BASE_DIR (set for submitted jobs,
+    whose working dir is a copy without data or results), else the current dir."""
+    return Path(os.environ.get("RAYSWEEP_BASE_DIR") or os.getcwd())
+
+
+def resolve_path(path: str) -> str:
+    """A local path made absolute against base_dir(); URIs are kept as they are."""
+    if "://" in path or os.path.isabs(path):
+        return path
+    return str(base_dir() / path)
 
 
 def parse_overrides(overrides: list[str]) -> list[tuple[list[str], Any]]:

@@ -69,6 +69,10 @@ def train(ctx: TrainContext) -> None:
     ddp = ctx.prepare_model(model)
     probe = Path(ctx.params["probe_dir"])
     probe.mkdir(parents=True, exist_ok=True)
+    if ctx.runs_on_ray:  # which node each rank ran on (multi-node tests)
+        import ray
+
+        (probe / f"node-rank{ctx.rank}.txt").write_text(ray.get_runtime_context().get_node_id())
     batch_size = int(ctx.params["batch_size"])
     loss_fn = torch.nn.CrossEntropyLoss()
     for epoch in range(ctx.start_epoch, ctx.num_epochs):

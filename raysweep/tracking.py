@@ -24,6 +24,8 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 from ray.train.v2.api.callback import UserCallback
 
+from raysweep.spec import base_dir
+
 KEY_TAG = "raysweep.key"
 PARENT_TAG = "mlflow.parentRunId"
 MAX_PARAM_LENGTH = 6000
@@ -31,11 +33,12 @@ MAX_PARAM_LENGTH = 6000
 
 def tracking_uri() -> str:
     """MLFLOW_TRACKING_URI, else MLflow's default `sqlite:///mlflow.db`, made absolute
-    so Ray actors with another working directory write to the same file."""
+    (against base_dir()) so Ray actors with another working directory, and submitted
+    jobs, write to the same file."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
-    return f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    return f"sqlite:///{base_dir() / 'mlflow.db'}"
 
 
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -13,7 +13,7 @@ from ray.train.torch import TorchTrainer
 
 from raysweep.context import ArraySet
 from raysweep.data import ResolvedData, read_parquet_columns
-from raysweep.spec import CheckpointSpec, LightningSpec, ScalingSpec, Spec
+from raysweep.spec import CheckpointSpec, LightningSpec, ScalingSpec, Spec, resolve_path
 from raysweep.worker import WorkerPlan, run_worker
 
 
@@ -53,7 +53,7 @@ def storage_root(spec: Spec) -> str:
     """The experiment's run folder: an absolute local path, or the URI as given."""
     if "://" in spec.storage_path:
         return f"{spec.storage_path.rstrip('/')}/{spec.name}"
-    return str(Path(spec.storage_path).resolve() / spec.name)
+    return str(Path(resolve_path(spec.storage_path)).resolve() / spec.name)
 
 
 def _worker_entry(config: dict[str, Any]) -> None:

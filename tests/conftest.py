@@ -53,3 +53,8 @@ def digits_spec(tmp_path: Path, digits_data: Path):
         return path
 
     return write
+
+
+def pytest_collection_modifyitems(items):
+    """Unit tests (no Ray) first, then the integration tests on the shared cluster."""
+    items.sort(key=lambda item: "integration" in str(item.fspath))

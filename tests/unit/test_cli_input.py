@@ -16,8 +16,9 @@ from raysweep.cli import main
 def isolated(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    ray_was_up = ray.is_initialized()
     yield
-    assert not ray.is_initialized()
+    assert ray.is_initialized() == ray_was_up, "bad input started Ray"
     assert not os.path.exists(tmp_path / "mlflow.db")
     assert not os.path.exists(tmp_path / "results")
 

@@ -1,0 +1,252 @@
+"""`raysweep cluster up|down|status`: a real local Ray cluster from a profile.
+
+`up` starts a head and the profile's worker nodes as separate `ray start --block`
+processes (each in its own process group), bound to the profile's host
+(127.0.0.1), with token authentication on. It records their process ids in a state
+file; `down` stops exactly those process groups and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from raysweep.errors import RunFailedError, UserInputError
+from raysweep.profile import ClusterProfile
+
+START_TIMEOUT_S = 90.0
+STOP_GRACE_S = 10.0
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("RAYSWEEP_STATE_DIR", Path.home() / ".raysweep"))
+
+
+@dataclass
+class ClusterState:
+    name: str
+    address: str
+    dashboard: str
+    pids: list[int]
+    logs: list[str]
+
+    @classmethod
+    def path(cls, name: str) -> Path:
+        return state_dir() / "clusters" / f"{name}.json"
+
+    @classmethod
+    def load(cls, name: str) -> ClusterState | None:
+        path = cls.path(name)
+        return cls(**json.loads(path.read_text())) if path.is_file() else None
+
+    def save(self) -> None:
+        path = self.path(self.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.replace(path)
+
+    def alive(self) -> list[int]:
+        return [pid for pid in self.pids if _group_alive(pid)]
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def token_path() -> Path:
+    return Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+
+
+def ensure_token() -> Path | None:
+    """A token file readable by the user only (generated if missing); None when the
+    token comes from RAY_AUTH_TOKEN."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return None
+    path = token_path()
+    if not path.is_file():
+        from ray._private.authentication.authentication_token_generator import (
+            generate_new_authentication_token,
+        )
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(generate_new_authentication_token())
+    os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
+    return path
+
+
+def token_source() -> str:
+    """Where the token lives, for messages (never the token itself)."""
+    return "RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN") else str(token_path())
+
+
+def use_token_auth() -> None:
+    """Make this process send the token (Ray's clients add it when the mode is token)."""
+    from ray._raylet import Config
+
+    os.environ["RAY_AUTH_MODE"] = "token"
+    Config.initialize("")
+
+
+def masked(token: str) -> str:
+    """A token as it may appear anywhere: its last 4 characters only."""
+    return f"****{token[-4:]}" if len(token) > 8 else "****"
+
+
+def cluster_env() -> dict[str, str]:
+    return {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def _ray_cli() -> str:
+    return str(Path(sys.executable).with_name("ray"))
+
+
+def _wait_for_port(host: str, port: int, timeout: float, what: str, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            sock.settimeout(1.0)
+            if sock.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.5)
+    raise RunFailedError(f"{what} did not come up on {host}:{port} within {timeout:.0f} s; see {log}")
+
+
+def _start(args: list[str], log: Path) -> int:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            [_ray_cli(), "start", "--block", "--disable-usage-stats", *args],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=cluster_env(), start_new_session=True,
+        )
+    return process.pid
+
+
+def _resource_args(num_cpus: int | None, num_gpus: int | None, resources: dict[str, float]) -> list[str]:
+    args = []
+    if num_cpus is not None:
+        args += ["--num-cpus", str(num_cpus)]
+    if num_gpus is not None:
+        args += ["--num-gpus", str(num_gpus)]
+    if resources:
+        args += ["--resources", json.dumps(resources)]
+    return args
+
+
+def up(profile: ClusterProfile) -> ClusterState:
+    existing = ClusterState.load(profile.name)
+    if existing is not None and existing.alive():
+        raise UserInputError(
+            f"cluster {profile.name!r} is already up at {existing.address} "
+            f"(raysweep cluster down to stop it)"
+        )
+    if profile.address is not None:
+        raise UserInputError(f"profile {profile.name!r} joins {profile.address}; there is nothing to start")
+    ensure_token()
+    host, logs_dir = profile.host, state_dir() / "logs" / profile.name
+    address = f"{host}:{profile.port}"
+    pids: list[int] = []
+    logs: list[str] = []
+    state = ClusterState(profile.name, address, f"http://{host}:{profile.dashboard_port}", pids, logs)
+    try:
+        head_log = logs_dir / "head.log"
+        pids.append(_start([
+            "--head", "--node-ip-address", host, "--port", str(profile.port),
+            "--dashboard-host", host, "--dashboard-port", str(profile.dashboard_port),
+            *_resource_args(profile.num_cpus, profile.num_gpus, profile.resources),
+        ], head_log))
+        logs.append(str(head_log))
+        state.save()
+        _wait_for_port(host, profile.port, START_TIMEOUT_S, "the head's GCS", head_log)
+        _wait_for_port(host, profile.dashboard_port, START_TIMEOUT_S, "the dashboard", head_log)
+        for index, node in enumerate(profile.worker_nodes):
+            log = logs_dir / f"worker-{index}.log"
+            pids.append(_start([
+                "--address", address, "--node-ip-address", host,
+                *_resource_args(node.num_cpus, node.num_gpus, node.resources),
+            ], log))
+            logs.append(str(log))
+            state.save()
+        wait_for_nodes(address, 1 + len(profile.worker_nodes), START_TIMEOUT_S)
+    except BaseException:
+        down(profile.name)
+        raise
+    return state
+
+
+def wait_for_nodes(address: str, count: int, timeout: float) -> None:
+    """Block until `count` nodes are alive (asked in a child process, no Ray here)."""
+    code = (
+        "import ray, sys, time\n"
+        f"ray.init(address={address!r}, logging_level='ERROR', log_to_driver=False)\n"
+        f"deadline = time.monotonic() + {timeout}\n"
+        f"while sum(n['Alive'] for n in ray.nodes()) < {count}:\n"
+        "    if time.monotonic() > deadline: sys.exit(1)\n"
+        "    time.sleep(0.5)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env=cluster_env(),
+                            capture_output=True, text=True, timeout=timeout + 60)
+    if result.returncode != 0:
+        raise RunFailedError(f"{count} nodes did not join {address} within {timeout:.0f} s")
+
+
+def down(name: str) -> list[int]:
+    """Stop the process groups `up` started; returns the ids stopped."""
+    state = ClusterState.load(name)
+    if state is None:
+        raise UserInputError(f"cluster {name!r} is not up (no state at {ClusterState.path(name)})")
+    for pid in reversed(state.pids):  # workers first, then the head
+        _stop_group(pid)
+    ClusterState.path(name).unlink(missing_ok=True)
+    return state.pids
+
+
+def _stop_group(pgid: int) -> None:
+    for sig, wait in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and _group_alive(pgid):
+            time.sleep(0.2)
+        try:
+            os.waitpid(pgid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        if not _group_alive(pgid):
+            return
+
+
+def status(state: ClusterState) -> list[dict]:
+    """The cluster's nodes: id, address, alive, resources (asked in a child process)."""
+    code = (
+        "import json, ray\n"
+        f"ray.init(address={state.address!r}, logging_level='ERROR', log_to_driver=False)\n"
+        "print(json.dumps([{'node_id': n['NodeID'][:12], 'address': n['NodeManagerAddress'],\n"
+        "  'alive': n['Alive'], 'resources': {k: v for k, v in n['Resources'].items()\n"
+        "  if not k.startswith('node:') and k != 'object_store_memory' and k != 'memory'}}\n"
+        "  for n in ray.nodes()]))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env=cluster_env(),
+                            capture_output=True, text=True, timeout=60)
+    if result.returncode != 0:
+        raise RunFailedError(f"cannot reach the cluster at {state.address}: {result.stderr.strip()[-300:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])

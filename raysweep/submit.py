@@ -1,0 +1,105 @@
+"""`raysweep submit SPEC --cluster PROFILE`: a sweep as a Ray job.
+
+Wraps Ray's JobSubmissionClient: uploads the repo as the working dir (what
+`.gitignore` and `.rayignore` exclude stays home), passes the environment the job
+needs, follows the job's logs and exits with the job's outcome. The token is sent
+the way Ray's client sends it (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or
+~/.ray/auth_token) and is never printed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import time
+from pathlib import Path
+
+from raysweep.errors import RunFailedError, UserInputError
+
+# Ray refuses working dirs above this (docs: runtime environments, working_dir).
+UPLOAD_LIMIT_BYTES = 100 * 1024**2
+JOB_ENV_KEYS = ("RAY_TRAIN_V2_ENABLED", "MLFLOW_TRACKING_URI", "RAYSWEEP_BASE_DIR")
+
+
+def upload_files(root: Path) -> list[tuple[Path, int]]:
+    """The files Ray would upload from `root` (its own .gitignore/.rayignore rules)."""
+    from ray._private.runtime_env.packaging import _dir_travel
+
+    found: list[tuple[Path, int]] = []
+
+    def handle(path: Path) -> None:
+        if path.is_file():
+            found.append((path, path.stat().st_size))
+
+    _dir_travel(root, [], handle, include_gitignore=True, logger=None)
+    return found
+
+
+def check_upload(root: Path, limit: int = UPLOAD_LIMIT_BYTES) -> int:
+    """Total upload size; UserInputError naming the largest files when over `limit`."""
+    files = upload_files(root)
+    total = sum(size for _, size in files)
+    if total > limit:
+        largest = sorted(files, key=lambda f: -f[1])[:3]
+        names = ", ".join(f"{p.relative_to(root)} ({s / 2**20:.1f} MiB)" for p, s in largest)
+        raise UserInputError(
+            f"{root}: working dir would upload {total / 2**20:.1f} MiB, over Ray's "
+            f"{limit / 2**20:.0f} MiB limit; largest: {names}; add them to .rayignore"
+        )
+    return total
+
+
+def job_env(base_dir: Path) -> dict[str, str]:
+    """The job's environment: Train V2, and absolute places for results and data."""
+    from raysweep.tracking import tracking_uri
+
+    env = {k: os.environ[k] for k in JOB_ENV_KEYS if k in os.environ}
+    env.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    env.setdefault("MLFLOW_TRACKING_URI", tracking_uri())
+    env.setdefault("RAYSWEEP_BASE_DIR", str(base_dir))
+    return env
+
+
+def submit(dashboard: str, spec_path: str, overrides: list[str], root: Path,
+           timeout_s: float | None = None) -> int:
+    """Submit `raysweep tune SPEC` as a job, stream its logs, return its exit status."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    check_upload(root)
+    args = [spec_path]
+    for item in overrides:
+        args += ["--set", item]
+    entrypoint = "python -m raysweep tune " + shlex.join(args)
+    try:
+        client = JobSubmissionClient(dashboard)
+    except Exception as exc:
+        raise RunFailedError(f"cannot reach the job API at {dashboard}: {_first_line(exc)}") from None
+    job_id = client.submit_job(
+        entrypoint=entrypoint,
+        runtime_env={"working_dir": str(root), "env_vars": job_env(root)},
+    )
+    print(f"submitted job {job_id} to {dashboard}: {entrypoint}", flush=True)
+    asyncio.run(_follow(client, job_id))
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while not (status := client.get_job_status(job_id)).is_terminal():
+        if deadline is not None and time.monotonic() > deadline:
+            client.stop_job(job_id)
+            raise RunFailedError(f"job {job_id} did not finish within {timeout_s:.0f} s; stopped it")
+        time.sleep(1)
+    info = client.get_job_info(job_id)
+    print(f"job {job_id}: {status.value}", flush=True)
+    if status == JobStatus.SUCCEEDED:
+        return 0
+    code = getattr(info, "driver_exit_code", None)
+    return code if code in (1, 2) else 1
+
+
+async def _follow(client, job_id: str) -> None:
+    async for lines in client.tail_job_logs(job_id):
+        print(lines, end="", flush=True)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,161 @@
+"""`raysweep cluster up|status|down` and job submission against a real local
+cluster: a head and one worker node as separate `ray start` processes on 127.0.0.1.
+
+This cluster is separate from the session's in-process one, so everything that
+talks to it runs in a subprocess or over HTTP.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from raysweep.cli import main
+from raysweep.launcher import ClusterState, token_path
+from raysweep.sweep import load_study
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _raysweep(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "raysweep", *args], cwd=REPO, env=env or os.environ.copy(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """Head (1 CPU, on-demand) + 1 worker node (1 CPU, preemptible) from a profile."""
+    root = tmp_path_factory.mktemp("cluster")
+    os.environ["RAYSWEEP_STATE_DIR"] = str(root / "state")
+    profile = root / "two-nodes.yaml"
+    profile.write_text(yaml.safe_dump({
+        "name": "two-nodes", "host": "127.0.0.1", "port": _free_port(), "dashboard_port": _free_port(),
+        "num_cpus": 1, "resources": {"on_demand": 4},
+        "worker_nodes": [{"num_cpus": 1, "resources": {"preemptible": 1}}],
+    }))
+    up = _raysweep("cluster", "up", str(profile))
+    assert up.returncode == 0, up.stderr
+    state = ClusterState.load("two-nodes")
+    yield profile, state, up.stdout
+    down = _raysweep("cluster", "down", str(profile))
+    assert down.returncode == 0, down.stderr
+    assert not state.alive(), "cluster down left processes running"
+    os.environ.pop("RAYSWEEP_STATE_DIR", None)
+
+
+def test_up_prints_address_and_how_to_submit_without_the_token(cluster):
+    profile, state, out = cluster
+    assert state.address.startswith("127.0.0.1:") and "raysweep submit" in out and "ray job submit" in out
+    token = token_path().read_text().strip()
+    assert token not in out
+    assert oct(token_path().stat().st_mode & 0o777) == "0o600"
+
+
+def test_starting_twice_is_a_clear_error(cluster):
+    profile, state, _ = cluster
+    again = _raysweep("cluster", "up", str(profile))
+    assert again.returncode == 2
+    assert f"is already up at {state.address}" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_status_lists_both_nodes_with_their_resources(cluster):
+    profile, state, _ = cluster
+    status = _raysweep("cluster", "status", str(profile))
+    assert status.returncode == 0, status.stderr
+    nodes = [line for line in status.stdout.splitlines() if line.strip().startswith("node ")]
+    assert len(nodes) == 2 and all("alive" in n and "CPU=1" in n for n in nodes)
+    assert any("preemptible=1" in n for n in nodes) and any("on_demand=4" in n for n in nodes)
+
+
+def test_job_api_refuses_requests_without_the_token(cluster):
+    _, state, _ = cluster
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{state.dashboard}/api/jobs/", timeout=10)
+    assert refused.value.code == 401
+    request = urllib.request.Request(f"{state.dashboard}/api/jobs/",
+                                     headers={"Authorization": f"Bearer {token_path().read_text().strip()}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+
+
+def test_dashboard_answers_only_on_loopback(cluster):
+    _, state, _ = cluster
+    port = int(state.dashboard.rsplit(":", 1)[1])
+    others = [ip for ip in subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()
+              if not ip.startswith("127.") and ":" not in ip]
+    for ip in others:
+        with socket.socket() as sock:
+            sock.settimeout(2)
+            assert sock.connect_ex((ip, port)) != 0, f"dashboard reachable on {ip}"
+
+
+def test_two_worker_training_spreads_over_both_nodes(cluster, write_spec, tmp_path):
+    _, state, _ = cluster
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    run = _raysweep("train", str(write_spec()), "--address", state.address,
+                    "--set", "scaling.num_workers=2", "--set", "scheduler.max_epochs=1", env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    probe = tmp_path / "probe"
+    nodes = {(probe / f"node-rank{r}.txt").read_text() for r in range(2)}
+    assert len(nodes) == 2, "both workers ran on one node"
+    shards = [np.load(probe / f"train-rank{r}-epoch0.npy") for r in range(2)]
+    assert not set(shards[0]) & set(shards[1])
+    assert sorted(np.concatenate(shards).tolist()) == list(range(203))
+    checkpoints = list((tmp_path / "results" / "probe" / "probe-train").glob("checkpoint_*/state.pt"))
+    assert checkpoints, "no checkpoint reached the run's storage"
+
+
+def _check_sweep(uri: str, results: Path, trials: int) -> None:
+    client = MlflowClient(uri)
+    (experiment,) = [e for e in client.search_experiments() if e.name == "probe"]
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and len(runs) == trials + 1
+    assert all(r.info.status == "FINISHED" for r in runs)
+    (sweep_dir,) = [p for p in (results / "probe").iterdir() if p.is_dir()]
+    study = load_study(str(sweep_dir), "probe")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * trials
+
+
+def test_raysweep_submit_runs_a_sweep_as_a_job(cluster, write_spec, tmp_path, monkeypatch, capsys):
+    profile, _, _ = cluster
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(REPO)
+    code = main(["submit", str(write_spec()), "--cluster", str(profile), "--timeout", "400"])
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    assert "SUCCEEDED" in out and token_path().read_text().strip() not in out
+    _check_sweep(uri, tmp_path / "results", trials=2)
+
+
+def test_plain_ray_job_submit(cluster, write_spec, tmp_path):
+    _, state, _ = cluster
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    runtime_env = yaml.safe_dump({"env_vars": {"MLFLOW_TRACKING_URI": uri, "RAY_TRAIN_V2_ENABLED": "1"}})
+    (tmp_path / "runtime_env.yaml").write_text(runtime_env)
+    env = {**os.environ, "RAY_ADDRESS": state.dashboard, "RAY_AUTH_MODE": "token"}
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    job = subprocess.run(
+        [ray_cli, "job", "submit", "--working-dir", ".", "--runtime-env", str(tmp_path / "runtime_env.yaml"),
+         "--", "python", "-m", "raysweep", "tune", str(write_spec())],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
+    _check_sweep(uri, tmp_path / "results", trials=2)
