@@ -9,6 +9,7 @@ import argparse
 import importlib
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -218,7 +219,8 @@ def sweep_params(spec: Spec) -> dict[str, Any]:
 
 
 def cmd_submit(spec: Spec, data: ResolvedData, args: argparse.Namespace) -> int:
-    from raysweep.launcher import ClusterState, use_token_auth
+    from raysweep.cluster import use_token_auth
+    from raysweep.launcher import ClusterState
     from raysweep.submit import submit
 
     profile = load_profile(args.cluster)
@@ -281,8 +283,27 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 COMMANDS = {"check": cmd_check, "train": cmd_train, "tune": cmd_tune, "submit": cmd_submit}
 
 
+def leave_ray_working_dir(args: argparse.Namespace) -> None:
+    """A Ray job's driver starts in the unpacked working dir, which Ray deletes and
+    unpacks again when the last actor sharing it exits: the driver is then left in a
+    deleted directory and Tune's os.getcwd() fails at the end of the sweep. Move to a
+    stable directory; relative paths keep their meaning through RAYSWEEP_BASE_DIR."""
+    cwd = os.getcwd()
+    if "runtime_resources" not in Path(cwd).parts:
+        return
+    os.environ.setdefault("RAYSWEEP_BASE_DIR", cwd)
+    if getattr(args, "spec", None):
+        args.spec = str(Path(cwd) / args.spec)
+    base = os.environ["RAYSWEEP_BASE_DIR"]
+    stable = base if os.path.isdir(base) and "runtime_resources" not in Path(base).parts else None
+    os.chdir(stable or tempfile.gettempdir())
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    leave_ray_working_dir(args)
     try:
         if args.command == "cluster":
             return cmd_cluster(args)

@@ -30,19 +30,37 @@ def connect(profile: ClusterProfile = DEFAULT_PROFILE, address: str | None = Non
     common = dict(logging_level=logging.WARNING, log_to_driver=False, configure_logging=True)
     if address:
         check_reachable(address)
+        if token_available():
+            use_token_auth()
         try:
             ray.init(address=address, **common)
-        except Exception as exc:
-            if "auth" in f"{type(exc).__name__} {exc}".lower():
-                raise UserInputError(
-                    f"{address}: the cluster refused this process's token; set RAY_AUTH_TOKEN (or "
-                    "RAY_AUTH_TOKEN_PATH) to the cluster's token, which `ray get-auth-token` prints on its head"
-                ) from None
-            raise
+        except ConnectionError:
+            raise UserInputError(
+                f"{address}: the cluster did not let this process in; if it uses token auth, set "
+                "RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to its token (`ray get-auth-token` on its head prints it)"
+            ) from None
     else:
         ray.init(num_cpus=profile.num_cpus, num_gpus=profile.num_gpus, dashboard_host=profile.host,
                  _node_ip_address=profile.host, **common)
     return True
+
+
+def token_available() -> bool:
+    """A token reaches this process the way Ray documents: env var or token file."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return True
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    return os.path.isfile(path)
+
+
+def use_token_auth() -> None:
+    """Make this process send the token (Ray's clients add it when the mode is token)."""
+    if os.environ.get("RAY_AUTH_MODE") == "disabled":
+        return
+    from ray._raylet import Config
+
+    os.environ["RAY_AUTH_MODE"] = "token"
+    Config.initialize("")
 
 
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:

@@ -96,21 +96,16 @@ def token_source() -> str:
     return "RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN") else str(token_path())
 
 
-def use_token_auth() -> None:
-    """Make this process send the token (Ray's clients add it when the mode is token)."""
-    from ray._raylet import Config
-
-    os.environ["RAY_AUTH_MODE"] = "token"
-    Config.initialize("")
-
-
 def masked(token: str) -> str:
     """A token as it may appear anywhere: its last 4 characters only."""
     return f"****{token[-4:]}" if len(token) > 8 else "****"
 
 
 def cluster_env() -> dict[str, str]:
-    return {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+    """The nodes' environment: token auth on, and this interpreter's bin dir first on
+    PATH so a job's `python` is the one raysweep is installed in."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return {**os.environ, "PATH": path, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def _ray_cli() -> str:

@@ -10,6 +10,7 @@ the way Ray's client sends it (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shlex
 import time
@@ -32,7 +33,9 @@ def upload_files(root: Path) -> list[tuple[Path, int]]:
         if path.is_file():
             found.append((path, path.stat().st_size))
 
-    _dir_travel(root, [], handle, include_gitignore=True, logger=None)
+    quiet = logging.getLogger("raysweep.upload")
+    quiet.setLevel(logging.WARNING)
+    _dir_travel(root, [], handle, include_gitignore=True, logger=quiet)
     return found
 
 
