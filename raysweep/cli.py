@@ -133,34 +133,29 @@ def cmd_check(spec: Spec, data: ResolvedData, args: argparse.Namespace) -> int:
 
 
 def cmd_train(spec: Spec, data: ResolvedData, args: argparse.Namespace) -> int:
-    import ray
-
-    from raysweep.cluster import connect
+    from raysweep.cluster import connected
     from raysweep.tracking import RunStore, TrainMetricsCallback, tracking_uri
     from raysweep.training import TrainJob, build_trainer, storage_root
 
     run_name = args.name or f"{spec.name}-train"
-    store = RunStore(tracking_uri(), spec.name)
-    run_id = store.open(f"train/{run_name}", run_name, params=spec.params)
-    store.client.log_text(run_id, spec_yaml(spec), "spec.yaml")
-    status, started_ray, started_at = "FAILED", False, time.time()
-    try:
-        started_ray = connect(load_profile(args.cluster), args.address)
+    started_at = time.time()
+    with connected(load_profile(args.cluster), args.address):
         job = TrainJob.from_spec(spec, data, storage_root(spec))
-        callback = TrainMetricsCallback(store.uri, spec.name, run_id, started_at)
-        result = build_trainer(job, spec.params, run_name, callbacks=[callback]).fit()
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    except UserInputError:
-        raise
-    except Exception as exc:
-        raise RunFailedError(f"training run {run_name!r} failed: {type(exc).__name__}: {exc}") from exc
-    finally:
-        store.close(run_id, status)
-        if started_ray:
-            ray.shutdown()
+        store = RunStore(tracking_uri(), spec.name)
+        run_id = store.open(f"train/{run_name}", run_name, params=spec.params)
+        store.client.log_text(run_id, spec_yaml(spec), "spec.yaml")
+        status = "FAILED"
+        try:
+            callback = TrainMetricsCallback(store.uri, spec.name, run_id, started_at)
+            result = build_trainer(job, spec.params, run_name, callbacks=[callback]).fit()
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        except Exception as exc:
+            raise RunFailedError(f"training run {run_name!r} failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            store.close(run_id, status)
     metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
     print(f"run {run_name}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     print(f"checkpoint: {result.checkpoint.path if result.checkpoint else None}")
@@ -169,33 +164,31 @@ def cmd_train(spec: Spec, data: ResolvedData, args: argparse.Namespace) -> int:
 
 
 def cmd_tune(spec: Spec, data: ResolvedData, args: argparse.Namespace) -> int:
-    import ray
-
-    from raysweep.cluster import cluster_capacity, connect
+    from raysweep.cluster import cluster_capacity, connected
     from raysweep.report import print_summary
     from raysweep.sweep import run_sweep
     from raysweep.tracking import RunStore, SweepTracker, tracking_uri
     from raysweep.training import TrainJob, storage_root
 
+    profile = load_profile(args.cluster)
     sweep_id = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    store = RunStore(tracking_uri(), spec.name)
-    parent_id = store.open(f"sweep/{sweep_id}", sweep_id, params=sweep_params(spec))
-    store.client.log_text(parent_id, spec_yaml(spec), "spec.yaml")
-    tracker = SweepTracker(store, sweep_id, parent_id, spec.scheduler.metric,
-                           spec.scheduler.mode, spec.scheduler.max_epochs)
-    status, started_ray = "FAILED", False
-    try:
-        started_ray = connect(load_profile(args.cluster), args.address)
+    with connected(profile, args.address):
         job = TrainJob.from_spec(spec, data, storage_root(spec))
-        outcome = run_sweep(spec, job, sweep_id, tracker, *cluster_capacity())
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        tracker.close_all(status)
-        if started_ray:
-            ray.shutdown()
+        store = RunStore(tracking_uri(), spec.name)
+        parent_id = store.open(f"sweep/{sweep_id}", sweep_id, params=sweep_params(spec))
+        store.client.log_text(parent_id, spec_yaml(spec), "spec.yaml")
+        tracker = SweepTracker(store, sweep_id, parent_id, spec.scheduler.metric,
+                               spec.scheduler.mode, spec.scheduler.max_epochs)
+        status = "FAILED"
+        try:
+            outcome = run_sweep(spec, job, sweep_id, tracker, *cluster_capacity(),
+                                driver_resources=profile.trial_driver_resources)
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            tracker.close_all(status)
     print_summary(spec, outcome, store.uri, parent_id)
     finished = [t for t in tracker.trials.values() if t.status == "FINISHED"]
     return EXIT_OK if finished else EXIT_FAILED
@@ -228,7 +221,7 @@ def cmd_submit(spec: Spec, data: ResolvedData, args: argparse.Namespace) -> int:
     if state is None:
         raise UserInputError(f"{args.cluster}: cluster {profile.name!r} is not up (raysweep cluster up {args.cluster})")
     use_token_auth()
-    return submit(state.dashboard, args.spec, args.overrides, Path.cwd(), args.timeout)
+    return submit(state.dashboard, args.spec, args.overrides, Path.cwd(), args.timeout, args.cluster)
 
 
 def cmd_launcher(args: argparse.Namespace) -> int:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+from collections.abc import Iterator
 
 import ray
 
@@ -43,6 +45,17 @@ def connect(profile: ClusterProfile = DEFAULT_PROFILE, address: str | None = Non
         ray.init(num_cpus=profile.num_cpus, num_gpus=profile.num_gpus, dashboard_host=profile.host,
                  _node_ip_address=profile.host, **common)
     return True
+
+
+@contextlib.contextmanager
+def connected(profile: ClusterProfile = DEFAULT_PROFILE, address: str | None = None) -> Iterator[None]:
+    """connect(), and shut Ray down on exit if this call started it."""
+    started = connect(profile, address)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def token_available() -> bool:

@@ -36,6 +36,9 @@ class ClusterProfile(_Section):
     """Custom resources of the head node."""
     worker_nodes: list[WorkerNode] = Field(default_factory=list)
     """Extra nodes `raysweep cluster up` starts (rehearsing a multi-node run)."""
+    trial_driver_resources: dict[str, float] = Field(default_factory=dict)
+    """Custom resources each trial's driver asks for, e.g. {on_demand: 0.01}: keeps
+    drivers (and Train's controllers) off preemptible nodes that lack them."""
     shared_paths: list[str] = Field(default_factory=list)
     """Local paths every node of a joined cluster sees (an NFS mount, say)."""
 

@@ -65,14 +65,17 @@ def job_env(base_dir: Path) -> dict[str, str]:
 
 
 def submit(dashboard: str, spec_path: str, overrides: list[str], root: Path,
-           timeout_s: float | None = None) -> int:
-    """Submit `raysweep tune SPEC` as a job, stream its logs, return its exit status."""
+           timeout_s: float | None = None, profile_path: str | None = None) -> int:
+    """Submit `raysweep tune SPEC [--cluster PROFILE]` as a job, stream its logs,
+    return its exit status."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     check_upload(root)
     args = [spec_path]
     for item in overrides:
         args += ["--set", item]
+    if profile_path:
+        args += ["--cluster", profile_path]
     entrypoint = "python -m raysweep tune " + shlex.join(args)
     try:
         client = JobSubmissionClient(dashboard)

@@ -89,8 +89,17 @@ def max_concurrent_trials(scaling: ScalingSpec, budget: BudgetSpec, cpus: float,
     return max(1, min(fits, budget.max_concurrent_trials or fits, budget.num_trials))
 
 
+DRIVER_NODE_FILE = "driver_node"
+
+
 def _trial_driver(config: dict[str, Any], *, job: TrainJob, params: dict[str, Any], trials_dir: str) -> None:
+    import ray
+
     trial_id = tune.get_context().get_trial_id()
+    if "://" not in trials_dir:  # where this trial's driver (and its Train controller) ran
+        folder = Path(trials_dir) / trial_id
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / DRIVER_NODE_FILE).write_text(ray.get_runtime_context().get_node_id())
     trainer = build_trainer(job, {**params, **config}, run_name=trial_id,
                             callbacks=[TuneReportCallback()], storage_path=trials_dir)
     trainer.fit()
@@ -105,8 +114,12 @@ class SweepOutcome:
 
 
 def run_sweep(spec: Spec, job: TrainJob, sweep_id: str, tracker: SweepTracker,
-              cpus: float, gpus: float) -> SweepOutcome:
-    """Run the whole sweep; trials that fail are recorded, not raised."""
+              cpus: float, gpus: float, driver_resources: dict[str, float] | None = None) -> SweepOutcome:
+    """Run the whole sweep; trials that fail are recorded, not raised.
+
+    `driver_resources` (the profile's trial_driver_resources, e.g. {"on_demand": 0.01})
+    pins each trial's driver, and with it Train's controller, to nodes that have them.
+    """
     sweep_dir = f"{job.storage_path}/{sweep_id}"
     # Tune's own console tables off: SweepTracker prints one line per trial event.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -121,7 +134,7 @@ def run_sweep(spec: Spec, job: TrainJob, sweep_id: str, tracker: SweepTracker,
     driver = functools.partial(_trial_driver, job=job, params=spec.params,
                                trials_dir=f"{sweep_dir}/trials")
     tuner = tune.Tuner(
-        tune.with_resources(driver, TRIAL_DRIVER_RESOURCES),
+        tune.with_resources(driver, {**TRIAL_DRIVER_RESOURCES, **(driver_resources or {})}),
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             scheduler=make_scheduler(spec.scheduler),

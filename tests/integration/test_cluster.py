@@ -49,6 +49,7 @@ def cluster(tmp_path_factory):
         "name": "two-nodes", "host": "127.0.0.1", "port": _free_port(), "dashboard_port": _free_port(),
         "num_cpus": 1, "resources": {"on_demand": 4},
         "worker_nodes": [{"num_cpus": 1, "resources": {"preemptible": 1}}],
+        "trial_driver_resources": {"on_demand": 1},
     }))
     up = _raysweep("cluster", "up", str(profile))
     assert up.returncode == 0, up.stderr
@@ -57,6 +58,8 @@ def cluster(tmp_path_factory):
     down = _raysweep("cluster", "down", str(profile))
     assert down.returncode == 0, down.stderr
     assert not state.alive(), "cluster down left processes running"
+    again = _raysweep("cluster", "down", str(profile))
+    assert again.returncode == 2 and "is not up" in again.stderr and "Traceback" not in again.stderr
     os.environ.pop("RAYSWEEP_STATE_DIR", None)
 
 
@@ -144,6 +147,29 @@ def test_raysweep_submit_runs_a_sweep_as_a_job(cluster, write_spec, tmp_path, mo
     assert code == 0, out[-3000:]
     assert "SUCCEEDED" in out and token_path().read_text().strip() not in out
     _check_sweep(uri, tmp_path / "results", trials=2)
+    status = _raysweep("cluster", "status", str(profile)).stdout
+    (head,) = [line.split()[1] for line in status.splitlines() if "on_demand=4" in line]
+    drivers = {p.read_text()[:12] for p in (tmp_path / "results").glob("probe/*/trials/*/driver_node")}
+    assert drivers == {head}, "trial drivers were not pinned to the on-demand node"
+    client = MlflowClient(uri)
+    token = token_path().read_text().strip()
+    for run in client.search_runs([e.experiment_id for e in client.search_experiments()]):
+        assert token not in str(run.data.params) + str(run.data.tags), "token leaked into MLflow"
+
+
+def test_token_stays_out_of_raysweep_logs(cluster):
+    token = token_path().read_text().strip()
+    for log in cluster[1].logs:
+        assert token not in Path(log).read_text(errors="replace")
+
+
+def test_wrong_token_says_how_to_get_the_right_one(cluster, write_spec):
+    _, state, _ = cluster
+    env = {**os.environ, "RAY_AUTH_TOKEN": "not-the-token-" + "x" * 20, "RAY_AUTH_MODE": "token"}
+    run = _raysweep("train", str(write_spec()), "--address", state.address, env=env, timeout=120)
+    assert run.returncode == 2
+    assert f"raysweep: error: {state.address}: the cluster did not let this process in" in run.stderr
+    assert "ray get-auth-token" in run.stderr
 
 
 def test_plain_ray_job_submit(cluster, write_spec, tmp_path):

@@ -1,0 +1,99 @@
+"""Cluster profiles: cloud launcher configs against Ray's schema, the KubeRay
+manifest's structure, and the errors bad profiles and addresses get (no Ray)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import ray
+import yaml
+
+from raysweep.cli import main
+from raysweep.errors import UserInputError
+from raysweep.profile import validate_launcher_config
+from raysweep.submit import check_upload
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", ["aws.yaml", "gcp.yaml"])
+def test_cloud_profiles_pass_rays_cluster_schema(name) -> None:
+    raw = yaml.safe_load((REPO / "cluster" / name).read_text())
+    validate_launcher_config(raw, name)  # prepare_config + validate_config, as `ray up`
+    head = " ".join(raw["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in head, "dashboard must not be open"
+    assert "RAY_AUTH_MODE=token" in head and "RAY_AUTH_MODE=token" in " ".join(raw["worker_start_ray_commands"])
+    assert any("-c constraints.txt" in c for c in raw["setup_commands"])
+    gpu_types = [t for t in raw["available_node_types"].values()
+                 if "nvidia" in str(t["node_config"]) or "g5." in str(t["node_config"])]
+    assert gpu_types and raw["max_workers"] >= 1
+
+
+def test_launcher_config_with_unknown_key_names_file_and_key(tmp_path) -> None:
+    raw = yaml.safe_load((REPO / "cluster" / "aws.yaml").read_text())
+    raw["available_node_types"]["head"]["min_wrkers"] = 1
+    with pytest.raises(UserInputError, match=r"^bad.yaml: available_node_types.head: .*'min_wrkers' was unexpected"):
+        validate_launcher_config(raw, "bad.yaml")
+    raw = yaml.safe_load((REPO / "cluster" / "aws.yaml").read_text())
+    raw["max_workers"] = "many"
+    with pytest.raises(UserInputError, match=r"^bad.yaml: max_workers: 'many' is not of type"):
+        validate_launcher_config(raw, "bad.yaml")
+
+
+def test_kuberay_manifest_structure() -> None:
+    """No RayJob CRD schema is available offline; this checks, by name: kind and API
+    version, the entrypoint runs a sweep, a GPU worker group, token auth from a Secret
+    on head, workers and the job submitter, and a ClusterIP (not exposed) head."""
+    job = yaml.safe_load((REPO / "cluster" / "kuberay.yaml").read_text())
+    assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
+    assert job["spec"]["entrypoint"].startswith("python -m raysweep tune ")
+    cluster = job["spec"]["rayClusterSpec"]
+    assert cluster["headGroupSpec"]["serviceType"] == "ClusterIP"
+    (workers,) = cluster["workerGroupSpecs"]
+    container = workers["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    pods = [cluster["headGroupSpec"]["template"], workers["template"], job["spec"]["submitterPodTemplate"]]
+    for pod in pods:
+        env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+        assert env["RAY_AUTH_MODE"]["value"] == "token"
+        assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "raysweep-ray-token"
+
+
+def test_cloud_cluster_up_hands_over_to_ray_up(capsys) -> None:
+    assert main(["cluster", "up", str(REPO / "cluster" / "aws.yaml"), "--dry-run"]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"ray up -y {REPO / 'cluster' / 'aws.yaml'}")
+
+
+def test_unreachable_address_fails_within_seconds(capsys, write_spec, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    ray_was_up = ray.is_initialized()
+    started = time.monotonic()
+    assert main(["train", str(write_spec()), "--address", "127.0.0.1:9"]) == 2
+    assert time.monotonic() - started < 10
+    assert capsys.readouterr().err.startswith("raysweep: error: 127.0.0.1:9: no Ray cluster answers there")
+    assert ray.is_initialized() == ray_was_up and not (tmp_path / "mlflow.db").exists()
+
+
+def test_multi_host_profile_needs_shared_storage(capsys, write_spec, tmp_path) -> None:
+    profile = tmp_path / "remote.yaml"
+    profile.write_text("name: remote\naddress: head.example.invalid:6379\n")
+    spec = write_spec(storage_path="results")
+    assert main(["check", str(spec), "--cluster", str(profile)]) == 2
+    err = capsys.readouterr().err
+    assert "storage_path: 'results' is a local path that only this machine sees" in err
+    assert main(["check", str(spec), "--cluster", str(profile), "--set", "storage_path=s3://bucket/runs"]) == 0
+    profile.write_text(f"name: remote\naddress: head.example.invalid:6379\nshared_paths: [{tmp_path}]\n")
+    assert main(["check", str(spec), "--cluster", str(profile), "--set", f"storage_path={tmp_path}/r"]) == 0
+
+
+def test_upload_over_the_limit_names_the_largest_files(tmp_path) -> None:
+    (tmp_path / "big.bin").write_bytes(b"x" * 5000)
+    (tmp_path / "small.txt").write_text("hi")
+    (tmp_path / "ignored.bin").write_bytes(b"x" * 9000)
+    (tmp_path / ".rayignore").write_text("ignored.bin\n")
+    with pytest.raises(UserInputError, match=r"over Ray's 0 MiB limit; largest: big.bin \(0.0 MiB\)"):
+        check_upload(tmp_path, limit=1000)
+    assert check_upload(tmp_path, limit=10_000) < 6000
