@@ -29,8 +29,8 @@ class ClusterProfile(_Section):
     port: int = Field(default=6379, ge=1, le=65535)
     """GCS port of a cluster started with `raysweep cluster up`."""
     dashboard_port: int = Field(default=8265, ge=1, le=65535)
-    num_cpus: int | None = Field(default=None, ge=1)
-    """CPUs of the head node (None: every core)."""
+    num_cpus: int | None = Field(default=None, ge=0)
+    """CPUs of the head node (None: every core; 0: the head runs no training)."""
     num_gpus: int | None = Field(default=None, ge=0)
     resources: dict[str, float] = Field(default_factory=dict)
     """Custom resources of the head node."""

@@ -41,14 +41,14 @@ def _raysweep(*args: str, env: dict | None = None, timeout: int = 600) -> subpro
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """Head (1 CPU, on-demand) + 1 worker node (1 CPU, preemptible) from a profile."""
+    """Head (no CPU, on-demand) + 2 worker nodes (1 CPU each, one preemptible)."""
     root = tmp_path_factory.mktemp("cluster")
     os.environ["RAYSWEEP_STATE_DIR"] = str(root / "state")
     profile = root / "two-nodes.yaml"
     profile.write_text(yaml.safe_dump({
         "name": "two-nodes", "host": "127.0.0.1", "port": _free_port(), "dashboard_port": _free_port(),
-        "num_cpus": 1, "resources": {"on_demand": 4},
-        "worker_nodes": [{"num_cpus": 1, "resources": {"preemptible": 1}}],
+        "num_cpus": 0, "resources": {"on_demand": 4},
+        "worker_nodes": [{"num_cpus": 1, "resources": {"preemptible": 1}}, {"num_cpus": 1}],
         "trial_driver_resources": {"on_demand": 1},
     }))
     up = _raysweep("cluster", "up", str(profile))
@@ -78,12 +78,13 @@ def test_starting_twice_is_a_clear_error(cluster):
     assert f"is already up at {state.address}" in again.stderr and "Traceback" not in again.stderr
 
 
-def test_status_lists_both_nodes_with_their_resources(cluster):
+def test_status_lists_every_node_with_its_resources(cluster):
     profile, state, _ = cluster
     status = _raysweep("cluster", "status", str(profile))
     assert status.returncode == 0, status.stderr
     nodes = [line for line in status.stdout.splitlines() if line.strip().startswith("node ")]
-    assert len(nodes) == 2 and all("alive" in n and "CPU=1" in n for n in nodes)
+    assert len(nodes) == 3 and all("alive" in n for n in nodes)
+    assert sum("CPU=1" in n for n in nodes) == 2
     assert any("preemptible=1" in n for n in nodes) and any("on_demand=4" in n for n in nodes)
 
 
@@ -109,7 +110,7 @@ def test_dashboard_answers_only_on_loopback(cluster):
             assert sock.connect_ex((ip, port)) != 0, f"dashboard reachable on {ip}"
 
 
-def test_two_worker_training_spreads_over_both_nodes(cluster, write_spec, tmp_path):
+def test_two_worker_training_spreads_over_the_worker_nodes(cluster, write_spec, tmp_path):
     _, state, _ = cluster
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     run = _raysweep("train", str(write_spec()), "--address", state.address,
