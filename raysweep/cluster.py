@@ -42,7 +42,8 @@ def connect(profile: ClusterProfile = DEFAULT_PROFILE, address: str | None = Non
                 "RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to its token (`ray get-auth-token` on its head prints it)"
             ) from None
     else:
-        ray.init(num_cpus=profile.num_cpus, num_gpus=profile.num_gpus, dashboard_host=profile.host,
+        # address="local": always a new cluster, even when `ray start` left one running.
+        ray.init(address="local", num_cpus=profile.num_cpus, num_gpus=profile.num_gpus, dashboard_host=profile.host,
                  _node_ip_address=profile.host, **common)
     return True
 

@@ -179,7 +179,11 @@ def up(profile: ClusterProfile) -> ClusterState:
             ], log))
             logs.append(str(log))
             state.save()
-        wait_for_nodes(address, 1 + len(profile.worker_nodes), START_TIMEOUT_S)
+            # One at a time: nodes starting together on one machine race for the
+            # session's plasma-store socket names ("bind: Address already in use").
+            wait_for_nodes(address, 2 + index, START_TIMEOUT_S)
+        if not profile.worker_nodes:
+            wait_for_nodes(address, 1, START_TIMEOUT_S)
     except BaseException:
         down(profile.name)
         raise
@@ -199,7 +203,8 @@ def wait_for_nodes(address: str, count: int, timeout: float) -> None:
     result = subprocess.run([sys.executable, "-c", code], env=cluster_env(),
                             capture_output=True, text=True, timeout=timeout + 60)
     if result.returncode != 0:
-        raise RunFailedError(f"{count} nodes did not join {address} within {timeout:.0f} s")
+        detail = result.stderr.strip().splitlines()[-1:] if result.stderr.strip() else []
+        raise RunFailedError(f"{count} nodes did not join {address} within {timeout:.0f} s {detail}")
 
 
 def down(name: str) -> list[int]:

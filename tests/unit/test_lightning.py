@@ -7,11 +7,10 @@ import textwrap
 
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits
 
 from raysweep.checkpoint import load_state, save_state
 from raysweep.cli import main
-from raysweep.context import ArraySet, TrainContext
+from raysweep.context import TrainContext
 from raysweep.lightning import find_module_factory, fit
 from raysweep.spec import LightningSpec
 from trainers import digits_mlp, digits_mlp_lightning
@@ -21,14 +20,6 @@ PARAMS = {"batch_size": 64, "hidden": 32, "lr": 0.01, "optimizer": "adam"}
 # differ only in how the epoch mean is accumulated (float64 sums in the plain
 # trainer, Lightning's float32 running mean), which moves the 6th-7th digit.
 TOLERANCE = 1e-5
-
-
-@pytest.fixture(scope="module")
-def digits() -> tuple[ArraySet, ArraySet]:
-    d = load_digits()
-    x = (d.data / 16.0).astype(np.float32)
-    y = d.target.astype(np.int64)
-    return ArraySet(x[:1400], y[:1400]), ArraySet(x[1400:], y[1400:])
 
 
 def _lightning(digits, num_epochs, checkpoint=None, settings=None):

@@ -7,21 +7,12 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from sklearn.datasets import load_digits
 
 from raysweep.checkpoint import load_state, save_state
 from raysweep.context import ArraySet, NonFiniteMetricError, TrainContext
 from trainers import digits_mlp
 
 PARAMS = {"batch_size": 64, "hidden": 32, "lr": 0.01, "optimizer": "adam"}
-
-
-@pytest.fixture(scope="module")
-def digits() -> tuple[ArraySet, ArraySet]:
-    d = load_digits()
-    x = (d.data / 16.0).astype(np.float32)
-    y = d.target.astype(np.int64)
-    return ArraySet(x[:1400], y[:1400]), ArraySet(x[1400:], y[1400:])
 
 
 def test_loss_falls_and_every_epoch_reports(digits) -> None:
