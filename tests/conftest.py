@@ -56,5 +56,6 @@ def digits_spec(tmp_path: Path, digits_data: Path):
 
 
 def pytest_collection_modifyitems(items):
-    """Unit tests (no Ray) first, then the integration tests on the shared cluster."""
-    items.sort(key=lambda item: "integration" in str(item.fspath))
+    """Unit tests (no Ray) first, then the integration tests on the shared in-process
+    cluster, then the ones that start their own `ray start` cluster."""
+    items.sort(key=lambda item: ("integration" in str(item.fspath), "test_cluster" in str(item.fspath)))

@@ -21,7 +21,6 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from raysweep.cli import main
 from raysweep.launcher import ClusterState, token_path
 from raysweep.sweep import load_study
 
@@ -138,14 +137,13 @@ def _check_sweep(uri: str, results: Path, trials: int) -> None:
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * trials
 
 
-def test_raysweep_submit_runs_a_sweep_as_a_job(cluster, write_spec, tmp_path, monkeypatch, capsys):
+def test_raysweep_submit_runs_a_sweep_as_a_job(cluster, write_spec, tmp_path):
     profile, _, _ = cluster
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.chdir(REPO)
-    code = main(["submit", str(write_spec()), "--cluster", str(profile), "--timeout", "400"])
-    out = capsys.readouterr().out
-    assert code == 0, out[-3000:]
+    job = _raysweep("submit", str(write_spec()), "--cluster", str(profile), "--timeout", "400",
+                    env={**os.environ, "MLFLOW_TRACKING_URI": uri})
+    out = job.stdout + job.stderr
+    assert job.returncode == 0, out[-3000:]
     assert "SUCCEEDED" in out and token_path().read_text().strip() not in out
     _check_sweep(uri, tmp_path / "results", trials=2)
     status = _raysweep("cluster", "status", str(profile)).stdout
