@@ -81,10 +81,7 @@ def submit(dashboard: str, spec_path: str, overrides: list[str], root: Path,
         client = JobSubmissionClient(dashboard)
     except Exception as exc:
         raise RunFailedError(f"cannot reach the job API at {dashboard}: {_first_line(exc)}") from None
-    job_id = client.submit_job(
-        entrypoint=entrypoint,
-        runtime_env={"working_dir": str(root), "env_vars": job_env(root)},
-    )
+    job_id = _submit_with_retry(client, entrypoint, {"working_dir": str(root), "env_vars": job_env(root)})
     print(f"submitted job {job_id} to {dashboard}: {entrypoint}", flush=True)
     asyncio.run(_follow(client, job_id))
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -99,6 +96,19 @@ def submit(dashboard: str, spec_path: str, overrides: list[str], root: Path,
         return 0
     code = getattr(info, "driver_exit_code", None)
     return code if code in (1, 2) else 1
+
+
+def _submit_with_retry(client, entrypoint: str, runtime_env: dict, wait_s: float = 60.0) -> str:
+    """Right after `cluster up` the nodes' job agents may not have registered yet;
+    Ray answers "No available agent to submit job, please try again later"."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise RunFailedError(f"job submission failed: {_first_line(exc)}") from None
+            time.sleep(2)
 
 
 async def _follow(client, job_id: str) -> None:

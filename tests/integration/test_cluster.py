@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -178,9 +179,13 @@ def test_plain_ray_job_submit(cluster, write_spec, tmp_path):
     (tmp_path / "runtime_env.yaml").write_text(runtime_env)
     env = {**os.environ, "RAY_ADDRESS": state.dashboard, "RAY_AUTH_MODE": "token"}
     ray_cli = str(Path(sys.executable).with_name("ray"))
-    job = subprocess.run(
-        [ray_cli, "job", "submit", "--working-dir", ".", "--runtime-env", str(tmp_path / "runtime_env.yaml"),
-         "--", "python", "-m", "raysweep", "tune", str(write_spec())],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    for _ in range(20):  # job agents register a little after the nodes come up
+        job = subprocess.run(
+            [ray_cli, "job", "submit", "--working-dir", ".", "--runtime-env", str(tmp_path / "runtime_env.yaml"),
+             "--", "python", "-m", "raysweep", "tune", str(write_spec())],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        if "No available agent" not in job.stderr:
+            break
+        time.sleep(3)
     assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
     _check_sweep(uri, tmp_path / "results", trials=2)
