@@ -128,7 +128,12 @@ def bare_loop(config: dict[str, Any]) -> None:
         optimizer.zero_grad()
         torch.nn.functional.cross_entropy(model(x), y).backward()
         optimizer.step()
-    ray.train.report({"first_step_unix": first, "epoch": 0})
+    # Ray Train V2 keeps a result's metrics with its checkpoint: save the state as raysweep does.
+    with tempfile.TemporaryDirectory() as tmp:
+        if rank == 0:
+            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, f"{tmp}/state.pt")
+        checkpoint = ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None
+        ray.train.report({"first_step_unix": first, "epoch": 0}, checkpoint=checkpoint)
 
 
 def bench_overhead(data_root: Path, repeats: int) -> dict[str, Any]:
