@@ -45,6 +45,13 @@ def connect(profile: ClusterProfile = DEFAULT_PROFILE, address: str | None = Non
         # address="local": always a new cluster, even when `ray start` left one running.
         ray.init(address="local", num_cpus=profile.num_cpus, num_gpus=profile.num_gpus, dashboard_host=profile.host,
                  _node_ip_address=profile.host, **common)
+        # Ray's own actors find "the cluster" through /tmp/ray/ray_current_cluster
+        # (Train V2's placement-group cleaner does, via the state API). Left pointing
+        # at a cluster that `ray start` ran earlier, their lookups time out, the
+        # cleaner's thread dies, and CPUs of trials Tune stopped are never freed.
+        from ray._private.utils import write_ray_address
+
+        write_ray_address(ray.get_runtime_context().gcs_address)
     return True
 
 
