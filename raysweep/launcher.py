@@ -134,6 +134,19 @@ def _start(args: list[str], log: Path) -> int:
     return process.pid
 
 
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def _node_port_args(host: str) -> list[str]:
+    """Each node's dashboard agent gets its own HTTP port: Ray's default (52365) is
+    one per machine, so a second node (or a second cluster) would lose its agent and
+    the job API answers "No available agent to submit job"."""
+    return ["--dashboard-agent-listen-port", str(_free_port(host))]
+
+
 def _resource_args(num_cpus: int | None, num_gpus: int | None, resources: dict[str, float]) -> list[str]:
     args = []
     if num_cpus is not None:
@@ -165,6 +178,7 @@ def up(profile: ClusterProfile) -> ClusterState:
         pids.append(_start([
             "--head", "--node-ip-address", host, "--port", str(profile.port),
             "--dashboard-host", host, "--dashboard-port", str(profile.dashboard_port),
+            *_node_port_args(host),
             *_resource_args(profile.num_cpus, profile.num_gpus, profile.resources),
         ], head_log))
         logs.append(str(head_log))
@@ -174,7 +188,7 @@ def up(profile: ClusterProfile) -> ClusterState:
         for index, node in enumerate(profile.worker_nodes):
             log = logs_dir / f"worker-{index}.log"
             pids.append(_start([
-                "--address", address, "--node-ip-address", host,
+                "--address", address, "--node-ip-address", host, *_node_port_args(host),
                 *_resource_args(node.num_cpus, node.num_gpus, node.resources),
             ], log))
             logs.append(str(log))
