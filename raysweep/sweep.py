@@ -26,7 +26,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from raysweep.errors import UserInputError
 from raysweep.space import to_optuna_space
-from raysweep.spec import BudgetSpec, SamplerSpec, ScalingSpec, SchedulerSpec, Spec
+from raysweep.spec import BudgetSpec, SamplerSpec, ScalingSpec, SchedulerSpec, Spec, resolve_path
 from raysweep.tracking import SweepTracker
 from raysweep.training import TrainJob, build_trainer
 
@@ -41,6 +41,15 @@ class _OptunaSearch(OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         super().on_trial_complete(trial_id, None if error else result, error)
+
+
+def study_dir(sweep_dir: str, study_name: str) -> str:
+    """Where the study's journal lives: the sweep's folder, or, when that is an
+    s3:// / gs:// URI, the same layout under ./results on the driver (the journal
+    needs a local file with locking)."""
+    if "://" not in sweep_dir:
+        return sweep_dir
+    return resolve_path(f"results/{study_name}/{sweep_dir.rstrip('/').rsplit('/', 1)[-1]}")
 
 
 def study_storage(sweep_dir: str) -> JournalStorage:
@@ -129,7 +138,7 @@ def run_sweep(spec: Spec, job: TrainJob, sweep_id: str, tracker: SweepTracker,
         mode=spec.scheduler.mode,
         sampler=make_sampler(spec.sampler),
         study_name=spec.name,
-        storage=study_storage(sweep_dir),
+        storage=study_storage(study_dir(sweep_dir, spec.name)),
     )
     driver = functools.partial(_trial_driver, job=job, params=spec.params,
                                trials_dir=f"{sweep_dir}/trials")

@@ -52,3 +52,11 @@ def test_study_ask_samples_inside_bounds() -> None:
         assert trial.params["layers"] in (1, 3, 5)
         assert 16 <= trial.params["hidden"] <= 256
         study.tell(trial, trial.params["lr"])
+
+
+def test_study_journal_stays_local_when_the_sweep_folder_is_a_uri(tmp_path, monkeypatch) -> None:
+    from raysweep.sweep import study_dir
+
+    monkeypatch.setenv("RAYSWEEP_BASE_DIR", str(tmp_path))
+    assert study_dir("/runs/exp/sweep-1", "exp") == "/runs/exp/sweep-1"
+    assert study_dir("s3://bucket/runs/exp/sweep-1", "exp") == str(tmp_path / "results/exp/sweep-1")
