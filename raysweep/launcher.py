@@ -96,11 +96,6 @@ def token_source() -> str:
     return "RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN") else str(token_path())
 
 
-def masked(token: str) -> str:
-    """A token as it may appear anywhere: its last 4 characters only."""
-    return f"****{token[-4:]}" if len(token) > 8 else "****"
-
-
 def cluster_env() -> dict[str, str]:
     """The nodes' environment: token auth on, and this interpreter's bin dir first on
     PATH so a job's `python` is the one raysweep is installed in."""

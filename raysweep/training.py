@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,9 +91,3 @@ def build_trainer(job: TrainJob, params: dict[str, Any], run_name: str,
             failure_config=FailureConfig(max_failures=0),
         ),
     )
-
-
-def worker_env() -> dict[str, str]:
-    """Environment the driver passes on to Ray jobs and actors."""
-    keys = ("RAY_TRAIN_V2_ENABLED", "MLFLOW_TRACKING_URI")
-    return {k: os.environ[k] for k in keys if k in os.environ}
