@@ -28,7 +28,7 @@ from raysweep.errors import UserInputError
 from raysweep.space import to_optuna_space
 from raysweep.spec import BudgetSpec, SamplerSpec, ScalingSpec, SchedulerSpec, Spec, resolve_path
 from raysweep.tracking import SweepTracker
-from raysweep.training import TrainJob, build_trainer
+from raysweep.training import TrainJob, build_trainer, worker_plan
 
 STUDY_FILE = "optuna.journal"
 # The trial driver only waits on its TorchTrainer: it takes no CPU (Train's workers
@@ -101,17 +101,35 @@ def max_concurrent_trials(scaling: ScalingSpec, budget: BudgetSpec, cpus: float,
 DRIVER_NODE_FILE = "driver_node"
 
 
-def _trial_driver(config: dict[str, Any], *, job: TrainJob, params: dict[str, Any], trials_dir: str) -> None:
+def _note_driver_node(trials_dir: str) -> str:
+    """Record where this trial's driver (and its Train controller) ran; returns the trial id."""
     import ray
 
     trial_id = tune.get_context().get_trial_id()
-    if "://" not in trials_dir:  # where this trial's driver (and its Train controller) ran
+    if "://" not in trials_dir:
         folder = Path(trials_dir) / trial_id
         folder.mkdir(parents=True, exist_ok=True)
         (folder / DRIVER_NODE_FILE).write_text(ray.get_runtime_context().get_node_id())
+    return trial_id
+
+
+def _trial_driver(config: dict[str, Any], *, job: TrainJob, params: dict[str, Any], trials_dir: str) -> None:
+    trial_id = _note_driver_node(trials_dir)
     trainer = build_trainer(job, {**params, **config}, run_name=trial_id,
                             callbacks=[TuneReportCallback()], storage_path=trials_dir)
     trainer.fit()
+
+
+def _trial_in_process(config: dict[str, Any], *, job: TrainJob, params: dict[str, Any], trials_dir: str) -> None:
+    """A one-worker trial trained in the trial's own process (see ScalingSpec.worker_group)."""
+    from raysweep.worker import run_in_trial
+
+    _note_driver_node(trials_dir)
+    run_in_trial(worker_plan(job, {**params, **config}))
+
+
+def trains_in_trial(scaling: ScalingSpec) -> bool:
+    return scaling.num_workers == 1 and scaling.worker_group == "auto"
 
 
 @dataclass
@@ -132,6 +150,9 @@ def run_sweep(spec: Spec, job: TrainJob, sweep_id: str, tracker: SweepTracker,
     sweep_dir = f"{job.storage_path}/{sweep_id}"
     # Tune's own console tables off: SweepTracker prints one line per trial event.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # In-trial runs checkpoint every epoch by design; Tune's "snapshotting may become
+    # a bottleneck" warning would fire for every short trial.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     searcher = _OptunaSearch(
         space=to_optuna_space(spec.space),
         metric=spec.scheduler.metric,
@@ -140,15 +161,21 @@ def run_sweep(spec: Spec, job: TrainJob, sweep_id: str, tracker: SweepTracker,
         study_name=spec.name,
         storage=study_storage(study_dir(sweep_dir, spec.name)),
     )
-    driver = functools.partial(_trial_driver, job=job, params=spec.params,
-                               trials_dir=f"{sweep_dir}/trials")
+    in_trial = trains_in_trial(spec.scaling)
+    driver = functools.partial(_trial_in_process if in_trial else _trial_driver, job=job,
+                               params=spec.params, trials_dir=f"{sweep_dir}/trials")
+    resources = dict(TRIAL_DRIVER_RESOURCES)
+    if in_trial:  # the trial is the worker: it asks for the worker's CPUs and GPUs
+        resources = {"CPU": spec.scaling.cpus_per_worker, "GPU": spec.scaling.gpus_per_worker}
     tuner = tune.Tuner(
-        tune.with_resources(driver, {**TRIAL_DRIVER_RESOURCES, **(driver_resources or {})}),
+        tune.with_resources(driver, {**resources, **(driver_resources or {})}),
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             scheduler=make_scheduler(spec.scheduler),
             num_samples=spec.budget.num_trials,
             max_concurrent_trials=max_concurrent_trials(spec.scaling, spec.budget, cpus, gpus),
+            # Warm processes: a one-worker trial skips process start and imports.
+            reuse_actors=in_trial,
         ),
         run_config=tune.RunConfig(
             name="tune",
@@ -156,6 +183,12 @@ def run_sweep(spec: Spec, job: TrainJob, sweep_id: str, tracker: SweepTracker,
             callbacks=[tracker],
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=0),
+            # Kept checkpoints of in-trial runs (worker-group trials keep Train's).
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=spec.checkpoint.num_to_keep,
+                checkpoint_score_attribute=spec.checkpoint.score_metric,
+                checkpoint_score_order=spec.checkpoint.score_mode,
+            ),
         ),
     )
     started = time.perf_counter()

@@ -69,9 +69,9 @@ def train(ctx: TrainContext) -> None:
     ddp = ctx.prepare_model(model)
     probe = Path(ctx.params["probe_dir"])
     probe.mkdir(parents=True, exist_ok=True)
-    if ctx.runs_on_ray:  # which node each rank ran on (multi-node tests)
-        import ray
+    import ray
 
+    if ray.is_initialized():  # which node each rank ran on (multi-node tests)
         (probe / f"node-rank{ctx.rank}.txt").write_text(ray.get_runtime_context().get_node_id())
     batch_size = int(ctx.params["batch_size"])
     loss_fn = torch.nn.CrossEntropyLoss()

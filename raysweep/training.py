@@ -59,6 +59,19 @@ def _worker_entry(config: dict[str, Any]) -> None:
     run_worker(config["plan"])
 
 
+def worker_plan(job: TrainJob, params: dict[str, Any]) -> WorkerPlan:
+    return WorkerPlan(job.trainer, params, job.num_epochs, job.seed, job.arrays,
+                      job.checkpoint.every_n_epochs, job.lightning, job.scaling.use_gpu)
+
+
+def checkpoint_config(checkpoint: CheckpointSpec) -> CheckpointConfig:
+    return CheckpointConfig(
+        num_to_keep=checkpoint.num_to_keep,
+        checkpoint_score_attribute=checkpoint.score_metric,
+        checkpoint_score_order=checkpoint.score_mode,
+    )
+
+
 def build_trainer(job: TrainJob, params: dict[str, Any], run_name: str,
                   callbacks: list[Any], storage_path: str | None = None) -> TorchTrainer:
     """A TorchTrainer whose workers run `job.trainer` on the job's data.
@@ -66,8 +79,7 @@ def build_trainer(job: TrainJob, params: dict[str, Any], run_name: str,
     Re-running with the same `run_name` and storage resumes from the latest
     checkpoint (Ray Train V2 behaviour).
     """
-    plan = WorkerPlan(job.trainer, params, job.num_epochs, job.seed, job.arrays,
-                      job.checkpoint.every_n_epochs, job.lightning)
+    plan = worker_plan(job, params)
     resources = {"CPU": job.scaling.cpus_per_worker}
     if job.scaling.use_gpu:
         resources["GPU"] = job.scaling.gpus_per_worker
@@ -83,11 +95,7 @@ def build_trainer(job: TrainJob, params: dict[str, Any], run_name: str,
             name=run_name,
             storage_path=storage_path or job.storage_path,
             callbacks=callbacks,
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=job.checkpoint.num_to_keep,
-                checkpoint_score_attribute=job.checkpoint.score_metric,
-                checkpoint_score_order=job.checkpoint.score_mode,
-            ),
+            checkpoint_config=checkpoint_config(job.checkpoint),
             failure_config=FailureConfig(max_failures=0),
         ),
     )

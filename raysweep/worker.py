@@ -26,6 +26,7 @@ class WorkerPlan:
     """ObjectRef to the (train, validation) ArraySets the driver read once."""
     checkpoint_every: int = 1
     lightning: LightningSpec = LightningSpec()
+    use_gpu: bool = False
 
 
 def resolve_train_fn(module_name: str, lightning: LightningSpec) -> Callable[[TrainContext], None] | None:
@@ -59,6 +60,56 @@ def _resume_state() -> dict[str, Any] | None:
         return None
     with checkpoint.as_directory() as directory:
         return load_state(directory)
+
+
+def _report_to_tune(metrics: dict[str, float], state: dict[str, Any] | None) -> None:
+    from ray import tune
+
+    if state is None:
+        tune.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        save_state(state, tmp)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def _resume_state_from_tune() -> dict[str, Any] | None:
+    from ray import tune
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        return load_state(directory)
+
+
+def run_in_trial(plan: WorkerPlan) -> None:
+    """A one-worker trial in the Tune trial's own process: no Train worker group.
+
+    Reports and checkpoints go straight to Tune (`tune.report`), and a restored or
+    retried trial resumes from `tune.get_checkpoint()`, so checkpointing, resume and
+    failure handling stay Tune's. Ray gives the trial's actor its CPUs (and thread
+    count) and GPU, as it would a Train worker.
+    """
+    import ray
+    import torch
+
+    train_fn = resolve_train_fn(plan.trainer, plan.lightning)
+    assert train_fn is not None, f"{plan.trainer} was checked on the driver"
+    train, validation = ray.get(plan.arrays)
+    use_cuda = plan.use_gpu and torch.cuda.is_available()
+    ctx = TrainContext(
+        params=plan.params,
+        num_epochs=plan.num_epochs,
+        seed=plan.seed,
+        train=train,
+        validation=validation,
+        report_fn=_report_to_tune,
+        device=torch.device("cuda", 0) if use_cuda else torch.device("cpu"),
+        checkpoint=_resume_state_from_tune(),
+        checkpoint_every=plan.checkpoint_every,
+    )
+    train_fn(ctx)
 
 
 def run_worker(plan: WorkerPlan) -> None:
