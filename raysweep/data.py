@@ -23,13 +23,16 @@ import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raysweep.errors import UserInputError
-from raysweep.spec import DataSpec, resolve_path
+
+if TYPE_CHECKING:
+    from raysweep.spec import DataSpec
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,8 @@ class ResolvedData:
 
 def find_parquet_files(path: str, *, source: str, field: str) -> tuple[str, ...]:
     """A file, a directory (searched recursively) or a glob -> sorted absolute paths."""
+    from raysweep.spec import resolve_path  # (lazy: trainers import this module without pydantic)
+
     path = resolve_path(path)
     candidate = Path(path)
     if candidate.is_file():

@@ -55,8 +55,8 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def epoch_metrics(result: dict[str, Any]) -> dict[str, float]:
     """The trainer's own numeric metrics from a report (Tune's bookkeeping left out)."""
-    skip = {"done", "training_iteration", "first_step_unix", "timestamp", "time_this_iter_s", "time_total_s",
-            "time_since_restore", "iterations_since_restore", "pid", "trial_id"}
+    skip = {"done", "training_iteration", "first_step_unix", "report_unix", "timestamp", "time_this_iter_s",
+            "time_total_s", "time_since_restore", "iterations_since_restore", "pid", "trial_id"}
     return {
         k: float(v)
         for k, v in result.items()

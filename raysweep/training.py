@@ -11,7 +11,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from raysweep.context import ArraySet
-from raysweep.data import ResolvedData, read_parquet_columns
+from raysweep.data import ResolvedData
 from raysweep.spec import CheckpointSpec, LightningSpec, ScalingSpec, Spec, resolve_path
 from raysweep.worker import WorkerPlan, run_worker
 
@@ -43,8 +43,7 @@ def load_arrays(data: ResolvedData) -> tuple[ArraySet, ArraySet]:
     """Training and validation columns, in file order, as ArraySets."""
     features = list(data.features)
     return tuple(  # type: ignore[return-value]
-        ArraySet.from_columns(read_parquet_columns(files, data.columns), features, data.label)
-        for files in (data.train_files, data.validation_files)
+        ArraySet.from_parquet(list(files), features, data.label) for files in (data.train_files, data.validation_files)
     )
 
 
