@@ -64,8 +64,8 @@ class ArraySet:
             for batch in table.to_batches(max_chunksize=block_rows):
                 end = offset + batch.num_rows
                 matrix[offset:end] = np.stack(
-                    [batch.column(i).to_numpy(zero_copy_only=False) for i in range(len(features))],
-                    axis=1, dtype=np.float32)
+                    [batch.column(i).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+                     for i in range(len(features))], axis=1)
                 labels[offset:end] = batch.column(len(features)).to_numpy(zero_copy_only=False)
                 offset = end
         if labels is None:
@@ -141,7 +141,11 @@ class TrainContext:
             yield self._to_device(self.validation.take(rows))
 
     def _to_device(self, batch: Batch) -> Batch:
-        return batch[0].to(self.device), batch[1].to(self.device)
+        if self.device.type != "cuda":
+            return batch[0].to(self.device), batch[1].to(self.device)
+        # Pinned staging + non-blocking copies: the host prepares the next batch while
+        # the GPU still works on this one (a pageable copy would wait for the GPU).
+        return tuple(t.pin_memory().to(self.device, non_blocking=True) for t in batch)  # type: ignore[return-value]
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """Move to the device; wrap in DistributedDataParallel when world_size > 1."""

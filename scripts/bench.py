@@ -288,8 +288,8 @@ def bench_overhead(data_root: Path, repeats: int, trials: int = 2) -> dict[str, 
     for workers in (1, 2):
         spec = digits_spec(data_root, storage, searched=("lr",), **{
             "scaling.num_workers": workers, "scheduler.type": "fifo", "scheduler.max_epochs": 1,
-            "budget.num_trials": trials, "budget.max_concurrent_trials": 1, **{f"params.{k}": v for k, v in
-                                                                               PARAMS.items()}})
+            "scheduler.grace_period": 1, "budget.num_trials": trials, "budget.max_concurrent_trials": 1,
+            **{f"params.{k}": v for k, v in PARAMS.items()}})
         arrays = ray.put(load_arrays(resolve_data(spec.data, "bench")))
         samples: dict[str, list[float]] = {"bare TorchTrainer.fit": [], "raysweep": []}
         cold: list[float] = []

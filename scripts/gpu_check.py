@@ -1,0 +1,253 @@
+"""GPU check: the raysweep trainer on one CUDA GPU against a hand-written loop.
+
+    python scripts/gpu_check.py [--out gpu_check.json]          # one CUDA GPU, < 8 min (about 2 min on an H100)
+    python scripts/gpu_check.py --device cpu --small             # the same code paths on CPU, seconds
+
+Needs torch, numpy and pyarrow only: Ray is not on the GPU machine (its wheel is over
+the machine's transfer limit), so the trainer runs through its TrainContext without
+Ray, exactly as a one-worker in-trial sweep trial runs it (raysweep.worker.run_in_trial
+builds the same context inside the Tune trial).
+
+1. step: trainers.digits_mlp (bf16 autocast, `params.precision=bf16-mixed`) through
+   raysweep's TrainContext against a hand-written loop over the same batches, model,
+   optimizer and host-to-device path; steady-state ms/step (median of the epochs
+   after the first), and achieved model FLOP/s against the chip's dense bf16 peak.
+2. ingest: rows/s and GB/s that the context's shard iterator delivers into GPU
+   memory (pinned staging, non-blocking copies), against copying one pre-pinned
+   batch over and over (the upper bound), and against pyarrow iter_batches +
+   torch.from_numpy + .to(device).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from raysweep.context import ArraySet, TrainContext  # noqa: E402
+from raysweep.data import train_batch_indices  # noqa: E402
+from trainers import digits_mlp  # noqa: E402
+
+# Dense bf16 tensor-core peaks (FLOP/s), from NVIDIA's data sheets (without sparsity).
+PEAKS = {"H100 SXM": 989.4e12, "H100 PCIe": 756.0e12, "H100 NVL": 835.0e12, "H200": 989.4e12, "A100": 312.0e12}
+
+
+def peak_flops(name: str) -> tuple[str, float | None]:
+    if "H200" in name:
+        return "H200", PEAKS["H200"]
+    if "H100" in name:
+        kind = "H100 PCIe" if "PCIe" in name else "H100 NVL" if "NVL" in name else "H100 SXM"
+        return kind, PEAKS[kind]
+    if "A100" in name:
+        return "A100", PEAKS["A100"]
+    return name, None
+
+
+def model_flops_per_row(params: dict[str, Any]) -> float:
+    """Forward + backward (3x forward) matmul FLOPs of digits_mlp's MLP per row."""
+    dims = [digits_mlp.NUM_FEATURES] + [int(params["hidden"])] * int(params["num_layers"]) + [digits_mlp.NUM_CLASSES]
+    return 3 * 2 * sum(a * b for a, b in zip(dims, dims[1:], strict=False))
+
+
+def synthetic(rows: int, seed: int = 0) -> ArraySet:
+    rng = np.random.default_rng(seed)
+    features = rng.random((rows, digits_mlp.NUM_FEATURES), dtype=np.float32)
+    labels = (features[:, :10].argmax(axis=1)).astype(np.int64)  # learnable
+    return ArraySet(features, labels)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def hand_loop(train: ArraySet, params: dict[str, Any], epochs: int, device: torch.device) -> list[float]:
+    """The baseline: what one writes by hand, with the same batches and copies."""
+    torch.manual_seed(0)
+    model = digits_mlp.build_model(params).to(device)
+    optimizer = digits_mlp.build_optimizer(model, params)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    batch_size, pin = int(params["batch_size"]), device.type == "cuda"
+    seconds = []
+    for epoch in range(epochs):
+        sync(device)
+        started = time.perf_counter()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        for rows in train_batch_indices(len(train), 0, 1, batch_size, 0, epoch):
+            x, y = torch.from_numpy(np.take(train.features, rows, axis=0)), torch.from_numpy(train.labels[rows])
+            if pin:
+                x, y = x.pin_memory(), y.pin_memory()
+            x, y = x.to(device, non_blocking=pin), y.to(device, non_blocking=pin)
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                loss = loss_fn(model(x), y)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(y)
+        float(loss_sum)  # one sync per epoch, as the trainer
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def raysweep_loop(train: ArraySet, validation: ArraySet, params: dict[str, Any], epochs: int,
+                  device: torch.device) -> tuple[list[float], list[dict[str, float]]]:
+    reports: list[dict[str, float]] = []
+    ctx = TrainContext(params=params, num_epochs=epochs, seed=0, train=train, validation=validation,
+                       report_fn=lambda m, c: reports.append(m), device=device, checkpoint_every=10**6)
+    digits_mlp.train(ctx)
+    return [len(train) / r["samples_per_s"] for r in reports], reports
+
+
+def bench_step(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    params = {"hidden": args.hidden, "num_layers": args.layers, "batch_size": args.batch, "lr": 1e-4,
+              "optimizer": "adam", "precision": "bf16-mixed"}
+    train, validation = synthetic(args.rows), synthetic(args.batch * 2, seed=1)
+    steps = len(train_batch_indices(len(train), 0, 1, args.batch, 0, 0))
+    samples: dict[str, list[float]] = {"hand-written loop": [], "raysweep TrainContext": []}
+    losses = {}
+    for _ in range(args.repeats):
+        samples["hand-written loop"] += hand_loop(train, params, args.epochs, device)[1:]
+        seconds, reports = raysweep_loop(train, validation, params, args.epochs, device)
+        samples["raysweep TrainContext"] += seconds[1:]
+        losses = {"first_epoch_train_loss": reports[0]["train_loss"], "last_val_accuracy": reports[-1]["val_accuracy"]}
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    chip, peak = peak_flops(name)
+    per_row = model_flops_per_row(params)
+    base = statistics.median(samples["hand-written loop"]) / steps
+    rows = []
+    for label, values in samples.items():
+        step_s = statistics.median(values) / steps
+        achieved = per_row * args.batch / step_s
+        rows.append({"name": label, "ms_per_step": step_s * 1e3, "ratio": step_s / base,
+                     "added_ms_per_step": (step_s - base) * 1e3, "model_tflops": achieved / 1e12,
+                     "mfu": None if peak is None else achieved / peak})
+    return {"entry": "gpu_step", "device": name, "chip": chip, "peak_bf16_tflops": peak and peak / 1e12,
+            "model": f"MLP 64-{args.hidden}x{args.layers}-10, batch {args.batch}, bf16 autocast, Adam",
+            "model_gflop_per_row": per_row / 1e9, "steps_per_epoch": steps, "rows": rows, "trainer": losses}
+
+
+def bench_ingest(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = synthetic(args.ingest_rows)
+    batch = args.ingest_batch
+    nbytes = data.features.nbytes + data.labels.nbytes
+    tmp = Path(tempfile.mkdtemp(prefix="gpu-ingest-"))
+    path = tmp / "part-0.parquet"
+    columns = {f"px_{i}": data.features[:, i] for i in range(data.features.shape[1])}
+    pq.write_table(pa.table({**columns, "label": data.labels}), path, compression="none", use_dictionary=False)
+    names = list(columns)
+    pin = device.type == "cuda"
+
+    def raysweep_iter() -> int:
+        ctx, _ = TrainContext.in_process(data, data, {}, num_epochs=1)
+        ctx.device = device
+        count = 0
+        for x, y in ctx.train_batches(0, batch):
+            count += min(len(x), len(y))
+        sync(device)
+        return count
+
+    def pre_pinned() -> int:
+        x, y = torch.from_numpy(data.features[:batch].copy()), torch.from_numpy(data.labels[:batch].copy())
+        if pin:
+            x, y = x.pin_memory(), y.pin_memory()
+        count = 0
+        while count < len(data):
+            gx, gy = x.to(device, non_blocking=pin), y.to(device, non_blocking=pin)
+            count += min(len(gx), len(gy))
+        sync(device)
+        return count
+
+    def pyarrow_iter() -> int:
+        count = 0
+        for b in pq.ParquetFile(path).iter_batches(batch_size=batch, columns=[*names, "label"]):
+            x = torch.from_numpy(np.stack([b.column(i).to_numpy() for i in range(len(names))], axis=1))
+            y = torch.from_numpy(b.column(len(names)).to_numpy())
+            x, y = x.to(device), y.to(device)
+            count += len(y)
+        sync(device)
+        return count
+
+    def raysweep_from_parquet() -> int:
+        loaded = ArraySet.from_parquet([str(path)], names, "label")
+        ctx, _ = TrainContext.in_process(loaded, loaded, {}, num_epochs=1)
+        ctx.device = device
+        count = sum(len(y) for _, y in ctx.train_batches(0, batch))
+        sync(device)
+        return count
+
+    readers = {"one pre-pinned batch copied (upper bound)": pre_pinned,
+               "raysweep shard iterator (in memory -> GPU)": raysweep_iter,
+               "pyarrow iter_batches + from_numpy + .to(device) (Parquet -> GPU)": pyarrow_iter,
+               "raysweep from_parquet + shard iterator (Parquet -> GPU)": raysweep_from_parquet}
+    seconds: dict[str, list[float]] = {k: [] for k in readers}
+    for _ in range(args.repeats):
+        for label, reader in readers.items():
+            started = time.perf_counter()
+            assert reader() >= len(data) - batch
+            seconds[label].append(time.perf_counter() - started)
+    upper = statistics.median(seconds["one pre-pinned batch copied (upper bound)"])
+    rows = [{"name": k, "rows_per_s": len(data) / statistics.median(v), "gb_per_s": nbytes / statistics.median(v) / 1e9,
+             "fraction_of_upper_bound": upper / statistics.median(v)} for k, v in seconds.items()]
+    return {"entry": "gpu_ingest", "rows": rows, "data_rows": len(data), "data_gb": nbytes / 1e9, "batch": batch}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--small", action="store_true", help="tiny sizes (to try the script on CPU)")
+    parser.add_argument("--out", default="gpu_check.json")
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    big = not args.small
+    args.hidden, args.layers, args.batch = (8192, 3, 4096) if big else (64, 2, 64)
+    args.rows, args.epochs = (262144, 4) if big else (2048, 3)
+    args.ingest_rows, args.ingest_batch = (4_000_000, 4096) if big else (20000, 256)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device: nothing measured (run with --device cpu --small to try the code paths)")
+        sys.exit(1)
+    device = torch.device(args.device)
+    try:
+        import ray  # noqa: F401
+
+        ray_note = "Ray is installed here, but this check runs the trainer through its context without Ray"
+    except ImportError:
+        ray_note = "Ray is not installed on this machine: the trainer ran through its TrainContext without Ray"
+    started = time.perf_counter()
+    results = {"torch": torch.__version__, "ray": ray_note, "cpus": os.cpu_count(),
+               "step": bench_step(args, device), "ingest": bench_ingest(args, device)}
+    results["wall_s"] = time.perf_counter() - started
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    step = results["step"]
+    print(f"device: {step['device']} ({step['chip']}, dense bf16 peak {step['peak_bf16_tflops']} TFLOP/s); "
+          f"torch {torch.__version__}; {ray_note}")
+    print(f"step: {step['model']}, {step['steps_per_epoch']} steps/epoch")
+    for r in step["rows"]:
+        mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+        print(f"  {r['name']:<24} {r['ms_per_step']:8.3f} ms/step  ratio {r['ratio']:.3f}  "
+              f"added {r['added_ms_per_step']:+.3f} ms  {r['model_tflops']:.1f} TFLOP/s  MFU {mfu}")
+    print(f"  trainer: {step['trainer']}")
+    ingest = results["ingest"]
+    print(f"ingest: {ingest['data_rows']} rows ({ingest['data_gb']:.2f} GB), batch {ingest['batch']}")
+    for r in ingest["rows"]:
+        print(f"  {r['name']:<66} {r['rows_per_s']:.3g} rows/s  {r['gb_per_s']:.2f} GB/s  "
+              f"{r['fraction_of_upper_bound']:.3f} of upper bound")
+    print(f"wall: {results['wall_s']:.0f} s; JSON: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
