@@ -47,6 +47,26 @@ def _parser() -> argparse.ArgumentParser:
                          help="cluster profile, e.g. cluster/local.yaml (default: a local cluster "
                               "started in-process)")
         sub.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else the profile's)")
+    tune = commands.choices["tune"]
+    tune.add_argument("--no-report", action="store_true", help="do not write the sweep report at the end")
+    tune.add_argument("--register", nargs="?", const=True, metavar="MODEL_NAME",
+                      help="register the best trial's model in the MLflow Model Registry (default name: the spec's)")
+    runs = commands.add_parser("runs", help="List recorded raysweep runs (train runs, sweeps, trials).")
+    runs.add_argument("--limit", type=int, default=30)
+    reproduce = commands.add_parser(
+        "reproduce", help="Re-run a recorded training run (or sweep trial) from its record and compare metrics.")
+    reproduce.add_argument("run_id", help="MLflow run id of a train run or a sweep trial (see `raysweep runs`)")
+    reproduce.add_argument("--force", action="store_true", help="run even if the data or versions changed")
+    reproduce.add_argument("--tolerance", type=float, default=1e-6,
+                           help="relative tolerance per metric value (default: %(default)g)")
+    reproduce.add_argument("--cluster", metavar="PROFILE", help="cluster profile (default: local in-process)")
+    reproduce.add_argument("--address", help="Ray cluster to join")
+    report = commands.add_parser("report", help="Write a sweep's HTML report and PNGs; attach them to its parent run.")
+    report.add_argument("sweep", help="sweep name, its MLflow parent run id, or its run folder")
+    report.add_argument("--out", help="folder for the report (default: the sweep's run folder /report)")
+    register = commands.add_parser("register", help="Register a run's model in the MLflow Model Registry.")
+    register.add_argument("run_id", help="MLflow run id of a train run, a trial, or a sweep (its best trial)")
+    register.add_argument("--name", help="registered model name (default: the spec's name)")
     submit = add("submit", "Submit `raysweep tune SPEC` as a Ray job to a cluster and follow its logs.")
     submit.add_argument("--cluster", metavar="PROFILE", default="cluster/local.yaml",
                         help="profile of a cluster started with `raysweep cluster up` (default: %(default)s)")
@@ -133,22 +153,41 @@ def cmd_check(spec: Spec, data: ResolvedData, args: argparse.Namespace) -> int:
 
 
 def cmd_train(spec: Spec, data: ResolvedData, args: argparse.Namespace) -> int:
+    run_name = args.name or f"{spec.name}-train"
+    run_id, uri, result = run_train(spec, data, args, run_name, args.spec, args.overrides)
+    metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+    print(f"run {run_name}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if not k.endswith("_unix")))
+    print(f"checkpoint: {result.checkpoint.path if result.checkpoint else None}")
+    print(f"MLflow: {uri} experiment {spec.name!r}, run {run_id}")
+    return EXIT_OK
+
+
+def run_train(spec: Spec, data: ResolvedData, args: argparse.Namespace, run_name: str, spec_file: str,
+              overrides: list[str]) -> tuple[str, str, Any]:
+    """One training run, recorded; re-using `run_name` resumes it. Returns (MLflow run id, URI, Result)."""
     from raysweep.cluster import connected
+    from raysweep.record import build_record, save_record
+    from raysweep.runs import CHECKPOINT_TAG, FOLDER_TAG, KIND_TAG
     from raysweep.tracking import RunStore, TrainMetricsCallback, tracking_uri
     from raysweep.training import TrainJob, build_trainer, storage_root
 
-    run_name = args.name or f"{spec.name}-train"
     started_at = time.time()
-    with connected(load_profile(args.cluster), args.address):
+    profile = load_profile(args.cluster)
+    with connected(profile, args.address):
         job = TrainJob.from_spec(spec, data, storage_root(spec))
         store = RunStore(tracking_uri(), spec.name)
         run_id = store.open(f"train/{run_name}", run_name, params=spec.params)
+        folder = f"{job.storage_path}/{run_name}"
+        store.set_tags(run_id, {KIND_TAG: "train", FOLDER_TAG: folder})
         store.client.log_text(run_id, spec_yaml(spec), "spec.yaml")
+        save_record(*build_record("train", spec, data, spec_file, overrides, profile, run_name), store, run_id, folder)
         status = "FAILED"
         try:
             callback = TrainMetricsCallback(store.uri, spec.name, run_id, started_at)
             result = build_trainer(job, spec.params, run_name, callbacks=[callback]).fit()
             status = "FINISHED"
+            if result.checkpoint is not None:
+                store.set_tags(run_id, {CHECKPOINT_TAG: result.checkpoint.path})
         except KeyboardInterrupt:
             status = "KILLED"
             raise
@@ -156,16 +195,14 @@ def cmd_train(spec: Spec, data: ResolvedData, args: argparse.Namespace) -> int:
             raise RunFailedError(f"training run {run_name!r} failed: {type(exc).__name__}: {exc}") from exc
         finally:
             store.close(run_id, status)
-    metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
-    print(f"run {run_name}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-    print(f"checkpoint: {result.checkpoint.path if result.checkpoint else None}")
-    print(f"MLflow: {store.uri} experiment {spec.name!r}, run {run_id}")
-    return EXIT_OK
+    return run_id, store.uri, result
 
 
 def cmd_tune(spec: Spec, data: ResolvedData, args: argparse.Namespace) -> int:
     from raysweep.cluster import cluster_capacity, connected
+    from raysweep.record import build_record, save_record
     from raysweep.report import print_summary
+    from raysweep.runs import FOLDER_TAG, KIND_TAG
     from raysweep.sweep import run_sweep
     from raysweep.tracking import RunStore, SweepTracker, tracking_uri
     from raysweep.training import TrainJob, storage_root
@@ -176,7 +213,11 @@ def cmd_tune(spec: Spec, data: ResolvedData, args: argparse.Namespace) -> int:
         job = TrainJob.from_spec(spec, data, storage_root(spec))
         store = RunStore(tracking_uri(), spec.name)
         parent_id = store.open(f"sweep/{sweep_id}", sweep_id, params=sweep_params(spec))
+        folder = f"{job.storage_path}/{sweep_id}"
+        store.set_tags(parent_id, {KIND_TAG: "sweep", FOLDER_TAG: folder})
         store.client.log_text(parent_id, spec_yaml(spec), "spec.yaml")
+        save_record(*build_record("sweep", spec, data, args.spec, args.overrides, profile, sweep_id),
+                    store, parent_id, folder)
         tracker = SweepTracker(store, sweep_id, parent_id, spec.scheduler.metric,
                                spec.scheduler.mode, spec.scheduler.max_epochs)
         status = "FAILED"
@@ -190,7 +231,19 @@ def cmd_tune(spec: Spec, data: ResolvedData, args: argparse.Namespace) -> int:
         finally:
             tracker.close_all(status)
     print_summary(spec, outcome, store.uri, parent_id)
+    if not args.no_report:
+        from raysweep.sweep_report import write_report
+
+        try:
+            page = write_report(parent_id)
+            print(f"report: {page} (also attached to the parent run under report/)")
+        except Exception as exc:  # a report that cannot be drawn must not fail a finished sweep
+            print(f"raysweep: warning: no sweep report: {type(exc).__name__}: {exc}", file=sys.stderr)
     finished = [t for t in tracker.trials.values() if t.status == "FINISHED"]
+    if args.register and finished:
+        from raysweep.registry import register
+
+        print(register(parent_id, None if args.register is True else args.register).summary())
     return EXIT_OK if finished else EXIT_FAILED
 
 
@@ -273,6 +326,46 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_runs(args: argparse.Namespace) -> int:
+    from raysweep.runs import KIND_TAG, list_runs
+    from raysweep.tracking import tracking_uri
+
+    runs = list_runs(args.limit)
+    if not runs:
+        print(f"no raysweep runs in {tracking_uri()}")
+    for run in runs:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.info.start_time / 1000))
+        print(f"{run.info.run_id}  {run.data.tags.get(KIND_TAG, ''):<5}  {run.info.status:<8}  {started}  "
+              f"{run.info.run_name}")
+    return EXIT_OK
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from raysweep.reproduce import reproduce
+
+    outcome = reproduce(args.run_id, args.force, args.tolerance,
+                        lambda spec, data, name, source: run_train(spec, data, args, name, source, [])[0])
+    print(outcome.summary())
+    return EXIT_OK if outcome.match else EXIT_FAILED
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from raysweep.runs import find_sweep
+    from raysweep.sweep_report import write_report
+
+    page = write_report(find_sweep(args.sweep).info.run_id, args.out)
+    print(f"report: {page} (also attached to the parent run under report/)")
+    return EXIT_OK
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from raysweep.registry import register
+
+    print(register(args.run_id, args.name).summary())
+    return EXIT_OK
+
+
+RECORD_COMMANDS = {"runs": cmd_runs, "reproduce": cmd_reproduce, "report": cmd_report, "register": cmd_register}
 COMMANDS = {"check": cmd_check, "train": cmd_train, "tune": cmd_tune, "submit": cmd_submit}
 
 
@@ -300,6 +393,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "cluster":
             return cmd_cluster(args)
+        if args.command in RECORD_COMMANDS:
+            return RECORD_COMMANDS[args.command](args)
         spec, data = validate(args)
         return COMMANDS[args.command](spec, data, args)
     except UserInputError as exc:

@@ -178,6 +178,10 @@ class Spec(_Section):
     lightning: LightningSpec = LightningSpec()
     seed: int = 0
     """Seeds model init and the per-epoch shuffle."""
+    deterministic: bool = False
+    """Deterministic kernels in every worker (torch.use_deterministic_algorithms, cuDNN
+    benchmark off, CUBLAS_WORKSPACE_CONFIG): needed for bit-equal GPU re-runs, slower
+    there. CPU runs with the same seed repeat exactly without it."""
     storage_path: str = "results"
     """Run folder root (checkpoints, Tune state, Optuna journal): a local path or
     an s3:// / gs:// URI."""

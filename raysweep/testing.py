@@ -58,10 +58,15 @@ def probe_spec(data_root: Path, storage: Path, probe_dir: Path, **overrides: Any
     return spec
 
 
+def build_model(params: dict[str, Any]) -> torch.nn.Module:
+    """Logistic regression on (x0, x1): what `raysweep register` rebuilds."""
+    return torch.nn.Linear(2, 2)
+
+
 def train(ctx: TrainContext) -> None:
     """Logistic regression on x0, x1; writes the row ids each rank saw per epoch."""
     torch.manual_seed(ctx.seed)
-    model = torch.nn.Linear(2, 2)
+    model = build_model(ctx.params)
     optimizer = torch.optim.SGD(model.parameters(), lr=float(ctx.params["lr"]))
     if ctx.checkpoint is not None:
         model.load_state_dict(ctx.checkpoint["model"])

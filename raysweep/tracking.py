@@ -12,6 +12,7 @@ run re-attaches to its MLflow run instead of creating another.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -39,6 +40,14 @@ def tracking_uri() -> str:
     if uri:
         return uri
     return f"sqlite:///{base_dir() / 'mlflow.db'}"
+
+
+def artifact_location(uri: str) -> str | None:
+    """For a sqlite store, artifacts beside the database file (`mlartifacts/`), not in
+    whatever directory the process happens to run in; else the server's default."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
 
 
 def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -75,7 +84,7 @@ class RunStore:
         self.experiment_id = (
             experiment.experiment_id
             if experiment is not None
-            else self.client.create_experiment(experiment_name)
+            else self.client.create_experiment(experiment_name, artifact_location=artifact_location(uri))
         )
 
     def find(self, key: str) -> str | None:
@@ -148,6 +157,8 @@ class TrialRecord:
     ended: float | None = None
     startup_s: float | None = None
     """Trial start (on the driver) to the first training step (in a worker)."""
+    checkpoint: str | None = None
+    """The latest checkpoint a worker-group trial reported (Train's path)."""
 
     @property
     def wall_s(self) -> float:
@@ -169,6 +180,7 @@ class SweepTracker(tune.Callback):
         self.store, self.sweep_key, self.parent_id = store, sweep_key, parent_id
         self.metric, self.mode, self.max_epochs, self.echo = metric, mode, max_epochs, echo
         self.trials: dict[str, TrialRecord] = {}
+        self.best_so_far: tuple[str, float] | None = None
 
     def _record(self, trial: Any) -> TrialRecord:
         record = self.trials.get(trial.trial_id)
@@ -176,7 +188,8 @@ class SweepTracker(tune.Callback):
             key = f"{self.sweep_key}/{trial.trial_id}"
             run_id = self.store.open(key, run_name=trial.trial_id, parent_id=self.parent_id,
                                      params=trial.config)
-            self.store.set_tags(run_id, {"raysweep.trial_id": trial.trial_id})
+            self.store.set_tags(run_id, {"raysweep.trial_id": trial.trial_id, "raysweep.kind": "trial",
+                                         "raysweep.trial_config": json.dumps(trial.config, default=str)})
             record = self.trials[trial.trial_id] = TrialRecord(trial.trial_id, run_id, dict(trial.config))
         return record
 
@@ -190,6 +203,7 @@ class SweepTracker(tune.Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         record = self._record(trial)
+        record.checkpoint = result.get("checkpoint_path", record.checkpoint)
         values = epoch_metrics(result)
         if "first_step_unix" in result and record.startup_s is None:
             record.startup_s = float(result["first_step_unix"]) - record.started
@@ -197,14 +211,32 @@ class SweepTracker(tune.Callback):
         record.history.append(values)
         self.store.log_metrics(record.run_id, values, step=int(values.get("epoch", 0)))
         shown = " ".join(f"{k}={v:.4g}" for k, v in values.items() if k not in ("epoch", "epochs_completed"))
-        self._say(f"[{trial.trial_id}] epoch {int(values.get('epoch', 0))} {shown}")
+        best = self._running_best(record, values)
+        self._say(f"[{trial.trial_id}] epoch {int(values.get('epoch', 0))} {shown}{best}")
+
+    def _running_best(self, record: TrialRecord, values: dict[str, float]) -> str:
+        """' | best <metric> so far ...' over all trials' results (marked when this result is it)."""
+        if self.metric not in values:
+            return ""
+        sign = 1 if self.mode == "min" else -1
+        value = values[self.metric]
+        if self.best_so_far is None or sign * value < sign * self.best_so_far[1]:
+            self.best_so_far = (record.trial_id, value)
+            return f" | new best {self.metric}={value:.4g}"
+        return f" | best {self.metric}={self.best_so_far[1]:.4g} ({self.best_so_far[0]})"
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         record = self._record(trial)
         last_epoch = int(record.history[-1].get("epoch", -1)) if record.history else -1
         record.early_stopped = last_epoch + 1 < self.max_epochs
         record.status, record.ended = "FINISHED", time.time()
-        self.store.set_tags(record.run_id, {"raysweep.early_stopped": record.early_stopped})
+        checkpoint = getattr(trial, "checkpoint", None)
+        if checkpoint is not None:  # in-trial runs checkpoint through Tune
+            record.checkpoint = checkpoint.path
+        tags: dict[str, Any] = {"raysweep.early_stopped": record.early_stopped}
+        if record.checkpoint:
+            tags["raysweep.checkpoint"] = record.checkpoint
+        self.store.set_tags(record.run_id, tags)
         self.store.close(record.run_id, "FINISHED")
         how = "stopped early" if record.early_stopped else "finished"
         self._say(f"[{trial.trial_id}] {how} after {last_epoch + 1} epoch(s)")

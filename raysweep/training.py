@@ -30,13 +30,14 @@ class TrainJob:
     """ObjectRef to the (train, validation) ArraySets, read once by the driver."""
     checkpoint: CheckpointSpec
     lightning: LightningSpec
+    deterministic: bool = False
 
     @classmethod
     def from_spec(cls, spec: Spec, data: ResolvedData, storage_path: str) -> TrainJob:
         """Reads the data on the driver and puts it in Ray's object store (needs ray.init)."""
         arrays = ray.put(load_arrays(data))
         return cls(spec.trainer, data, spec.scaling, spec.scheduler.max_epochs, spec.seed,
-                   storage_path, arrays, spec.checkpoint, spec.lightning)
+                   storage_path, arrays, spec.checkpoint, spec.lightning, spec.deterministic)
 
 
 def load_arrays(data: ResolvedData) -> tuple[ArraySet, ArraySet]:
@@ -60,7 +61,7 @@ def _worker_entry(config: dict[str, Any]) -> None:
 
 def worker_plan(job: TrainJob, params: dict[str, Any]) -> WorkerPlan:
     return WorkerPlan(job.trainer, params, job.num_epochs, job.seed, job.arrays,
-                      job.checkpoint.every_n_epochs, job.lightning, job.scaling.use_gpu)
+                      job.checkpoint.every_n_epochs, job.lightning, job.scaling.use_gpu, job.deterministic)
 
 
 def checkpoint_config(checkpoint: CheckpointSpec) -> CheckpointConfig:

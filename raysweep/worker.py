@@ -27,6 +27,20 @@ class WorkerPlan:
     checkpoint_every: int = 1
     lightning: LightningSpec = LightningSpec()
     use_gpu: bool = False
+    deterministic: bool = False
+
+
+def use_deterministic_algorithms(on: bool) -> None:
+    """What `deterministic: true` in the spec turns on, in each worker before training."""
+    if not on:
+        return
+    import os
+
+    import torch
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
 
 
 def resolve_train_fn(module_name: str, lightning: LightningSpec) -> Callable[[TrainContext], None] | None:
@@ -96,6 +110,7 @@ def run_in_trial(plan: WorkerPlan) -> None:
 
     train_fn = resolve_train_fn(plan.trainer, plan.lightning)
     assert train_fn is not None, f"{plan.trainer} was checked on the driver"
+    use_deterministic_algorithms(plan.deterministic)
     train, validation = ray.get(plan.arrays)
     use_cuda = plan.use_gpu and torch.cuda.is_available()
     ctx = TrainContext(
@@ -121,6 +136,7 @@ def run_worker(plan: WorkerPlan) -> None:
     context = ray.train.get_context()
     train_fn = resolve_train_fn(plan.trainer, plan.lightning)
     assert train_fn is not None, f"{plan.trainer} was checked on the driver"
+    use_deterministic_algorithms(plan.deterministic)
     train, validation = ray.get(plan.arrays)
     ctx = TrainContext(
         params=plan.params,

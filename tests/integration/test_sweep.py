@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import mlflow.pytorch
 import optuna
+import torch
 from mlflow.tracking import MlflowClient
 
 from raysweep.cli import main
+from raysweep.registry import build_from_checkpoint
 from raysweep.sweep import load_study
 
 
@@ -50,3 +53,33 @@ def test_sweep_leaves_parent_children_and_study(ray_cluster, mlflow_uri, write_s
     assert len(states) == 4
     assert states.count(optuna.trial.TrialState.FAIL) == len(by_nan[True])
     assert Path(sweep_dir, "optuna.journal").stat().st_size > 0
+
+    # The report, written at the end of the sweep and attached to the parent run.
+    report = sweep_dir / "report"
+    for name in ("history.png", "curves.png", "importance.png", "parallel.png"):
+        image = (report / name).read_bytes()
+        assert image[:8] == b"\x89PNG\r\n\x1a\n" and len(image) > 5000, name
+    page = (report / "report.html").read_text()
+    for section in ("history", "curves", "importance", "parallel", "trials"):
+        assert f'id="{section}"' in page
+    assert all(c.data.tags["raysweep.trial_id"] in page for c in children)
+    assert page.count("FAILED") >= len(by_nan[True])
+    parent_id = parents[0].info.run_id
+    attached = {a.path for a in client.list_artifacts(parent_id, "report")}
+    assert {"report/report.html", "report/history.png", "report/curves.png"} <= attached
+    assert "record.json" in {a.path for a in client.list_artifacts(parent_id)}
+
+    # The best trial's model into the registry; it loads back and predicts as the checkpoint.
+    assert main(["register", parent_id, "--name", "probe-model"]) == 0
+    best_run = client.get_run(parents[0].data.tags["raysweep.best_run_id"])
+    version = client.get_model_version("probe-model", "1")
+    assert version.tags["raysweep.run_id"] == best_run.info.run_id
+    assert version.tags["raysweep.sweep_run_id"] == parent_id
+    assert version.tags["raysweep.data.sha256"] == parents[0].data.tags["raysweep.data.sha256"]
+    assert version.tags["raysweep.git.commit"] == parents[0].data.tags["raysweep.git.commit"]
+    loaded = mlflow.pytorch.load_model("models:/probe-model/1")
+    original = build_from_checkpoint("raysweep.testing", {}, best_run.data.tags["raysweep.checkpoint"])
+    batch = torch.linspace(-2, 2, 16).reshape(8, 2)
+    assert torch.equal(loaded(batch), original(batch))
+    torch.manual_seed(0)  # the probe trainer's initial weights (seed 0)
+    assert not torch.equal(original(batch), torch.nn.Linear(2, 2)(batch)), "weights are the trained ones"

@@ -88,3 +88,38 @@ def test_shipped_local_profile_loads() -> None:
 
     profile = load_profile(Path(__file__).resolve().parents[2] / "cluster" / "local.yaml")
     assert profile.address is None and profile.host == "127.0.0.1"
+
+
+@pytest.mark.parametrize("argv", [["reproduce", "no-such-run"], ["report", "no-such-run"],
+                                  ["register", "no-such-run"]])
+def test_unknown_run_or_sweep_is_one_line_exit_2(argv, tmp_path, monkeypatch, capsys):
+    from raysweep.tracking import RunStore
+
+    missing = tmp_path / "elsewhere" / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{missing}")
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no MLflow store" in err, err
+    assert not missing.exists(), "a lookup created a store"
+
+    missing.parent.mkdir()
+    RunStore(f"sqlite:///{missing}", "other")  # a store with no such run
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "'no-such-run'" in err and "raysweep runs" in err and "mlflow ui" in err
+
+
+def test_record_comparisons_name_what_differs():
+    from raysweep.record import compare_data, compare_versions
+
+    files = {"train": [{"path": "/d/a.parquet", "size": 10, "rows": 5, "sha256": "x"}], "validation": []}
+    changed = {"train": [{"path": "/d/a.parquet", "size": 10, "rows": 5, "sha256": "y"},
+                         {"path": "/d/b.parquet", "size": 1, "rows": 1, "sha256": "z"}], "validation": []}
+    old, new = {"schema_sha256": "s", "files": files}, {"schema_sha256": "t", "files": changed}
+    assert compare_data(old, new) == ["the schema of the data changed", "/d/b.parquet is new",
+                                      "/d/a.parquet changed (sha256)"]
+    assert compare_data(old, old) == []
+    assert compare_versions({"torch": "2.13.0", "ray": "2.60.0", "raysweep": "0.1"},
+                            {"torch": "2.14.0", "ray": "2.60.0", "raysweep": "0.2"}) == ["torch 2.13.0 -> 2.14.0"]

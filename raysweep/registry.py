@@ -1,0 +1,104 @@
+"""`raysweep register RUN_ID` and `raysweep tune --register`: a run's model into the
+MLflow Model Registry, tagged with where it came from.
+
+The model is rebuilt from the run's latest checkpoint with the trainer module's
+`build_model(params)` (plain trainers) or its LightningModule, logged with
+`mlflow.pytorch.log_model` into the run that trained it, and registered. The version
+carries tags linking the sweep's parent run, the trial's run, the data fingerprint
+and the git commit.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from raysweep.checkpoint import load_state
+from raysweep.errors import UserInputError
+from raysweep.runs import CHECKPOINT_TAG, KIND_TAG, RecordedRun, client, get_run, how_to_list, load_recorded
+from raysweep.tracking import PARENT_TAG, tracking_uri
+
+
+@dataclass
+class Registered:
+    name: str
+    version: str
+    run_id: str
+    model_uri: str
+
+    def summary(self) -> str:
+        return (f"registered model {self.name!r} version {self.version} from run {self.run_id} "
+                f"(load: mlflow.pytorch.load_model('models:/{self.name}/{self.version}'))")
+
+
+def build_from_checkpoint(trainer: str, params: dict[str, Any], checkpoint_dir: str) -> torch.nn.Module:
+    """The trained model: the trainer's architecture with the checkpoint's weights."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    module = importlib.import_module(trainer)
+    state = load_state(checkpoint_dir)
+    if callable(getattr(module, "build_model", None)) and "model" in state:
+        model = module.build_model(params)
+        model.load_state_dict(state["model"])
+        return model.eval()
+    from raysweep.lightning import find_module_factory
+
+    factory = find_module_factory(module)
+    if factory is not None and "state_dict" in state:
+        model = factory(params)
+        model.load_state_dict(state["state_dict"])
+        return model.eval()
+    raise UserInputError(
+        f"trainer {trainer!r}: cannot rebuild its model: define build_model(params) (with the checkpoint "
+        "holding state['model']) or a LightningModule"
+    )
+
+
+def _target(run_id: str) -> RecordedRun:
+    run = get_run(run_id)
+    if run.data.tags.get(KIND_TAG) == "sweep":
+        best = run.data.tags.get("raysweep.best_run_id")
+        if not best:
+            raise UserInputError(f"run {run_id!r}: this sweep has no finished best trial to register")
+        run_id = best
+    recorded = load_recorded(run_id)
+    if recorded.run.info.status != "FINISHED" or CHECKPOINT_TAG not in recorded.run.data.tags:
+        raise UserInputError(
+            f"run {run_id!r}: only a FINISHED run with a checkpoint can be registered "
+            f"(status {recorded.run.info.status}); {how_to_list(tracking_uri())}")
+    return recorded
+
+
+def register(run_id: str, name: str | None = None) -> Registered:
+    import mlflow
+    import mlflow.pytorch
+
+    recorded = _target(run_id)
+    spec = recorded.record["spec"]
+    name = name or spec["name"]
+    checkpoint = recorded.run.data.tags[CHECKPOINT_TAG]
+    if not os.path.isdir(checkpoint):
+        raise UserInputError(f"run {recorded.run_id!r}: its checkpoint {checkpoint} is not on this machine")
+    model = build_from_checkpoint(spec["trainer"], recorded.params, checkpoint)
+    mlflow.set_tracking_uri(tracking_uri())
+    status = recorded.run.info.status
+    with mlflow.start_run(run_id=recorded.run_id):
+        info = mlflow.pytorch.log_model(model, name="model", pip_requirements=[f"torch=={torch.__version__}"])
+    client().set_terminated(recorded.run_id, status)
+    version = mlflow.register_model(info.model_uri, name)
+    tags = {
+        "raysweep.run_id": recorded.run_id,
+        "raysweep.sweep_run_id": recorded.run.data.tags.get(PARENT_TAG, ""),
+        "raysweep.data.sha256": recorded.record["data"]["sha256"],
+        "raysweep.git.commit": recorded.record["git"]["commit"] or "none",
+        "raysweep.checkpoint": checkpoint,
+        "raysweep.trainer": spec["trainer"],
+    }
+    for key, value in tags.items():
+        client().set_model_version_tag(name, version.version, key, value)
+    return Registered(name, str(version.version), recorded.run_id, info.model_uri)

@@ -1,0 +1,224 @@
+"""`raysweep report SWEEP`: an HTML page and PNGs that explain a sweep.
+
+Optimization history (best value so far against trials), learning curves of every
+trial (early-stopped and failed ones marked), parameter importances (Optuna's
+default evaluator over the sweep's study), a parallel-coordinates view, and a table
+of trials. Everything comes from the sweep's MLflow runs and its Optuna journal; the
+files are written to the run folder's `report/` and attached to the parent run.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from raysweep.runs import FOLDER_TAG, children, client, get_run, read_record
+
+REPORT_DIR = "report"
+IMAGES = {
+    "history": "Optimization history",
+    "curves": "Learning curves",
+    "importance": "Parameter importances",
+    "parallel": "Parallel coordinates",
+}
+
+
+def _trials(parent_id: str, metric: str, mode: str) -> list[dict[str, Any]]:
+    mlflow = client()
+    rows = []
+    for run in children(get_run(parent_id)):
+        tags = run.data.tags
+        curve = sorted((m.step, m.value) for m in mlflow.get_metric_history(run.info.run_id, metric))
+        values = [v for _, v in curve if math.isfinite(v)]
+        best = (min if mode == "min" else max)(values) if values else None
+        status = run.info.status
+        if status == "FINISHED" and tags.get("raysweep.early_stopped") == "True":
+            status = "STOPPED EARLY"
+        ended = run.info.end_time or run.info.start_time
+        rows.append({
+            "trial": tags.get("raysweep.trial_id", run.info.run_name), "run_id": run.info.run_id,
+            "status": status, "params": json.loads(tags.get("raysweep.trial_config", "{}")),
+            "best": best, "epochs": len(curve), "curve": curve, "error": tags.get("raysweep.error", ""),
+            "duration_s": (ended - run.info.start_time) / 1000, "start": run.info.start_time,
+        })
+    return rows
+
+
+def _plot_history(trials: list[dict[str, Any]], metric: str, mode: str, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    xs, ys, best_so_far, best = [], [], [], None
+    for i, t in enumerate(trials):
+        if t["best"] is None:
+            continue
+        xs.append(i)
+        ys.append(t["best"])
+        best = t["best"] if best is None else (min if mode == "min" else max)(best, t["best"])
+        best_so_far.append(best)
+    ax.scatter(xs, ys, label=f"trial's best {metric}", color="tab:blue", zorder=3)
+    ax.step(xs, best_so_far, where="post", color="tab:red", label="best so far")
+    ax.set_xlabel("trial (in start order)")
+    ax.set_ylabel(metric)
+    ax.set_title("Optimization history")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_curves(trials: list[dict[str, Any]], metric: str, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for t in trials:
+        if not t["curve"]:
+            continue
+        steps = [s + 1 for s, _ in t["curve"]]
+        values = [v for _, v in t["curve"]]
+        style = {"FINISHED": "-", "STOPPED EARLY": "--"}.get(t["status"], ":")
+        line, = ax.plot(steps, values, style, marker=".", label=f"{t['trial']} ({t['status'].lower()})")
+        if t["status"] != "FINISHED":
+            ax.plot(steps[-1], values[-1], marker="x", markersize=10, color=line.get_color())
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.set_title("Learning curves (dashed + x: stopped early; dotted: failed)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_importance(study: Any, path: Path) -> str:
+    import matplotlib.pyplot as plt
+    import optuna
+
+    importances = optuna.importance.get_param_importances(study)
+    fig, ax = plt.subplots(figsize=(7, 3))
+    names = list(importances)[::-1]
+    ax.barh(names, [importances[n] for n in names], color="tab:green")
+    ax.set_xlabel("importance (Optuna's default evaluator, fANOVA)")
+    ax.set_title("Parameter importances")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return ", ".join(f"{k}: {v:.2f}" for k, v in importances.items())
+
+
+def _plot_parallel(trials: list[dict[str, Any]], metric: str, path: Path) -> None:
+    """One vertical axis per param (min-max scaled; categories spread evenly), the
+    metric last; one line per trial, coloured by its best metric."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+    from matplotlib import cm, colors
+
+    scored = [t for t in trials if t["best"] is not None]
+    names = sorted({k for t in scored for k in t["params"]})
+    columns = []
+    for name in [*names, metric]:
+        raw = [t["best"] if name == metric else t["params"].get(name) for t in scored]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw):
+            low, high = min(raw), max(raw)
+            positive = low > 0 and high / low > 20  # log-scaled params span decades
+            scale = (lambda v: math.log(v)) if positive else (lambda v: v)
+            span = (scale(high) - scale(low)) or 1.0
+            columns.append(([(scale(v) - scale(low)) / span for v in raw], f"{low:.3g}", f"{high:.3g}"))
+        else:
+            levels = sorted({str(v) for v in raw})
+            pos = {v: i / max(len(levels) - 1, 1) for i, v in enumerate(levels)}
+            columns.append(([pos[str(v)] for v in raw], levels[0], levels[-1]))
+    fig, ax = plt.subplots(figsize=(8, 4))
+    values = [t["best"] for t in scored]
+    norm = colors.Normalize(min(values), max(values)) if values else None
+    cmap = matplotlib.colormaps["viridis_r"]
+    for i, _ in enumerate(scored):
+        ax.plot(range(len(columns)), [c[0][i] for c in columns], color=cmap(norm(values[i])), alpha=0.8)
+    for x, (_, low, high) in enumerate(columns):
+        ax.axvline(x, color="grey", linewidth=0.8)
+        ax.text(x, -0.06, low, ha="center", va="top", fontsize=7)
+        ax.text(x, 1.06, high, ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(columns)), [*names, metric])
+    ax.set_yticks([])
+    ax.set_ylim(-0.15, 1.15)
+    ax.set_title("Parallel coordinates (colour: best " + metric + ")", pad=18)
+    fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=metric)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _html(title: str, record: dict[str, Any], trials: list[dict[str, Any]], metric: str, images: dict[str, str],
+          notes: dict[str, str]) -> str:
+    esc = html.escape
+    names = sorted({k for t in trials for k in t["params"]})
+    head = "".join(f"<th>{esc(h)}</th>" for h in ["trial", "status", *names, f"best {metric}", "epochs",
+                                                       "duration s", "MLflow run"])
+    body = []
+    for t in trials:
+        cells = [t["trial"], t["status"] + (f": {t['error']}" if t["error"] else "")]
+        cells += [f"{t['params'][n]:.4g}" if isinstance(t["params"].get(n), float) else str(t["params"].get(n, ""))
+                  for n in names]
+        cells += ["-" if t["best"] is None else f"{t['best']:.4g}", str(t["epochs"]), f"{t['duration_s']:.1f}",
+                  t["run_id"]]
+        body.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
+    sections = []
+    for key, heading in IMAGES.items():
+        content = (f'<img src="{esc(images[key])}" alt="{esc(heading)}">' if key in images
+                   else f"<p>not drawn: {esc(notes.get(key, ''))}</p>")
+        extra = f"<p>{esc(notes[key])}</p>" if key in images and key in notes else ""
+        sections.append(f'<section id="{key}"><h2>{esc(heading)}</h2>{content}{extra}</section>')
+    git = record.get("git", {})
+    facts = (f"spec {esc(str(record.get('spec_file')))}; git {esc(str(git.get('commit')))}"
+             f"{' (dirty)' if git.get('dirty') else ''}; data sha256 {esc(record['data']['sha256'][:12])}; "
+             f"seed {record['seeds']['seed']}")
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{esc(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:3px 6px;font-size:13px}}img{{max-width:100%}}</style></head>
+<body><h1>{esc(title)}</h1><p>{facts}</p>
+{''.join(sections)}
+<section id="trials"><h2>Trials</h2><table><tr>{head}</tr>{''.join(body)}</table></section>
+</body></html>
+"""
+
+
+def write_report(parent_id: str, out: str | None = None) -> Path:
+    """Draw the report of the sweep whose parent run is `parent_id`; returns the HTML path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from raysweep.sweep import load_study, study_dir
+
+    parent = get_run(parent_id)
+    record = read_record(parent)
+    spec = record["spec"]
+    metric, mode = spec["scheduler"]["metric"], spec["scheduler"]["mode"]
+    folder = parent.data.tags.get(FOLDER_TAG, "")
+    target = Path(out) if out else (Path(folder) / REPORT_DIR if folder and "://" not in folder
+                                    else Path(study_dir(folder, spec["name"])) / REPORT_DIR)
+    target.mkdir(parents=True, exist_ok=True)
+    trials = _trials(parent_id, metric, mode)
+    images: dict[str, str] = {}
+    notes: dict[str, str] = {}
+    _plot_history(trials, metric, mode, target / "history.png")
+    images["history"] = "history.png"
+    _plot_curves(trials, metric, target / "curves.png")
+    images["curves"] = "curves.png"
+    try:
+        study = load_study(study_dir(folder, spec["name"]), spec["name"])
+        notes["importance"] = _plot_importance(study, target / "importance.png")
+        images["importance"] = "importance.png"
+    except Exception as exc:  # too few finished trials, or one value per param
+        notes["importance"] = f"{type(exc).__name__}: {exc}"
+    if sum(t["best"] is not None for t in trials) >= 2 and any(t["params"] for t in trials):
+        _plot_parallel(trials, metric, target / "parallel.png")
+        images["parallel"] = "parallel.png"
+    else:
+        notes["parallel"] = "fewer than two trials with results"
+    page = target / "report.html"
+    page.write_text(_html(f"Sweep {parent.info.run_name}", record, trials, metric, images, notes))
+    client().log_artifacts(parent_id, str(target), REPORT_DIR)
+    return page

@@ -1,0 +1,88 @@
+"""The run record, `raysweep reproduce`, determinism, on the shared Ray cluster."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from raysweep.cli import main
+from raysweep.testing import probe_spec, write_probe_data
+
+VERSION_KEYS = {"python", "ray", "torch", "pytorch-lightning", "optuna", "mlflow", "pyarrow"}
+
+
+@pytest.fixture
+def own_data_spec(tmp_path: Path):
+    """A probe spec on a private copy of the data (these tests change a file)."""
+    root = tmp_path / "data"
+    write_probe_data(root)
+    raw = probe_spec(root, tmp_path / "results", tmp_path / "probe")
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path, root
+
+
+def _runs(uri: str, name: str = "probe") -> list:
+    client = MlflowClient(uri)
+    (experiment,) = [e for e in client.search_experiments() if e.name == name]
+    return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_train_record_and_reproduce_same_metrics(ray_cluster, mlflow_uri, own_data_spec, tmp_path, capsys,
+                                                  workers):
+    spec, root = own_data_spec
+    overrides = ["--set", f"scaling.num_workers={workers}", "--set", "params.lr=0.2"]
+    if workers == 2:  # the deterministic-kernels flag must not break a run (on CPU it changes nothing)
+        overrides += ["--set", "deterministic=true"]
+    assert main(["train", str(spec), *overrides]) == 0
+    (run,) = _runs(mlflow_uri)
+    client = MlflowClient(mlflow_uri)
+    (tmp_path / "dl").mkdir()
+    record = json.loads(Path(client.download_artifacts(run.info.run_id, "record.json", str(tmp_path / "dl")))
+                        .read_text())
+    assert record["spec"]["params"]["lr"] == 0.2, "the record holds the spec after --set"
+    assert record["overrides"] == overrides[1::2]
+    assert VERSION_KEYS <= set(record["versions"])
+    assert record["git"]["commit"] and isinstance(record["git"]["dirty"], bool)
+    assert record["cluster"]["resources"]["total"]["CPU"] == 2
+    assert record["cluster"]["scaling"]["num_workers"] == workers
+    assert record["seeds"] == {"seed": 0, "sampler_seed": 0}
+    files = record["data"]["files"]["train"]
+    assert len(files) == 2 and {"path", "size", "rows", "sha256"} <= set(files[0])
+    assert sum(f["rows"] for f in files) == 203 and record["data"]["schema_sha256"]
+    tags = run.data.tags
+    assert tags["raysweep.git.commit"] == record["git"]["commit"]
+    assert tags["raysweep.data.sha256"] == record["data"]["sha256"]
+    assert tags["raysweep.version.torch"] == record["versions"]["torch"]
+    beside = tmp_path / "results" / "probe" / "probe-train" / "record.json"
+    assert json.loads(beside.read_text())["data"] == record["data"], "record next to the checkpoints"
+    if record["git"]["dirty"]:
+        assert "git.diff" in [a.path for a in client.list_artifacts(run.info.run_id)]
+
+    capsys.readouterr()
+    assert main(["reproduce", run.info.run_id]) == 0
+    out = capsys.readouterr().out
+    assert "MATCH" in out and "DIFFERENT" not in out
+    first, again = _runs(mlflow_uri)
+    for metric in ("train_loss", "val_loss"):
+        old = [(m.step, m.value) for m in client.get_metric_history(first.info.run_id, metric)]
+        new = [(m.step, m.value) for m in client.get_metric_history(again.info.run_id, metric)]
+        assert old == new and len(old) == 2, f"{metric}: same seed, same per-epoch values"
+
+    if workers == 1:  # a changed data file: refused, naming it; nothing new in MLflow
+        part = root / "train" / "part-0.parquet"
+        table = pq.read_table(part)
+        x0 = table.column("x0").to_numpy().copy()
+        x0[0] += 1.0
+        pq.write_table(table.set_column(1, "x0", [np.asarray(x0)]), part)
+        assert main(["reproduce", run.info.run_id]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(part) in err and "sha256" in err and "--force" in err
+        assert len(_runs(mlflow_uri)) == 2
