@@ -59,6 +59,18 @@ def build_from_checkpoint(trainer: str, params: dict[str, Any], checkpoint_dir: 
     )
 
 
+def example_batch(record: dict[str, Any], rows: int = 8) -> torch.Tensor:
+    """The first rows of the recorded validation data as the model sees them."""
+    from raysweep.context import ArraySet
+
+    data = record["data"]
+    label = record["spec"]["data"]["label"]
+    features = [c for c in data["columns"] if c != label]
+    first = data["files"]["validation"][0]["path"]
+    arrays = ArraySet.from_parquet([first], features, label)
+    return torch.from_numpy(arrays.features[:rows].copy())
+
+
 def _target(run_id: str) -> RecordedRun:
     run = get_run(run_id)
     if run.data.tags.get(KIND_TAG) == "sweep":
@@ -85,10 +97,20 @@ def register(run_id: str, name: str | None = None) -> Registered:
     if not os.path.isdir(checkpoint):
         raise UserInputError(f"run {recorded.run_id!r}: its checkpoint {checkpoint} is not on this machine")
     model = build_from_checkpoint(spec["trainer"], recorded.params, checkpoint)
+    example = example_batch(recorded.record)
+    try:
+        with torch.no_grad():
+            model(example)
+    except Exception as exc:  # the model does not take the spec's feature matrix
+        raise UserInputError(
+            f"trainer {spec['trainer']!r}: its model must take the float32 matrix of the spec's feature columns "
+            f"(shape {tuple(example.shape)}): {type(exc).__name__}: {exc}") from None
     mlflow.set_tracking_uri(tracking_uri())
     status = recorded.run.info.status
     with mlflow.start_run(run_id=recorded.run_id):
-        info = mlflow.pytorch.log_model(model, name="model", pip_requirements=[f"torch=={torch.__version__}"])
+        # pt2 (torch.export): the graph and weights, no pickled Python objects to trust.
+        info = mlflow.pytorch.log_model(model, name="model", input_example=example.numpy(),
+                                        pip_requirements=[f"torch=={torch.__version__}"])
     client().set_terminated(recorded.run_id, status)
     version = mlflow.register_model(info.model_uri, name)
     tags = {

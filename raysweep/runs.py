@@ -7,6 +7,7 @@ raises a one-line UserInputError that says how to list the valid ones.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,7 @@ def client() -> MlflowClient:
                              "MLFLOW_TRACKING_URI to the store your runs used, or run from their directory)")
     for name in ("mlflow.store.db.utils", "alembic"):  # table set-up chatter on stderr
         logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keeps errors to one line
     return MlflowClient(uri)
 
 

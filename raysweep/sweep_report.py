@@ -59,8 +59,14 @@ def _plot_history(trials: list[dict[str, Any]], metric: str, mode: str, path: Pa
         ys.append(t["best"])
         best = t["best"] if best is None else (min if mode == "min" else max)(best, t["best"])
         best_so_far.append(best)
+    from matplotlib.ticker import MaxNLocator
+
     ax.scatter(xs, ys, label=f"trial's best {metric}", color="tab:blue", zorder=3)
     ax.step(xs, best_so_far, where="post", color="tab:red", label="best so far")
+    failed = [i for i, t in enumerate(trials) if t["best"] is None]
+    if failed and ys:
+        ax.scatter(failed, [min(ys)] * len(failed), marker="x", color="black", s=60, label="failed (no result)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial (in start order)")
     ax.set_ylabel(metric)
     ax.set_title("Optimization history")
@@ -83,6 +89,9 @@ def _plot_curves(trials: list[dict[str, Any]], metric: str, path: Path) -> None:
         line, = ax.plot(steps, values, style, marker=".", label=f"{t['trial']} ({t['status'].lower()})")
         if t["status"] != "FINISHED":
             ax.plot(steps[-1], values[-1], marker="x", markersize=10, color=line.get_color())
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     ax.set_title("Learning curves (dashed + x: stopped early; dotted: failed)")

@@ -58,9 +58,17 @@ def probe_spec(data_root: Path, storage: Path, probe_dir: Path, **overrides: Any
     return spec
 
 
+class DropRowId(torch.nn.Module):
+    """The first feature is the row id: the model does not learn from it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, 1:]
+
+
 def build_model(params: dict[str, Any]) -> torch.nn.Module:
-    """Logistic regression on (x0, x1): what `raysweep register` rebuilds."""
-    return torch.nn.Linear(2, 2)
+    """Logistic regression on (x0, x1) of the (row_id, x0, x1) feature matrix: what
+    `raysweep register` rebuilds."""
+    return torch.nn.Sequential(DropRowId(), torch.nn.Linear(2, 2))
 
 
 def train(ctx: TrainContext) -> None:
@@ -85,7 +93,7 @@ def train(ctx: TrainContext) -> None:
         for x, y in ctx.train_batches(epoch, batch_size):
             seen.append(x[:, 0].numpy().astype(np.int64))
             optimizer.zero_grad()
-            loss = loss_fn(ddp(x[:, 1:]), y)
+            loss = loss_fn(ddp(x), y)
             loss.backward()
             optimizer.step()
             total, count = total + loss.item() * len(y), count + len(y)
@@ -94,7 +102,7 @@ def train(ctx: TrainContext) -> None:
         with torch.no_grad():
             for x, y in ctx.validation_batches(batch_size):
                 val_ids.append(x[:, 0].numpy().astype(np.int64))
-                val_loss += float(torch.nn.functional.cross_entropy(model(x[:, 1:]), y, reduction="sum"))
+                val_loss += float(torch.nn.functional.cross_entropy(model(x), y, reduction="sum"))
                 val_n += len(y)
         np.save(probe / f"val-rank{ctx.rank}-epoch{epoch}.npy", np.concatenate(val_ids or [[]]))
         total, count, val_loss, val_n = ctx.all_reduce_sum([total, count, val_loss, val_n])

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole thing on a laptop: install, write the digits data set to Parquet, and
-# run an 8-trial Optuna (TPE) + ASHA sweep of 2-worker DDP training on a local Ray
+# run an 8-trial Optuna (TPE) + ASHA sweep (one-worker trials) on a local Ray
 # cluster, logged to MLflow in ./mlflow.db.
 #   scripts/quickstart.sh [extra raysweep tune args, e.g. --set budget.num_trials=4]
 set -euo pipefail

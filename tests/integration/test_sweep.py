@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 from raysweep.cli import main
 from raysweep.registry import build_from_checkpoint
 from raysweep.sweep import load_study
+from raysweep.testing import build_model
 
 
 def test_sweep_leaves_parent_children_and_study(ray_cluster, mlflow_uri, write_spec, tmp_path, capsys):
@@ -79,7 +80,8 @@ def test_sweep_leaves_parent_children_and_study(ray_cluster, mlflow_uri, write_s
     assert version.tags["raysweep.git.commit"] == parents[0].data.tags["raysweep.git.commit"]
     loaded = mlflow.pytorch.load_model("models:/probe-model/1")
     original = build_from_checkpoint("raysweep.testing", {}, best_run.data.tags["raysweep.checkpoint"])
-    batch = torch.linspace(-2, 2, 16).reshape(8, 2)
-    assert torch.equal(loaded(batch), original(batch))
-    torch.manual_seed(0)  # the probe trainer's initial weights (seed 0)
-    assert not torch.equal(original(batch), torch.nn.Linear(2, 2)(batch)), "weights are the trained ones"
+    batch = torch.linspace(-2, 2, 24).reshape(8, 3)  # (row_id, x0, x1)
+    with torch.no_grad():
+        assert torch.allclose(loaded(batch), original(batch), rtol=1e-6, atol=1e-7)
+        torch.manual_seed(0)  # the probe trainer's initial weights (seed 0)
+        assert not torch.allclose(original(batch), build_model({})(batch)), "weights are the trained ones"

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_example_spec_loads() -> None:
     spec = load_spec(REPO / "search_spaces" / "digits_mlp.yaml")
     assert spec.budget.num_trials >= 8
-    assert spec.scaling.num_workers == 2
+    assert spec.scaling.num_workers == 1 and spec.scaling.worker_group == "auto"
     assert spec.sampler.type == "tpe"
     assert spec.scheduler.type == "asha"
     assert set(spec.space) == {"lr", "hidden", "optimizer"}
