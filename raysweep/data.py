@@ -104,6 +104,16 @@ def check_columns(file: str, schema: pa.Schema, columns: Iterable[str], field: s
             )
 
 
+def check_same_types(file: str, schema: pa.Schema, expected: dict[str, pa.DataType], first: str) -> None:
+    """Every file gives each used column the type the first file gives it (mixed
+    schemas would silently change a feature or the label between files)."""
+    for name, dtype in expected.items():
+        got = schema.field(name).type
+        if got != dtype:
+            field = "data.label" if name == list(expected)[-1] else "data.features"
+            raise UserInputError(f"{file}: column {name!r} ({field}) is {got}, but {dtype} in {first}")
+
+
 def resolve_data(data: DataSpec, source: str) -> ResolvedData:
     """Find the files and check every file's schema against the spec.
 
@@ -116,11 +126,14 @@ def resolve_data(data: DataSpec, source: str) -> ResolvedData:
     if data.label in features:
         raise UserInputError(f"{source}: data.label: {data.label!r} is also a feature column")
     rows = {"train": 0, "validation": 0}
+    expected = {name: first_schema.field(name).type for name in [*features, data.label]
+                if first_schema.get_field_index(name) >= 0}
     for split, files in (("train", train), ("validation", validation)):
         for file in files:
             schema, num_rows = _read_schema(file)
             check_columns(file, schema, features, "data.features")
             check_columns(file, schema, [data.label], "data.label")
+            check_same_types(file, schema, expected, train[0])
             rows[split] += num_rows
     for split, count in rows.items():
         if count == 0:

@@ -128,8 +128,10 @@ def _trial_in_process(config: dict[str, Any], *, job: TrainJob, params: dict[str
     run_in_trial(worker_plan(job, {**params, **config}))
 
 
-def trains_in_trial(scaling: ScalingSpec) -> bool:
-    return scaling.num_workers == 1 and scaling.worker_group == "auto"
+def trains_in_trial(scaling: ScalingSpec, driver_resources: dict[str, float] | None = None) -> bool:
+    """One-worker trials train in the trial's own process, unless the profile pins trial
+    drivers to some nodes (trial_driver_resources): those may have no CPU to train on."""
+    return scaling.num_workers == 1 and scaling.worker_group == "auto" and not driver_resources
 
 
 @dataclass
@@ -140,12 +142,42 @@ class SweepOutcome:
     wall_s: float
 
 
+TUNE_DIR = "tune"
+
+
+def find_sweep_to_resume(root: str, name: str, sweep_id: str | None) -> str:
+    """The sweep id to resume: the one given, else the newest sweep of this spec
+    with Tune state under the experiment's run folder."""
+    base = Path(root)
+    candidates = sorted(p.name for p in base.glob(f"{name}-*") if (p / TUNE_DIR).is_dir()) if base.is_dir() else []
+    if sweep_id is None and candidates:
+        return candidates[-1]
+    if sweep_id in candidates:
+        return sweep_id
+    known = ", ".join(candidates[-5:]) or "none"
+    raise UserInputError(f"{root}: no sweep {sweep_id or name + '-*'} with Tune state to resume (found: {known})")
+
+
+def fail_stale_trials(sweep_dir: str, study_name: str) -> int:
+    """Optuna trials still RUNNING when a sweep ends were lost with a crashed driver:
+    mark them FAIL so the study holds no stale RUNNING trial. Returns how many."""
+    study = load_study(study_dir(sweep_dir, study_name), study_name)
+    stale = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    for trial in stale:
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    return len(stale)
+
+
 def run_sweep(spec: Spec, job: TrainJob, sweep_id: str, tracker: SweepTracker,
-              cpus: float, gpus: float, driver_resources: dict[str, float] | None = None) -> SweepOutcome:
+              cpus: float, gpus: float, driver_resources: dict[str, float] | None = None,
+              resume: bool = False) -> SweepOutcome:
     """Run the whole sweep; trials that fail are recorded, not raised.
 
     `driver_resources` (the profile's trial_driver_resources, e.g. {"on_demand": 0.01})
     pins each trial's driver, and with it Train's controller, to nodes that have them.
+    `resume` continues the sweep in `sweep_id` (Tuner.restore): finished trials are
+    not run again, unfinished ones continue from their latest checkpoints, and the
+    searcher (with its Optuna study) picks up where it was.
     """
     sweep_dir = f"{job.storage_path}/{sweep_id}"
     # Tune's own console tables off: SweepTracker prints one line per trial event.
@@ -153,6 +185,9 @@ def run_sweep(spec: Spec, job: TrainJob, sweep_id: str, tracker: SweepTracker,
     # In-trial runs checkpoint every epoch by design; Tune's "snapshotting may become
     # a bottleneck" warning would fire for every short trial.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Snapshot Tune's experiment state (trials + searcher) at every step, not every
+    # 10 s or more: a driver killed between two snapshots would forget started trials.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     searcher = _OptunaSearch(
         space=to_optuna_space(spec.space),
         metric=spec.scheduler.metric,
@@ -161,14 +196,21 @@ def run_sweep(spec: Spec, job: TrainJob, sweep_id: str, tracker: SweepTracker,
         study_name=spec.name,
         storage=study_storage(study_dir(sweep_dir, spec.name)),
     )
-    in_trial = trains_in_trial(spec.scaling)
+    in_trial = trains_in_trial(spec.scaling, driver_resources)
     driver = functools.partial(_trial_in_process if in_trial else _trial_driver, job=job,
                                params=spec.params, trials_dir=f"{sweep_dir}/trials")
     resources = dict(TRIAL_DRIVER_RESOURCES)
     if in_trial:  # the trial is the worker: it asks for the worker's CPUs and GPUs
         resources = {"CPU": spec.scaling.cpus_per_worker, "GPU": spec.scaling.gpus_per_worker}
+    trainable = tune.with_resources(driver, {**resources, **(driver_resources or {})})
+    if resume:
+        tuner = tune.Tuner.restore(f"{sweep_dir}/{TUNE_DIR}", trainable, resume_unfinished=True,
+                                   resume_errored=False, restart_errored=False)
+        # A restored Tuner keeps the callbacks it pickled; this run's tracker replaces them.
+        tuner._local_tuner._run_config.callbacks = [tracker]
+        return _fit(tuner, spec, sweep_id, sweep_dir, tracker)
     tuner = tune.Tuner(
-        tune.with_resources(driver, {**resources, **(driver_resources or {})}),
+        trainable,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             scheduler=make_scheduler(spec.scheduler),
@@ -178,11 +220,13 @@ def run_sweep(spec: Spec, job: TrainJob, sweep_id: str, tracker: SweepTracker,
             reuse_actors=in_trial,
         ),
         run_config=tune.RunConfig(
-            name="tune",
+            name=TUNE_DIR,
             storage_path=sweep_dir,
             callbacks=[tracker],
             verbose=0,
-            failure_config=tune.FailureConfig(max_failures=0),
+            # In-trial runs retry through Tune (from their latest checkpoint);
+            # worker-group trials retry inside Train (FailureConfig of the trainer).
+            failure_config=tune.FailureConfig(max_failures=spec.failure.max_failures if in_trial else 0),
             # Kept checkpoints of in-trial runs (worker-group trials keep Train's).
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=spec.checkpoint.num_to_keep,
@@ -191,7 +235,14 @@ def run_sweep(spec: Spec, job: TrainJob, sweep_id: str, tracker: SweepTracker,
             ),
         ),
     )
+    return _fit(tuner, spec, sweep_id, sweep_dir, tracker)
+
+
+def _fit(tuner: tune.Tuner, spec: Spec, sweep_id: str, sweep_dir: str, tracker: SweepTracker) -> SweepOutcome:
     started = time.perf_counter()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     tuner.fit()
+    lost = fail_stale_trials(sweep_dir, spec.name)
+    if lost:
+        print(f"{lost} Optuna trial(s) lost with an earlier driver marked FAIL", flush=True)
     return SweepOutcome(sweep_id, sweep_dir, tracker, time.perf_counter() - started)
