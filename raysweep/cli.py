@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
                               "started in-process)")
         sub.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else the profile's)")
     tune = commands.choices["tune"]
+    tune.add_argument("--resume", nargs="?", const=True, metavar="SWEEP_ID",
+                      help="continue an interrupted sweep (default: the newest of this spec): finished trials "
+                           "are kept, unfinished ones continue from their checkpoints")
     tune.add_argument("--no-report", action="store_true", help="do not write the sweep report at the end")
     tune.add_argument("--register", nargs="?", const=True, metavar="MODEL_NAME",
                       help="register the best trial's model in the MLflow Model Registry (default name: the spec's)")
@@ -192,10 +195,48 @@ def run_train(spec: Spec, data: ResolvedData, args: argparse.Namespace, run_name
             status = "KILLED"
             raise
         except Exception as exc:
-            raise RunFailedError(f"training run {run_name!r} failed: {type(exc).__name__}: {exc}") from exc
+            raise RunFailedError(
+                f"training run {run_name!r} failed: {root_cause(exc)}; its checkpoints in {folder}: fix the "
+                f"cause and re-run the same command (--name {run_name}) to resume from the latest") from exc
         finally:
             store.close(run_id, status)
     return run_id, store.uri, result
+
+
+def root_cause(exc: BaseException) -> str:
+    """One line: the innermost error's last 'SomethingError: message' line (Ray wraps
+    worker errors with tracebacks)."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    lines = [ln.strip() for ln in f"{type(exc).__name__}: {exc}".splitlines() if ln.strip()]
+    for line in reversed(lines):
+        head = line.split(":", 1)[0]
+        if head.endswith(("Error", "Exception")) and " " not in head:
+            return line
+    return lines[0] if lines else type(exc).__name__
+
+
+def resume_target(spec: Spec, args: argparse.Namespace) -> str | None:
+    """The sweep id `--resume` continues (checked before Ray starts), or None."""
+    if not getattr(args, "resume", None):
+        return None
+    import json
+
+    from raysweep.record import RECORD_FILE
+    from raysweep.sweep import find_sweep_to_resume
+    from raysweep.training import storage_root
+
+    root = storage_root(spec)
+    sweep_id = find_sweep_to_resume(root, spec.name, None if args.resume is True else args.resume)
+    record_file = Path(root) / sweep_id / RECORD_FILE
+    if record_file.is_file():
+        recorded = json.loads(record_file.read_text())["spec"]
+        now = spec.model_dump(mode="json")
+        changed = sorted(k for k in set(recorded) | set(now) if recorded.get(k) != now.get(k))
+        if changed:
+            raise UserInputError(f"{args.spec}: {', '.join(changed)}: differ from the spec sweep {sweep_id} "
+                                 f"started with ({record_file}); resume with the same spec and --set values")
+    return sweep_id
 
 
 def cmd_tune(spec: Spec, data: ResolvedData, args: argparse.Namespace) -> int:
@@ -208,22 +249,26 @@ def cmd_tune(spec: Spec, data: ResolvedData, args: argparse.Namespace) -> int:
     from raysweep.training import TrainJob, storage_root
 
     profile = load_profile(args.cluster)
-    sweep_id = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    resumed = resume_target(spec, args)
+    sweep_id = resumed or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     with connected(profile, args.address):
         job = TrainJob.from_spec(spec, data, storage_root(spec))
         store = RunStore(tracking_uri(), spec.name)
         parent_id = store.open(f"sweep/{sweep_id}", sweep_id, params=sweep_params(spec))
         folder = f"{job.storage_path}/{sweep_id}"
-        store.set_tags(parent_id, {KIND_TAG: "sweep", FOLDER_TAG: folder})
-        store.client.log_text(parent_id, spec_yaml(spec), "spec.yaml")
-        save_record(*build_record("sweep", spec, data, args.spec, args.overrides, profile, sweep_id),
-                    store, parent_id, folder)
         tracker = SweepTracker(store, sweep_id, parent_id, spec.scheduler.metric,
                                spec.scheduler.mode, spec.scheduler.max_epochs)
+        if resumed:
+            print(f"resuming sweep {sweep_id}: {tracker.load_existing()} trial(s) recorded so far", flush=True)
+        else:
+            store.set_tags(parent_id, {KIND_TAG: "sweep", FOLDER_TAG: folder})
+            store.client.log_text(parent_id, spec_yaml(spec), "spec.yaml")
+            save_record(*build_record("sweep", spec, data, args.spec, args.overrides, profile, sweep_id),
+                        store, parent_id, folder)
         status = "FAILED"
         try:
             outcome = run_sweep(spec, job, sweep_id, tracker, *cluster_capacity(),
-                                driver_resources=profile.trial_driver_resources)
+                                driver_resources=profile.trial_driver_resources, resume=bool(resumed))
             status = "FINISHED"
         except KeyboardInterrupt:
             status = "KILLED"

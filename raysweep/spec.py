@@ -153,6 +153,12 @@ class CheckpointSpec(_Section):
     score_mode: Literal["min", "max"] = "min"
 
 
+class FailureSpec(_Section):
+    max_failures: int = Field(default=0, ge=0)
+    """Restarts after a worker, node or trial dies: each restart resumes from the
+    run's latest checkpoint. 0 fails the run at the first failure."""
+
+
 class LightningSpec(_Section):
     """Settings for trainer modules that provide a LightningModule."""
 
@@ -176,6 +182,7 @@ class Spec(_Section):
     scaling: ScalingSpec = ScalingSpec()
     checkpoint: CheckpointSpec = CheckpointSpec()
     lightning: LightningSpec = LightningSpec()
+    failure: FailureSpec = FailureSpec()
     seed: int = 0
     """Seeds model init and the per-epoch shuffle."""
     deterministic: bool = False

@@ -7,6 +7,8 @@ every rank saw, so tests can check sharding from outside the workers.
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +73,42 @@ def build_model(params: dict[str, Any]) -> torch.nn.Module:
     return torch.nn.Sequential(DropRowId(), torch.nn.Linear(2, 2))
 
 
+def _maybe_pause(ctx: TrainContext, epoch: int, probe: Path) -> None:
+    """Fault-suite hook: at `params.pause_epoch`, mid-epoch, rank 0 writes its pid to
+    PROBE/pause.pid and waits (for PROBE/go, or `pause_s`) so a test can kill it.
+    `pause_once` (default true): only the first time; `pause_after_done`: only once
+    that many runs wrote their done-* marker (a sweep's later trial)."""
+    if epoch != int(ctx.params.get("pause_epoch", -1)) or ctx.rank != 0:
+        return
+    once = bool(ctx.params.get("pause_once", True))
+    if once and (probe / "paused").exists():
+        return
+    if len(list(probe.glob("done-*"))) < int(ctx.params.get("pause_after_done", 0)):
+        return
+    (probe / "paused").touch()
+    tmp = probe / f"pause.pid.{os.getpid()}"
+    tmp.write_text(str(os.getpid()))
+    tmp.replace(probe / "pause.pid")
+    deadline = time.time() + float(ctx.params.get("pause_s", 180))
+    while time.time() < deadline and not (probe / "go").exists():
+        time.sleep(0.05)
+
+
+def _run_out_of_memory() -> None:
+    """Fault-suite hook (`params.fault: oom`): a real allocation failure. The address
+    space is capped a little above what the process maps, then 64 GiB is asked for;
+    the cap is lifted again so a reused process is unharmed."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    mapped = int(Path("/proc/self/statm").read_text().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    resource.setrlimit(resource.RLIMIT_AS, (mapped + (512 << 20), hard))
+    try:
+        np.ones(64 << 30, dtype=np.uint8)
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
 def train(ctx: TrainContext) -> None:
     """Logistic regression on x0, x1; writes the row ids each rank saw per epoch."""
     torch.manual_seed(ctx.seed)
@@ -90,7 +128,11 @@ def train(ctx: TrainContext) -> None:
     loss_fn = torch.nn.CrossEntropyLoss()
     for epoch in range(ctx.start_epoch, ctx.num_epochs):
         seen, total, count = [], 0.0, 0
+        if ctx.params.get("fault") == "oom":
+            _run_out_of_memory()
         for x, y in ctx.train_batches(epoch, batch_size):
+            if len(seen) == 1:
+                _maybe_pause(ctx, epoch, probe)
             seen.append(x[:, 0].numpy().astype(np.int64))
             optimizer.zero_grad()
             loss = loss_fn(ddp(x), y)
@@ -107,7 +149,10 @@ def train(ctx: TrainContext) -> None:
         np.save(probe / f"val-rank{ctx.rank}-epoch{epoch}.npy", np.concatenate(val_ids or [[]]))
         total, count, val_loss, val_n = ctx.all_reduce_sum([total, count, val_loss, val_n])
         metrics = {"epoch": epoch, "train_loss": total / count, "val_loss": val_loss / val_n}
-        if epoch == int(ctx.params.get("nan_epoch", -1)):
+        if epoch == int(ctx.params.get("nan_epoch", -1)) or ctx.params.get("fault") == "nan":
             metrics["val_loss"] = float("nan")
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
         ctx.report(metrics, checkpoint=state)
+    if ctx.rank == 0:  # one line per completed run: a run that ran twice shows two
+        with open(probe / f"done-{ctx.params['lr']}", "a") as handle:
+            handle.write(f"{os.getpid()}\n")

@@ -249,6 +249,34 @@ class SweepTracker(tune.Callback):
         self.store.close(record.run_id, "FAILED")
         self._say(f"[{trial.trial_id}] FAILED: {record.error}")
 
+    def load_existing(self) -> int:
+        """A resumed sweep: the trials an earlier driver ran, read back from MLflow,
+        so the summary, the best trial and the running best include them."""
+        client = self.store.client
+        runs = client.search_runs([self.store.experiment_id], max_results=10000,
+                                  filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_id}'")
+        for run in runs:
+            tags = run.data.tags
+            trial_id = tags.get("raysweep.trial_id")
+            if not trial_id:
+                continue
+            rows: dict[int, dict[str, float]] = {}
+            for key in run.data.metrics:
+                for m in client.get_metric_history(run.info.run_id, key):
+                    rows.setdefault(m.step, {"epoch": float(m.step)})[key] = m.value
+            record = TrialRecord(
+                trial_id, run.info.run_id, json.loads(tags.get("raysweep.trial_config", "{}")),
+                history=[rows[s] for s in sorted(rows)], status=run.info.status,
+                early_stopped=tags.get("raysweep.early_stopped") == "True", error=tags.get("raysweep.error", ""),
+                started=run.info.start_time / 1000, ended=(run.info.end_time or 0) / 1000 or None,
+                checkpoint=tags.get("raysweep.checkpoint"))
+            self.trials[trial_id] = record
+            best = record.best(self.metric, self.mode)
+            sign = 1 if self.mode == "min" else -1
+            if best is not None and (self.best_so_far is None or sign * best[self.metric] < sign * self.best_so_far[1]):
+                self.best_so_far = (trial_id, best[self.metric])
+        return len(self.trials)
+
     def best_trial(self) -> TrialRecord | None:
         scored = [(t, t.best(self.metric, self.mode)) for t in self.trials.values()
                   if t.status == "FINISHED"]
@@ -261,9 +289,9 @@ class SweepTracker(tune.Callback):
     def close_all(self, status: str) -> None:
         """End the sweep: open child runs get `status`, the parent gets the best trial."""
         for record in self.trials.values():
-            if record.status == "RUNNING":
-                record.status = status
-                self.store.close(record.run_id, status)
+            if record.status == "RUNNING":  # in a finished sweep: a trial lost with a crashed driver
+                record.status = "KILLED" if status == "FINISHED" else status
+                self.store.close(record.run_id, record.status)
         best = self.best_trial()
         if best is not None:
             metrics = best.best(self.metric, self.mode) or {}

@@ -31,13 +31,15 @@ class TrainJob:
     checkpoint: CheckpointSpec
     lightning: LightningSpec
     deterministic: bool = False
+    max_failures: int = 0
 
     @classmethod
     def from_spec(cls, spec: Spec, data: ResolvedData, storage_path: str) -> TrainJob:
         """Reads the data on the driver and puts it in Ray's object store (needs ray.init)."""
         arrays = ray.put(load_arrays(data))
         return cls(spec.trainer, data, spec.scaling, spec.scheduler.max_epochs, spec.seed,
-                   storage_path, arrays, spec.checkpoint, spec.lightning, spec.deterministic)
+                   storage_path, arrays, spec.checkpoint, spec.lightning, spec.deterministic,
+                   spec.failure.max_failures)
 
 
 def load_arrays(data: ResolvedData) -> tuple[ArraySet, ArraySet]:
@@ -96,6 +98,6 @@ def build_trainer(job: TrainJob, params: dict[str, Any], run_name: str,
             storage_path=storage_path or job.storage_path,
             callbacks=callbacks,
             checkpoint_config=checkpoint_config(job.checkpoint),
-            failure_config=FailureConfig(max_failures=0),
+            failure_config=FailureConfig(max_failures=job.max_failures),
         ),
     )

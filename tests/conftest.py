@@ -59,3 +59,19 @@ def pytest_collection_modifyitems(items):
     """Unit tests (no Ray) first, then the integration tests on the shared in-process
     cluster, then the ones that start their own `ray start` cluster."""
     items.sort(key=lambda item: ("integration" in str(item.fspath), "test_cluster" in str(item.fspath)))
+
+
+@pytest.fixture
+def fault_figures(request):
+    """figures(**fields): one JSON line per fault case into $RAYSWEEP_FAULTS_OUT
+    (scripts/faults.sh sums them up); a no-op when it is not set."""
+    import json
+    import os
+
+    def record(**fields) -> None:
+        out = os.environ.get("RAYSWEEP_FAULTS_OUT")
+        if out:
+            with open(out, "a") as handle:
+                handle.write(json.dumps({"case": request.node.name, **fields}) + "\n")
+
+    return record

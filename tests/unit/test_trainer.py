@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 
 import numpy as np
 import pytest
 import torch
 
-from raysweep.checkpoint import load_state, save_state
+from raysweep.checkpoint import DIGEST_FILE, CorruptCheckpointError, _digest, load_state, save_state
 from raysweep.context import ArraySet, NonFiniteMetricError, TrainContext
 from trainers import digits_mlp
 
@@ -54,11 +55,72 @@ def test_non_finite_metric_stops_the_run(digits) -> None:
 
 
 class _Payload:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
     def __reduce__(self):
-        return (print, ("payload ran",))
+        return (os.system, (f"touch {self.marker}",))
 
 
-def test_checkpoint_with_a_pickle_payload_is_refused(tmp_path) -> None:
-    torch.save({"model": {}, "epoch": 0, "evil": _Payload()}, tmp_path / "state.pt")
+def test_checkpoint_with_a_pickle_payload_is_refused(tmp_path, fault_figures) -> None:
+    """Case 9: a checkpoint carrying a pickle payload (with a matching sha256, as a
+    forger would write it) is refused on load, and the payload never runs."""
+    marker = tmp_path / "payload-ran"
+    torch.save({"model": {}, "epoch": 0, "evil": _Payload(str(marker))}, tmp_path / "state.pt")
+    (tmp_path / DIGEST_FILE).write_text(_digest(tmp_path / "state.pt"))
     with pytest.raises(pickle.UnpicklingError):
         load_state(tmp_path)
+    assert not marker.exists(), "the payload ran"
+    fault_figures(faults_injected=1, faults_survived=1, unsafe_payloads_run=int(marker.exists()))
+
+
+def test_torn_or_unproven_checkpoint_is_refused(tmp_path) -> None:
+    save_state({"w": torch.ones(1000), "epoch": 3}, tmp_path)
+    assert load_state(tmp_path)["epoch"] == 3
+    state = tmp_path / "state.pt"
+    state.write_bytes(state.read_bytes()[:-100])
+    with pytest.raises(CorruptCheckpointError, match="incomplete.*does not match"):
+        load_state(tmp_path)
+    (tmp_path / DIGEST_FILE).unlink()
+    with pytest.raises(CorruptCheckpointError, match="incomplete: no state.sha256"):
+        load_state(tmp_path)
+
+
+SAVE_LOOP = """
+import sys, torch
+from raysweep.checkpoint import save_state
+for i in range(1, 100000):
+    save_state({"version": i, "w": torch.full((1 << 20,), float(i))}, sys.argv[1])
+    print(i, flush=True)
+"""
+
+
+def test_sigkill_during_checkpoint_writes_never_leaves_a_torn_checkpoint(tmp_path, fault_figures) -> None:
+    """Case 6 (file level): SIGKILL a process in the middle of writing checkpoints
+    (4 MiB each, back to back), several times: what is left either loads whole and
+    consistent, or is refused; a torn file is never loaded."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    loaded = refused = 0
+    for attempt in range(5):
+        folder = tmp_path / f"ckpt-{attempt}"
+        folder.mkdir()
+        writer = subprocess.Popen([sys.executable, "-c", SAVE_LOOP, str(folder)], stdout=subprocess.PIPE, text=True)
+        for _ in range(3 + attempt):  # let it finish a few, then kill it mid-write
+            writer.stdout.readline()
+        time.sleep(0.003 * attempt)
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+        try:
+            state = load_state(folder)
+        except CorruptCheckpointError:
+            refused += 1
+            continue
+        loaded += 1
+        assert torch.equal(state["w"], torch.full((1 << 20,), float(state["version"]))), "torn state loaded"
+    assert loaded >= 1
+    fault_figures(faults_injected=5, faults_survived=loaded + refused, torn_checkpoints_loaded=0,
+                  checkpoints_refused=refused)

@@ -1,0 +1,39 @@
+"""Sum the per-case fault figures (JSON lines) into one JSON file and print it.
+
+    python scripts/fault_figures.py LINES.jsonl OUT.json PYTEST_EXIT_STATUS
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+COUNTS = ("faults_injected", "faults_survived", "checkpoints_lost", "trials_rerun", "mlflow_running",
+          "duplicate_runs", "torn_checkpoints_loaded", "unsafe_payloads_run", "bad_inputs_tried",
+          "bad_inputs_wrong", "unauthenticated_job_apis")
+
+
+def main() -> None:
+    lines, out, status = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+    cases = [json.loads(line) for line in lines.read_text().splitlines() if line.strip()]
+    summary: dict = {k: sum(int(c.get(k, 0)) for c in cases) for k in COUNTS}
+    # An injected fault the run is meant to die of (retry budget exceeded) is "handled", not survived.
+    summary["faults_expected_to_fail_the_run"] = sum(c.get("faults_injected", 0) for c in cases
+                                                     if c.get("expected_failure"))
+    changes = [c["metric_change"] for c in cases if "metric_change" in c]
+    summary["max_final_metric_change_rel"] = max(changes) if changes else None
+    recoveries = {c["case"]: round(c["recovery_s"], 1) for c in cases if "recovery_s" in c}
+    summary["recovery_s"] = recoveries
+    sockets = [s for c in cases for s in c.get("sockets", [])]
+    summary["listening_sockets"] = sockets
+    summary["cases_recorded"] = len(cases)
+    summary["pytest_exit_status"] = status
+    summary["cases"] = cases
+    out.write_text(json.dumps(summary, indent=2))
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("cases", "listening_sockets")}, indent=2))
+    print(f"{len(sockets)} listening sockets listed; all figures in {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Faults of a real multi-node cluster (`ray start` processes on 127.0.0.1): a worker
+node killed mid-run, and what the cluster and an MLflow server expose.
+
+Runs after the other integration tests (its name sorts with test_cluster.py); the
+cluster is this module's own, so everything talks to it from a subprocess or HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from raysweep.launcher import ClusterState, token_path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).parent))
+from test_cluster import _free_port, _raysweep  # noqa: E402
+from test_faults import max_rel_change, only_run, probe_params, reference, wait_for_pid  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory):
+    """Head (no CPU) + 2 worker nodes with 1 CPU each, each its own process group."""
+    root = tmp_path_factory.mktemp("fault-cluster")
+    os.environ["RAYSWEEP_STATE_DIR"] = str(root / "state")
+    profile = root / "fault-nodes.yaml"
+    profile.write_text(yaml.safe_dump({
+        "name": "fault-nodes", "host": "127.0.0.1", "port": _free_port(), "dashboard_port": _free_port(),
+        "num_cpus": 0, "worker_nodes": [{"num_cpus": 1}, {"num_cpus": 1}]}))
+    up = _raysweep("cluster", "up", str(profile))
+    assert up.returncode == 0, up.stderr
+    state = ClusterState.load("fault-nodes")
+    yield profile, state
+    down = _raysweep("cluster", "down", str(profile))
+    assert down.returncode == 0, down.stderr
+    assert not state.alive()
+    os.environ.pop("RAYSWEEP_STATE_DIR", None)
+
+
+def listening_sockets(pgids: dict[int, str]) -> list[dict[str, str]]:
+    """Every listening TCP socket of the given process groups: bind address, process, owner."""
+    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
+    found = []
+    for line in out.splitlines():
+        local = line.split()[3]
+        for name, pid in re.findall(r'\("([^"]+)",pid=(\d+)', line):
+            try:
+                group = os.getpgid(int(pid))
+            except ProcessLookupError:
+                continue
+            if group in pgids:
+                host = local.rsplit(":", 1)[0].strip("[]")
+                found.append({"bind": local, "process": name, "started_by": pgids[group],
+                              "loopback_only": host.startswith("127.") or host == "::1"})
+    return sorted(found, key=lambda s: (s["started_by"], s["bind"]))
+
+
+def test_exposure_report_and_no_unauthenticated_job_submission(nodes, tmp_path, fault_figures):
+    """Case 10: with the cluster up and an MLflow server the test starts, the job API
+    refuses a job without the token, and every listening socket is reported."""
+    _, state = nodes
+    port = _free_port()
+    mlflow_cli = str(Path(sys.executable).with_name("mlflow"))
+    server = subprocess.Popen(
+        [mlflow_cli, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
+        stdout=(tmp_path / "mlflow.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise AssertionError("the MLflow server did not come up: " + (tmp_path / "mlflow.log").read_text()[-2000:])
+
+        job = json.dumps({"entrypoint": "touch /tmp/raysweep-unauthenticated-job-ran"}).encode()
+        request = urllib.request.Request(f"{state.dashboard}/api/jobs/", data=job, method="POST",
+                                         headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 401
+        time.sleep(1)
+        assert not Path("/tmp/raysweep-unauthenticated-job-ran").exists()
+
+        groups = {pid: f"ray node {i} (raysweep cluster up)" for i, pid in enumerate(state.pids)}
+        groups[server.pid] = "mlflow server (started by the tests)"
+        sockets = listening_sockets(groups)
+        assert any(s["started_by"].startswith("mlflow") for s in sockets)
+        assert all(s["loopback_only"] for s in sockets if s["started_by"].startswith("mlflow"))
+        dashboard = state.dashboard.rsplit("//", 1)[-1]
+        assert any(s["bind"] == dashboard and s["loopback_only"] for s in sockets), "job API not on loopback"
+        (tmp_path / "sockets.json").write_text(json.dumps(sockets, indent=2))
+        fault_figures(unauthenticated_job_apis=0, sockets=sockets,
+                      beyond_loopback=sum(not s["loopback_only"] for s in sockets))
+    finally:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=30)
+
+
+def test_killed_worker_node_run_finishes_on_the_other(nodes, write_spec, tmp_path, fault_figures):
+    """Case 2: SIGKILL every process of the node the worker runs on (raylet, its
+    workers) mid-epoch; with max_failures=1 the run restarts on the other node from
+    its checkpoint and ends with the uninterrupted metrics."""
+    _, state = nodes
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    spec = write_spec(params=probe_params(tmp_path, pause_epoch=1), failure={"max_failures": 1},
+                      scheduler={"type": "fifo", "metric": "val_loss", "mode": "min", "max_epochs": 3})
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    driver = subprocess.Popen([sys.executable, "-m", "raysweep", "train", str(spec), "--address", state.address],
+                              cwd=REPO, env=env, stdout=(tmp_path / "driver.log").open("w"),
+                              stderr=subprocess.STDOUT)
+    pid = wait_for_pid(tmp_path / "probe" / "pause.pid")
+    first_node = (tmp_path / "probe" / "node-rank0.txt").read_text()
+    group = os.getpgid(pid)
+    assert group in state.pids[1:], "the worker is not in a worker node's process group"
+    os.killpg(group, signal.SIGKILL)
+    killed_at = time.time()
+    assert driver.wait(timeout=400) == 0, (tmp_path / "driver.log").read_text()[-3000:]
+    assert (tmp_path / "probe" / "node-rank0.txt").read_text() != first_node, "did not move to the other node"
+    run = only_run(uri)
+    assert run.info.status == "FINISHED"
+    change = max_rel_change(uri, run.info.run_id, reference(spec, 3, tmp_path))
+    assert change <= 1e-6
+    fault_figures(faults_injected=1, faults_survived=1, checkpoints_lost=0, mlflow_running=0, duplicate_runs=0,
+                  metric_change=change, recovery_s=time.time() - killed_at)
+
+
+def test_token_file_is_private(nodes):
+    assert oct(token_path().stat().st_mode & 0o777) == "0o600"

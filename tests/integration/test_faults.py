@@ -1,0 +1,259 @@
+"""Fault injection: real SIGKILLs of real processes, timed by marker files.
+
+The probe trainer (raysweep.testing) pauses mid-epoch at `params.pause_epoch` and
+writes its pid to PROBE/pause.pid; the test kills that process (a training worker)
+or the driver, and checks that the run or sweep resumes from its last checkpoint,
+ends with the metrics of an uninterrupted run, and leaves MLflow and the Optuna
+study telling the truth. Every case writes its figures through `fault_figures`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from raysweep.cli import main
+from raysweep.context import TrainContext
+from raysweep.data import resolve_data
+from raysweep.spec import load_spec
+from raysweep.sweep import load_study
+from raysweep.testing import train as probe_train
+from raysweep.training import load_arrays
+
+REPO = Path(__file__).resolve().parents[2]
+COMPARED = ("train_loss", "val_loss")
+
+
+def wait_for_pid(path: Path, timeout: float = 180, other_than: str | None = None) -> int:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists():
+            text = path.read_text().strip()
+            if text and text != other_than:
+                return int(text)
+        time.sleep(0.05)
+    raise AssertionError(f"no process paused ({path} not written in {timeout:.0f} s)")
+
+
+def reference(spec_path: Path, epochs: int, tmp_path: Path) -> list[dict[str, float]]:
+    """The same run uninterrupted, in-process (same trainer, data, seed)."""
+    spec = load_spec(spec_path)
+    params = {**spec.params, "pause_epoch": -1, "probe_dir": str(tmp_path / "reference-probe")}
+    train, validation = load_arrays(resolve_data(spec.data, str(spec_path)))
+    ctx, reports = TrainContext.in_process(train, validation, params, num_epochs=epochs, seed=spec.seed)
+    probe_train(ctx)
+    return [m for m, _ in reports]
+
+
+def only_run(uri: str, experiment: str = "probe") -> Any:
+    client = MlflowClient(uri)
+    (exp,) = [e for e in client.search_experiments() if e.name == experiment]
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1, f"{len(runs)} MLflow runs for one training run"
+    return runs[0]
+
+
+def history(uri: str, run_id: str, metric: str) -> dict[int, float]:
+    return {m.step: m.value for m in MlflowClient(uri).get_metric_history(run_id, metric)}
+
+
+def max_rel_change(uri: str, run_id: str, expected: list[dict[str, float]]) -> float:
+    worst = 0.0
+    for metric in COMPARED:
+        got = history(uri, run_id, metric)
+        assert sorted(got) == list(range(len(expected))), f"{metric}: epochs {sorted(got)}"
+        for epoch, row in enumerate(expected):
+            worst = max(worst, abs(got[epoch] - row[metric]) / max(abs(row[metric]), 1e-12))
+    return worst
+
+
+def probe_params(tmp_path: Path, **extra: Any) -> dict[str, Any]:
+    return {"batch_size": 16, "lr": 0.1, "probe_dir": str(tmp_path / "probe"), "nan_epoch": -1, **extra}
+
+
+def in_thread(argv: list[str]) -> tuple[threading.Thread, dict[str, int]]:
+    result: dict[str, int] = {}
+    thread = threading.Thread(target=lambda: result.setdefault("code", main(argv)), daemon=True)
+    thread.start()
+    return thread, result
+
+
+def test_killed_worker_resumes_from_its_checkpoint(ray_cluster, mlflow_uri, write_spec, tmp_path, fault_figures):
+    """Case 1: SIGKILL a training worker mid-epoch; max_failures=1 restarts it from the
+    last checkpoint; final metrics equal an uninterrupted run's (relative 1e-6)."""
+    spec = write_spec(params=probe_params(tmp_path, pause_epoch=1), failure={"max_failures": 1},
+                      scheduler={"type": "fifo", "metric": "val_loss", "mode": "min", "max_epochs": 3})
+    thread, result = in_thread(["train", str(spec)])
+    pid = wait_for_pid(tmp_path / "probe" / "pause.pid")
+    epoch0 = (tmp_path / "probe" / "train-rank0-epoch0.npy").stat().st_mtime_ns
+    os.kill(pid, signal.SIGKILL)
+    killed_at = time.time()
+    thread.join(timeout=300)
+    assert result.get("code") == 0
+    run = only_run(mlflow_uri)
+    assert run.info.status == "FINISHED"
+    change = max_rel_change(mlflow_uri, run.info.run_id, reference(spec, 3, tmp_path))
+    assert change <= 1e-6
+    assert (tmp_path / "probe" / "train-rank0-epoch0.npy").stat().st_mtime_ns == epoch0, "epoch 0 ran again"
+    resumed = min(m.timestamp for m in MlflowClient(mlflow_uri).get_metric_history(run.info.run_id, "val_loss")
+                  if m.step == 1) / 1000
+    fault_figures(faults_injected=1, faults_survived=1, checkpoints_lost=0, mlflow_running=0, duplicate_runs=0,
+                  metric_change=change, recovery_s=resumed - killed_at)
+
+
+def test_retry_budget_exceeded_fails_naming_the_restore_path(ray_cluster, mlflow_uri, write_spec, tmp_path, capsys,
+                                                              fault_figures):
+    """Case 3: two worker kills with max_failures=1: exit 1, the message names where
+    the checkpoints are, MLflow run FAILED."""
+    spec = write_spec(params=probe_params(tmp_path, pause_epoch=1, pause_once=False), failure={"max_failures": 1})
+    thread, result = in_thread(["train", str(spec)])
+    previous = None
+    for _ in range(2):
+        pid = wait_for_pid(tmp_path / "probe" / "pause.pid", other_than=previous)
+        previous = str(pid)
+        os.kill(pid, signal.SIGKILL)
+    thread.join(timeout=300)
+    assert result.get("code") == 1
+    err = capsys.readouterr().err
+    folder = tmp_path / "results" / "probe" / "probe-train"
+    assert f"checkpoints in {folder}" in err and "re-run" in err
+    assert only_run(mlflow_uri).info.status == "FAILED"
+    fault_figures(faults_injected=2, faults_survived=0, expected_failure=True, checkpoints_lost=0,
+                  mlflow_running=0, duplicate_runs=0)
+
+
+def test_torn_checkpoint_is_never_loaded(ray_cluster, mlflow_uri, write_spec, tmp_path, capsys, fault_figures):
+    """Case 6 (run level): the latest checkpoint's file is cut short, as a kill during
+    its write would leave it: the resumed run fails saying so; it does not load it
+    and does not start from scratch."""
+    spec = write_spec()
+    assert main(["train", str(spec)]) == 0
+    checkpoints = sorted((tmp_path / "results" / "probe" / "probe-train").glob("checkpoint_*"))
+    state = checkpoints[-1] / "state.pt"
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    epoch0 = (tmp_path / "probe" / "train-rank0-epoch0.npy").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["train", str(spec), "--set", "scheduler.max_epochs=3"]) == 1
+    err = capsys.readouterr().err
+    assert "incomplete" in err and str(checkpoints[-1]) in err
+    assert (tmp_path / "probe" / "train-rank0-epoch0.npy").stat().st_mtime_ns == epoch0, "started from scratch"
+    assert not (tmp_path / "probe" / "train-rank0-epoch2.npy").exists()
+    fault_figures(faults_injected=1, faults_survived=1, torn_checkpoints_loaded=0, checkpoints_lost=0)
+
+
+def test_oom_and_nan_trials_fail_alone(ray_cluster, mlflow_uri, write_spec, tmp_path, capsys, fault_figures):
+    """Case 7: one trial runs out of memory, one reports NaN: both FAILED with the
+    reason, the others finish, the sweep exits 0 and names them."""
+    space = {"fault": {"type": "categorical", "choices": ["none", "nan", "oom"]}}
+    spec = write_spec(space=space, budget={"num_trials": 4}, sampler={"type": "random", "seed": 1},
+                      params=probe_params(tmp_path))
+    assert main(["tune", str(spec)]) == 0
+    out = capsys.readouterr().out
+    client = MlflowClient(mlflow_uri)
+    (exp,) = [e for e in client.search_experiments() if e.name == "probe"]
+    children = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+    by_fault: dict[str, list] = {}
+    for child in children:
+        by_fault.setdefault(child.data.params["fault"], []).append(child)
+    assert set(by_fault) == {"none", "nan", "oom"}, "seed 1 should sample every fault"
+    for run in by_fault["oom"]:
+        assert run.info.status == "FAILED" and "MemoryError" in run.data.tags["raysweep.error"]
+        assert f"failed trial {run.data.tags['raysweep.trial_id']}: " in out
+    for run in by_fault["nan"]:
+        assert run.info.status == "FAILED" and "non-finite" in run.data.tags["raysweep.error"]
+    assert all(r.info.status == "FINISHED" for r in by_fault["none"])
+    fault_figures(faults_injected=len(by_fault["oom"]) + len(by_fault["nan"]),
+                  faults_survived=len(by_fault["oom"]) + len(by_fault["nan"]), mlflow_running=0, duplicate_runs=0)
+
+
+def _driver(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """`python -m raysweep ...` in its own process group (its in-process Ray cluster too)."""
+    return subprocess.Popen([sys.executable, "-m", "raysweep", *argv], cwd=REPO, env=env, start_new_session=True,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def _crash(driver: subprocess.Popen) -> None:
+    """SIGKILL the driver, then what it started (its Ray processes die with the machine)."""
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait(timeout=30)
+    try:
+        os.killpg(driver.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def test_killed_train_driver_resumes_from_checkpoint(ray_cluster, mlflow_uri, write_spec, tmp_path, fault_figures):
+    """Case 4: SIGKILL `raysweep train` after checkpoint 1; the same command again
+    starts from it, ends with the uninterrupted metrics, in the same MLflow run."""
+    spec = write_spec(params=probe_params(tmp_path, pause_epoch=2),
+                      scheduler={"type": "fifo", "metric": "val_loss", "mode": "min", "max_epochs": 4})
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, "RAYSWEEP_BASE_DIR": str(tmp_path)}
+    driver = _driver(["train", str(spec)], env, tmp_path / "first.log")
+    wait_for_pid(tmp_path / "probe" / "pause.pid")
+    done = {e: (tmp_path / "probe" / f"train-rank0-epoch{e}.npy").stat().st_mtime_ns for e in (0, 1)}
+    _crash(driver)
+    killed_at = time.time()
+    assert only_run(mlflow_uri).info.status == "RUNNING", "the crash left the run RUNNING"
+    again = subprocess.run([sys.executable, "-m", "raysweep", "train", str(spec)], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    for epoch, mtime in done.items():
+        assert (tmp_path / "probe" / f"train-rank0-epoch{epoch}.npy").stat().st_mtime_ns == mtime, \
+            f"epoch {epoch} ran again"
+    run = only_run(mlflow_uri)
+    assert run.info.status == "FINISHED"
+    change = max_rel_change(mlflow_uri, run.info.run_id, reference(spec, 4, tmp_path))
+    assert change <= 1e-6
+    fault_figures(faults_injected=1, faults_survived=1, checkpoints_lost=0, mlflow_running=0, duplicate_runs=0,
+                  metric_change=change, recovery_s=time.time() - killed_at)
+
+
+def test_killed_sweep_driver_resumes_without_rerunning_trials(ray_cluster, mlflow_uri, write_spec, tmp_path,
+                                                               fault_figures):
+    """Case 5: SIGKILL `raysweep tune` after two trials finished, then `--resume`: no
+    finished trial runs again, 4 trials in all, the study has no stale RUNNING trial,
+    MLflow has one parent and one child per trial, none RUNNING."""
+    spec = write_spec(params=probe_params(tmp_path, pause_epoch=1, pause_after_done=2), budget={
+        "num_trials": 4, "max_concurrent_trials": 1}, sampler={"type": "random", "seed": 0})
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, "RAYSWEEP_BASE_DIR": str(tmp_path)}
+    driver = _driver(["tune", str(spec)], env, tmp_path / "first.log")
+    wait_for_pid(tmp_path / "probe" / "pause.pid")
+    _crash(driver)
+    killed_at = time.time()
+    finished_before = sorted(p.name for p in (tmp_path / "probe").glob("done-*"))
+    assert len(finished_before) == 2
+    again = subprocess.run([sys.executable, "-m", "raysweep", "tune", str(spec), "--resume"], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    done = {p.name: p.read_text().count("\n") for p in (tmp_path / "probe").glob("done-*")}
+    reruns = sum(count - 1 for count in done.values())
+    assert len(done) == 4 and reruns == 0, done
+    client = MlflowClient(mlflow_uri)
+    (exp,) = [e for e in client.search_experiments() if e.name == "probe"]
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and len(runs) == 5, [r.info.run_name for r in runs]
+    assert all(r.info.status == "FINISHED" for r in runs), [(r.info.run_name, r.info.status) for r in runs]
+    (sweep_dir,) = [p for p in (tmp_path / "results" / "probe").iterdir() if p.is_dir()]
+    study = load_study(str(sweep_dir), "probe")
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.COMPLETE] * 4, states
+    fault_figures(faults_injected=1, faults_survived=1, trials_rerun=reruns, mlflow_running=0,
+                  duplicate_runs=len(runs) - 5, recovery_s=time.time() - killed_at)
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_pause(tmp_path):
+    yield
+    (tmp_path / "probe").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "probe" / "go").touch()  # release any worker still waiting
