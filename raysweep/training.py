@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from raysweep.context import ArraySet
 from raysweep.data import ResolvedData
 from raysweep.spec import CheckpointSpec, LightningSpec, ScalingSpec, Spec, resolve_path
 from raysweep.worker import WorkerPlan, run_worker
+
+HEALTH_CHECK_INTERVAL_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,10 @@ def build_trainer(job: TrainJob, params: dict[str, Any], run_name: str,
     Re-running with the same `run_name` and storage resumes from the latest
     checkpoint (Ray Train V2 behaviour).
     """
+    # Train V2's controller collects reports (and so registers checkpoints) by polling
+    # its workers, every 2 s by default: a worker that dies in between loses the
+    # checkpoint it had just reported. Poll more often (the controller inherits this).
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(HEALTH_CHECK_INTERVAL_S))
     plan = worker_plan(job, params)
     resources = {"CPU": job.scaling.cpus_per_worker}
     if job.scaling.use_gpu:

@@ -26,7 +26,14 @@ from raysweep.launcher import ClusterState, token_path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).parent))
 from test_cluster import _free_port, _raysweep  # noqa: E402
-from test_faults import max_rel_change, only_run, probe_params, reference, wait_for_pid  # noqa: E402
+from test_faults import (  # noqa: E402
+    max_rel_change,
+    only_run,
+    probe_params,
+    reference,
+    wait_for_epoch,
+    wait_for_pid,
+)
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +131,7 @@ def test_killed_worker_node_run_finishes_on_the_other(nodes, write_spec, tmp_pat
                               cwd=REPO, env=env, stdout=(tmp_path / "driver.log").open("w"),
                               stderr=subprocess.STDOUT)
     pid = wait_for_pid(tmp_path / "probe" / "pause.pid")
+    wait_for_epoch(uri, 0)
     first_node = (tmp_path / "probe" / "node-rank0.txt").read_text()
     group = os.getpgid(pid)
     assert group in state.pids[1:], "the worker is not in a worker node's process group"

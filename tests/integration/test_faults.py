@@ -45,6 +45,20 @@ def wait_for_pid(path: Path, timeout: float = 180, other_than: str | None = None
     raise AssertionError(f"no process paused ({path} not written in {timeout:.0f} s)")
 
 
+def wait_for_epoch(uri: str, epoch: int, timeout: float = 180, experiment: str = "probe") -> None:
+    """Until MLflow has `epoch` of some run: the driver side has taken that report
+    (and registered its checkpoint). Faults are timed by reported epochs."""
+    client = MlflowClient(uri)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        exps = [e for e in client.search_experiments() if e.name == experiment]
+        for run in client.search_runs([exps[0].experiment_id]) if exps else []:
+            if any(m.step >= epoch for m in client.get_metric_history(run.info.run_id, "val_loss")):
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"epoch {epoch} was not reported in {timeout:.0f} s")
+
+
 def reference(spec_path: Path, epochs: int, tmp_path: Path) -> list[dict[str, float]]:
     """The same run uninterrupted, in-process (same trainer, data, seed)."""
     spec = load_spec(spec_path)
@@ -95,6 +109,7 @@ def test_killed_worker_resumes_from_its_checkpoint(ray_cluster, mlflow_uri, writ
                       scheduler={"type": "fifo", "metric": "val_loss", "mode": "min", "max_epochs": 3})
     thread, result = in_thread(["train", str(spec)])
     pid = wait_for_pid(tmp_path / "probe" / "pause.pid")
+    wait_for_epoch(mlflow_uri, 0)
     epoch0 = (tmp_path / "probe" / "train-rank0-epoch0.npy").stat().st_mtime_ns
     os.kill(pid, signal.SIGKILL)
     killed_at = time.time()
@@ -138,7 +153,7 @@ def test_torn_checkpoint_is_never_loaded(ray_cluster, mlflow_uri, write_spec, tm
     and does not start from scratch."""
     spec = write_spec()
     assert main(["train", str(spec)]) == 0
-    checkpoints = sorted((tmp_path / "results" / "probe" / "probe-train").glob("checkpoint_*"))
+    checkpoints = sorted(p for p in (tmp_path / "results" / "probe" / "probe-train").glob("checkpoint_*") if p.is_dir())
     state = checkpoints[-1] / "state.pt"
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
     epoch0 = (tmp_path / "probe" / "train-rank0-epoch0.npy").stat().st_mtime_ns
@@ -200,6 +215,7 @@ def test_killed_train_driver_resumes_from_checkpoint(ray_cluster, mlflow_uri, wr
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, "RAYSWEEP_BASE_DIR": str(tmp_path)}
     driver = _driver(["train", str(spec)], env, tmp_path / "first.log")
     wait_for_pid(tmp_path / "probe" / "pause.pid")
+    wait_for_epoch(mlflow_uri, 1)
     done = {e: (tmp_path / "probe" / f"train-rank0-epoch{e}.npy").stat().st_mtime_ns for e in (0, 1)}
     _crash(driver)
     killed_at = time.time()
