@@ -55,6 +55,17 @@ def nodes(tmp_path_factory):
     os.environ.pop("RAYSWEEP_STATE_DIR", None)
 
 
+def node_group_of(pid: int, node_groups: list[int]) -> int:
+    """The process group of the worker node whose raylet started `pid` (up the parents)."""
+    current = pid
+    while current > 1:
+        group = os.getpgid(current)
+        if group in node_groups:
+            return group
+        current = int(Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    raise AssertionError(f"process {pid} does not descend from a worker node")
+
+
 def listening_sockets(pgids: dict[int, str]) -> list[dict[str, str]]:
     """Every listening TCP socket of the given process groups: bind address, process, owner."""
     out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
@@ -133,9 +144,9 @@ def test_killed_worker_node_run_finishes_on_the_other(nodes, write_spec, tmp_pat
     pid = wait_for_pid(tmp_path / "probe" / "pause.pid")
     wait_for_epoch(uri, 0)
     first_node = (tmp_path / "probe" / "node-rank0.txt").read_text()
-    group = os.getpgid(pid)
-    assert group in state.pids[1:], "the worker is not in a worker node's process group"
-    os.killpg(group, signal.SIGKILL)
+    node_group = node_group_of(pid, state.pids[1:])
+    os.killpg(node_group, signal.SIGKILL)  # the node: `ray start`, its raylet and agents
+    os.killpg(os.getpgid(pid), signal.SIGKILL)  # and the worker (Ray puts it in a group of its own)
     killed_at = time.time()
     assert driver.wait(timeout=400) == 0, (tmp_path / "driver.log").read_text()[-3000:]
     assert (tmp_path / "probe" / "node-rank0.txt").read_text() != first_node, "did not move to the other node"
