@@ -87,18 +87,20 @@ def test_torn_or_unproven_checkpoint_is_refused(tmp_path) -> None:
 
 
 SAVE_LOOP = """
-import sys, torch
+import os, sys, torch
 from raysweep.checkpoint import save_state
 for i in range(1, 100000):
-    save_state({"version": i, "w": torch.full((1 << 20,), float(i))}, sys.argv[1])
+    os.makedirs(f"{sys.argv[1]}/{i:05d}")
+    save_state({"version": i, "w": torch.full((1 << 20,), float(i))}, f"{sys.argv[1]}/{i:05d}")
     print(i, flush=True)
 """
 
 
 def test_sigkill_during_checkpoint_writes_never_leaves_a_torn_checkpoint(tmp_path, fault_figures) -> None:
-    """Case 6 (file level): SIGKILL a process in the middle of writing checkpoints
-    (4 MiB each, back to back), several times: what is left either loads whole and
-    consistent, or is refused; a torn file is never loaded."""
+    """Case 6 (file level): SIGKILL a process that writes checkpoints (4 MiB, each in
+    its own directory, as Ray Train's are) back to back, several times. Every
+    checkpoint it finished loads whole and consistent; the one it was writing is
+    either complete or refused as incomplete, never loaded torn."""
     import signal
     import subprocess
     import sys
@@ -106,21 +108,23 @@ def test_sigkill_during_checkpoint_writes_never_leaves_a_torn_checkpoint(tmp_pat
 
     loaded = refused = 0
     for attempt in range(5):
-        folder = tmp_path / f"ckpt-{attempt}"
+        folder = tmp_path / f"run-{attempt}"
         folder.mkdir()
         writer = subprocess.Popen([sys.executable, "-c", SAVE_LOOP, str(folder)], stdout=subprocess.PIPE, text=True)
         for _ in range(3 + attempt):  # let it finish a few, then kill it mid-write
-            writer.stdout.readline()
-        time.sleep(0.003 * attempt)
+            finished = int(writer.stdout.readline())
+        time.sleep(0.004 * attempt)
         writer.send_signal(signal.SIGKILL)
         writer.wait()
-        try:
-            state = load_state(folder)
-        except CorruptCheckpointError:
-            refused += 1
-            continue
-        loaded += 1
-        assert torch.equal(state["w"], torch.full((1 << 20,), float(state["version"]))), "torn state loaded"
-    assert loaded >= 1
-    fault_figures(faults_injected=5, faults_survived=loaded + refused, torn_checkpoints_loaded=0,
-                  checkpoints_refused=refused)
+        for checkpoint in sorted(p for p in folder.iterdir() if p.is_dir()):
+            try:
+                state = load_state(checkpoint)
+            except CorruptCheckpointError:
+                assert int(checkpoint.name) > finished, f"finished checkpoint {checkpoint.name} refused"
+                refused += 1
+                continue
+            loaded += 1
+            assert torch.equal(state["w"], torch.full((1 << 20,), float(state["version"]))), "torn state loaded"
+            assert state["version"] == int(checkpoint.name)
+    fault_figures(faults_injected=5, faults_survived=5, torn_checkpoints_loaded=0, checkpoints_refused=refused,
+                  checkpoints_loaded=loaded)
