@@ -9,8 +9,8 @@ import json
 import sys
 from pathlib import Path
 
-COUNTS = ("faults_injected", "faults_survived", "checkpoints_lost", "trials_rerun", "mlflow_running",
-          "duplicate_runs", "torn_checkpoints_loaded", "unsafe_payloads_run", "bad_inputs_tried",
+COUNTS = ("faults_injected", "faults_survived", "handled_as_expected", "checkpoints_lost", "trials_rerun",
+          "mlflow_running", "duplicate_runs", "torn_checkpoints_loaded", "unsafe_payloads_run", "bad_inputs_tried",
           "bad_inputs_wrong", "unauthenticated_job_apis")
 
 
@@ -18,9 +18,10 @@ def main() -> None:
     lines, out, status = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
     cases = [json.loads(line) for line in lines.read_text().splitlines() if line.strip()]
     summary: dict = {k: sum(int(c.get(k, 0)) for c in cases) for k in COUNTS}
-    # An injected fault the run is meant to die of (retry budget exceeded) is "handled", not survived.
-    summary["faults_expected_to_fail_the_run"] = sum(c.get("faults_injected", 0) for c in cases
-                                                     if c.get("expected_failure"))
+    # Faults a run is meant to die of (the retry budget exceeded) count as handled, not survived;
+    # a case that fails after injecting its fault adds to injected but not to survived/handled.
+    summary["faults_not_survived_or_handled"] = (summary["faults_injected"] - summary["faults_survived"]
+                                                 - summary["handled_as_expected"])
     changes = [c["metric_change"] for c in cases if "metric_change" in c]
     summary["max_final_metric_change_rel"] = max(changes) if changes else None
     recoveries = {c["case"]: round(c["recovery_s"], 1) for c in cases if "recovery_s" in c}

@@ -80,7 +80,7 @@ def listening_sockets(pgids: dict[int, str]) -> list[dict[str, str]]:
             if group in pgids:
                 host = local.rsplit(":", 1)[0].strip("[]")
                 found.append({"bind": local, "process": name, "started_by": pgids[group],
-                              "loopback_only": host.startswith("127.") or host == "::1"})
+                              "loopback_only": host.startswith(("127.", "::ffff:127.")) or host == "::1"})
     return sorted(found, key=lambda s: (s["started_by"], s["bind"]))
 
 
@@ -148,13 +148,14 @@ def test_killed_worker_node_run_finishes_on_the_other(nodes, write_spec, tmp_pat
     os.killpg(node_group, signal.SIGKILL)  # the node: `ray start`, its raylet and agents
     os.killpg(os.getpgid(pid), signal.SIGKILL)  # and the worker (Ray puts it in a group of its own)
     killed_at = time.time()
+    fault_figures(faults_injected=1)
     assert driver.wait(timeout=400) == 0, (tmp_path / "driver.log").read_text()[-3000:]
     assert (tmp_path / "probe" / "node-rank0.txt").read_text() != first_node, "did not move to the other node"
     run = only_run(uri)
     assert run.info.status == "FINISHED"
     change = max_rel_change(uri, run.info.run_id, reference(spec, 3, tmp_path))
     assert change <= 1e-6
-    fault_figures(faults_injected=1, faults_survived=1, checkpoints_lost=0, mlflow_running=0, duplicate_runs=0,
+    fault_figures(faults_survived=1, checkpoints_lost=0, mlflow_running=0, duplicate_runs=0,
                   metric_change=change, recovery_s=time.time() - killed_at)
 
 

@@ -113,6 +113,7 @@ def test_killed_worker_resumes_from_its_checkpoint(ray_cluster, mlflow_uri, writ
     epoch0 = (tmp_path / "probe" / "train-rank0-epoch0.npy").stat().st_mtime_ns
     os.kill(pid, signal.SIGKILL)
     killed_at = time.time()
+    fault_figures(faults_injected=1)  # counted now: a case that then fails shows as not survived
     thread.join(timeout=300)
     assert result.get("code") == 0
     run = only_run(mlflow_uri)
@@ -122,7 +123,7 @@ def test_killed_worker_resumes_from_its_checkpoint(ray_cluster, mlflow_uri, writ
     assert (tmp_path / "probe" / "train-rank0-epoch0.npy").stat().st_mtime_ns == epoch0, "epoch 0 ran again"
     resumed = min(m.timestamp for m in MlflowClient(mlflow_uri).get_metric_history(run.info.run_id, "val_loss")
                   if m.step == 1) / 1000
-    fault_figures(faults_injected=1, faults_survived=1, checkpoints_lost=0, mlflow_running=0, duplicate_runs=0,
+    fault_figures(faults_survived=1, checkpoints_lost=0, mlflow_running=0, duplicate_runs=0,
                   metric_change=change, recovery_s=resumed - killed_at)
 
 
@@ -137,14 +138,14 @@ def test_retry_budget_exceeded_fails_naming_the_restore_path(ray_cluster, mlflow
         pid = wait_for_pid(tmp_path / "probe" / "pause.pid", other_than=previous)
         previous = str(pid)
         os.kill(pid, signal.SIGKILL)
+        fault_figures(faults_injected=1, expected_failure=True)
     thread.join(timeout=300)
     assert result.get("code") == 1
     err = capsys.readouterr().err
     folder = tmp_path / "results" / "probe" / "probe-train"
     assert f"checkpoints in {folder}" in err and "re-run" in err
     assert only_run(mlflow_uri).info.status == "FAILED"
-    fault_figures(faults_injected=2, faults_survived=0, expected_failure=True, checkpoints_lost=0,
-                  mlflow_running=0, duplicate_runs=0)
+    fault_figures(handled_as_expected=2, checkpoints_lost=0, mlflow_running=0, duplicate_runs=0)
 
 
 def test_torn_checkpoint_is_never_loaded(ray_cluster, mlflow_uri, write_spec, tmp_path, capsys, fault_figures):
@@ -156,6 +157,7 @@ def test_torn_checkpoint_is_never_loaded(ray_cluster, mlflow_uri, write_spec, tm
     checkpoints = sorted(p for p in (tmp_path / "results" / "probe" / "probe-train").glob("checkpoint_*") if p.is_dir())
     state = checkpoints[-1] / "state.pt"
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    fault_figures(faults_injected=1)
     epoch0 = (tmp_path / "probe" / "train-rank0-epoch0.npy").stat().st_mtime_ns
     capsys.readouterr()
     assert main(["train", str(spec), "--set", "scheduler.max_epochs=3"]) == 1
@@ -163,7 +165,7 @@ def test_torn_checkpoint_is_never_loaded(ray_cluster, mlflow_uri, write_spec, tm
     assert "incomplete" in err and str(checkpoints[-1]) in err
     assert (tmp_path / "probe" / "train-rank0-epoch0.npy").stat().st_mtime_ns == epoch0, "started from scratch"
     assert not (tmp_path / "probe" / "train-rank0-epoch2.npy").exists()
-    fault_figures(faults_injected=1, faults_survived=1, torn_checkpoints_loaded=0, checkpoints_lost=0)
+    fault_figures(faults_survived=1, torn_checkpoints_loaded=0, checkpoints_lost=0)
 
 
 def test_oom_and_nan_trials_fail_alone(ray_cluster, mlflow_uri, write_spec, tmp_path, capsys, fault_figures):
@@ -219,6 +221,7 @@ def test_killed_train_driver_resumes_from_checkpoint(ray_cluster, mlflow_uri, wr
     done = {e: (tmp_path / "probe" / f"train-rank0-epoch{e}.npy").stat().st_mtime_ns for e in (0, 1)}
     _crash(driver)
     killed_at = time.time()
+    fault_figures(faults_injected=1)
     assert only_run(mlflow_uri).info.status == "RUNNING", "the crash left the run RUNNING"
     again = subprocess.run([sys.executable, "-m", "raysweep", "train", str(spec)], cwd=REPO, env=env,
                            capture_output=True, text=True, timeout=600)
@@ -230,7 +233,7 @@ def test_killed_train_driver_resumes_from_checkpoint(ray_cluster, mlflow_uri, wr
     assert run.info.status == "FINISHED"
     change = max_rel_change(mlflow_uri, run.info.run_id, reference(spec, 4, tmp_path))
     assert change <= 1e-6
-    fault_figures(faults_injected=1, faults_survived=1, checkpoints_lost=0, mlflow_running=0, duplicate_runs=0,
+    fault_figures(faults_survived=1, checkpoints_lost=0, mlflow_running=0, duplicate_runs=0,
                   metric_change=change, recovery_s=time.time() - killed_at)
 
 
@@ -246,6 +249,7 @@ def test_killed_sweep_driver_resumes_without_rerunning_trials(ray_cluster, mlflo
     wait_for_pid(tmp_path / "probe" / "pause.pid")
     _crash(driver)
     killed_at = time.time()
+    fault_figures(faults_injected=1)
     finished_before = sorted(p.name for p in (tmp_path / "probe").glob("done-*"))
     assert len(finished_before) == 2
     again = subprocess.run([sys.executable, "-m", "raysweep", "tune", str(spec), "--resume"], cwd=REPO, env=env,
@@ -264,7 +268,7 @@ def test_killed_sweep_driver_resumes_without_rerunning_trials(ray_cluster, mlflo
     study = load_study(str(sweep_dir), "probe")
     states = [t.state for t in study.trials]
     assert states == [optuna.trial.TrialState.COMPLETE] * 4, states
-    fault_figures(faults_injected=1, faults_survived=1, trials_rerun=reruns, mlflow_running=0,
+    fault_figures(faults_survived=1, trials_rerun=reruns, mlflow_running=0,
                   duplicate_runs=len(runs) - 5, recovery_s=time.time() - killed_at)
 
 
