@@ -109,7 +109,7 @@ def _plot_importance(study: Any, path: Path) -> str:
     fig, ax = plt.subplots(figsize=(7, 3))
     names = list(importances)[::-1]
     ax.barh(names, [importances[n] for n in names], color="tab:green")
-    ax.set_xlabel("importance (Optuna's default evaluator, fANOVA)")
+    ax.set_xlabel("importance (Optuna's default evaluator: PED-ANOVA)")
     ax.set_title("Parameter importances")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
