@@ -97,6 +97,20 @@ def _resume_state_from_tune() -> dict[str, Any] | None:
         return load_state(directory)
 
 
+def _train(plan: WorkerPlan, report_fn: Any, checkpoint: dict[str, Any] | None, **placement: Any) -> None:
+    """Build this process's TrainContext and run the trainer (both execution paths)."""
+    import ray
+
+    train_fn = resolve_train_fn(plan.trainer, plan.lightning)
+    assert train_fn is not None, f"{plan.trainer} was checked on the driver"
+    use_deterministic_algorithms(plan.deterministic)
+    train, validation = ray.get(plan.arrays)
+    ctx = TrainContext(params=plan.params, num_epochs=plan.num_epochs, seed=plan.seed, train=train,
+                       validation=validation, report_fn=report_fn, checkpoint=checkpoint,
+                       checkpoint_every=plan.checkpoint_every, **placement)
+    train_fn(ctx)
+
+
 def run_in_trial(plan: WorkerPlan) -> None:
     """A one-worker trial in the Tune trial's own process: no Train worker group.
 
@@ -105,51 +119,18 @@ def run_in_trial(plan: WorkerPlan) -> None:
     failure handling stay Tune's. Ray gives the trial's actor its CPUs (and thread
     count) and GPU, as it would a Train worker.
     """
-    import ray
     import torch
 
-    train_fn = resolve_train_fn(plan.trainer, plan.lightning)
-    assert train_fn is not None, f"{plan.trainer} was checked on the driver"
-    use_deterministic_algorithms(plan.deterministic)
-    train, validation = ray.get(plan.arrays)
     use_cuda = plan.use_gpu and torch.cuda.is_available()
-    ctx = TrainContext(
-        params=plan.params,
-        num_epochs=plan.num_epochs,
-        seed=plan.seed,
-        train=train,
-        validation=validation,
-        report_fn=_report_to_tune,
-        device=torch.device("cuda", 0) if use_cuda else torch.device("cpu"),
-        checkpoint=_resume_state_from_tune(),
-        checkpoint_every=plan.checkpoint_every,
-    )
-    train_fn(ctx)
+    _train(plan, _report_to_tune, _resume_state_from_tune(),
+           device=torch.device("cuda", 0) if use_cuda else torch.device("cpu"))
 
 
 def run_worker(plan: WorkerPlan) -> None:
     """`train_loop_per_worker` for TorchTrainer."""
-    import ray
     import ray.train
     import ray.train.torch
 
     context = ray.train.get_context()
-    train_fn = resolve_train_fn(plan.trainer, plan.lightning)
-    assert train_fn is not None, f"{plan.trainer} was checked on the driver"
-    use_deterministic_algorithms(plan.deterministic)
-    train, validation = ray.get(plan.arrays)
-    ctx = TrainContext(
-        params=plan.params,
-        num_epochs=plan.num_epochs,
-        seed=plan.seed,
-        train=train,
-        validation=validation,
-        report_fn=_report_to_ray,
-        rank=context.get_world_rank(),
-        world_size=context.get_world_size(),
-        device=ray.train.torch.get_device(),
-        checkpoint=_resume_state(),
-        checkpoint_every=plan.checkpoint_every,
-        runs_on_ray=True,
-    )
-    train_fn(ctx)
+    _train(plan, _report_to_ray, _resume_state(), rank=context.get_world_rank(),
+           world_size=context.get_world_size(), device=ray.train.torch.get_device(), runs_on_ray=True)
