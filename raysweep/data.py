@@ -141,12 +141,6 @@ def resolve_data(data: DataSpec, source: str) -> ResolvedData:
     return ResolvedData(train, validation, features, data.label, rows["train"], rows["validation"])
 
 
-def read_parquet_columns(files: Iterable[str], columns: list[str]) -> dict[str, np.ndarray]:
-    """All rows of `columns` from `files`, in file order (pyarrow, no Ray)."""
-    tables = [pq.read_table(f, columns=columns) for f in files]
-    return table_to_columns(pa.concat_tables(tables), columns)
-
-
 def table_to_columns(table: pa.Table, columns: list[str]) -> dict[str, np.ndarray]:
     return {name: table.column(name).to_numpy() for name in columns}
 

@@ -75,8 +75,7 @@ def data_fingerprint(data: ResolvedData) -> dict[str, Any]:
     schema_text = "\n".join(f"{name}: {schema.field(name).type}" for name in data.columns)
     fingerprint = {"files": files, "columns": list(data.columns),
                    "schema_sha256": hashlib.sha256(schema_text.encode()).hexdigest()}
-    fingerprint["sha256"] = hashlib.sha256(json.dumps(
-        {k: v for k, v in fingerprint.items()}, sort_keys=True).encode()).hexdigest()
+    fingerprint["sha256"] = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
     return fingerprint
 
 

@@ -199,9 +199,9 @@ def run_sweep(spec: Spec, job: TrainJob, sweep_id: str, tracker: SweepTracker,
     in_trial = trains_in_trial(spec.scaling, driver_resources)
     driver = functools.partial(_trial_in_process if in_trial else _trial_driver, job=job,
                                params=spec.params, trials_dir=f"{sweep_dir}/trials")
-    resources = dict(TRIAL_DRIVER_RESOURCES)
-    if in_trial:  # the trial is the worker: it asks for the worker's CPUs and GPUs
-        resources = {"CPU": spec.scaling.cpus_per_worker, "GPU": spec.scaling.gpus_per_worker}
+    # In-trial, the trial is the worker: it asks for the worker's CPUs and GPUs.
+    resources = ({"CPU": spec.scaling.cpus_per_worker, "GPU": spec.scaling.gpus_per_worker} if in_trial
+                 else TRIAL_DRIVER_RESOURCES)
     trainable = tune.with_resources(driver, {**resources, **(driver_resources or {})})
     if resume:
         tuner = tune.Tuner.restore(f"{sweep_dir}/{TUNE_DIR}", trainable, resume_unfinished=True,

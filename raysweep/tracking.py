@@ -218,12 +218,17 @@ class SweepTracker(tune.Callback):
         """' | best <metric> so far ...' over all trials' results (marked when this result is it)."""
         if self.metric not in values:
             return ""
-        sign = 1 if self.mode == "min" else -1
-        value = values[self.metric]
-        if self.best_so_far is None or sign * value < sign * self.best_so_far[1]:
-            self.best_so_far = (record.trial_id, value)
-            return f" | new best {self.metric}={value:.4g}"
+        if self._consider(record.trial_id, values[self.metric]):
+            return f" | new best {self.metric}={values[self.metric]:.4g}"
         return f" | best {self.metric}={self.best_so_far[1]:.4g} ({self.best_so_far[0]})"
+
+    def _consider(self, trial_id: str, value: float) -> bool:
+        """Whether `value` is the best so far (and so becomes it)."""
+        sign = 1 if self.mode == "min" else -1
+        if self.best_so_far is None or sign * value < sign * self.best_so_far[1]:
+            self.best_so_far = (trial_id, value)
+            return True
+        return False
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         record = self._record(trial)
@@ -272,9 +277,8 @@ class SweepTracker(tune.Callback):
                 checkpoint=tags.get("raysweep.checkpoint"))
             self.trials[trial_id] = record
             best = record.best(self.metric, self.mode)
-            sign = 1 if self.mode == "min" else -1
-            if best is not None and (self.best_so_far is None or sign * best[self.metric] < sign * self.best_so_far[1]):
-                self.best_so_far = (trial_id, best[self.metric])
+            if best is not None:
+                self._consider(trial_id, best[self.metric])
         return len(self.trials)
 
     def best_trial(self) -> TrialRecord | None:

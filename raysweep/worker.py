@@ -55,42 +55,19 @@ def resolve_train_fn(module_name: str, lightning: LightningSpec) -> Callable[[Tr
     return None if factory is None else functools.partial(fit, factory=factory, settings=lightning)
 
 
-def _report_to_ray(metrics: dict[str, float], state: dict[str, Any] | None) -> None:
-    import ray.train
-
+def _report(report: Callable[..., None], checkpoint_type: Any, metrics: dict[str, float],
+            state: dict[str, Any] | None) -> None:
+    """`ctx.report` on Ray: `report` is ray.train.report or ray.tune.report."""
     if state is None:
-        ray.train.report(metrics)
+        report(metrics)
         return
     with tempfile.TemporaryDirectory() as tmp:
         save_state(state, tmp)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        report(metrics, checkpoint=checkpoint_type.from_directory(tmp))
 
 
-def _resume_state() -> dict[str, Any] | None:
-    import ray.train
-
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as directory:
-        return load_state(directory)
-
-
-def _report_to_tune(metrics: dict[str, float], state: dict[str, Any] | None) -> None:
-    from ray import tune
-
-    if state is None:
-        tune.report(metrics)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        save_state(state, tmp)
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
-
-
-def _resume_state_from_tune() -> dict[str, Any] | None:
-    from ray import tune
-
-    checkpoint = tune.get_checkpoint()
+def _state_of(checkpoint: Any) -> dict[str, Any] | None:
+    """The state a Ray checkpoint holds (None: start from scratch)."""
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as directory:
@@ -120,9 +97,10 @@ def run_in_trial(plan: WorkerPlan) -> None:
     count) and GPU, as it would a Train worker.
     """
     import torch
+    from ray import tune
 
     use_cuda = plan.use_gpu and torch.cuda.is_available()
-    _train(plan, _report_to_tune, _resume_state_from_tune(),
+    _train(plan, functools.partial(_report, tune.report, tune.Checkpoint), _state_of(tune.get_checkpoint()),
            device=torch.device("cuda", 0) if use_cuda else torch.device("cpu"))
 
 
@@ -132,5 +110,6 @@ def run_worker(plan: WorkerPlan) -> None:
     import ray.train.torch
 
     context = ray.train.get_context()
-    _train(plan, _report_to_ray, _resume_state(), rank=context.get_world_rank(),
+    report = functools.partial(_report, ray.train.report, ray.train.Checkpoint)
+    _train(plan, report, _state_of(ray.train.get_checkpoint()), rank=context.get_world_rank(),
            world_size=context.get_world_size(), device=ray.train.torch.get_device(), runs_on_ray=True)

@@ -50,14 +50,11 @@ EPOCHS = 3  # the first epoch is warm-up; steady state is the median of the rest
 
 
 def load_digits_sets(root: Path) -> tuple[ArraySet, ArraySet]:
-    from raysweep.data import read_parquet_columns
-
     write_digits_parquet(root)
     features = [f"px_{i}" for i in range(64)]
     sets = []
     for split in ("train", "validation"):
-        columns = read_parquet_columns([str(root / split / "part-0.parquet")], [*features, "label"])
-        sets.append(ArraySet.from_columns(columns, features, "label"))
+        sets.append(ArraySet.from_parquet([str(root / split / "part-0.parquet")], features, "label"))
     return sets[0], sets[1]
 
 
