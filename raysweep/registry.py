@@ -10,18 +10,21 @@ and the git commit.
 
 from __future__ import annotations
 
-import importlib
 import os
-import sys
 from dataclasses import dataclass
 from typing import Any
 
+import mlflow
+import mlflow.pytorch
 import torch
 
-from raysweep.checkpoint import load_state
+from raysweep.data.arrays import ArraySet
 from raysweep.errors import UserInputError
-from raysweep.runs import CHECKPOINT_TAG, KIND_TAG, RecordedRun, client, get_run, how_to_list, load_recorded
-from raysweep.tracking import PARENT_TAG, tracking_uri
+from raysweep.execution.checkpoint import load_state
+from raysweep.execution.preflight import import_trainer
+from raysweep.tracking import tags as tag
+from raysweep.tracking.lookup import RecordedRun, client, get_run, how_to_list, load_recorded
+from raysweep.tracking.store import tracking_uri
 
 
 @dataclass
@@ -38,15 +41,13 @@ class Registered:
 
 def build_from_checkpoint(trainer: str, params: dict[str, Any], checkpoint_dir: str) -> torch.nn.Module:
     """The trained model: the trainer's architecture with the checkpoint's weights."""
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    module = importlib.import_module(trainer)
+    module = import_trainer(trainer)
     state = load_state(checkpoint_dir)
     if callable(getattr(module, "build_model", None)) and "model" in state:
         model = module.build_model(params)
         model.load_state_dict(state["model"])
         return model.eval()
-    from raysweep.lightning import find_module_factory
+    from raysweep.execution.lightning import find_module_factory  # (lazy: only for LightningModules)
 
     factory = find_module_factory(module)
     if factory is not None and "state_dict" in state:
@@ -61,8 +62,6 @@ def build_from_checkpoint(trainer: str, params: dict[str, Any], checkpoint_dir: 
 
 def example_batch(record: dict[str, Any], rows: int = 8) -> torch.Tensor:
     """The first rows of the recorded validation data as the model sees them."""
-    from raysweep.context import ArraySet
-
     data = record["data"]
     label = record["spec"]["data"]["label"]
     features = [c for c in data["columns"] if c != label]
@@ -73,13 +72,13 @@ def example_batch(record: dict[str, Any], rows: int = 8) -> torch.Tensor:
 
 def _target(run_id: str) -> RecordedRun:
     run = get_run(run_id)
-    if run.data.tags.get(KIND_TAG) == "sweep":
-        best = run.data.tags.get("raysweep.best_run_id")
+    if run.data.tags.get(tag.KIND) == "sweep":
+        best = run.data.tags.get(tag.BEST_RUN_ID)
         if not best:
             raise UserInputError(f"run {run_id!r}: this sweep has no finished best trial to register")
         run_id = best
     recorded = load_recorded(run_id)
-    if recorded.run.info.status != "FINISHED" or CHECKPOINT_TAG not in recorded.run.data.tags:
+    if recorded.run.info.status != "FINISHED" or tag.CHECKPOINT not in recorded.run.data.tags:
         raise UserInputError(
             f"run {run_id!r}: only a FINISHED run with a checkpoint can be registered "
             f"(status {recorded.run.info.status}); {how_to_list(tracking_uri())}")
@@ -87,13 +86,10 @@ def _target(run_id: str) -> RecordedRun:
 
 
 def register(run_id: str, name: str | None = None) -> Registered:
-    import mlflow
-    import mlflow.pytorch
-
     recorded = _target(run_id)
     spec = recorded.record["spec"]
     name = name or spec["name"]
-    checkpoint = recorded.run.data.tags[CHECKPOINT_TAG]
+    checkpoint = recorded.run.data.tags[tag.CHECKPOINT]
     if not os.path.isdir(checkpoint):
         raise UserInputError(f"run {recorded.run_id!r}: its checkpoint {checkpoint} is not on this machine")
     model = build_from_checkpoint(spec["trainer"], recorded.params, checkpoint)
@@ -114,12 +110,12 @@ def register(run_id: str, name: str | None = None) -> Registered:
     client().set_terminated(recorded.run_id, status)
     version = mlflow.register_model(info.model_uri, name)
     tags = {
-        "raysweep.run_id": recorded.run_id,
-        "raysweep.sweep_run_id": recorded.run.data.tags.get(PARENT_TAG, ""),
-        "raysweep.data.sha256": recorded.record["data"]["sha256"],
-        "raysweep.git.commit": recorded.record["git"]["commit"] or "none",
-        "raysweep.checkpoint": checkpoint,
-        "raysweep.trainer": spec["trainer"],
+        tag.RUN_ID: recorded.run_id,
+        tag.SWEEP_RUN_ID: recorded.run.data.tags.get(tag.PARENT, ""),
+        tag.DATA_SHA256: recorded.record["data"]["sha256"],
+        tag.GIT_COMMIT: recorded.record["git"]["commit"] or "none",
+        tag.CHECKPOINT: checkpoint,
+        tag.TRAINER: spec["trainer"],
     }
     for key, value in tags.items():
         client().set_model_version_tag(name, version.version, key, value)

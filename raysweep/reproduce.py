@@ -7,20 +7,17 @@ of the stack no longer match the record, unless `--force`.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from raysweep.data import ResolvedData, resolve_data
+from raysweep import run
+from raysweep.config.load import validate_spec
+from raysweep.data.files import resolve_data
 from raysweep.errors import UserInputError
-from raysweep.record import compare_data, compare_versions, data_fingerprint, versions
-from raysweep.runs import client, load_recorded
-from raysweep.spec import Spec, validate_spec
+from raysweep.tracking.lookup import client, load_recorded
+from raysweep.tracking.record import compare_data, compare_versions, data_fingerprint, versions
 
 # Wall-clock figures differ run to run by nature; everything else must match.
 NOT_COMPARED = {"samples_per_s", "startup_s", "epochs_completed"}
-
-TrainFn = Callable[[Spec, ResolvedData, str, str], str]
-
 
 @dataclass
 class Outcome:
@@ -68,7 +65,8 @@ def compare_histories(old: dict[str, dict[int, float]], new: dict[str, dict[int,
                 outcome.mismatches.append(f"{key} at epoch {step}: {value!r} recorded, {other!r} now")
 
 
-def reproduce(run_id: str, force: bool, tolerance: float, train: TrainFn) -> Outcome:
+def reproduce(run_id: str, force: bool = False, tolerance: float = 1e-6, *, cluster: str | None = None,
+              address: str | None = None) -> Outcome:
     """Check the record against today's data and versions, re-run, compare."""
     recorded = load_recorded(run_id)
     if recorded.kind == "sweep":
@@ -83,7 +81,7 @@ def reproduce(run_id: str, force: bool, tolerance: float, train: TrainFn) -> Out
     if problems and not force:
         raise UserInputError(f"run {run_id!r}: refusing to reproduce: {'; '.join(problems)} (--force runs it anyway)")
     name = f"{recorded.run.info.run_name}-reproduce-{time.strftime('%Y%m%d-%H%M%S')}"
-    new_run_id = train(spec, data, name, source)
+    new_run_id = run.train(spec, cluster=cluster, address=address, name=name, source=source).run_id
     outcome = Outcome(run_id, new_run_id, tolerance, warnings=[f"ran anyway: {p}" for p in problems])
     compare_histories(metric_history(run_id), metric_history(new_run_id), outcome)
     return outcome

@@ -38,11 +38,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from raysweep.context import ArraySet, TrainContext
-from raysweep.data import train_batch_indices
-from raysweep.examples import write_digits_parquet
-from raysweep.lightning import find_module_factory, fit
-from raysweep.spec import LightningSpec
+from raysweep.config.spec import LightningSpec
+from raysweep.data.arrays import ArraySet
+from raysweep.data.examples import write_digits_parquet
+from raysweep.data.shards import train_batch_indices
+from raysweep.execution.context import TrainContext
+from raysweep.execution.lightning import find_module_factory, fit
 from trainers import digits_mlp, digits_mlp_lightning
 
 PARAMS = {"batch_size": 64, "hidden": 512, "num_layers": 2, "lr": 0.01, "optimizer": "adam"}
@@ -135,7 +136,7 @@ def write_sets(root: Path, train: ArraySet, validation: ArraySet, tile: int = 1)
 def digits_spec(root: Path, storage: Path, searched: tuple[str, ...] | None = None, **values: Any) -> Any:
     """search_spaces/digits_mlp.yaml on the data under root, with `values` set (and
     only the `searched` params searched, when given)."""
-    from raysweep.spec import load_spec
+    from raysweep.config.load import load_spec
 
     overrides = [f"data.train={root}/train", f"data.validation={root}/validation", f"storage_path={storage}"]
     overrides += [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in values.items()]
@@ -176,11 +177,11 @@ class Recorder:
 
 def sweep(spec: Any, label: str, store: Any = None) -> tuple[Any, Recorder]:
     """Run one raysweep sweep on the connected cluster; returns (outcome, recorder)."""
-    from raysweep.cluster import cluster_capacity
-    from raysweep.data import resolve_data
-    from raysweep.sweep import run_sweep
-    from raysweep.tracking import SweepTracker
-    from raysweep.training import TrainJob, storage_root
+    from raysweep.cluster.connect import cluster_capacity
+    from raysweep.data.files import resolve_data
+    from raysweep.execution.driver import TrainJob, storage_root
+    from raysweep.execution.sweep import run_sweep
+    from raysweep.tracking.callbacks import SweepTracker
 
     data = resolve_data(spec.data, "bench")
     job = TrainJob.from_spec(spec, data, storage_root(spec))
@@ -252,7 +253,7 @@ def bare_sweep(arrays: Any, workers: int, trials: int, storage: str) -> list[flo
 
     from ray import tune
 
-    from raysweep.sweep import TRIAL_DRIVER_RESOURCES
+    from raysweep.execution.sweep import TRIAL_DRIVER_RESOURCES
 
     started: dict[str, float] = {}
     first: dict[str, float] = {}
@@ -277,8 +278,8 @@ def bare_sweep(arrays: Any, workers: int, trials: int, storage: str) -> list[flo
 def bench_overhead(data_root: Path, repeats: int, trials: int = 2) -> dict[str, Any]:
     import ray
 
-    from raysweep.data import resolve_data
-    from raysweep.training import load_arrays
+    from raysweep.data.arrays import load_arrays
+    from raysweep.data.files import resolve_data
 
     storage = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
     rows = []
@@ -355,8 +356,9 @@ def plain_ddp(train: ArraySet, epochs: int, tmp: Path) -> dict[str, Any]:
 
 
 def bench_dp(train: ArraySet, validation: ArraySet, repeats: int, tile: int = 8, epochs: int = 5) -> dict[str, Any]:
-    from raysweep.data import resolve_data
-    from raysweep.training import TrainJob, build_trainer, load_arrays
+    from raysweep.data.arrays import load_arrays
+    from raysweep.data.files import resolve_data
+    from raysweep.execution.driver import TrainJob, build_trainer
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-dp-"))
     root = write_sets(tmp / "data", train, validation, tile)
@@ -519,7 +521,7 @@ def bench_throughput(train: ArraySet, validation: ArraySet, repeats: int, trials
 
 
 def bench_tracking(train: ArraySet, validation: ArraySet, repeats: int) -> dict[str, Any]:
-    from raysweep.tracking import RunStore
+    from raysweep.tracking.store import RunStore
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-tracking-"))
     root = write_sets(tmp / "data", train, validation, tile=8)
@@ -622,8 +624,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-"))
     train, validation = load_digits_sets(tmp)
     if set(wanted) & {"overhead", "dp", "search", "throughput", "tracking"}:
-        from raysweep.cluster import connect
-        from raysweep.profile import ClusterProfile
+        from raysweep.cluster.connect import connect
+        from raysweep.config.profile import ClusterProfile
 
         os.environ.setdefault("RAYSWEEP_BASE_DIR", str(tmp))
         connect(ClusterProfile(name="bench", num_cpus=2))

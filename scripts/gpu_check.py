@@ -36,8 +36,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from raysweep.context import ArraySet, TrainContext  # noqa: E402
-from raysweep.data import train_batch_indices  # noqa: E402
+from raysweep.data.arrays import ArraySet  # noqa: E402
+from raysweep.data.shards import train_batch_indices  # noqa: E402
+from raysweep.execution.context import TrainContext  # noqa: E402
 from trainers import digits_mlp  # noqa: E402
 
 # Dense bf16 tensor-core peaks (FLOP/s), from NVIDIA's data sheets (without sparsity).

@@ -13,7 +13,7 @@ import re
 import subprocess
 import sys
 
-from raysweep.launcher import ClusterState
+from raysweep.cluster.local import ClusterState
 
 
 def listening(pgids: set[int]) -> list[tuple[str, str]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from raysweep.examples import write_digits_parquet
+from raysweep.data.examples import write_digits_parquet
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from raysweep.testing import probe_spec, write_probe_data
+from raysweep.testing.probe import probe_spec, write_probe_data
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,7 @@ def write_spec(tmp_path: Path, probe_data: Path):
 
 @pytest.fixture(scope="session")
 def digits_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from raysweep.examples import write_digits_parquet
+    from raysweep.data.examples import write_digits_parquet
 
     root = tmp_path_factory.mktemp("digits")
     write_digits_parquet(root)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import ray
 
-from raysweep.cluster import connect
-from raysweep.profile import ClusterProfile
+from raysweep.cluster.connect import connect
+from raysweep.config.profile import ClusterProfile
 
 
 @pytest.fixture(scope="session")

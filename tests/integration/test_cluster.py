@@ -22,8 +22,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from raysweep.launcher import ClusterState, token_path
-from raysweep.sweep import load_study
+from raysweep.cluster.auth import token_path
+from raysweep.cluster.local import ClusterState
+from raysweep.execution.study import load_study
 
 REPO = Path(__file__).resolve().parents[2]
 

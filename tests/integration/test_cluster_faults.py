@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from raysweep.launcher import ClusterState, token_path
+from raysweep.cluster.auth import token_path
+from raysweep.cluster.local import ClusterState
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).parent))

@@ -1,6 +1,6 @@
 """Fault injection: real SIGKILLs of real processes, timed by marker files.
 
-The probe trainer (raysweep.testing) pauses mid-epoch at `params.pause_epoch` and
+The probe trainer (raysweep.testing.probe) pauses mid-epoch at `params.pause_epoch` and
 writes its pid to PROBE/pause.pid; the test kills that process (a training worker)
 or the driver, and checks that the run or sweep resumes from its last checkpoint,
 ends with the metrics of an uninterrupted run, and leaves MLflow and the Optuna
@@ -23,12 +23,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from raysweep.cli import main
-from raysweep.context import TrainContext
-from raysweep.data import resolve_data
-from raysweep.spec import load_spec
-from raysweep.sweep import load_study
-from raysweep.testing import train as probe_train
-from raysweep.training import load_arrays
+from raysweep.config.load import load_spec
+from raysweep.data.arrays import load_arrays
+from raysweep.data.files import resolve_data
+from raysweep.execution.context import TrainContext
+from raysweep.execution.study import load_study
+from raysweep.testing.probe import train as probe_train
 
 REPO = Path(__file__).resolve().parents[2]
 COMPARED = ("train_loss", "val_loss")

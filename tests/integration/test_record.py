@@ -12,7 +12,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from raysweep.cli import main
-from raysweep.testing import probe_spec, write_probe_data
+from raysweep.testing.probe import probe_spec, write_probe_data
 
 VERSION_KEYS = {"python", "ray", "torch", "pytorch-lightning", "optuna", "mlflow", "pyarrow"}
 

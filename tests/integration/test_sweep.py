@@ -10,9 +10,9 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from raysweep.cli import main
+from raysweep.execution.study import load_study
 from raysweep.registry import build_from_checkpoint
-from raysweep.sweep import load_study
-from raysweep.testing import build_model
+from raysweep.testing.probe import build_model
 
 
 def test_sweep_leaves_parent_children_and_study(ray_cluster, mlflow_uri, write_spec, tmp_path, capsys):
@@ -79,7 +79,7 @@ def test_sweep_leaves_parent_children_and_study(ray_cluster, mlflow_uri, write_s
     assert version.tags["raysweep.data.sha256"] == parents[0].data.tags["raysweep.data.sha256"]
     assert version.tags["raysweep.git.commit"] == parents[0].data.tags["raysweep.git.commit"]
     loaded = mlflow.pytorch.load_model("models:/probe-model/1")
-    original = build_from_checkpoint("raysweep.testing", {}, best_run.data.tags["raysweep.checkpoint"])
+    original = build_from_checkpoint("raysweep.testing.probe", {}, best_run.data.tags["raysweep.checkpoint"])
     batch = torch.linspace(-2, 2, 24).reshape(8, 3)  # (row_id, x0, x1)
     with torch.no_grad():
         assert torch.allclose(loaded(batch), original(batch), rtol=1e-6, atol=1e-7)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from raysweep.context import ArraySet
+from raysweep.data.arrays import ArraySet
 
 
 @pytest.fixture(scope="session")

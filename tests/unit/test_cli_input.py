@@ -66,7 +66,7 @@ def test_unknown_key(capsys, write_spec, tmp_path) -> None:
 
 def test_check_ok(capsys, write_spec) -> None:
     assert main(["check", str(write_spec())]) == 0
-    assert "ok: trainer raysweep.testing, 3 features, 203 train rows" in capsys.readouterr().out
+    assert "ok: trainer raysweep.testing.probe, 3 features, 203 train rows" in capsys.readouterr().out
 
 
 def test_profile_with_unknown_key(capsys, write_spec, tmp_path) -> None:
@@ -84,7 +84,7 @@ def test_profile_with_wrong_type(capsys, write_spec, tmp_path) -> None:
 
 
 def test_shipped_local_profile_loads() -> None:
-    from raysweep.profile import load_profile
+    from raysweep.config.profile import load_profile
 
     profile = load_profile(Path(__file__).resolve().parents[2] / "cluster" / "local.yaml")
     assert profile.address is None and profile.host == "127.0.0.1"
@@ -93,7 +93,7 @@ def test_shipped_local_profile_loads() -> None:
 @pytest.mark.parametrize("argv", [["reproduce", "no-such-run"], ["report", "no-such-run"],
                                   ["register", "no-such-run"]])
 def test_unknown_run_or_sweep_is_one_line_exit_2(argv, tmp_path, monkeypatch, capsys):
-    from raysweep.tracking import RunStore
+    from raysweep.tracking.store import RunStore
 
     missing = tmp_path / "elsewhere" / "mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{missing}")
@@ -112,7 +112,7 @@ def test_unknown_run_or_sweep_is_one_line_exit_2(argv, tmp_path, monkeypatch, ca
 
 
 def test_record_comparisons_name_what_differs():
-    from raysweep.record import compare_data, compare_versions
+    from raysweep.tracking.record import compare_data, compare_versions
 
     files = {"train": [{"path": "/d/a.parquet", "size": 10, "rows": 5, "sha256": "x"}], "validation": []}
     changed = {"train": [{"path": "/d/a.parquet", "size": 10, "rows": 5, "sha256": "y"},

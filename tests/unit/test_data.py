@@ -7,14 +7,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from raysweep.data import (
-    num_train_batches,
-    resolve_data,
-    train_batch_indices,
-    validation_block,
-)
+from raysweep.config.spec import DataSpec
+from raysweep.data.files import resolve_data
+from raysweep.data.shards import num_train_batches, train_batch_indices, validation_block
 from raysweep.errors import UserInputError
-from raysweep.spec import DataSpec
 
 
 def _spec(root, **kw) -> DataSpec:

@@ -16,7 +16,7 @@ import ray
 import yaml
 
 from raysweep.cli import main
-from raysweep.testing import probe_spec, write_probe_data
+from raysweep.testing.probe import probe_spec, write_probe_data
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ import ray
 import yaml
 
 from raysweep.cli import main
+from raysweep.cluster.submit import check_upload
+from raysweep.config.profile import validate_launcher_config
 from raysweep.errors import UserInputError
-from raysweep.profile import validate_launcher_config
-from raysweep.submit import check_upload
 
 REPO = Path(__file__).resolve().parents[2]
 

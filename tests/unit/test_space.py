@@ -6,8 +6,8 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FixedTrial
 
-from raysweep.space import to_optuna_space
-from raysweep.spec import Spec
+from raysweep.config.space import to_optuna_space
+from raysweep.config.spec import Spec
 
 SPACE = {
     "lr": {"type": "float", "low": 1e-4, "high": 0.1, "log": True},
@@ -55,7 +55,7 @@ def test_study_ask_samples_inside_bounds() -> None:
 
 
 def test_study_journal_stays_local_when_the_sweep_folder_is_a_uri(tmp_path, monkeypatch) -> None:
-    from raysweep.sweep import study_dir
+    from raysweep.execution.study import study_dir
 
     monkeypatch.setenv("RAYSWEEP_BASE_DIR", str(tmp_path))
     assert study_dir("/runs/exp/sweep-1", "exp") == "/runs/exp/sweep-1"

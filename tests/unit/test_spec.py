@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from raysweep.config.load import apply_overrides, load_spec
 from raysweep.errors import UserInputError
-from raysweep.spec import apply_overrides, load_spec
 
 REPO = Path(__file__).resolve().parents[2]
 

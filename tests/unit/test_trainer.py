@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from raysweep.checkpoint import DIGEST_FILE, CorruptCheckpointError, _digest, load_state, save_state
-from raysweep.context import ArraySet, NonFiniteMetricError, TrainContext
+from raysweep.data.arrays import ArraySet
+from raysweep.execution.checkpoint import DIGEST_FILE, CorruptCheckpointError, _digest, load_state, save_state
+from raysweep.execution.context import NonFiniteMetricError, TrainContext
 from trainers import digits_mlp
 
 PARAMS = {"batch_size": 64, "hidden": 32, "lr": 0.01, "optimizer": "adam"}
@@ -88,7 +89,7 @@ def test_torn_or_unproven_checkpoint_is_refused(tmp_path) -> None:
 
 SAVE_LOOP = """
 import os, sys, torch
-from raysweep.checkpoint import save_state
+from raysweep.execution.checkpoint import save_state
 for i in range(1, 100000):
     os.makedirs(f"{sys.argv[1]}/{i:05d}")
     save_state({"version": i, "w": torch.full((1 << 20,), float(i))}, f"{sys.argv[1]}/{i:05d}")

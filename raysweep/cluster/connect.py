@@ -5,13 +5,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 from collections.abc import Iterator
 
 import ray
 
+from raysweep._ray_compat import record_cluster_address, set_ray_env_defaults, use_token_auth
+from raysweep.cluster.address import check_reachable
+from raysweep.cluster.auth import token_available
+from raysweep.config.profile import DEFAULT_PROFILE, ClusterProfile
 from raysweep.errors import UserInputError
-from raysweep.profile import DEFAULT_PROFILE, ClusterProfile
 
 
 def connect(profile: ClusterProfile = DEFAULT_PROFILE, address: str | None = None) -> bool:
@@ -25,7 +27,7 @@ def connect(profile: ClusterProfile = DEFAULT_PROFILE, address: str | None = Non
 
     Returns True when this call initialised Ray (the caller then shuts it down).
     """
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    set_ray_env_defaults()
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or profile.address
@@ -45,13 +47,7 @@ def connect(profile: ClusterProfile = DEFAULT_PROFILE, address: str | None = Non
         # address="local": always a new cluster, even when `ray start` left one running.
         ray.init(address="local", num_cpus=profile.num_cpus, num_gpus=profile.num_gpus, dashboard_host=profile.host,
                  _node_ip_address=profile.host, **common)
-        # Ray's own actors find "the cluster" through /tmp/ray/ray_current_cluster
-        # (Train V2's placement-group cleaner does, via the state API). Left pointing
-        # at a cluster that `ray start` ran earlier, their lookups time out, the
-        # cleaner's thread dies, and CPUs of trials Tune stopped are never freed.
-        from ray._private.utils import write_ray_address
-
-        write_ray_address(ray.get_runtime_context().gcs_address)
+        record_cluster_address(ray.get_runtime_context().gcs_address)
     return True
 
 
@@ -64,37 +60,6 @@ def connected(profile: ClusterProfile = DEFAULT_PROFILE, address: str | None = N
     finally:
         if started:
             ray.shutdown()
-
-
-def token_available() -> bool:
-    """A token reaches this process the way Ray documents: env var or token file."""
-    if os.environ.get("RAY_AUTH_TOKEN"):
-        return True
-    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
-    return os.path.isfile(path)
-
-
-def use_token_auth() -> None:
-    """Make this process send the token (Ray's clients add it when the mode is token)."""
-    if os.environ.get("RAY_AUTH_MODE") == "disabled":
-        return
-    from ray._raylet import Config
-
-    os.environ["RAY_AUTH_MODE"] = "token"
-    Config.initialize("")
-
-
-def check_reachable(address: str, timeout_s: float = 5.0) -> None:
-    """Fail within seconds, naming the address, when nothing listens there."""
-    if address == "auto" or "://" in address:
-        return
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise UserInputError(f"{address}: a Ray address is host:port (or 'auto')")
-    try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
-    except OSError as exc:
-        raise UserInputError(f"{address}: no Ray cluster answers there ({exc.strerror or exc})") from None
 
 
 def cluster_capacity() -> tuple[float, float]:

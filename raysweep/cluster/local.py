@@ -1,4 +1,4 @@
-"""`raysweep cluster up|down|status`: a real local Ray cluster from a profile.
+"""`raysweep cluster up|down|status` for local profiles: `ray start` processes on this machine.
 
 `up` starts a head and the profile's worker nodes as separate `ray start --block`
 processes (each in its own process group), bound to the profile's host
@@ -12,15 +12,15 @@ import json
 import os
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from raysweep.cluster.auth import ensure_token, token_source
+from raysweep.config.profile import ClusterProfile, load_profile
 from raysweep.errors import RunFailedError, UserInputError
-from raysweep.profile import ClusterProfile
 
 START_TIMEOUT_S = 90.0
 STOP_GRACE_S = 10.0
@@ -66,34 +66,6 @@ def _group_alive(pgid: int) -> bool:
         return False
     except PermissionError:
         return True
-
-
-def token_path() -> Path:
-    return Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
-
-
-def ensure_token() -> Path | None:
-    """A token file readable by the user only (generated if missing); None when the
-    token comes from RAY_AUTH_TOKEN."""
-    if os.environ.get("RAY_AUTH_TOKEN"):
-        return None
-    path = token_path()
-    if not path.is_file():
-        from ray._private.authentication.authentication_token_generator import (
-            generate_new_authentication_token,
-        )
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(generate_new_authentication_token())
-    os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
-    return path
-
-
-def token_source() -> str:
-    """Where the token lives, for messages (never the token itself)."""
-    return "RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN") else str(token_path())
 
 
 def cluster_env() -> dict[str, str]:
@@ -259,3 +231,34 @@ def status(state: ClusterState) -> list[dict]:
     if result.returncode != 0:
         raise RunFailedError(f"cannot reach the cluster at {state.address}: {result.stderr.strip()[-300:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def cluster_up(profile_path: str) -> str:
+    """`raysweep cluster up PROFILE`: start it; returns what to tell the user."""
+    profile = load_profile(profile_path)
+    state = up(profile)
+    return "\n".join([
+        f"cluster {profile.name!r} is up: {len(state.pids)} node(s), address {state.address}, "
+        f"dashboard and job API {state.dashboard} (token auth on; token in {token_source()})",
+        f"  submit: raysweep submit SPEC --cluster {profile_path}",
+        f"      or: RAY_ADDRESS={state.dashboard} ray job submit --working-dir . -- python -m raysweep tune SPEC",
+        f"  stop:   raysweep cluster down {profile_path}",
+    ])
+
+
+def cluster_down(profile_path: str) -> str:
+    profile = load_profile(profile_path)
+    pids = down(profile.name)
+    return f"cluster {profile.name!r} is down: stopped process groups {', '.join(map(str, pids))}"
+
+
+def cluster_status(profile_path: str) -> str:
+    profile = load_profile(profile_path)
+    state = ClusterState.load(profile.name)
+    if state is None or not state.alive():
+        raise UserInputError(f"{profile_path}: cluster {profile.name!r} is not up")
+    lines = [f"cluster {profile.name!r}: address {state.address}, dashboard {state.dashboard}"]
+    for node in status(state):
+        resources = " ".join(f"{k}={v:g}" for k, v in sorted(node["resources"].items()))
+        lines.append(f"  node {node['node_id']} {node['address']} {'alive' if node['alive'] else 'dead'}: {resources}")
+    return "\n".join(lines)

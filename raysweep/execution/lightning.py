@@ -33,9 +33,11 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from raysweep.context import Batch, TrainContext
-from raysweep.data import validation_block
-from raysweep.spec import LightningSpec
+from raysweep.data.arrays import Batch
+from raysweep.data.shards import validation_block
+from raysweep.errors import UserInputError
+from raysweep.execution.context import TrainContext
+from raysweep.execution.plan import LightningSettings
 
 ModuleFactory = Callable[[dict[str, Any]], pl.LightningModule]
 
@@ -127,7 +129,7 @@ class ReportCallback(pl.Callback):
         return {n: totals[i] / totals[len(names) + i] for i, n in enumerate(names)}
 
 
-def build_trainer(ctx: TrainContext, settings: LightningSpec, callback: ReportCallback) -> pl.Trainer:
+def build_trainer(ctx: TrainContext, settings: LightningSettings, callback: ReportCallback) -> pl.Trainer:
     common: dict[str, Any] = dict(
         max_epochs=ctx.num_epochs,
         precision=settings.precision,
@@ -143,6 +145,7 @@ def build_trainer(ctx: TrainContext, settings: LightningSpec, callback: ReportCa
     )
     if not ctx.runs_on_ray:
         return pl.Trainer(devices=1, **common)
+    # (lazy: Ray Train's Lightning integration only in worker-group runs)
     from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, prepare_trainer
 
     trainer = pl.Trainer(devices="auto", strategy=RayDDPStrategy(),
@@ -150,7 +153,7 @@ def build_trainer(ctx: TrainContext, settings: LightningSpec, callback: ReportCa
     return prepare_trainer(trainer)
 
 
-def fit(ctx: TrainContext, factory: ModuleFactory, settings: LightningSpec) -> None:
+def fit(ctx: TrainContext, factory: ModuleFactory, settings: LightningSettings) -> None:
     """`train(ctx)` for a LightningModule."""
     torch.manual_seed(ctx.seed)
     module = factory(ctx.params)
@@ -168,11 +171,9 @@ def fit(ctx: TrainContext, factory: ModuleFactory, settings: LightningSpec) -> N
 
 
 def check_module(factory: ModuleFactory, params: dict[str, Any], sample: Batch,
-                 settings: LightningSpec, use_gpu: bool, source: str) -> None:
+                 settings: LightningSettings, use_gpu: bool, source: str) -> None:
     """Fail before the run: a precision the workers cannot do, a module that does not
     build, or a `training_step` that returns no loss (checked on one small batch)."""
-    from raysweep.errors import UserInputError
-
     if settings.precision == "16-mixed" and not use_gpu:
         raise UserInputError(
             f"{source}: lightning.precision: '16-mixed' needs a GPU (scaling.gpus_per_worker > 0); "

@@ -6,8 +6,9 @@ from pathlib import Path
 
 from pydantic import Field
 
+from raysweep.config.load import describe_error, read_spec_file
+from raysweep.config.spec import _Section
 from raysweep.errors import UserInputError
-from raysweep.spec import _Section, describe_error, read_spec_file
 
 
 class WorkerNode(_Section):
@@ -72,11 +73,12 @@ def is_launcher_config(raw: dict) -> bool:
 
 def validate_launcher_config(raw: dict, path: str | Path) -> None:
     """Validate against Ray's own cluster config schema, as `ray up` does."""
-    import jsonschema
-    from ray.autoscaler._private.util import prepare_config, validate_config
+    import jsonschema  # (lazy: a Ray dependency, needed for cloud profiles only)
+
+    from raysweep._ray_compat import validate_launcher_config as ray_validate
 
     try:
-        validate_config(prepare_config(raw))
+        ray_validate(raw)
     except jsonschema.ValidationError as exc:
         where = ".".join(str(p) for p in exc.absolute_path) or "(top level)"
         raise UserInputError(f"{path}: {where}: {exc.message}") from None

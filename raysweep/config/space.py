@@ -9,7 +9,7 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from raysweep.spec import CategoricalParam, FloatParam, IntParam, SearchParam
+from raysweep.config.spec import CategoricalParam, FloatParam, IntParam, SearchParam
 
 
 def to_distribution(param: SearchParam) -> BaseDistribution:

@@ -1,18 +1,7 @@
-"""Parquet data: finding files, checking their schema, and sharding rows by rank.
+"""Driver side: finding the Parquet files and checking their schema against the spec.
 
-The schema is checked with pyarrow on the driver before Ray starts. The driver
-reads the columns once, in file order, into Ray's object store; every worker maps
-them (zero-copy on its node) and shards by row index. Reading inside the workers
-with Ray Data deadlocks when Train's workers hold every CPU (a 2-core laptop with
-2 workers): Ray Data's read tasks then never get one.
-
-- training: each epoch a permutation seeded by (seed, epoch), identical on every
-  rank; rank r takes positions r, r+W, r+2W, ... so the shards are disjoint and
-  together cover every row. Each rank's rows are cut into the *same* number of
-  batches, so DDP ranks never wait on a batch that does not come (Ray's
-  `streaming_split(equal=True)` would drop up to W-1 rows instead).
-- validation: rank r takes one contiguous block; every row is evaluated exactly
-  once and the sums are all-reduced.
+Runs before Ray starts (`raysweep check` starts nothing else); it reads only the
+files' footers.
 """
 
 from __future__ import annotations
@@ -23,16 +12,15 @@ import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from raysweep.config.load import resolve_path
+from raysweep.config.spec import DataSpec
 from raysweep.errors import UserInputError
 
-if TYPE_CHECKING:
-    from raysweep.spec import DataSpec
 
 
 @dataclass(frozen=True)
@@ -53,8 +41,6 @@ class ResolvedData:
 
 def find_parquet_files(path: str, *, source: str, field: str) -> tuple[str, ...]:
     """A file, a directory (searched recursively) or a glob -> sorted absolute paths."""
-    from raysweep.spec import resolve_path  # (lazy: trainers import this module without pydantic)
-
     path = resolve_path(path)
     candidate = Path(path)
     if candidate.is_file():
@@ -143,41 +129,3 @@ def resolve_data(data: DataSpec, source: str) -> ResolvedData:
 
 def table_to_columns(table: pa.Table, columns: list[str]) -> dict[str, np.ndarray]:
     return {name: table.column(name).to_numpy() for name in columns}
-
-
-def epoch_permutation(num_rows: int, seed: int, epoch: int) -> np.ndarray:
-    """The same permutation on every rank for a given (seed, epoch)."""
-    return np.random.default_rng([seed, epoch]).permutation(num_rows)
-
-
-def num_train_batches(num_rows: int, world_size: int, batch_size: int) -> int:
-    """Batches every rank yields per epoch (the largest shard's batch count)."""
-    return max(1, math.ceil(math.ceil(num_rows / world_size) / batch_size))
-
-
-def train_shard_indices(
-    num_rows: int, rank: int, world_size: int, seed: int, epoch: int
-) -> np.ndarray:
-    return epoch_permutation(num_rows, seed, epoch)[rank::world_size]
-
-
-def train_batch_indices(
-    num_rows: int, rank: int, world_size: int, batch_size: int, seed: int, epoch: int
-) -> list[np.ndarray]:
-    """This rank's row indices for the epoch, cut into equal-count batches."""
-    if num_rows < world_size:
-        raise ValueError(f"{num_rows} training rows cannot feed {world_size} workers")
-    shard = train_shard_indices(num_rows, rank, world_size, seed, epoch)
-    # array_split keeps every batch non-empty as long as len(shard) >= batches.
-    return np.array_split(shard, num_train_batches(num_rows, world_size, batch_size))
-
-
-def validation_block(num_rows: int, rank: int, world_size: int) -> slice:
-    """Rank r's contiguous block; the blocks partition range(num_rows)."""
-    bounds = np.linspace(0, num_rows, world_size + 1).round().astype(int)
-    return slice(int(bounds[rank]), int(bounds[rank + 1]))
-
-
-def iter_blocks(num_rows: int, batch_size: int, rows: slice) -> Iterator[slice]:
-    for start in range(rows.start, rows.stop, batch_size):
-        yield slice(start, min(start + batch_size, rows.stop))

@@ -7,6 +7,7 @@ raises a one-line UserInputError that says how to list the valid ones.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -18,13 +19,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from raysweep.errors import UserInputError
-from raysweep.record import RECORD_FILE
-from raysweep.tracking import KEY_TAG, PARENT_TAG, tracking_uri
-
-KIND_TAG = "raysweep.kind"  # train | sweep | trial
-TRIAL_CONFIG_TAG = "raysweep.trial_config"
-CHECKPOINT_TAG = "raysweep.checkpoint"
-FOLDER_TAG = "raysweep.run_folder"
+from raysweep.tracking import tags as tag
+from raysweep.tracking.record import RECORD_FILE
+from raysweep.tracking.store import tracking_uri
 
 
 def how_to_list(uri: str) -> str:
@@ -47,13 +44,11 @@ class RecordedRun:
 
     @property
     def kind(self) -> str:
-        return self.run.data.tags.get(KIND_TAG, "")
+        return self.run.data.tags.get(tag.KIND, "")
 
 
 def client() -> MlflowClient:
     """The MLflow store raysweep writes to; one that does not exist is not created."""
-    import logging
-
     uri = tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise UserInputError(f"no MLflow store at {uri} (no raysweep run has written to it; set "
@@ -70,7 +65,7 @@ def get_run(run_id: str) -> Run:
         run = client().get_run(run_id)
     except MlflowException:
         run = None
-    if run is None or KIND_TAG not in run.data.tags:
+    if run is None or tag.KIND not in run.data.tags:
         raise UserInputError(f"run {run_id!r}: no raysweep run with this id in {uri}; {how_to_list(uri)}")
     return run
 
@@ -89,9 +84,9 @@ def read_record(run: Run) -> dict[str, Any]:
 def load_recorded(run_id: str) -> RecordedRun:
     run = get_run(run_id)
     tags = run.data.tags
-    if tags.get(KIND_TAG) == "trial":
-        record = read_record(get_run(tags[PARENT_TAG]))
-        config = json.loads(tags.get(TRIAL_CONFIG_TAG, "{}"))
+    if tags.get(tag.KIND) == "trial":
+        record = read_record(get_run(tags[tag.PARENT]))
+        config = json.loads(tags.get(tag.TRIAL_CONFIG, "{}"))
         return RecordedRun(run, record, {**record["spec"]["params"], **config})
     record = read_record(run)
     return RecordedRun(run, record, dict(record["spec"]["params"]))
@@ -106,12 +101,12 @@ def find_sweep(sweep: str) -> Run:
         sweep = json.loads((folder / RECORD_FILE).read_text())["run_name"]
     try:
         run = mlflow.get_run(sweep)
-        if run.data.tags.get(KIND_TAG) == "sweep":
+        if run.data.tags.get(tag.KIND) == "sweep":
             return run
     except MlflowException:
         pass
     experiments = [e.experiment_id for e in mlflow.search_experiments()]
-    runs = mlflow.search_runs(experiments, filter_string=f"tags.`{KEY_TAG}` = 'sweep/{sweep}'",
+    runs = mlflow.search_runs(experiments, filter_string=f"tags.`{tag.KEY}` = 'sweep/{sweep}'",
                               max_results=1) if experiments else []
     if not runs:
         raise UserInputError(
@@ -124,7 +119,7 @@ def find_sweep(sweep: str) -> Run:
 def children(parent: Run) -> list[Run]:
     experiment = parent.info.experiment_id
     runs = client().search_runs(
-        [experiment], filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'", max_results=10000)
+        [experiment], filter_string=f"tags.`{tag.PARENT}` = '{parent.info.run_id}'", max_results=10000)
     return sorted(runs, key=lambda r: r.info.start_time)
 
 
@@ -133,6 +128,6 @@ def list_runs(limit: int = 30) -> list[Run]:
     experiments = [e.experiment_id for e in mlflow.search_experiments()]
     if not experiments:
         return []
-    runs = mlflow.search_runs(experiments, filter_string=f"tags.`{KIND_TAG}` != ''", max_results=limit,
+    runs = mlflow.search_runs(experiments, filter_string=f"tags.`{tag.KIND}` != ''", max_results=limit,
                               order_by=["attributes.start_time DESC"])
     return list(runs)

@@ -15,7 +15,12 @@ import math
 from pathlib import Path
 from typing import Any
 
-from raysweep.runs import FOLDER_TAG, children, client, get_run, read_record
+import matplotlib
+
+from raysweep.execution.study import load_study, study_dir
+from raysweep.tracking import tags as tag
+from raysweep.tracking.lookup import children, client, get_run, read_record
+from raysweep.tracking.trials import TrialState
 
 REPORT_DIR = "report"
 IMAGES = {
@@ -34,14 +39,12 @@ def _trials(parent_id: str, metric: str, mode: str) -> list[dict[str, Any]]:
         curve = sorted((m.step, m.value) for m in mlflow.get_metric_history(run.info.run_id, metric))
         values = [v for _, v in curve if math.isfinite(v)]
         best = (min if mode == "min" else max)(values) if values else None
-        status = run.info.status
-        if status == "FINISHED" and tags.get("raysweep.early_stopped") == "True":
-            status = "STOPPED EARLY"
+        state = TrialState.from_run(run.info.status, tags)
         ended = run.info.end_time or run.info.start_time
         rows.append({
-            "trial": tags.get("raysweep.trial_id", run.info.run_name), "run_id": run.info.run_id,
-            "status": status, "params": json.loads(tags.get("raysweep.trial_config", "{}")),
-            "best": best, "epochs": len(curve), "curve": curve, "error": tags.get("raysweep.error", ""),
+            "trial": tags.get(tag.TRIAL_ID, run.info.run_name), "run_id": run.info.run_id,
+            "state": state, "params": json.loads(tags.get(tag.TRIAL_CONFIG, "{}")),
+            "best": best, "epochs": len(curve), "curve": curve, "error": tags.get(tag.ERROR, ""),
             "duration_s": (ended - run.info.start_time) / 1000, "start": run.info.start_time,
         })
     return rows
@@ -85,9 +88,9 @@ def _plot_curves(trials: list[dict[str, Any]], metric: str, path: Path) -> None:
             continue
         steps = [s + 1 for s, _ in t["curve"]]
         values = [v for _, v in t["curve"]]
-        style = {"FINISHED": "-", "STOPPED EARLY": "--"}.get(t["status"], ":")
-        line, = ax.plot(steps, values, style, marker=".", label=f"{t['trial']} ({t['status'].lower()})")
-        if t["status"] != "FINISHED":
+        style = {TrialState.FINISHED: "-", TrialState.STOPPED_EARLY: "--"}.get(t["state"], ":")
+        line, = ax.plot(steps, values, style, marker=".", label=f"{t['trial']} ({t['state'].word})")
+        if t["state"] is not TrialState.FINISHED:
             ax.plot(steps[-1], values[-1], marker="x", markersize=10, color=line.get_color())
     from matplotlib.ticker import MaxNLocator
 
@@ -167,7 +170,7 @@ def _html(title: str, record: dict[str, Any], trials: list[dict[str, Any]], metr
                                                        "duration s", "MLflow run"])
     body = []
     for t in trials:
-        cells = [t["trial"], t["status"] + (f": {t['error']}" if t["error"] else "")]
+        cells = [t["trial"], t["state"].word + (f": {t['error']}" if t["error"] else "")]
         cells += [f"{t['params'][n]:.4g}" if isinstance(t["params"].get(n), float) else str(t["params"].get(n, ""))
                   for n in names]
         cells += ["-" if t["best"] is None else f"{t['best']:.4g}", str(t["epochs"]), f"{t['duration_s']:.1f}",
@@ -196,16 +199,12 @@ td,th{{border:1px solid #ccc;padding:3px 6px;font-size:13px}}img{{max-width:100%
 
 def write_report(parent_id: str, out: str | None = None) -> Path:
     """Draw the report of the sweep whose parent run is `parent_id`; returns the HTML path."""
-    import matplotlib
-
     matplotlib.use("Agg")
-    from raysweep.sweep import load_study, study_dir
-
     parent = get_run(parent_id)
     record = read_record(parent)
     spec = record["spec"]
     metric, mode = spec["scheduler"]["metric"], spec["scheduler"]["mode"]
-    folder = parent.data.tags.get(FOLDER_TAG, "")
+    folder = parent.data.tags.get(tag.RUN_FOLDER, "")
     target = Path(out) if out else (Path(folder) / REPORT_DIR if folder and "://" not in folder
                                     else Path(study_dir(folder, spec["name"])) / REPORT_DIR)
     target.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from raysweep.data import ResolvedData
+from raysweep.data.files import ResolvedData
+from raysweep.tracking import tags as tag
 
 RECORD_FILE = "record.json"
 DIFF_FILE = "git.diff"
@@ -116,12 +117,12 @@ def build_record(kind: str, spec: Any, data: ResolvedData, spec_file: str, overr
 def record_tags(record: dict[str, Any]) -> dict[str, Any]:
     """The searchable part of a record, as MLflow tags."""
     return {
-        "raysweep.git.commit": record["git"]["commit"] or "none",
-        "raysweep.git.dirty": record["git"]["dirty"],
-        "raysweep.data.sha256": record["data"]["sha256"],
-        "raysweep.data.schema_sha256": record["data"]["schema_sha256"],
-        "raysweep.seed": record["seeds"]["seed"],
-        **{f"raysweep.version.{k}": v for k, v in record["versions"].items()},
+        tag.GIT_COMMIT: record["git"]["commit"] or "none",
+        tag.GIT_DIRTY: record["git"]["dirty"],
+        tag.DATA_SHA256: record["data"]["sha256"],
+        tag.DATA_SCHEMA_SHA256: record["data"]["schema_sha256"],
+        tag.SEED: record["seeds"]["seed"],
+        **{f"{tag.VERSION_PREFIX}{k}": v for k, v in record["versions"].items()},
     }
 
 
@@ -129,9 +130,9 @@ def save_record(record: dict[str, Any], diff: str, store: Any, run_id: str, fold
     """Log the record to the MLflow run and write it next to the run's checkpoints."""
     text = json.dumps(record, indent=2, sort_keys=True)
     store.set_tags(run_id, record_tags(record))
-    store.client.log_text(run_id, text, RECORD_FILE)
+    store.log_text(run_id, text, RECORD_FILE)
     if diff:
-        store.client.log_text(run_id, diff, DIFF_FILE)
+        store.log_text(run_id, diff, DIFF_FILE)
     if folder and "://" not in folder:
         path = Path(folder)
         path.mkdir(parents=True, exist_ok=True)

@@ -10,13 +10,16 @@ the way Ray's client sends it (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import shlex
 import time
 from pathlib import Path
 
+from raysweep._ray_compat import use_token_auth, walk_upload
+from raysweep.cluster.local import ClusterState
+from raysweep.config.profile import load_profile
 from raysweep.errors import RunFailedError, UserInputError
+from raysweep.tracking.store import tracking_uri
 
 # Ray refuses working dirs above this (docs: runtime environments, working_dir).
 UPLOAD_LIMIT_BYTES = 100 * 1024**2
@@ -25,17 +28,13 @@ JOB_ENV_KEYS = ("RAY_TRAIN_V2_ENABLED", "MLFLOW_TRACKING_URI", "RAYSWEEP_BASE_DI
 
 def upload_files(root: Path) -> list[tuple[Path, int]]:
     """The files Ray would upload from `root` (its own .gitignore/.rayignore rules)."""
-    from ray._private.runtime_env.packaging import _dir_travel
-
     found: list[tuple[Path, int]] = []
 
     def handle(path: Path) -> None:
         if path.is_file():
             found.append((path, path.stat().st_size))
 
-    quiet = logging.getLogger("raysweep.upload")
-    quiet.setLevel(logging.WARNING)
-    _dir_travel(root, [], handle, include_gitignore=True, logger=quiet)
+    walk_upload(root, handle)
     return found
 
 
@@ -55,8 +54,6 @@ def check_upload(root: Path, limit: int = UPLOAD_LIMIT_BYTES) -> int:
 
 def job_env(base_dir: Path) -> dict[str, str]:
     """The job's environment: Train V2, and absolute places for results and data."""
-    from raysweep.tracking import tracking_uri
-
     env = {k: os.environ[k] for k in JOB_ENV_KEYS if k in os.environ}
     env.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     env.setdefault("MLFLOW_TRACKING_URI", tracking_uri())
@@ -119,3 +116,14 @@ async def _follow(client, job_id: str) -> None:
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+
+def submit_to_cluster(spec_path: str, overrides: list[str], profile_path: str, timeout_s: float | None) -> int:
+    """`raysweep submit SPEC --cluster PROFILE` to a cluster `raysweep cluster up` started."""
+    profile = load_profile(profile_path)
+    state = ClusterState.load(profile.name)
+    if state is None:
+        raise UserInputError(f"{profile_path}: cluster {profile.name!r} is not up (raysweep cluster up {profile_path})")
+    use_token_auth()
+    return submit(state.dashboard, spec_path, overrides, Path.cwd(), timeout_s, profile_path)

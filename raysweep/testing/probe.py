@@ -1,7 +1,7 @@
 """Test helpers shipped beside the engine (importable by Ray workers).
 
 `write_probe_data` writes a small Parquet data set whose `row_id` column is also
-a feature; the probe trainer (`trainers=raysweep.testing`) records which rows
+a feature; the probe trainer (`trainer: raysweep.testing.probe`) records which rows
 every rank saw, so tests can check sharding from outside the workers.
 """
 
@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from raysweep.context import TrainContext
+from raysweep.execution.context import TrainContext
 
 
 def write_probe_data(root: Path, num_train: int = 203, num_validation: int = 61,
@@ -44,7 +44,7 @@ def probe_spec(data_root: Path, storage: Path, probe_dir: Path, **overrides: Any
     """A raw spec dict for the probe trainer (one worker, 2 epochs by default)."""
     spec: dict[str, Any] = {
         "name": "probe",
-        "trainer": "raysweep.testing",
+        "trainer": "raysweep.testing.probe",
         "data": {"train": str(data_root / "train"), "validation": str(data_root / "validation"),
                  "features": ["row_id", "x*"], "label": "label"},
         "params": {"batch_size": 16, "lr": 0.1, "probe_dir": str(probe_dir), "nan_epoch": -1},

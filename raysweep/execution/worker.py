@@ -1,55 +1,43 @@
-"""The code every Ray Train worker runs: build a TrainContext, call the trainer."""
+"""Worker side: what runs in a Ray Train worker or an in-trial process.
+
+Builds the trainer's `TrainContext` from a `RunPlan` and calls the trainer. One
+entry point per execution mode; both report and resume the same way.
+"""
 
 from __future__ import annotations
 
 import functools
 import importlib
+import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from raysweep.checkpoint import load_state, save_state
-from raysweep.context import TrainContext
-from raysweep.spec import LightningSpec
+import ray
+import torch
 
-
-@dataclass(frozen=True)
-class WorkerPlan:
-    """What a worker needs, and nothing else (picklable, no Spec)."""
-
-    trainer: str
-    params: dict[str, Any]
-    num_epochs: int
-    seed: int
-    arrays: Any
-    """ObjectRef to the (train, validation) ArraySets the driver read once."""
-    checkpoint_every: int = 1
-    lightning: LightningSpec = LightningSpec()
-    use_gpu: bool = False
-    deterministic: bool = False
+from raysweep.execution.checkpoint import load_state, save_state
+from raysweep.execution.context import TrainContext
+from raysweep.execution.plan import LightningSettings, RunPlan
 
 
 def use_deterministic_algorithms(on: bool) -> None:
     """What `deterministic: true` in the spec turns on, in each worker before training."""
     if not on:
         return
-    import os
-
-    import torch
-
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = False
 
 
-def resolve_train_fn(module_name: str, lightning: LightningSpec) -> Callable[[TrainContext], None] | None:
+def resolve_train_fn(module_name: str, lightning: LightningSettings) -> Callable[[TrainContext], None] | None:
     """The trainer module's `train(ctx)`, or a Lightning runner for its module; None if neither."""
     module = importlib.import_module(module_name)
     train = getattr(module, "train", None)
     if callable(train):
         return train
-    from raysweep.lightning import find_module_factory, fit
+    # (lazy: Lightning is imported only by workers that run a LightningModule)
+    from raysweep.execution.lightning import find_module_factory, fit
 
     factory = find_module_factory(module)
     return None if factory is None else functools.partial(fit, factory=factory, settings=lightning)
@@ -74,10 +62,8 @@ def _state_of(checkpoint: Any) -> dict[str, Any] | None:
         return load_state(directory)
 
 
-def _train(plan: WorkerPlan, report_fn: Any, checkpoint: dict[str, Any] | None, **placement: Any) -> None:
-    """Build this process's TrainContext and run the trainer (both execution paths)."""
-    import ray
-
+def _train(plan: RunPlan, report_fn: Any, checkpoint: dict[str, Any] | None, **placement: Any) -> None:
+    """Build this process's TrainContext and run the trainer."""
     train_fn = resolve_train_fn(plan.trainer, plan.lightning)
     assert train_fn is not None, f"{plan.trainer} was checked on the driver"
     use_deterministic_algorithms(plan.deterministic)
@@ -88,27 +74,27 @@ def _train(plan: WorkerPlan, report_fn: Any, checkpoint: dict[str, Any] | None, 
     train_fn(ctx)
 
 
-def run_in_trial(plan: WorkerPlan) -> None:
-    """A one-worker trial in the Tune trial's own process: no Train worker group.
+def train_in_trial(plan: RunPlan) -> None:
+    """ExecutionMode.IN_TRIAL: train in the Tune trial's own process.
 
     Reports and checkpoints go straight to Tune (`tune.report`), and a restored or
     retried trial resumes from `tune.get_checkpoint()`, so checkpointing, resume and
     failure handling stay Tune's. Ray gives the trial's actor its CPUs (and thread
     count) and GPU, as it would a Train worker.
     """
-    import torch
-    from ray import tune
+    from ray import tune  # (lazy: Train workers never load Tune)
 
     use_cuda = plan.use_gpu and torch.cuda.is_available()
     _train(plan, functools.partial(_report, tune.report, tune.Checkpoint), _state_of(tune.get_checkpoint()),
            device=torch.device("cuda", 0) if use_cuda else torch.device("cpu"))
 
 
-def run_worker(plan: WorkerPlan) -> None:
-    """`train_loop_per_worker` for TorchTrainer."""
-    import ray.train
+def train_in_worker_group(config: dict[str, Any]) -> None:
+    """ExecutionMode.WORKER_GROUP: `train_loop_per_worker` of the TorchTrainer."""
+    import ray.train  # (lazy: in-trial processes never load Train)
     import ray.train.torch
 
+    plan: RunPlan = config["plan"]
     context = ray.train.get_context()
     report = functools.partial(_report, ray.train.report, ray.train.Checkpoint)
     _train(plan, report, _state_of(ray.train.get_checkpoint()), rank=context.get_world_rank(),

@@ -1,0 +1,93 @@
+"""Every touch of Ray's private API, and every environment variable raysweep sets.
+
+Each was checked against Ray 2.60.0 (`ray/...` paths are in its wheel). When Ray
+moves one, this is the only module to change; `tests/unit/test_ray_compat.py`
+imports each so a Ray upgrade fails loudly there first.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+RAY_VERSION_CHECKED = "2.60.0"
+
+# Train V2's controller collects reports (and so registers checkpoints) by polling
+# its workers, every 2 s by default: a worker that dies in between loses the
+# checkpoint it had just reported. Poll every 0.5 s (the controller inherits it).
+HEALTH_CHECK_INTERVAL_S = 0.5
+
+RAY_ENV_DEFAULTS = {
+    # Train V2 (the default in 2.60; set so a job's driver and workers agree).
+    "RAY_TRAIN_V2_ENABLED": "1",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": str(HEALTH_CHECK_INTERVAL_S),
+    # Tune's own console tables off: the sweep prints one line per trial event.
+    "RAY_AIR_NEW_OUTPUT": "0",
+    # In-trial runs checkpoint every epoch by design; Tune's "snapshotting may become
+    # a bottleneck" warning would fire for every short trial.
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    # Snapshot Tune's experiment state (trials + searcher) at every step, not every
+    # 10 s or more: a driver killed between two snapshots would forget started trials.
+    "TUNE_GLOBAL_CHECKPOINT_S": "0",
+}
+
+
+def set_ray_env_defaults() -> None:
+    """Ray's settings raysweep relies on, unless the user set them (before Ray starts)."""
+    for key, value in RAY_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+def use_token_auth() -> None:
+    """Make this process send the cluster token: Ray's clients add it when the mode is
+    token, and read the mode once into `ray._raylet.Config`, so re-read it."""
+    if os.environ.get("RAY_AUTH_MODE") == "disabled":
+        return
+    from ray._raylet import Config
+
+    os.environ["RAY_AUTH_MODE"] = "token"
+    Config.initialize("")
+
+
+def generate_token() -> str:
+    """A new cluster token, as `ray get-auth-token --generate` makes it."""
+    from ray._private.authentication.authentication_token_generator import generate_new_authentication_token
+
+    return generate_new_authentication_token()
+
+
+def record_cluster_address(gcs_address: str) -> None:
+    """Point /tmp/ray/ray_current_cluster at the in-process cluster: Ray's own actors
+    (Train V2's placement-group cleaner, via the state API) find "the cluster" through
+    it, and left pointing at a cluster that `ray start` ran earlier their lookups time
+    out, the cleaner's thread dies, and CPUs of trials Tune stopped are never freed."""
+    from ray._private.utils import write_ray_address
+
+    write_ray_address(gcs_address)
+
+
+def walk_upload(root: Path, handle: Callable[[Path], None]) -> None:
+    """Call `handle` on each path Ray's job upload would include from `root` (its own
+    .gitignore/.rayignore rules: `ray._private.runtime_env.packaging._dir_travel`)."""
+    from ray._private.runtime_env.packaging import _dir_travel
+
+    quiet = logging.getLogger("raysweep.upload")
+    quiet.setLevel(logging.WARNING)
+    _dir_travel(root, [], handle, include_gitignore=True, logger=quiet)
+
+
+def validate_launcher_config(raw: dict[str, Any]) -> None:
+    """Ray's own cluster-launcher schema check, as `ray up` runs it (raises
+    jsonschema.ValidationError, ValueError, KeyError or RuntimeError)."""
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    validate_config(prepare_config(raw))
+
+
+def replace_tuner_callbacks(tuner: Any, callbacks: list[Any]) -> None:
+    """A restored Tuner keeps the callbacks it pickled (`Tuner._local_tuner._run_config`);
+    the resumed run's callbacks replace them."""
+    tuner._local_tuner._run_config.callbacks = callbacks

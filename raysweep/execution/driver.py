@@ -1,0 +1,74 @@
+"""Driver side of a Train worker-group run: the TorchTrainer and its MLflow callback.
+
+Used by `raysweep train` and by each ExecutionMode.WORKER_GROUP trial.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from ray.train.v2.api.callback import UserCallback
+
+from raysweep._ray_compat import set_ray_env_defaults
+from raysweep.config.load import resolve_path
+from raysweep.execution.plan import RunPlan
+from raysweep.execution.worker import train_in_worker_group
+from raysweep.tracking.store import RunStore, epoch_metrics
+
+
+def storage_root(storage_path: str, experiment: str) -> str:
+    """The experiment's run folder: an absolute local path, or the URI as given."""
+    if "://" in storage_path:
+        return f"{storage_path.rstrip('/')}/{experiment}"
+    return str(Path(resolve_path(storage_path)).resolve() / experiment)
+
+
+def checkpoint_config(plan: RunPlan) -> CheckpointConfig:
+    return CheckpointConfig(num_to_keep=plan.num_to_keep, checkpoint_score_attribute=plan.score_metric,
+                            checkpoint_score_order=plan.score_mode)
+
+
+def build_trainer(plan: RunPlan, run_name: str, callbacks: list[Any], storage_path: str | None = None) -> TorchTrainer:
+    """A TorchTrainer whose workers run `plan.trainer` on the plan's data.
+
+    Re-running with the same `run_name` and storage resumes from the latest
+    checkpoint (Ray Train V2 behaviour).
+    """
+    set_ray_env_defaults()  # the controller inherits the health-check interval
+    resources = {"CPU": plan.cpus_per_worker}
+    if plan.use_gpu:
+        resources["GPU"] = plan.gpus_per_worker
+    return TorchTrainer(
+        train_in_worker_group,
+        train_loop_config={"plan": plan},
+        scaling_config=ScalingConfig(num_workers=plan.num_workers, use_gpu=plan.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage_path or plan.storage_path,
+            callbacks=callbacks,
+            checkpoint_config=checkpoint_config(plan),
+            failure_config=FailureConfig(max_failures=plan.max_failures),
+        ),
+    )
+
+
+class TrainMetricsCallback(UserCallback):
+    """Logs each reported epoch of one `raysweep train` run to its MLflow run (runs in
+    the Train controller, on the driver's node)."""
+
+    def __init__(self, uri: str, experiment_name: str, run_id: str, started_at: float) -> None:
+        self.uri, self.experiment_name, self.run_id = uri, experiment_name, run_id
+        self.started_at = started_at
+        self._store: RunStore | None = None
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        if self._store is None:
+            self._store = RunStore(self.uri, self.experiment_name)
+        values = epoch_metrics(metrics[0])
+        if "first_step_unix" in metrics[0]:
+            values["startup_s"] = float(metrics[0]["first_step_unix"]) - self.started_at
+        self._store.log_metrics(self.run_id, values, step=int(values.get("epoch", 0)))

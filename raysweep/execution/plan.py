@@ -1,0 +1,88 @@
+"""One run plan, and the named ways a trial executes.
+
+`RunPlan` is everything a worker needs, as plain frozen data (no pydantic, no
+Spec), built once on the driver and pickled to Tune trials and Train workers.
+`ExecutionMode` names how a trial runs; `execution_mode` picks it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from raysweep.config.spec import ScalingSpec, Spec
+
+
+class ExecutionMode(enum.Enum):
+    """How one trial (or `raysweep train` run) executes."""
+
+    IN_TRIAL = "in-trial process"
+    """One worker trains in its Tune trial's own, reused process: no Train worker group."""
+    WORKER_GROUP = "Train worker group"
+    """A Ray Train TorchTrainer: N workers, DDP (gloo on CPU, nccl on GPU)."""
+
+
+def execution_mode(scaling: ScalingSpec, driver_resources: dict[str, float] | None = None) -> ExecutionMode:
+    """In-trial for one-worker sweep trials (`scaling.worker_group: auto`), unless the
+    profile pins trial drivers to some nodes (trial_driver_resources): those may have
+    no CPU to train on. Everything else runs a Train worker group."""
+    if scaling.num_workers == 1 and scaling.worker_group == "auto" and not driver_resources:
+        return ExecutionMode.IN_TRIAL
+    return ExecutionMode.WORKER_GROUP
+
+
+@dataclass(frozen=True)
+class LightningSettings:
+    """The spec's `lightning` section, as plain data for the workers."""
+
+    precision: str = "32"
+    gradient_clip_val: float | None = None
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run's workers need, and nothing else (picklable)."""
+
+    trainer: str
+    params: dict[str, Any]
+    """Fixed params; a trial's sampled params are merged in by `with_params`."""
+    num_epochs: int
+    seed: int
+    storage_path: str
+    """The experiment's run folder (local path or URI)."""
+    arrays: Any
+    """ObjectRef to the (train, validation) ArraySets the driver read once."""
+    mode: ExecutionMode = ExecutionMode.WORKER_GROUP
+    num_workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    checkpoint_every: int = 1
+    num_to_keep: int = 2
+    score_metric: str | None = None
+    score_mode: str = "min"
+    lightning: LightningSettings = LightningSettings()
+    deterministic: bool = False
+    max_failures: int = 0
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.gpus_per_worker > 0
+
+    def with_params(self, params: dict[str, Any]) -> RunPlan:
+        return dataclasses.replace(self, params={**self.params, **params})
+
+    @classmethod
+    def from_spec(cls, spec: Spec, storage_path: str, arrays: Any, mode: ExecutionMode) -> RunPlan:
+        return cls(
+            trainer=spec.trainer, params=dict(spec.params), num_epochs=spec.scheduler.max_epochs,
+            seed=spec.seed, storage_path=storage_path, arrays=arrays, mode=mode,
+            num_workers=spec.scaling.num_workers, cpus_per_worker=spec.scaling.cpus_per_worker,
+            gpus_per_worker=spec.scaling.gpus_per_worker, checkpoint_every=spec.checkpoint.every_n_epochs,
+            num_to_keep=spec.checkpoint.num_to_keep, score_metric=spec.checkpoint.score_metric,
+            score_mode=spec.checkpoint.score_mode,
+            lightning=LightningSettings(spec.lightning.precision, spec.lightning.gradient_clip_val),
+            deterministic=spec.deterministic, max_failures=spec.failure.max_failures,
+        )

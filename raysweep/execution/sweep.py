@@ -1,0 +1,238 @@
+"""Driver side of a sweep: Optuna suggests, Ray Tune runs trials, the scheduler stops weak ones.
+
+Train V2 pattern: `Tuner(trial_function)`. How a trial trains is its
+`ExecutionMode`, and each mode has one `TrialStrategy`: the trial function, the
+resources the trial asks Tune for, who retries a failure, whether Tune reuses the
+trial's process. Tune does not count Train's workers, so the concurrency is
+derived from the cluster's CPUs/GPUs (`max_concurrent_trials`), before any run.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from raysweep._ray_compat import replace_tuner_callbacks, set_ray_env_defaults
+from raysweep.config.space import to_optuna_space
+from raysweep.config.spec import BudgetSpec, ScalingSpec, SchedulerSpec, Spec
+from raysweep.errors import UserInputError
+from raysweep.execution.driver import build_trainer
+from raysweep.execution.plan import ExecutionMode, RunPlan
+from raysweep.execution.study import fail_stale_trials, make_sampler, study_dir, study_storage
+from raysweep.execution.worker import train_in_trial
+from raysweep.tracking.callbacks import SweepTracker
+
+TUNE_DIR = "tune"
+DRIVER_NODE_FILE = "driver_node"
+# A worker-group trial's function only waits on its TorchTrainer: it takes no CPU
+# (Train's workers do). Tune refuses an empty request, so it reserves a little memory.
+TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 256 * 1024**2}
+
+
+def _note_driver_node(trials_dir: str) -> str:
+    """Record where this trial's function (and a Train controller) ran; returns the trial id."""
+    trial_id = tune.get_context().get_trial_id()
+    if "://" not in trials_dir:
+        folder = Path(trials_dir) / trial_id
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / DRIVER_NODE_FILE).write_text(ray.get_runtime_context().get_node_id())
+    return trial_id
+
+
+def _run_in_trial(config: dict[str, Any], *, plan: RunPlan, trials_dir: str) -> None:
+    _note_driver_node(trials_dir)
+    train_in_trial(plan.with_params(config))
+
+
+def _run_worker_group(config: dict[str, Any], *, plan: RunPlan, trials_dir: str) -> None:
+    trial_id = _note_driver_node(trials_dir)
+    build_trainer(plan.with_params(config), run_name=trial_id, callbacks=[TuneReportCallback()],
+                  storage_path=trials_dir).fit()
+
+
+@dataclass(frozen=True)
+class TrialStrategy:
+    """How trials of one ExecutionMode run under Tune."""
+
+    run: Callable[..., None]
+    """The Tune function trainable."""
+    trial_is_worker: bool
+    """True: the trial's own process trains, so it asks Tune for the worker's CPUs
+    and GPU, Tune reuses the warm process for the next trial and retries a failure
+    from the trial's checkpoint. False: the trial only drives a Train worker group,
+    which holds its own resources and retries inside Train."""
+
+    def resources(self, plan: RunPlan) -> dict[str, float]:
+        if self.trial_is_worker:
+            return {"CPU": plan.cpus_per_worker, "GPU": plan.gpus_per_worker}
+        return dict(TRIAL_DRIVER_RESOURCES)
+
+
+STRATEGIES = {
+    ExecutionMode.IN_TRIAL: TrialStrategy(_run_in_trial, trial_is_worker=True),
+    ExecutionMode.WORKER_GROUP: TrialStrategy(_run_worker_group, trial_is_worker=False),
+}
+
+
+class _OptunaSearch(OptunaSearch):
+    """OptunaSearch that marks an errored trial FAIL even if it reported before."""
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        super().on_trial_complete(trial_id, None if error else result, error)
+
+
+def make_searcher(spec: Spec, sweep_dir: str) -> OptunaSearch:
+    """Ray Tune's OptunaSearch over the spec's space, on the sweep's durable study."""
+    return _OptunaSearch(
+        space=to_optuna_space(spec.space),
+        metric=spec.scheduler.metric,
+        mode=spec.scheduler.mode,
+        sampler=make_sampler(spec.sampler),
+        study_name=spec.name,
+        storage=study_storage(study_dir(sweep_dir, spec.name)),
+    )
+
+
+def make_scheduler(scheduler: SchedulerSpec) -> TrialScheduler:
+    if scheduler.type == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr="epochs_completed",
+        metric=scheduler.metric,
+        mode=scheduler.mode,
+        max_t=scheduler.max_epochs,
+        grace_period=scheduler.grace_period,
+        reduction_factor=scheduler.reduction_factor,
+    )
+
+
+def max_concurrent_trials(scaling: ScalingSpec, budget: BudgetSpec, cpus: float, gpus: float) -> int:
+    """How many trials fit on the cluster at once, each with all its workers."""
+    need_cpu = scaling.num_workers * scaling.cpus_per_worker
+    need_gpu = scaling.num_workers * scaling.gpus_per_worker
+    fits = math.floor(cpus / need_cpu + 1e-9)
+    if need_gpu:
+        fits = min(fits, math.floor(gpus / need_gpu + 1e-9))
+    if fits < 1:
+        raise UserInputError(
+            f"scaling: one trial needs {need_cpu:g} CPUs and {need_gpu:g} GPUs, "
+            f"but the cluster has {cpus:g} CPUs and {gpus:g} GPUs"
+        )
+    return max(1, min(fits, budget.max_concurrent_trials or fits, budget.num_trials))
+
+
+def find_sweep_to_resume(root: str, name: str, sweep_id: str | None) -> str:
+    """The sweep id to resume: the one given, else the newest sweep of this spec
+    with Tune state under the experiment's run folder."""
+    base = Path(root)
+    candidates = sorted(p.name for p in base.glob(f"{name}-*") if (p / TUNE_DIR).is_dir()) if base.is_dir() else []
+    if sweep_id is None and candidates:
+        return candidates[-1]
+    if sweep_id in candidates:
+        return sweep_id
+    known = ", ".join(candidates[-5:]) or "none"
+    raise UserInputError(f"{root}: no sweep {sweep_id or name + '-*'} with Tune state to resume (found: {known})")
+
+
+class TrackerCallback(tune.Callback):
+    """Forwards Tune's trial events to the (Ray-free) SweepTracker."""
+
+    def __init__(self, tracker: SweepTracker) -> None:
+        self.tracker = tracker
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.tracker.trial_started(trial.trial_id, trial.config)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self.tracker.trial_result(trial.trial_id, trial.config, result)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        checkpoint = getattr(trial, "checkpoint", None)  # in-trial runs checkpoint through Tune
+        self.tracker.trial_completed(trial.trial_id, trial.config, checkpoint.path if checkpoint else None)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.tracker.trial_failed(trial.trial_id, trial.config, error_summary(getattr(trial, "error_file", None)))
+
+
+def error_summary(error_file: str | None) -> str:
+    """The last line of a trial's error (the cause a user needs), not a traceback."""
+    text = Path(error_file).read_text(errors="replace") if error_file and os.path.exists(error_file) else ""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if "Error" in line or "Exception" in line:
+            return line
+    return lines[-1] if lines else "unknown error"
+
+
+@dataclass
+class SweepOutcome:
+    sweep_id: str
+    sweep_dir: str
+    tracker: SweepTracker
+    wall_s: float
+
+
+def run_sweep(spec: Spec, plan: RunPlan, sweep_id: str, tracker: SweepTracker, concurrency: int,
+              driver_resources: dict[str, float] | None = None, resume: bool = False) -> SweepOutcome:
+    """Run the whole sweep; trials that fail are recorded, not raised.
+
+    `driver_resources` (the profile's trial_driver_resources, e.g. {"on_demand": 0.01})
+    pins each trial's function, and with it Train's controller, to nodes that have them.
+    `resume` continues the sweep in `sweep_id` (Tuner.restore): finished trials are
+    not run again, unfinished ones continue from their latest checkpoints, and the
+    searcher (with its Optuna study) picks up where it was.
+    """
+    set_ray_env_defaults()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sweep_dir = f"{plan.storage_path}/{sweep_id}"
+    strategy = STRATEGIES[plan.mode]
+    function = functools.partial(strategy.run, plan=plan, trials_dir=f"{sweep_dir}/trials")
+    trainable = tune.with_resources(function, {**strategy.resources(plan), **(driver_resources or {})})
+    callbacks = [TrackerCallback(tracker)]
+    if resume:
+        tuner = tune.Tuner.restore(f"{sweep_dir}/{TUNE_DIR}", trainable, resume_unfinished=True,
+                                   resume_errored=False, restart_errored=False)
+        replace_tuner_callbacks(tuner, callbacks)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=make_searcher(spec, sweep_dir),
+                scheduler=make_scheduler(spec.scheduler),
+                num_samples=spec.budget.num_trials,
+                max_concurrent_trials=concurrency,
+                reuse_actors=strategy.trial_is_worker,
+            ),
+            run_config=tune.RunConfig(
+                name=TUNE_DIR,
+                storage_path=sweep_dir,
+                callbacks=callbacks,
+                verbose=0,
+                failure_config=tune.FailureConfig(max_failures=plan.max_failures if strategy.trial_is_worker else 0),
+                # Kept checkpoints of in-trial runs (worker-group trials keep Train's).
+                checkpoint_config=tune.CheckpointConfig(
+                    num_to_keep=plan.num_to_keep,
+                    checkpoint_score_attribute=plan.score_metric,
+                    checkpoint_score_order=plan.score_mode,
+                ),
+            ),
+        )
+    started = time.perf_counter()
+    tuner.fit()
+    lost = fail_stale_trials(sweep_dir, spec.name)
+    if lost:
+        print(f"{lost} Optuna trial(s) lost with an earlier driver marked FAIL", flush=True)
+    return SweepOutcome(sweep_id, sweep_dir, tracker, time.perf_counter() - started)

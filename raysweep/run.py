@@ -1,0 +1,218 @@
+"""The Python API behind `raysweep train` and `raysweep tune`.
+
+Each call validates everything that can refuse input (spec, profile, data schema,
+trainer, the cluster's capacity) before any MLflow run exists, then connects to
+Ray, opens the MLflow run(s), writes the run record, runs, and closes every run
+with its end status. Ray started here is shut down on the way out.
+
+    import raysweep
+    result = raysweep.tune("search_spaces/digits_mlp.yaml", ["budget.num_trials=4"])
+    print(result.best_trial.params if result.best_trial else "no trial finished")
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+import yaml
+
+from raysweep.cluster.connect import cluster_capacity, connected
+from raysweep.config.spec import Spec
+from raysweep.data.arrays import load_arrays
+from raysweep.errors import RunFailedError, UserInputError
+from raysweep.execution.driver import TrainMetricsCallback, build_trainer, storage_root
+from raysweep.execution.plan import ExecutionMode, RunPlan, execution_mode
+from raysweep.execution.sweep import find_sweep_to_resume, max_concurrent_trials, run_sweep
+from raysweep.prepare import Prepared, prepare
+from raysweep.tracking import tags as tag
+from raysweep.tracking.callbacks import SweepTracker
+from raysweep.tracking.html_report import write_report
+from raysweep.tracking.record import RECORD_FILE, build_record, save_record
+from raysweep.tracking.store import RunStore, tracking_uri
+from raysweep.tracking.trials import SweepState, TrialRecord
+
+SpecLike = str | Path | Spec
+
+
+@dataclass
+class TrainResult:
+    run_name: str
+    run_id: str
+    tracking_uri: str
+    metrics: dict[str, float]
+    checkpoint: str | None
+
+
+@dataclass
+class SweepResult:
+    sweep_id: str
+    experiment: str
+    parent_id: str
+    tracking_uri: str
+    sweep_dir: str
+    state: SweepState
+    wall_s: float
+    space: list[str]
+    """The searched params' names."""
+    resumed_trials: int | None = None
+    """Trials an earlier driver recorded, when the sweep was resumed."""
+    report: Path | None = None
+    warnings: list[str] = field(default_factory=list)
+    registered: Any = None
+
+    @property
+    def ok(self) -> bool:
+        """At least one trial ended well (finished, or stopped early by the scheduler)."""
+        return any(t.state.ended_well for t in self.state.trials.values())
+
+    @property
+    def best_trial(self) -> TrialRecord | None:
+        return self.state.best_trial()
+
+
+def spec_yaml(spec: Spec) -> str:
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+
+
+def sweep_params(spec: Spec) -> dict[str, Any]:
+    """The parent run's params: fixed params and the sweep's settings, flattened."""
+    return {"params": spec.params, "sampler": spec.sampler.model_dump(), "scheduler": spec.scheduler.model_dump(),
+            "budget": spec.budget.model_dump(), "scaling": spec.scaling.model_dump(), "trainer": spec.trainer,
+            "seed": spec.seed}
+
+
+def _plan(run: Prepared, mode: ExecutionMode) -> RunPlan:
+    """The run plan; reads the data once and puts it in Ray's object store (connected)."""
+    arrays = ray.put(load_arrays(run.data))
+    return RunPlan.from_spec(run.spec, storage_root(run.spec.storage_path, run.spec.name), arrays, mode)
+
+
+def _record(kind: str, run: Prepared, name: str, store: RunStore, run_id: str, folder: str) -> None:
+    store.set_tags(run_id, {tag.KIND: kind, tag.RUN_FOLDER: folder})
+    store.log_text(run_id, spec_yaml(run.spec), "spec.yaml")
+    record, diff = build_record(kind, run.spec, run.data, run.source, list(run.overrides), run.profile, name)
+    save_record(record, diff, store, run_id, folder)
+
+
+def root_cause(exc: BaseException) -> str:
+    """One line: the innermost error's last 'SomethingError: message' line (Ray wraps
+    worker errors with tracebacks)."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    lines = [ln.strip() for ln in f"{type(exc).__name__}: {exc}".splitlines() if ln.strip()]
+    for line in reversed(lines):
+        head = line.split(":", 1)[0]
+        if head.endswith(("Error", "Exception")) and " " not in head:
+            return line
+    return lines[0] if lines else type(exc).__name__
+
+
+def train(spec: SpecLike, overrides: list[str] | tuple[str, ...] = (), *, cluster: str | None = None,
+          address: str | None = None, name: str | None = None, source: str | None = None) -> TrainResult:
+    """One data-parallel training run at the spec's fixed params, recorded in MLflow.
+
+    Re-using `name` resumes the run from its latest checkpoint. Raises UserInputError
+    (bad input, nothing started) or RunFailedError (the run failed; MLflow run FAILED).
+    """
+    run = prepare(spec, overrides, cluster=cluster, address=address, source=source)
+    run_name = name or f"{run.spec.name}-train"
+    started_at = time.time()
+    with connected(run.profile, run.address):
+        plan = _plan(run, ExecutionMode.WORKER_GROUP)
+        store = RunStore(tracking_uri(), run.spec.name)
+        run_id = store.open(f"train/{run_name}", run_name, params=run.spec.params)
+        folder = f"{plan.storage_path}/{run_name}"
+        _record("train", run, run_name, store, run_id, folder)
+        status = "FAILED"
+        try:
+            callback = TrainMetricsCallback(store.uri, run.spec.name, run_id, started_at)
+            result = build_trainer(plan, run_name, callbacks=[callback]).fit()
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        except Exception as exc:
+            raise RunFailedError(
+                f"training run {run_name!r} failed: {root_cause(exc)}; its checkpoints in {folder}: fix the "
+                f"cause and re-run the same command (--name {run_name}) to resume from the latest") from exc
+        finally:
+            store.close(run_id, status)
+        checkpoint = result.checkpoint.path if result.checkpoint else None
+        if checkpoint:
+            store.set_tags(run_id, {tag.CHECKPOINT: checkpoint})
+    metrics = {k: float(v) for k, v in (result.metrics or {}).items()
+               if isinstance(v, (int, float)) and not k.endswith("_unix")}
+    return TrainResult(run_name, run_id, store.uri, metrics, checkpoint)
+
+
+def resume_target(run: Prepared, resume: bool | str | None) -> str | None:
+    """The sweep id a resume continues, refused (before Ray) when the spec changed."""
+    if not resume:
+        return None
+    root = storage_root(run.spec.storage_path, run.spec.name)
+    sweep_id = find_sweep_to_resume(root, run.spec.name, None if resume is True else str(resume))
+    record_file = Path(root) / sweep_id / RECORD_FILE
+    if record_file.is_file():
+        recorded = json.loads(record_file.read_text())["spec"]
+        now = run.spec.model_dump(mode="json")
+        changed = sorted(k for k in set(recorded) | set(now) if recorded.get(k) != now.get(k))
+        if changed:
+            raise UserInputError(f"{run.source}: {', '.join(changed)}: differ from the spec sweep {sweep_id} "
+                                 f"started with ({record_file}); resume with the same spec and --set values")
+    return sweep_id
+
+
+def tune(spec: SpecLike, overrides: list[str] | tuple[str, ...] = (), *, cluster: str | None = None,
+         address: str | None = None, resume: bool | str | None = None, report: bool = True,
+         register: bool | str | None = None, echo: bool = True, store: RunStore | None = None) -> SweepResult:
+    """An Optuna sweep of data-parallel trials on Ray Tune, logged to MLflow.
+
+    `resume` (True: the newest sweep of this spec, or a sweep id) continues an
+    interrupted sweep. `report` writes the HTML report at the end; `register` (True,
+    or a model name) registers the best trial's model. `store` replaces the MLflow
+    store (tests and benchmarks). Trials that fail are recorded, not raised.
+    """
+    run = prepare(spec, overrides, cluster=cluster, address=address)
+    resumed = resume_target(run, resume)
+    sweep_id = resumed or f"{run.spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    driver_resources = run.profile.trial_driver_resources
+    with connected(run.profile, run.address):
+        concurrency = max_concurrent_trials(run.spec.scaling, run.spec.budget, *cluster_capacity())
+        plan = _plan(run, execution_mode(run.spec.scaling, driver_resources))
+        store = store or RunStore(tracking_uri(), run.spec.name)
+        parent_id = store.open(f"sweep/{sweep_id}", sweep_id, params=sweep_params(run.spec))
+        scheduler = run.spec.scheduler
+        tracker = SweepTracker(store, sweep_id, parent_id, scheduler.metric, scheduler.mode, scheduler.max_epochs,
+                               echo=echo)
+        resumed_trials = tracker.load_existing() if resumed else None
+        if resumed_trials is not None and echo:
+            print(f"resuming sweep {sweep_id}: {resumed_trials} trial(s) recorded so far", flush=True)
+        if not resumed:
+            _record("sweep", run, sweep_id, store, parent_id, f"{plan.storage_path}/{sweep_id}")
+        status = "FAILED"
+        try:
+            outcome = run_sweep(run.spec, plan, sweep_id, tracker, concurrency, driver_resources, bool(resumed))
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            tracker.close(status)
+    result = SweepResult(sweep_id, run.spec.name, parent_id, store.uri, outcome.sweep_dir, tracker.state,
+                         outcome.wall_s, list(run.spec.space), resumed_trials)
+    if report:
+        try:
+            result.report = write_report(parent_id)
+        except Exception as exc:  # a report that cannot be drawn must not fail a finished sweep
+            result.warnings.append(f"no sweep report: {type(exc).__name__}: {exc}")
+    if register and result.ok:
+        # (lazy: the registry imports mlflow.pytorch, slow to load and needed only here)
+        from raysweep.registry import register as register_model
+
+        result.registered = register_model(parent_id, None if register is True else str(register))
+    return result

@@ -1,0 +1,7 @@
+"""Test and benchmark support shipped beside the engine (importable by Ray workers).
+
+- `raysweep.testing.probe`: a probe trainer that records which rows each rank saw,
+  its Parquet data and spec, and fault-suite hooks.
+- `raysweep.testing.helpers`: free ports, listening sockets, waiting for a pid,
+  MLflow run lookups, a store that writes nothing.
+"""
