@@ -46,7 +46,7 @@ def use_token_auth() -> None:
     token, and read the mode once into `ray._raylet.Config`, so re-read it."""
     if os.environ.get("RAY_AUTH_MODE") == "disabled":
         return
-    from ray._raylet import Config
+    from ray._raylet import Config  # type: ignore[attr-defined]  # (a Cython module mypy cannot see into)
 
     os.environ["RAY_AUTH_MODE"] = "token"
     Config.initialize("")

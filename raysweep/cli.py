@@ -171,7 +171,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def api():  # type: ignore[no-untyped-def]
+def api():  # noqa: ANN201
     import raysweep.run  # (lazy: Ray and MLflow stay out of `check`)
 
     return raysweep.run

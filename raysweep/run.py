@@ -167,6 +167,17 @@ def resume_target(run: Prepared, resume: bool | str | None) -> str | None:
     return sweep_id
 
 
+def new_sweep_id(root: str, name: str) -> str:
+    """NAME-YYYYmmdd-HHMMSS, with -2, -3, ... when a sweep of that second exists here."""
+    base = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    taken = {p.name for p in Path(root).glob(f"{base}*")} if "://" not in root else set()
+    sweep_id, n = base, 1
+    while sweep_id in taken:
+        n += 1
+        sweep_id = f"{base}-{n}"
+    return sweep_id
+
+
 def tune(spec: SpecLike, overrides: list[str] | tuple[str, ...] = (), *, cluster: str | None = None,
          address: str | None = None, resume: bool | str | None = None, report: bool = True,
          register: bool | str | None = None, echo: bool = True, store: RunStore | None = None) -> SweepResult:
@@ -179,7 +190,7 @@ def tune(spec: SpecLike, overrides: list[str] | tuple[str, ...] = (), *, cluster
     """
     run = prepare(spec, overrides, cluster=cluster, address=address)
     resumed = resume_target(run, resume)
-    sweep_id = resumed or f"{run.spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    sweep_id = resumed or new_sweep_id(storage_root(run.spec.storage_path, run.spec.name), run.spec.name)
     driver_resources = run.profile.trial_driver_resources
     with connected(run.profile, run.address):
         concurrency = max_concurrent_trials(run.spec.scaling, run.spec.budget, *cluster_capacity())

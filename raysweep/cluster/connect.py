@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import ray
 
@@ -31,7 +32,7 @@ def connect(profile: ClusterProfile = DEFAULT_PROFILE, address: str | None = Non
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or profile.address
-    common = dict(logging_level=logging.WARNING, log_to_driver=False, configure_logging=True)
+    common: dict[str, Any] = dict(logging_level=logging.WARNING, log_to_driver=False, configure_logging=True)
     if address:
         check_reachable(address)
         if token_available():

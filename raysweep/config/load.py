@@ -9,6 +9,7 @@ import copy
 import os
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return result
 
 
-def describe_error(error: dict[str, Any]) -> str:
+def describe_error(error: Mapping[str, Any]) -> str:
     # Pydantic puts the union tag (e.g. 'float') into the location; drop it.
     parts = [str(p) for p in error["loc"] if p not in ("float", "int", "categorical")]
     path = ".".join(parts) or "(top level)"

@@ -37,8 +37,9 @@ def load_study(sweep_dir: str, study_name: str) -> optuna.Study:
 def make_sampler(sampler: SamplerSpec) -> optuna.samplers.BaseSampler:
     if sampler.type == "random":
         return optuna.samplers.RandomSampler(seed=sampler.seed)
-    extra = {} if sampler.n_startup_trials is None else {"n_startup_trials": sampler.n_startup_trials}
-    return optuna.samplers.TPESampler(seed=sampler.seed, **extra)
+    if sampler.n_startup_trials is None:
+        return optuna.samplers.TPESampler(seed=sampler.seed)
+    return optuna.samplers.TPESampler(seed=sampler.seed, n_startup_trials=sampler.n_startup_trials)
 
 
 def fail_stale_trials(sweep_dir: str, study_name: str) -> int:

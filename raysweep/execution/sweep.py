@@ -201,7 +201,7 @@ def run_sweep(spec: Spec, plan: RunPlan, sweep_id: str, tracker: SweepTracker, c
     strategy = STRATEGIES[plan.mode]
     function = functools.partial(strategy.run, plan=plan, trials_dir=f"{sweep_dir}/trials")
     trainable = tune.with_resources(function, {**strategy.resources(plan), **(driver_resources or {})})
-    callbacks = [TrackerCallback(tracker)]
+    callbacks: list[tune.Callback] = [TrackerCallback(tracker)]
     if resume:
         tuner = tune.Tuner.restore(f"{sweep_dir}/{TUNE_DIR}", trainable, resume_unfinished=True,
                                    resume_errored=False, restart_errored=False)

@@ -127,7 +127,8 @@ def train(ctx: TrainContext) -> None:
     batch_size = int(ctx.params["batch_size"])
     loss_fn = torch.nn.CrossEntropyLoss()
     for epoch in range(ctx.start_epoch, ctx.num_epochs):
-        seen, total, count = [], 0.0, 0
+        seen: list[np.ndarray] = []
+        total, count = 0.0, 0.0
         if ctx.params.get("fault") == "oom":
             _run_out_of_memory()
         for x, y in ctx.train_batches(epoch, batch_size):
@@ -140,13 +141,14 @@ def train(ctx: TrainContext) -> None:
             optimizer.step()
             total, count = total + loss.item() * len(y), count + len(y)
         np.save(probe / f"train-rank{ctx.rank}-epoch{epoch}.npy", np.concatenate(seen))
-        val_ids, val_loss, val_n = [], 0.0, 0
+        val_ids: list[np.ndarray] = []
+        val_loss, val_n = 0.0, 0.0
         with torch.no_grad():
             for x, y in ctx.validation_batches(batch_size):
                 val_ids.append(x[:, 0].numpy().astype(np.int64))
                 val_loss += float(torch.nn.functional.cross_entropy(model(x), y, reduction="sum"))
                 val_n += len(y)
-        np.save(probe / f"val-rank{ctx.rank}-epoch{epoch}.npy", np.concatenate(val_ids or [[]]))
+        np.save(probe / f"val-rank{ctx.rank}-epoch{epoch}.npy", np.concatenate(val_ids or [np.empty(0, np.int64)]))
         total, count, val_loss, val_n = ctx.all_reduce_sum([total, count, val_loss, val_n])
         metrics = {"epoch": epoch, "train_loss": total / count, "val_loss": val_loss / val_n}
         if epoch == int(ctx.params.get("nan_epoch", -1)) or ctx.params.get("fault") == "nan":

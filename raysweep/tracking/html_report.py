@@ -144,7 +144,7 @@ def _plot_parallel(trials: list[dict[str, Any]], metric: str, path: Path) -> Non
             columns.append(([pos[str(v)] for v in raw], levels[0], levels[-1]))
     fig, ax = plt.subplots(figsize=(8, 4))
     values = [t["best"] for t in scored]
-    norm = colors.Normalize(min(values), max(values)) if values else None
+    norm = colors.Normalize(min(values), max(values))
     cmap = matplotlib.colormaps["viridis_r"]
     for i, _ in enumerate(scored):
         ax.plot(range(len(columns)), [c[0][i] for c in columns], color=cmap(norm(values[i])), alpha=0.8)

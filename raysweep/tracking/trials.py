@@ -142,9 +142,10 @@ class SweepState:
 
     def best_trial(self) -> TrialRecord | None:
         """The trial with the best metric among those that ended well."""
-        scored = [(t, t.best(self.metric, self.mode)) for t in self.trials.values() if t.state.ended_well]
-        scored = [(t, b) for t, b in scored if b is not None]
-        if not scored:
-            return None
         sign = 1 if self.mode == "min" else -1
-        return min(scored, key=lambda tb: sign * tb[1][self.metric])[0]
+        scored: list[tuple[float, TrialRecord]] = []
+        for record in self.trials.values():
+            best = record.best(self.metric, self.mode) if record.state.ended_well else None
+            if best is not None:
+                scored.append((sign * best[self.metric], record))
+        return min(scored, key=lambda pair: pair[0])[1] if scored else None
