@@ -1,8 +1,10 @@
-"""Every touch of Ray's private API, and every environment variable raysweep sets.
+"""Every touch of Ray's private API, and every environment variable raysweep sets
+(Ray's, and the few of MLflow, cuBLAS and raysweep itself).
 
 Each was checked against Ray 2.60.0 (`ray/...` paths are in its wheel). When Ray
 moves one, this is the only module to change; `tests/unit/test_ray_compat.py`
-imports each so a Ray upgrade fails loudly there first.
+imports each so a Ray upgrade fails loudly there first. Each private import sits
+inside the function that needs it, so one that moved fails only that feature.
 """
 
 from __future__ import annotations
@@ -39,6 +41,22 @@ def set_ray_env_defaults() -> None:
     """Ray's settings raysweep relies on, unless the user set them (before Ray starts)."""
     for key, value in RAY_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
+
+
+def set_base_dir(path: str) -> None:
+    """RAYSWEEP_BASE_DIR: where a submitted job's relative spec paths point (its
+    driver leaves Ray's unpacked working dir, see config.load.leave_ray_working_dir)."""
+    os.environ.setdefault("RAYSWEEP_BASE_DIR", path)
+
+
+def quiet_mlflow_downloads() -> None:
+    """MLflow's artifact progress bars off: an error about a missing record stays one line."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def set_deterministic_cublas() -> None:
+    """cuBLAS needs a fixed workspace for deterministic kernels (`deterministic: true`)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
 def use_token_auth() -> None:

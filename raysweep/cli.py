@@ -96,8 +96,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from raysweep.tracking.console import print_summary  # (lazy, as every engine import here: `check`
-    # and `--help` load neither Ray nor MLflow)
+    from raysweep.tracking.console import print_summary  # (lazy, as each engine import here: `check` loads no MLflow)
 
     result = api().tune(args.spec, args.overrides, cluster=args.cluster, address=args.address, resume=args.resume,
                         report=not args.no_report, register=args.register)
@@ -134,7 +133,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from raysweep.tracking.lookup import list_runs
+    from raysweep.tracking.lookup import list_runs  # (lazy: MLflow)
     from raysweep.tracking.store import tracking_uri
 
     runs = list_runs(args.limit)
@@ -148,7 +147,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from raysweep.reproduce import reproduce
+    from raysweep.reproduce import reproduce  # (lazy: Ray, MLflow)
 
     outcome = reproduce(args.run_id, args.force, args.tolerance, cluster=args.cluster, address=args.address)
     print(outcome.summary())
@@ -156,7 +155,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from raysweep.tracking.html_report import write_report
+    from raysweep.tracking.html_report import write_report  # (lazy: MLflow, matplotlib)
     from raysweep.tracking.lookup import find_sweep
 
     page = write_report(find_sweep(args.sweep).info.run_id, args.out)
@@ -165,7 +164,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    from raysweep.registry import register
+    from raysweep.registry import register  # (lazy: MLflow, torch)
 
     print(register(args.run_id, args.name).summary())
     return EXIT_OK
@@ -173,7 +172,6 @@ def cmd_register(args: argparse.Namespace) -> int:
 
 def api():  # noqa: ANN201
     import raysweep.run  # (lazy: Ray and MLflow stay out of `check`)
-
     return raysweep.run
 
 

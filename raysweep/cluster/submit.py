@@ -15,6 +15,8 @@ import shlex
 import time
 from pathlib import Path
 
+from ray.job_submission import JobStatus, JobSubmissionClient
+
 from raysweep._ray_compat import use_token_auth, walk_upload
 from raysweep.cluster.local import ClusterState
 from raysweep.config.profile import load_profile
@@ -65,8 +67,6 @@ def submit(dashboard: str, spec_path: str, overrides: list[str], root: Path,
            timeout_s: float | None = None, profile_path: str | None = None) -> int:
     """Submit `raysweep tune SPEC [--cluster PROFILE]` as a job, stream its logs,
     return its exit status."""
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
     check_upload(root)
     args = [spec_path]
     for item in overrides:

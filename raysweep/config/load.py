@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from raysweep._ray_compat import set_base_dir
 from raysweep.config.spec import Spec
 from raysweep.errors import UserInputError
 
@@ -42,7 +43,7 @@ def leave_ray_working_dir(spec_path: str | None) -> str | None:
     cwd = os.getcwd()
     if "runtime_resources" not in Path(cwd).parts:
         return spec_path
-    os.environ.setdefault("RAYSWEEP_BASE_DIR", cwd)
+    set_base_dir(cwd)
     base = os.environ["RAYSWEEP_BASE_DIR"]
     stable = base if os.path.isdir(base) and "runtime_resources" not in Path(base).parts else None
     os.chdir(stable or tempfile.gettempdir())

@@ -15,13 +15,20 @@ class WorkerNode(_Section):
     """One extra node `raysweep cluster up` starts on this machine."""
 
     num_cpus: int = Field(default=1, ge=0)
+    """CPUs the node offers to Ray (0: it runs no training, only what its custom
+    resources attract)."""
     num_gpus: int = Field(default=0, ge=0)
+    """GPUs the node offers to Ray."""
     resources: dict[str, float] = Field(default_factory=dict)
     """Custom resources, e.g. {preemptible: 1}."""
 
 
 class ClusterProfile(_Section):
+    """Where runs go: a Ray cluster started here, or one to join."""
+
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    """Profile name: keys the state (address, pids, logs) of a cluster that
+    `raysweep cluster up` starts."""
     address: str | None = None
     """None: start Ray here (in-process, or with `raysweep cluster up`);
     `host:port` or `auto`: join that cluster."""
@@ -30,9 +37,12 @@ class ClusterProfile(_Section):
     port: int = Field(default=6379, ge=1, le=65535)
     """GCS port of a cluster started with `raysweep cluster up`."""
     dashboard_port: int = Field(default=8265, ge=1, le=65535)
+    """Dashboard (and job API, for `raysweep submit`) port of a cluster started with
+    `raysweep cluster up`."""
     num_cpus: int | None = Field(default=None, ge=0)
     """CPUs of the head node (None: every core; 0: the head runs no training)."""
     num_gpus: int | None = Field(default=None, ge=0)
+    """GPUs of the head node (None: the GPUs Ray detects)."""
     resources: dict[str, float] = Field(default_factory=dict)
     """Custom resources of the head node."""
     worker_nodes: list[WorkerNode] = Field(default_factory=list)

@@ -23,7 +23,9 @@ Scalar = Union[bool, int, float, str]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Unknown keys are errors; a field's docstring becomes its `description`
+    # (`raysweep check SPEC --explain`, the README's spec reference).
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class DataSpec(_Section):
@@ -42,11 +44,19 @@ class DataSpec(_Section):
 
 
 class FloatParam(_Section):
+    """A real number from [low, high] (Optuna's FloatDistribution)."""
+
     type: Literal["float"]
+    """Selects this param kind."""
     low: float
+    """Smallest value, inclusive."""
     high: float
+    """Largest value, inclusive; must be > low."""
     log: bool = False
+    """Sample uniformly in log space (for learning rates, decays); needs low > 0."""
     step: float | None = None
+    """Sample only `low, low + step, low + 2 * step, ...`; null: any real number.
+    Not combined with log."""
 
     @model_validator(mode="after")
     def _check_range(self) -> FloatParam:
@@ -57,21 +67,35 @@ class FloatParam(_Section):
 
 
 class IntParam(_Section):
+    """An integer from [low, high] (Optuna's IntDistribution)."""
+
     type: Literal["int"]
+    """Selects this param kind."""
     low: int
+    """Smallest value, inclusive."""
     high: int
+    """Largest value, inclusive; must be > low."""
     log: bool = False
+    """Sample uniformly in log space (for widths, batch sizes); needs low > 0, and
+    Optuna then accepts only step 1."""
     step: PositiveInt = 1
+    """Sample only `low, low + step, low + 2 * step, ...`; 1: every integer."""
 
     @model_validator(mode="after")
     def _check_range(self) -> IntParam:
         _check_range(self.low, self.high, self.log)
+        if self.log and self.step != 1:
+            raise ValueError(f"a log range takes step 1 only (Optuna's rule), got step={self.step}")
         return self
 
 
 class CategoricalParam(_Section):
+    """One value from a fixed list (Optuna's CategoricalDistribution)."""
+
     type: Literal["categorical"]
+    """Selects this param kind."""
     choices: list[Scalar] = Field(min_length=1)
+    """The candidate values (booleans, numbers, strings), unordered to the sampler."""
 
 
 SearchParam = Annotated[
@@ -89,22 +113,33 @@ def _check_range(low: float, high: float, log: bool) -> None:
 
 
 class SamplerSpec(_Section):
+    """How Optuna proposes each trial's params."""
+
     type: Literal["tpe", "random"] = "tpe"
     """Optuna sampler: TPE (the default) or random search."""
     seed: int = 0
+    """Seed of the sampler's own random draws; independent of the top-level `seed`."""
     n_startup_trials: PositiveInt | None = None
-    """TPE's random warm-up trials; Optuna's default (10) when unset."""
+    """TPE's random warm-up trials; null: Optuna's default (10). Ignored by random."""
 
 
 class SchedulerSpec(_Section):
+    """Epochs per run, early stopping, and the metric a sweep optimizes."""
+
     type: Literal["asha", "fifo"] = "asha"
     """`asha` stops weak trials early; `fifo` runs every trial to max_epochs."""
     metric: str = "val_loss"
+    """Metric the sweep optimizes, a key the trainer reports every epoch: ASHA
+    compares trials by it, Optuna learns from it, the best trial is picked by it."""
     mode: Literal["min", "max"] = "min"
+    """Whether a lower (`min`) or higher (`max`) `metric` is better."""
     max_epochs: PositiveInt
     """Epochs every run trains for, unless the scheduler stops it earlier."""
     grace_period: PositiveInt = 1
+    """ASHA: epochs a trial trains before it can be stopped; <= max_epochs."""
     reduction_factor: float = Field(default=2.0, gt=1)
+    """ASHA: at each rung (grace_period, x this, x this^2, ... epochs) only the best
+    1/reduction_factor of trials go on; 2: half stop."""
 
     @model_validator(mode="after")
     def _grace_within_budget(self) -> SchedulerSpec:
@@ -117,16 +152,27 @@ class SchedulerSpec(_Section):
 
 
 class BudgetSpec(_Section):
+    """How many trials a sweep runs, and how many at once."""
+
     num_trials: PositiveInt
+    """Trials the sweep runs in all (Tune's num_samples); stopped and failed
+    trials count."""
     max_concurrent_trials: PositiveInt | None = None
-    """Upper bound; raysweep also caps it by the cluster's CPUs/GPUs."""
+    """Trials running at once, an upper bound: raysweep also caps it by the trials
+    that fit the cluster's CPUs/GPUs and by num_trials; null: as many as fit."""
 
 
 class ScalingSpec(_Section):
+    """Workers per run and the resources each one reserves."""
+
     num_workers: PositiveInt = 1
     """Ray Train workers (DDP processes) per run."""
     cpus_per_worker: float = Field(default=1.0, gt=0)
+    """CPUs Ray reserves per worker (fractions allowed); with num_workers, decides
+    how many trials fit the cluster at once."""
     gpus_per_worker: float = Field(default=0.0, ge=0)
+    """GPUs Ray reserves per worker (a fraction shares a GPU); 0: train on CPU,
+    > 0: train on CUDA."""
     worker_group: Literal["auto", "always"] = "auto"
     """auto: a one-worker sweep trial trains in its Tune trial's own (reused) process,
     without a Ray Train worker group, which saves most of the ~10 s a worker group
@@ -138,15 +184,21 @@ class ScalingSpec(_Section):
 
 
 class CheckpointSpec(_Section):
+    """How often a run saves its state, and which saves it keeps."""
+
     every_n_epochs: PositiveInt = 1
     """Save a checkpoint every N epochs (and always at the last epoch)."""
     num_to_keep: PositiveInt = 2
     """Checkpoints kept per run: the latest ones, or the best by `score_metric`."""
     score_metric: str | None = None
+    """Reported metric that ranks checkpoints for num_to_keep; null: keep the latest."""
     score_mode: Literal["min", "max"] = "min"
+    """Whether a lower (`min`) or higher (`max`) score_metric is better."""
 
 
 class FailureSpec(_Section):
+    """What a run does when a process or node dies."""
+
     max_failures: int = Field(default=0, ge=0)
     """Restarts after a worker, node or trial dies: each restart resumes from the
     run's latest checkpoint. 0 fails the run at the first failure."""
@@ -156,26 +208,42 @@ class LightningSpec(_Section):
     """Settings for trainer modules that provide a LightningModule."""
 
     precision: Literal["32", "32-true", "64", "64-true", "bf16-mixed", "bf16-true", "16-mixed"] = "32"
+    """Lightning Trainer precision: `32`/`64` full precision; `*-mixed` autocast with
+    full-precision weights (`16-mixed` needs a GPU); `*-true` everything in that dtype."""
     gradient_clip_val: float | None = Field(default=None, gt=0)
+    """Clip the gradients' global L2 norm to this value (Lightning's norm
+    clipping); null: no clipping."""
 
 
 class Spec(_Section):
+    """An experiment: data, trainer, search space, and how runs and sweeps run."""
+
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
     """Experiment name: the MLflow experiment, the Optuna study, the run folder."""
     trainer: str
     """Importable module (from the repo root) that defines `train(ctx)`, or a
     LightningModule subclass (optionally a `build_module(params)` factory)."""
     data: DataSpec
+    """The training and validation data."""
     params: dict[str, Any] = Field(default_factory=dict)
     """Fixed params every run gets; a searched param of the same name overrides."""
     space: dict[str, SearchParam] = Field(default_factory=dict)
+    """Searched params by name: each sweep trial samples one value of each. `raysweep
+    train` uses `params` only."""
     sampler: SamplerSpec = SamplerSpec()
+    """How Optuna proposes each trial's params."""
     scheduler: SchedulerSpec
+    """Epochs per run, early stopping, and the metric a sweep optimizes."""
     budget: BudgetSpec
+    """How many trials a sweep runs, and how many at once."""
     scaling: ScalingSpec = ScalingSpec()
+    """Workers per run and the resources each one reserves."""
     checkpoint: CheckpointSpec = CheckpointSpec()
+    """How often a run saves its state, and which saves it keeps."""
     lightning: LightningSpec = LightningSpec()
+    """Trainer settings used only when `trainer` is a LightningModule."""
     failure: FailureSpec = FailureSpec()
+    """What a run does when a process or node dies."""
     seed: int = 0
     """Seeds model init and the per-epoch shuffle."""
     deterministic: bool = False

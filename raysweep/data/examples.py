@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
 
 
 def _write_split(features: np.ndarray, labels: np.ndarray, path: Path) -> None:
@@ -24,9 +26,6 @@ def write_digits_parquet(out: Path) -> tuple[int, int]:
     Writes OUT/train/part-0.parquet and OUT/validation/part-0.parquet with columns
     px_0..px_63 (float32) and label (int64); returns the two row counts.
     """
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
     digits = load_digits()
     x_train, x_val, y_train, y_val = train_test_split(
         digits.data / 16.0, digits.target, test_size=0.2, random_state=0, stratify=digits.target

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import glob
-import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,6 @@ import pyarrow.parquet as pq
 from raysweep.config.load import resolve_path
 from raysweep.config.spec import DataSpec
 from raysweep.errors import UserInputError
-
 
 
 @dataclass(frozen=True)

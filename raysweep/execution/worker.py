@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import os
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import ray
 import torch
 
+from raysweep._ray_compat import set_deterministic_cublas
 from raysweep.execution.checkpoint import load_state, save_state
 from raysweep.execution.context import TrainContext
 from raysweep.execution.plan import LightningSettings, RunPlan
@@ -25,7 +25,7 @@ def use_deterministic_algorithms(on: bool) -> None:
     """What `deterministic: true` in the spec turns on, in each worker before training."""
     if not on:
         return
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    set_deterministic_cublas()
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = False
 

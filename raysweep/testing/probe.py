@@ -8,6 +8,7 @@ every rank saw, so tests can check sharding from outside the workers.
 from __future__ import annotations
 
 import os
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import ray
 import torch
 
 from raysweep.execution.context import TrainContext
@@ -98,8 +100,6 @@ def _run_out_of_memory() -> None:
     """Fault-suite hook (`params.fault: oom`): a real allocation failure. The address
     space is capped a little above what the process maps, then 64 GiB is asked for;
     the cap is lifted again so a reused process is unharmed."""
-    import resource
-
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     mapped = int(Path("/proc/self/statm").read_text().split()[0]) * os.sysconf("SC_PAGE_SIZE")
     resource.setrlimit(resource.RLIMIT_AS, (mapped + (512 << 20), hard))
@@ -120,8 +120,6 @@ def train(ctx: TrainContext) -> None:
     ddp = ctx.prepare_model(model)
     probe = Path(ctx.params["probe_dir"])
     probe.mkdir(parents=True, exist_ok=True)
-    import ray
-
     if ray.is_initialized():  # which node each rank ran on (multi-node tests)
         (probe / f"node-rank{ctx.rank}.txt").write_text(ray.get_runtime_context().get_node_id())
     batch_size = int(ctx.params["batch_size"])

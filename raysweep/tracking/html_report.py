@@ -16,6 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import optuna
+from matplotlib import cm, colors
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from raysweep.execution.study import load_study, study_dir
 from raysweep.tracking import tags as tag
@@ -51,9 +55,9 @@ def _trials(parent_id: str, metric: str, mode: str) -> list[dict[str, Any]]:
 
 
 def _plot_history(trials: list[dict[str, Any]], metric: str, mode: str, path: Path) -> None:
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     xs, ys, best_so_far, best = [], [], [], None
     for i, t in enumerate(trials):
         if t["best"] is None:
@@ -62,7 +66,6 @@ def _plot_history(trials: list[dict[str, Any]], metric: str, mode: str, path: Pa
         ys.append(t["best"])
         best = t["best"] if best is None else (min if mode == "min" else max)(best, t["best"])
         best_so_far.append(best)
-    from matplotlib.ticker import MaxNLocator
 
     ax.scatter(xs, ys, label=f"trial's best {metric}", color="tab:blue", zorder=3)
     ax.step(xs, best_so_far, where="post", color="tab:red", label="best so far")
@@ -76,13 +79,12 @@ def _plot_history(trials: list[dict[str, Any]], metric: str, mode: str, path: Pa
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _plot_curves(trials: list[dict[str, Any]], metric: str, path: Path) -> None:
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     for t in trials:
         if not t["curve"]:
             continue
@@ -92,7 +94,6 @@ def _plot_curves(trials: list[dict[str, Any]], metric: str, path: Path) -> None:
         line, = ax.plot(steps, values, style, marker=".", label=f"{t['trial']} ({t['state'].word})")
         if t["state"] is not TrialState.FINISHED:
             ax.plot(steps[-1], values[-1], marker="x", markersize=10, color=line.get_color())
-    from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
@@ -101,31 +102,25 @@ def _plot_curves(trials: list[dict[str, Any]], metric: str, path: Path) -> None:
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _plot_importance(study: Any, path: Path) -> str:
-    import matplotlib.pyplot as plt
-    import optuna
 
     importances = optuna.importance.get_param_importances(study)
-    fig, ax = plt.subplots(figsize=(7, 3))
+    fig = Figure(figsize=(7, 3))
+    ax = fig.subplots()
     names = list(importances)[::-1]
     ax.barh(names, [importances[n] for n in names], color="tab:green")
     ax.set_xlabel("importance (Optuna's default evaluator: PED-ANOVA)")
     ax.set_title("Parameter importances")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return ", ".join(f"{k}: {v:.2f}" for k, v in importances.items())
 
 
 def _plot_parallel(trials: list[dict[str, Any]], metric: str, path: Path) -> None:
     """One vertical axis per param (min-max scaled; categories spread evenly), the
     metric last; one line per trial, coloured by its best metric."""
-    import matplotlib
-    import matplotlib.pyplot as plt
-    from matplotlib import cm, colors
 
     scored = [t for t in trials if t["best"] is not None]
     names = sorted({k for t in scored for k in t["params"]})
@@ -142,7 +137,8 @@ def _plot_parallel(trials: list[dict[str, Any]], metric: str, path: Path) -> Non
             levels = sorted({str(v) for v in raw})
             pos = {v: i / max(len(levels) - 1, 1) for i, v in enumerate(levels)}
             columns.append(([pos[str(v)] for v in raw], levels[0], levels[-1]))
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig = Figure(figsize=(8, 4))
+    ax = fig.subplots()
     values = [t["best"] for t in scored]
     norm = colors.Normalize(min(values), max(values))
     cmap = matplotlib.colormaps["viridis_r"]
@@ -159,7 +155,6 @@ def _plot_parallel(trials: list[dict[str, Any]], metric: str, path: Path) -> Non
     fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=metric)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _html(title: str, record: dict[str, Any], trials: list[dict[str, Any]], metric: str, images: dict[str, str],
@@ -199,7 +194,6 @@ td,th{{border:1px solid #ccc;padding:3px 6px;font-size:13px}}img{{max-width:100%
 
 def write_report(parent_id: str, out: str | None = None) -> Path:
     """Draw the report of the sweep whose parent run is `parent_id`; returns the HTML path."""
-    matplotlib.use("Agg")
     parent = get_run(parent_id)
     record = read_record(parent)
     spec = record["spec"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from raysweep._ray_compat import quiet_mlflow_downloads
 from raysweep.errors import UserInputError
 from raysweep.tracking import tags as tag
 from raysweep.tracking.record import RECORD_FILE
@@ -55,7 +55,7 @@ def client() -> MlflowClient:
                              "MLFLOW_TRACKING_URI to the store your runs used, or run from their directory)")
     for name in ("mlflow.store.db.utils", "alembic"):  # table set-up chatter on stderr
         logging.getLogger(name).setLevel(logging.WARNING)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # keeps errors to one line
+    quiet_mlflow_downloads()
     return MlflowClient(uri)
 
 

@@ -19,6 +19,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+
 from raysweep.data.files import ResolvedData
 from raysweep.tracking import tags as tag
 
@@ -55,8 +57,6 @@ def git_state(repo: Path | None = None) -> tuple[dict[str, Any], str]:
 
 
 def file_fingerprint(path: str) -> dict[str, Any]:
-    import pyarrow.parquet as pq
-
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 22), b""):
@@ -68,8 +68,6 @@ def file_fingerprint(path: str) -> dict[str, Any]:
 
 def data_fingerprint(data: ResolvedData) -> dict[str, Any]:
     """Per file: path, size, rows, sha256; the schema's hash; one hash over it all."""
-    import pyarrow.parquet as pq
-
     files = {split: [file_fingerprint(f) for f in paths]
              for split, paths in (("train", data.train_files), ("validation", data.validation_files))}
     schema = pq.read_schema(data.train_files[0])

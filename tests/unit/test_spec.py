@@ -55,6 +55,8 @@ BAD = [
     ("empty range", "space.lr", {"type": "int", "low": 3, "high": 3}, "space.lr: low < high must hold"),
     ("log range from zero", "space.lr", {"type": "float", "low": 0.0, "high": 1.0, "log": True},
      "space.lr: a log range needs low > 0"),
+    ("log int range with a step", "space.lr", {"type": "int", "low": 1, "high": 64, "log": True, "step": 2},
+     "space.lr: a log range takes step 1 only"),
     ("unknown param type", "space.lr", {"type": "fancy", "low": 0, "high": 1}, "space.lr"),
     ("zero workers", "scaling.num_workers", 0, "scaling.num_workers"),
     ("negative trials", "budget.num_trials", -1, "budget.num_trials"),
