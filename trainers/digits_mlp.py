@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from raysweep.execution.context import TrainContext
+from raysweep import TrainContext
 
 NUM_FEATURES = 64
 NUM_CLASSES = 10

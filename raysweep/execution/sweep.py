@@ -27,13 +27,13 @@ from ray.tune.search.optuna import OptunaSearch
 
 from raysweep._ray_compat import replace_tuner_callbacks, set_ray_env_defaults
 from raysweep.config.space import to_optuna_space
-from raysweep.config.spec import BudgetSpec, ScalingSpec, SchedulerSpec, Spec
+from raysweep.config.spec import BudgetSpec, SamplerSpec, ScalingSpec, SchedulerSpec, Spec
 from raysweep.errors import UserInputError
 from raysweep.execution.driver import build_trainer
 from raysweep.execution.plan import ExecutionMode, RunPlan
-from raysweep.execution.study import fail_stale_trials, make_sampler, study_dir, study_storage
 from raysweep.execution.worker import train_in_trial
 from raysweep.tracking.callbacks import SweepTracker
+from raysweep.tracking.study import fail_stale_trials, study_dir, study_storage
 
 TUNE_DIR = "tune"
 DRIVER_NODE_FILE = "driver_node"
@@ -104,6 +104,14 @@ def make_searcher(spec: Spec, sweep_dir: str) -> OptunaSearch:
         study_name=spec.name,
         storage=study_storage(study_dir(sweep_dir, spec.name)),
     )
+
+
+def make_sampler(sampler: SamplerSpec) -> optuna.samplers.BaseSampler:
+    if sampler.type == "random":
+        return optuna.samplers.RandomSampler(seed=sampler.seed)
+    if sampler.n_startup_trials is None:
+        return optuna.samplers.TPESampler(seed=sampler.seed)
+    return optuna.samplers.TPESampler(seed=sampler.seed, n_startup_trials=sampler.n_startup_trials)
 
 
 def make_scheduler(scheduler: SchedulerSpec) -> TrialScheduler:

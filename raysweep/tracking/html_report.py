@@ -21,9 +21,9 @@ from matplotlib import cm, colors
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from raysweep.execution.study import load_study, study_dir
 from raysweep.tracking import tags as tag
 from raysweep.tracking.lookup import children, client, get_run, read_record
+from raysweep.tracking.study import load_study, study_dir
 from raysweep.tracking.trials import TrialState
 
 REPORT_DIR = "report"

@@ -1,4 +1,5 @@
-"""The sweep's Optuna study: durable storage beside the sweep, and the sampler (no Ray)."""
+"""The sweep's Optuna study, stored durably beside the sweep (no Ray): the searcher
+writes it, the report and a resumed sweep read it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 from raysweep.config.load import resolve_path
-from raysweep.config.spec import SamplerSpec
 
 STUDY_FILE = "optuna.journal"
 
@@ -32,14 +32,6 @@ def study_storage(sweep_dir: str) -> JournalStorage:
 
 def load_study(sweep_dir: str, study_name: str) -> optuna.Study:
     return optuna.load_study(study_name=study_name, storage=study_storage(sweep_dir))
-
-
-def make_sampler(sampler: SamplerSpec) -> optuna.samplers.BaseSampler:
-    if sampler.type == "random":
-        return optuna.samplers.RandomSampler(seed=sampler.seed)
-    if sampler.n_startup_trials is None:
-        return optuna.samplers.TPESampler(seed=sampler.seed)
-    return optuna.samplers.TPESampler(seed=sampler.seed, n_startup_trials=sampler.n_startup_trials)
 
 
 def fail_stale_trials(sweep_dir: str, study_name: str) -> int:
