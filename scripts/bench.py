@@ -20,7 +20,9 @@ Entries (medians over repeats; each names its baseline):
   the trials' own training time / concurrent trials).
 - tracking: a trial's training time with raysweep's MLflow logging against the
   same trial with logging off.
-Prints a Markdown table and writes JSON to --out (and the table to OUT.md).
+Each entry is registered with its target (raysweep.testing.bench); its JSON result
+records "target" and "met". Prints the Markdown tables, writes JSON to --out (and the
+tables to OUT.md), names the targets missed, and exits 1 when any was missed.
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +48,30 @@ from raysweep.data.examples import write_digits_parquet
 from raysweep.data.shards import train_batch_indices
 from raysweep.execution.context import TrainContext
 from raysweep.execution.lightning import find_module_factory, fit
+from raysweep.testing.bench import Registry, md_table, run_entries
 from trainers import digits_mlp, digits_mlp_lightning
 
 PARAMS = {"batch_size": 64, "hidden": 512, "num_layers": 2, "lr": 0.01, "optimizer": "adam"}
 EPOCHS = 3  # the first epoch is warm-up; steady state is the median of the rest
+ENTRIES = Registry()
+
+
+@dataclass
+class Bench:
+    """What every entry gets: the command line, a scratch folder, the digits sets."""
+
+    args: argparse.Namespace
+    tmp: Path
+    train: ArraySet
+    validation: ArraySet
+
+    def ray(self) -> None:
+        """Start the local Ray cluster the Ray entries share (once; no-op after)."""
+        from raysweep.cluster.connect import connect
+        from raysweep.config.profile import ClusterProfile
+
+        os.environ.setdefault("RAYSWEEP_BASE_DIR", str(self.tmp))
+        connect(ClusterProfile(name="bench", num_cpus=2))
 
 
 def load_digits_sets(root: Path) -> tuple[ArraySet, ArraySet]:
@@ -57,64 +81,6 @@ def load_digits_sets(root: Path) -> tuple[ArraySet, ArraySet]:
     for split in ("train", "validation"):
         sets.append(ArraySet.from_parquet([str(root / split / "part-0.parquet")], features, "label"))
     return sets[0], sets[1]
-
-
-def step_seconds(reports: list[dict[str, float]], rows: int, batches: int) -> float:
-    """Median steady-state seconds per step from per-epoch samples_per_s."""
-    per_epoch = [rows / r["samples_per_s"] / batches for r in reports[1:]]
-    return statistics.median(per_epoch)
-
-
-def hand_loop(train: ArraySet, params: dict[str, Any], seed: int = 0) -> tuple[list[dict], list[float]]:
-    """The baseline: a plain PyTorch loop over the same batches, no context."""
-    torch.manual_seed(seed)
-    model = digits_mlp.build_model(params)
-    optimizer = digits_mlp.build_optimizer(model, params)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    reports, losses = [], []
-    for epoch in range(EPOCHS):
-        batches = train_batch_indices(len(train), 0, 1, params["batch_size"], seed, epoch)
-        started, total = time.perf_counter(), 0.0
-        for rows in batches:
-            x, y = torch.from_numpy(train.features[rows]), torch.from_numpy(train.labels[rows])
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x), y)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(y)
-        reports.append({"samples_per_s": len(train) / (time.perf_counter() - started)})
-        losses.append(total / len(train))
-    return reports, losses
-
-
-def bench_step(train: ArraySet, validation: ArraySet, repeats: int) -> dict[str, Any]:
-    batches = len(train_batch_indices(len(train), 0, 1, PARAMS["batch_size"], 0, 0))
-    times: dict[str, list[float]] = {"hand-written loop": [], "raysweep plain": [], "raysweep lightning": []}
-    losses: dict[str, list[float]] = {}
-    for _ in range(repeats):
-        reports, losses["hand-written loop"] = hand_loop(train, PARAMS)
-        times["hand-written loop"].append(step_seconds(reports, len(train), batches))
-
-        ctx, out = TrainContext.in_process(train, validation, PARAMS, num_epochs=EPOCHS)
-        digits_mlp.train(ctx)
-        times["raysweep plain"].append(step_seconds([m for m, _ in out], len(train), batches))
-        losses["raysweep plain"] = [m["train_loss"] for m, _ in out]
-
-        ctx, out = TrainContext.in_process(train, validation, PARAMS, num_epochs=EPOCHS)
-        fit(ctx, find_module_factory(digits_mlp_lightning), LightningSpec())
-        times["raysweep lightning"].append(step_seconds([m for m, _ in out], len(train), batches))
-        losses["raysweep lightning"] = [m["train_loss"] for m, _ in out]
-    base = statistics.median(times["hand-written loop"])
-    rows = []
-    for name, values in times.items():
-        median = statistics.median(values)
-        rows.append({"name": name, "ms_per_step": median * 1e3, "ratio": median / base,
-                     "added_ms_per_step": (median - base) * 1e3,
-                     "losses": [round(v, 6) for v in losses[name]]})
-    plain_equal = np.allclose(losses["raysweep plain"], losses["hand-written loop"], atol=5e-6)
-    return {"entry": "step", "baseline": "hand-written loop", "threads": torch.get_num_threads(),
-            "model": "MLP 64-512-512-10, batch 64", "rows": rows,
-            "plain_losses_equal_to_5_decimals": bool(plain_equal)}
 
 
 # ---------------------------------------------------------------- shared helpers
@@ -146,60 +112,35 @@ def digits_spec(root: Path, storage: Path, searched: tuple[str, ...] | None = No
     return spec
 
 
-class NullStore:
-    """A RunStore that writes nothing (the tracking-off side, and sweeps whose MLflow
-    runs are not what is measured)."""
-
-    uri = "none"
-
-    def open(self, *args: Any, **kwargs: Any) -> str:
-        return "none"
-
-    def log_params(self, *args: Any) -> None: ...
-    def log_metrics(self, *args: Any, **kwargs: Any) -> None: ...
-    def set_tags(self, *args: Any) -> None: ...
-    def close(self, *args: Any) -> None: ...
+_SWEEP_IDS: set[str] = set()
 
 
-class Recorder:
-    """Keeps every result of a sweep in arrival order (SweepTracker mixin)."""
+def sweep(spec: Any, store: Any = None) -> Any:
+    """One raysweep sweep through `raysweep.run.tune` on the connected cluster,
+    written to `store` (default: nowhere); its SweepResult."""
+    from raysweep.run import tune
+    from raysweep.testing.stores import NullStore
 
-    def __init__(self, tracker: Any) -> None:
-        self.results: list[tuple[str, dict[str, Any]]] = []
-        original = tracker.on_trial_result
-
-        def on_trial_result(iteration, trials, trial, result, **info):
-            self.results.append((trial.trial_id, dict(result)))
-            original(iteration, trials, trial, result, **info)
-
-        tracker.on_trial_result = on_trial_result
-
-
-def sweep(spec: Any, label: str, store: Any = None) -> tuple[Any, Recorder]:
-    """Run one raysweep sweep on the connected cluster; returns (outcome, recorder)."""
-    from raysweep.cluster.connect import cluster_capacity
-    from raysweep.data.files import resolve_data
-    from raysweep.execution.driver import TrainJob, storage_root
-    from raysweep.execution.sweep import run_sweep
-    from raysweep.tracking.callbacks import SweepTracker
-
-    data = resolve_data(spec.data, "bench")
-    job = TrainJob.from_spec(spec, data, storage_root(spec))
-    store = store or NullStore()
-    sweep_id = f"{label}-{time.time_ns()}"
-    parent = store.open(f"sweep/{sweep_id}", sweep_id)
-    tracker = SweepTracker(store, sweep_id, parent, spec.scheduler.metric, spec.scheduler.mode,
-                           spec.scheduler.max_epochs, echo=False)
-    recorder = Recorder(tracker)
-    outcome = run_sweep(spec, job, sweep_id, tracker, *cluster_capacity())
-    tracker.close_all("FINISHED")
-    return outcome, recorder
+    result = tune(spec, echo=False, report=False, store=store or NullStore())
+    if result.sweep_id in _SWEEP_IDS:
+        raise RuntimeError(f"raysweep.run.tune gave two sweeps the same id {result.sweep_id!r}: their trials "
+                           f"share {result.sweep_dir} (and one MLflow parent run); this run's figures are void")
+    _SWEEP_IDS.add(result.sweep_id)
+    failed = [t for t in result.state.trials.values() if not t.state.ended_well]
+    if failed:
+        raise RuntimeError(f"sweep {result.sweep_id}: {len(failed)} trial(s) did not end well, e.g. "
+                           f"{failed[0].trial_id}: {failed[0].state.word} {failed[0].error}")
+    return result
 
 
-def training_seconds(results: list[dict[str, Any]]) -> float:
+def trials_in_order(result: Any) -> list[Any]:
+    """The sweep's TrialRecords by start time."""
+    return sorted(result.state.trials.values(), key=lambda t: t.started)
+
+
+def training_seconds(trial: Any) -> float:
     """A trial's own training time: its first step to its last report (both in the worker)."""
-    first = min(r["first_step_unix"] for r in results if "first_step_unix" in r)
-    return max(r["report_unix"] for r in results) - first
+    return trial.last_report_unix - trial.first_step_unix
 
 
 # ---------------------------------------------------------------- overhead
@@ -275,12 +216,26 @@ def bare_sweep(arrays: Any, workers: int, trials: int, storage: str) -> list[flo
     return [first[t] - started[t] for t in started]
 
 
-def bench_overhead(data_root: Path, repeats: int, trials: int = 2) -> dict[str, Any]:
+def overhead_table(r: dict[str, Any]) -> list[str]:
+    return md_table(["trial", "start-up s (median)", "ratio", "first trial of a sweep s"],
+                    [[x["name"], x["startup_s"], x["ratio"], x.get("first_trial_of_sweep_s", "-")] for x in r["rows"]])
+
+
+def overhead_met(r: dict[str, Any]) -> bool:
+    ratio = {x["workers"]: x["ratio"] for x in r["rows"] if x["path"] == "raysweep"}
+    return ratio[1] <= 0.25 and ratio[2] < 1
+
+
+@ENTRIES.register("overhead", target="one-worker trial <= 0.25x bare start-up; two-worker trial < 1x",
+                  table=overhead_table, met=overhead_met)
+def bench_overhead(bench: Bench, trials: int = 2) -> dict[str, Any]:
     import ray
 
     from raysweep.data.arrays import load_arrays
     from raysweep.data.files import resolve_data
 
+    bench.ray()
+    data_root, repeats = bench.tmp, bench.args.repeats
     storage = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
     rows = []
     for workers in (1, 2):
@@ -293,20 +248,99 @@ def bench_overhead(data_root: Path, repeats: int, trials: int = 2) -> dict[str, 
         cold: list[float] = []
         for _ in range(repeats):
             samples["bare TorchTrainer.fit"] += bare_sweep(arrays, workers, trials, str(storage))
-            outcome, _ = sweep(spec, f"overhead-{workers}")
-            startups = [r.startup_s for r in sorted(outcome.tracker.trials.values(), key=lambda r: r.started)]
+            startups = [t.startup_s for t in trials_in_order(sweep(spec))]
             samples["raysweep"] += startups
             cold.append(startups[0])
         base = statistics.median(samples["bare TorchTrainer.fit"])
         for name, values in samples.items():
             median = statistics.median(values)
-            row = {"name": f"{name}, {workers} worker(s)", "startup_s": median, "ratio": median / base,
-                   "samples": [round(v, 3) for v in values]}
+            row = {"name": f"{name}, {workers} worker(s)", "path": name, "workers": workers, "startup_s": median,
+                   "ratio": median / base, "samples": [round(v, 3) for v in values]}
             if name == "raysweep":
                 row["first_trial_of_sweep_s"] = statistics.median(cold)
             rows.append(row)
     return {"entry": "overhead", "baseline": "Tune trial calling a bare TorchTrainer.fit()",
             "trials_per_sweep": trials, "rows": rows}
+
+
+# ---------------------------------------------------------------- step
+
+
+def step_seconds(reports: list[dict[str, float]], rows: int, batches: int) -> float:
+    """Median steady-state seconds per step from per-epoch samples_per_s."""
+    per_epoch = [rows / r["samples_per_s"] / batches for r in reports[1:]]
+    return statistics.median(per_epoch)
+
+
+def hand_loop(train: ArraySet, params: dict[str, Any], seed: int = 0) -> tuple[list[dict], list[float]]:
+    """The baseline: a plain PyTorch loop over the same batches, no context."""
+    torch.manual_seed(seed)
+    model = digits_mlp.build_model(params)
+    optimizer = digits_mlp.build_optimizer(model, params)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    reports, losses = [], []
+    for epoch in range(EPOCHS):
+        batches = train_batch_indices(len(train), 0, 1, params["batch_size"], seed, epoch)
+        started, total = time.perf_counter(), 0.0
+        for rows in batches:
+            x, y = torch.from_numpy(train.features[rows]), torch.from_numpy(train.labels[rows])
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(y)
+        reports.append({"samples_per_s": len(train) / (time.perf_counter() - started)})
+        losses.append(total / len(train))
+    return reports, losses
+
+
+def step_table(r: dict[str, Any]) -> list[str]:
+    return [*md_table(["path", "ms/step", "ratio", "added ms/step"],
+                      [[x["name"], x["ms_per_step"], x["ratio"], x["added_ms_per_step"]] for x in r["rows"]]),
+            f"{r['model']}, {r['threads']} threads. Plain trainer losses equal the hand-written "
+            f"loop's to 5 decimals: {r['plain_losses_equal_to_5_decimals']}", ""]
+
+
+def step_met(r: dict[str, Any]) -> bool:
+    """Every raysweep path: ratio <= 1.05 where the baseline step is >= 15 ms, else <= +0.5 ms/step."""
+    base_ms = next(x["ms_per_step"] for x in r["rows"] if x["name"] == r["baseline"])
+    ours = [x for x in r["rows"] if x["name"] != r["baseline"]]
+    if base_ms >= 15:
+        return all(x["ratio"] <= 1.05 for x in ours)
+    return all(x["added_ms_per_step"] <= 0.5 for x in ours)
+
+
+@ENTRIES.register("step", target="ratio <= 1.05 for steps >= 15 ms, else <= +0.5 ms/step", table=step_table,
+                  met=step_met)
+def bench_step(bench: Bench) -> dict[str, Any]:
+    train, validation, repeats = bench.train, bench.validation, bench.args.repeats
+    batches = len(train_batch_indices(len(train), 0, 1, PARAMS["batch_size"], 0, 0))
+    times: dict[str, list[float]] = {"hand-written loop": [], "raysweep plain": [], "raysweep lightning": []}
+    losses: dict[str, list[float]] = {}
+    for _ in range(repeats):
+        reports, losses["hand-written loop"] = hand_loop(train, PARAMS)
+        times["hand-written loop"].append(step_seconds(reports, len(train), batches))
+
+        ctx, out = TrainContext.in_process(train, validation, PARAMS, num_epochs=EPOCHS)
+        digits_mlp.train(ctx)
+        times["raysweep plain"].append(step_seconds([m for m, _ in out], len(train), batches))
+        losses["raysweep plain"] = [m["train_loss"] for m, _ in out]
+
+        ctx, out = TrainContext.in_process(train, validation, PARAMS, num_epochs=EPOCHS)
+        fit(ctx, find_module_factory(digits_mlp_lightning), LightningSpec())
+        times["raysweep lightning"].append(step_seconds([m for m, _ in out], len(train), batches))
+        losses["raysweep lightning"] = [m["train_loss"] for m, _ in out]
+    base = statistics.median(times["hand-written loop"])
+    rows = []
+    for name, values in times.items():
+        median = statistics.median(values)
+        rows.append({"name": name, "ms_per_step": median * 1e3, "ratio": median / base,
+                     "added_ms_per_step": (median - base) * 1e3,
+                     "losses": [round(v, 6) for v in losses[name]]})
+    plain_equal = np.allclose(losses["raysweep plain"], losses["hand-written loop"], atol=5e-6)
+    return {"entry": "step", "baseline": "hand-written loop", "threads": torch.get_num_threads(),
+            "model": "MLP 64-512-512-10, batch 64", "rows": rows,
+            "plain_losses_equal_to_5_decimals": bool(plain_equal)}
 
 
 # ---------------------------------------------------------------- data-parallel
@@ -355,18 +389,32 @@ def plain_ddp(train: ArraySet, epochs: int, tmp: Path) -> dict[str, Any]:
     return json.loads(out.read_text())
 
 
-def bench_dp(train: ArraySet, validation: ArraySet, repeats: int, tile: int = 8, epochs: int = 5) -> dict[str, Any]:
+def dp_table(r: dict[str, Any]) -> list[str]:
+    return [*md_table(["path", "set-up s", "ms/step", "step ratio"],
+                      [[x["name"], x["setup_s"], x["ms_per_step"], x["step_ratio"]] for x in r["rows"]]),
+            f"{r['model']}; {r['rows_train']} rows, {r['steps_per_epoch_per_rank']} steps/epoch/rank.", ""]
+
+
+@ENTRIES.register("dp", target="steady state within 1.05x of plain DDP", table=dp_table,
+                  met=lambda r: next(x["step_ratio"] for x in r["rows"] if x["name"] == "raysweep") <= 1.05)
+def bench_dp(bench: Bench, tile: int = 8, epochs: int = 5) -> dict[str, Any]:
+    import ray
+
     from raysweep.data.arrays import load_arrays
     from raysweep.data.files import resolve_data
-    from raysweep.execution.driver import TrainJob, build_trainer
+    from raysweep.execution.driver import build_trainer
+    from raysweep.execution.plan import ExecutionMode, RunPlan
 
+    bench.ray()
+    train, validation, repeats = bench.train, bench.validation, bench.args.repeats
     tmp = Path(tempfile.mkdtemp(prefix="bench-dp-"))
     root = write_sets(tmp / "data", train, validation, tile)
     spec = digits_spec(root, tmp / "results", **{"scaling.num_workers": 2, "scheduler.max_epochs": epochs,
                                                  "checkpoint.num_to_keep": epochs})
     data = resolve_data(spec.data, "bench")
-    tiled, _ = load_arrays(data)
-    job = TrainJob.from_spec(spec, data, str(tmp / "results"))
+    tiled, tiled_validation = load_arrays(data)
+    plan = RunPlan.from_spec(spec, str(tmp / "results"), ray.put((tiled, tiled_validation)),
+                             ExecutionMode.WORKER_GROUP).with_params(PARAMS)
     batches = len(train_batch_indices(len(tiled), 0, 2, PARAMS["batch_size"], 0, 0))
     setup: dict[str, list[float]] = {"plain DDP (gloo)": [], "raysweep": []}
     step: dict[str, list[float]] = {"plain DDP (gloo)": [], "raysweep": []}
@@ -375,7 +423,7 @@ def bench_dp(train: ArraySet, validation: ArraySet, repeats: int, tile: int = 8,
         setup["plain DDP (gloo)"].append(ddp["setup_s"])
         step["plain DDP (gloo)"].append(statistics.median(ddp["epoch_s"][1:]) / batches)
         started = time.time()
-        result = build_trainer(job, {**spec.params, **PARAMS}, f"dp-{i}", callbacks=[]).fit()
+        result = build_trainer(plan, f"dp-{i}", callbacks=[]).fit()
         history = [m for m in result.metrics_dataframe.to_dict("records")]
         setup["raysweep"].append(result.metrics_dataframe["first_step_unix"].dropna().iloc[0] - started)
         step["raysweep"].append(statistics.median(
@@ -388,6 +436,9 @@ def bench_dp(train: ArraySet, validation: ArraySet, repeats: int, tile: int = 8,
 
 
 # ---------------------------------------------------------------- ingest
+
+
+RAYSWEEP_READER = "raysweep reader + shard iterator"
 
 
 def write_ingest_data(root: Path, target_bytes: float, files: int = 8) -> tuple[list[str], int]:
@@ -407,9 +458,19 @@ def write_ingest_data(root: Path, target_bytes: float, files: int = 8) -> tuple[
     return paths, rows_per_file * files
 
 
-def bench_ingest(repeats: int, gigabytes: float, batch_size: int = 1024) -> dict[str, Any]:
+def ingest_table(r: dict[str, Any]) -> list[str]:
+    return [*md_table(["reader", "rows/s", "GB/s", "rate ratio"],
+                      [[x["name"], f"{x['rows_per_s']:.3g}", x["gb_per_s"], x["rate_ratio"]] for x in r["rows"]]),
+            f"{r['data_rows']} rows x 64 float32 + int64 label = {r['data_gb']:.2f} GB in memory "
+            f"({r['parquet_gb_on_disk']:.2f} GB Parquet), batch {r['batch_size']}.", ""]
+
+
+@ENTRIES.register("ingest", target=">= 0.8x the pyarrow rate", table=ingest_table,
+                  met=lambda r: next(x["rate_ratio"] for x in r["rows"] if x["name"] == RAYSWEEP_READER) >= 0.8)
+def bench_ingest(bench: Bench, batch_size: int = 1024) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
+    repeats, gigabytes = bench.args.repeats, bench.args.ingest_gb
     tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     files, rows = write_ingest_data(tmp, gigabytes * 1e9)
     features = [f"px_{j}" for j in range(64)]
@@ -437,8 +498,8 @@ def bench_ingest(repeats: int, gigabytes: float, batch_size: int = 1024) -> dict
             count += len(batch[1])
         return count
 
-    readers = {"pyarrow iter_batches + torch.from_numpy": pyarrow_reader, "raysweep reader + shard iterator":
-               raysweep_reader, "one preallocated batch repeated": one_batch}
+    readers = {"pyarrow iter_batches + torch.from_numpy": pyarrow_reader, RAYSWEEP_READER: raysweep_reader,
+               "one preallocated batch repeated": one_batch}
     seconds: dict[str, list[float]] = {name: [] for name in readers}
     for _ in range(repeats):
         for name, reader in readers.items():
@@ -459,15 +520,27 @@ def bench_ingest(repeats: int, gigabytes: float, batch_size: int = 1024) -> dict
 # ---------------------------------------------------------------- search efficiency
 
 
-def epochs_to_target(results: list[tuple[str, dict[str, Any]]], target: float) -> tuple[int, bool]:
+def epochs_to_target(results: list[dict[str, float]], target: float) -> tuple[int, bool]:
     """Epochs consumed (every result is one epoch) until val_loss <= target."""
-    for i, (_, result) in enumerate(results):
+    for i, result in enumerate(results):
         if result["val_loss"] <= target:
             return i + 1, True
     return len(results), False
 
 
-def bench_search(data_root: Path, seeds: int, target: float, trials: int, max_epochs: int) -> dict[str, Any]:
+def search_table(r: dict[str, Any]) -> list[str]:
+    return [*md_table(["method", "median epochs to target", "reached", "fewer-epochs factor"],
+                      [[x["name"], x["median_epochs_to_target"], f"{x['reached']}/{x['seeds']}",
+                        x["fewer_epochs_factor"]] for x in r["rows"]]),
+            f"Target val_loss <= {r['target_val_loss']}; {r['trials']} trials of up to {r['max_epochs']} epochs, "
+            "one at a time; a seed that never reaches it counts all its epochs.", ""]
+
+
+@ENTRIES.register("search", target=">= 3x fewer epochs to the target than random search", table=search_table,
+                  met=lambda r: next(x["fewer_epochs_factor"] for x in r["rows"] if x["name"] == "TPE + ASHA") >= 3)
+def bench_search(bench: Bench, trials: int = 16, max_epochs: int = 8) -> dict[str, Any]:
+    bench.ray()
+    data_root, seeds, target = bench.tmp, bench.args.search_seeds, bench.args.search_target
     storage = Path(tempfile.mkdtemp(prefix="bench-search-"))
     common = {"budget.num_trials": trials, "budget.max_concurrent_trials": 1, "scheduler.max_epochs": max_epochs,
               "scaling.num_workers": 1}
@@ -480,11 +553,11 @@ def bench_search(data_root: Path, seeds: int, target: float, trials: int, max_ep
     for seed in range(seeds):
         for name, settings in methods.items():
             spec = digits_spec(data_root, storage, **common, **settings, **{"sampler.seed": seed, "seed": seed})
-            _, recorder = sweep(spec, "search")
-            epochs, reached = epochs_to_target(recorder.results, target)
-            samples[name].append({"seed": seed, "epochs": epochs, "reached": reached,
-                                  "total_epochs": len(recorder.results),
-                                  "best_val_loss": min(r["val_loss"] for _, r in recorder.results)})
+            # one trial at a time: the trials' epochs in start order are the order they ran in
+            results = [epoch for trial in trials_in_order(sweep(spec)) for epoch in trial.history]
+            epochs, reached = epochs_to_target(results, target)
+            samples[name].append({"seed": seed, "epochs": epochs, "reached": reached, "total_epochs": len(results),
+                                  "best_val_loss": min(r["val_loss"] for r in results)})
     base = statistics.median(s["epochs"] for s in samples["random, no early stopping"])
     rows = [{"name": name, "median_epochs_to_target": statistics.median(s["epochs"] for s in v),
              "reached": sum(s["reached"] for s in v), "seeds": len(v),
@@ -497,7 +570,25 @@ def bench_search(data_root: Path, seeds: int, target: float, trials: int, max_ep
 # ---------------------------------------------------------------- sweep throughput and tracking cost
 
 
-def bench_throughput(train: ArraySet, validation: ArraySet, repeats: int, trials: int = 4) -> dict[str, Any]:
+def throughput_table(r: dict[str, Any]) -> list[str]:
+    m = r["median"]
+    return [*md_table(["trials", "wall s", "ideal s", "ratio", "overhead per result s"],
+                      [[r["trials"], m["wall_s"], m["ideal_s"], m["ratio"], m["overhead_per_result_s"]]]),
+            f"Trials' own training time (s): {m['trial_training_s']}.", ""]
+
+
+def throughput_met(r: dict[str, Any]) -> bool | None:
+    """None when a trial trained for under 10 s: the target is for trials of >= 10 s."""
+    if min(min(s["trial_training_s"]) for s in r["samples"]) < 10:
+        return None
+    return r["median"]["ratio"] <= 1.3
+
+
+@ENTRIES.register("throughput", target="wall <= 1.3x ideal for trials of >= 10 s", table=throughput_table,
+                  met=throughput_met)
+def bench_throughput(bench: Bench, trials: int = 4) -> dict[str, Any]:
+    bench.ray()
+    train, validation, repeats = bench.train, bench.validation, bench.args.repeats
     tmp = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
     root = write_sets(tmp / "data", train, validation, tile=16)
     spec = digits_spec(root, tmp / "results", **{
@@ -505,24 +596,30 @@ def bench_throughput(train: ArraySet, validation: ArraySet, repeats: int, trials
         "sampler.type": "random", **{f"params.{k}": v for k, v in PARAMS.items()}}, searched=("lr",))
     samples = []
     for _ in range(repeats):
-        outcome, recorder = sweep(spec, "throughput")
-        by_trial: dict[str, list[dict[str, Any]]] = {}
-        for trial_id, result in recorder.results:
-            by_trial.setdefault(trial_id, []).append(result)
-        own = [training_seconds(v) for v in by_trial.values()]
+        result = sweep(spec)
+        own = [training_seconds(t) for t in trials_in_order(result)]
+        reports = sum(len(t.history) for t in result.state.trials.values())
         concurrent = min(2, trials)
         ideal = sum(own) / concurrent
-        samples.append({"wall_s": outcome.wall_s, "ideal_s": ideal, "ratio": outcome.wall_s / ideal,
-                        "trial_training_s": [round(v, 2) for v in own], "results": len(recorder.results),
-                        "overhead_per_result_s": (outcome.wall_s - ideal) * concurrent / len(recorder.results)})
+        samples.append({"wall_s": result.wall_s, "ideal_s": ideal, "ratio": result.wall_s / ideal,
+                        "trial_training_s": [round(v, 2) for v in own], "results": reports,
+                        "overhead_per_result_s": (result.wall_s - ideal) * concurrent / reports})
     pick = sorted(samples, key=lambda s: s["ratio"])[len(samples) // 2]
     return {"entry": "throughput", "baseline": "ideal: sum of the trials' training time / 2 concurrent trials",
             "trials": trials, "median": pick, "samples": samples}
 
 
-def bench_tracking(train: ArraySet, validation: ArraySet, repeats: int) -> dict[str, Any]:
+def tracking_table(r: dict[str, Any]) -> list[str]:
+    return md_table(["trial", "training s", "cost %"], [[x["name"], x["training_s"], x["cost_pct"]] for x in r["rows"]])
+
+
+@ENTRIES.register("tracking", target="MLflow logging <= 2% of training time", table=tracking_table,
+                  met=lambda r: next(x["cost_pct"] for x in r["rows"] if x["name"] == "raysweep MLflow logging") <= 2)
+def bench_tracking(bench: Bench) -> dict[str, Any]:
     from raysweep.tracking.store import RunStore
 
+    bench.ray()
+    train, validation, repeats = bench.train, bench.validation, max(bench.args.repeats, 3)
     tmp = Path(tempfile.mkdtemp(prefix="bench-tracking-"))
     root = write_sets(tmp / "data", train, validation, tile=8)
     spec = digits_spec(root, tmp / "results", **{
@@ -532,78 +629,15 @@ def bench_tracking(train: ArraySet, validation: ArraySet, repeats: int) -> dict[
     seconds: dict[str, list[float]] = {"no tracking": [], "raysweep MLflow logging": []}
     for _ in range(repeats):
         for name, chosen in (("no tracking", None), ("raysweep MLflow logging", store)):
-            _, recorder = sweep(spec, "tracking", store=chosen)
-            seconds[name].append(training_seconds([r for _, r in recorder.results]))
+            (trial,) = sweep(spec, store=chosen).state.trials.values()
+            seconds[name].append(training_seconds(trial))
     base = statistics.median(seconds["no tracking"])
     rows = [{"name": name, "training_s": statistics.median(v), "cost_pct": 100 * (statistics.median(v) / base - 1),
              "samples": [round(x, 3) for x in v]} for name, v in seconds.items()]
     return {"entry": "tracking", "baseline": "no tracking", "epochs": 10, "rows": rows}
 
 
-# ---------------------------------------------------------------- report
-
-TARGETS = {
-    "overhead": "one-worker trial <= 0.25x bare start-up; two-worker trial < 1x",
-    "step": "ratio <= 1.05 for steps >= 15 ms, else <= +0.5 ms/step",
-    "dp": "steady state within 1.05x of plain DDP",
-    "ingest": ">= 0.8x the pyarrow rate",
-    "search": ">= 3x fewer epochs to the target than random search",
-    "throughput": "wall <= 1.3x ideal for trials of >= 10 s",
-    "tracking": "MLflow logging <= 2% of training time",
-}
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    def cell(v: Any) -> str:
-        return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *["| " + " | ".join(cell(v) for v in row) + " |" for row in rows], ""]
-
-
-def markdown(results: list[dict[str, Any]], machine: str) -> str:
-    lines = [f"Machine: {machine}", ""]
-    for r in results:
-        entry = r["entry"]
-        lines.append(f"**{entry}** (baseline: {r['baseline']}; target: {TARGETS[entry]})")
-        lines.append("")
-        if entry == "overhead":
-            lines += _table(["trial", "start-up s (median)", "ratio", "first trial of a sweep s"],
-                            [[x["name"], x["startup_s"], x["ratio"], x.get("first_trial_of_sweep_s", "-")]
-                             for x in r["rows"]])
-        elif entry == "step":
-            lines += _table(["path", "ms/step", "ratio", "added ms/step"],
-                            [[x["name"], x["ms_per_step"], x["ratio"], x["added_ms_per_step"]] for x in r["rows"]])
-            lines += [f"{r['model']}, {r['threads']} threads. Plain trainer losses equal the hand-written "
-                      f"loop's to 5 decimals: {r['plain_losses_equal_to_5_decimals']}", ""]
-        elif entry == "dp":
-            lines += _table(["path", "set-up s", "ms/step", "step ratio"],
-                            [[x["name"], x["setup_s"], x["ms_per_step"], x["step_ratio"]] for x in r["rows"]])
-            lines += [f"{r['model']}; {r['rows_train']} rows, {r['steps_per_epoch_per_rank']} steps/epoch/rank.", ""]
-        elif entry == "ingest":
-            lines += _table(["reader", "rows/s", "GB/s", "rate ratio"],
-                            [[x["name"], f"{x['rows_per_s']:.3g}", x["gb_per_s"], x["rate_ratio"]] for x in r["rows"]])
-            lines += [f"{r['data_rows']} rows x 64 float32 + int64 label = {r['data_gb']:.2f} GB in memory "
-                      f"({r['parquet_gb_on_disk']:.2f} GB Parquet), batch {r['batch_size']}.", ""]
-        elif entry == "search":
-            lines += _table(["method", "median epochs to target", "reached", "fewer-epochs factor"],
-                            [[x["name"], x["median_epochs_to_target"], f"{x['reached']}/{x['seeds']}",
-                              x["fewer_epochs_factor"]] for x in r["rows"]])
-            lines += [f"Target val_loss <= {r['target_val_loss']}; {r['trials']} trials of up to "
-                      f"{r['max_epochs']} epochs, one at a time; a seed that never reaches it counts all its "
-                      "epochs.", ""]
-        elif entry == "throughput":
-            m = r["median"]
-            lines += _table(["trials", "wall s", "ideal s", "ratio", "overhead per result s"],
-                            [[r["trials"], m["wall_s"], m["ideal_s"], m["ratio"], m["overhead_per_result_s"]]])
-            lines += [f"Trials' own training time (s): {m['trial_training_s']}.", ""]
-        elif entry == "tracking":
-            lines += _table(["trial", "training s", "cost %"],
-                            [[x["name"], x["training_s"], x["cost_pct"]] for x in r["rows"]])
-    return "\n".join(lines)
-
-
-ENTRIES = ("overhead", "step", "dp", "ingest", "search", "throughput", "tracking")
+# ---------------------------------------------------------------- main
 
 
 def main() -> None:
@@ -616,41 +650,16 @@ def main() -> None:
     parser.add_argument("--search-target", type=float, default=0.12)
     args = parser.parse_args()
     wanted = args.only.split(",")
-    unknown = set(wanted) - set(ENTRIES)
+    unknown = ENTRIES.unknown(wanted)
     if unknown:
-        parser.error(f"--only: unknown entries {sorted(unknown)}; known: {', '.join(ENTRIES)}")
+        parser.error(f"--only: unknown entries {unknown}; known: {', '.join(ENTRIES)}")
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
-    results = []
     tmp = Path(tempfile.mkdtemp(prefix="bench-"))
     train, validation = load_digits_sets(tmp)
-    if set(wanted) & {"overhead", "dp", "search", "throughput", "tracking"}:
-        from raysweep.cluster.connect import connect
-        from raysweep.config.profile import ClusterProfile
-
-        os.environ.setdefault("RAYSWEEP_BASE_DIR", str(tmp))
-        connect(ClusterProfile(name="bench", num_cpus=2))
-    for entry in wanted:
-        started = time.perf_counter()
-        if entry == "overhead":
-            results.append(bench_overhead(tmp, args.repeats))
-        elif entry == "step":
-            results.append(bench_step(train, validation, args.repeats))
-        elif entry == "dp":
-            results.append(bench_dp(train, validation, args.repeats))
-        elif entry == "ingest":
-            results.append(bench_ingest(args.repeats, args.ingest_gb))
-        elif entry == "search":
-            results.append(bench_search(tmp, args.search_seeds, args.search_target, trials=16, max_epochs=8))
-        elif entry == "throughput":
-            results.append(bench_throughput(train, validation, args.repeats))
-        elif entry == "tracking":
-            results.append(bench_tracking(train, validation, max(args.repeats, 3)))
-        results[-1]["bench_wall_s"] = round(time.perf_counter() - started, 1)
-        print(f"{entry}: done in {results[-1]['bench_wall_s']} s", flush=True)
-        Path(args.out).write_text(json.dumps({"machine": machine, "results": results}, indent=2))
-    table = markdown(results, machine)
-    Path(args.out).with_suffix(".md").write_text(table + "\n")
-    print(table)
+    bench = Bench(args, tmp, train, validation)
+    ok = run_entries(ENTRIES, wanted, bench, out=Path(args.out), header=[f"Machine: {machine}"],
+                     meta={"machine": machine})
+    sys.exit(0 if ok else 1)
 
 
 if __name__ == "__main__":

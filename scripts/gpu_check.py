@@ -16,18 +16,24 @@ builds the same context inside the Tune trial).
    memory (pinned staging, non-blocking copies), against copying one pre-pinned
    batch over and over (the upper bound), and against pyarrow iter_batches +
    torch.from_numpy + .to(device).
+
+Each entry is registered with its target (raysweep.testing.bench); its JSON result
+records "target" and "met" (None with --small: those sizes decide nothing). Writes
+JSON to --out and Markdown beside it, names the targets missed, and exits 1 when any
+was missed. Imports no Ray, MLflow, Optuna or pydantic (tests/unit/test_bench_registry.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import importlib.util
 import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +45,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from raysweep.data.arrays import ArraySet  # noqa: E402
 from raysweep.data.shards import train_batch_indices  # noqa: E402
 from raysweep.execution.context import TrainContext  # noqa: E402
+from raysweep.testing.bench import Registry, md_table, run_entries  # noqa: E402
 from trainers import digits_mlp  # noqa: E402
 
+ENTRIES = Registry()
+
+
+@dataclass
+class Check:
+    """What every entry gets: the command line (sizes set) and the device."""
+
+    args: argparse.Namespace
+    device: torch.device
+
+
+STEP_TARGET_RATIO = 1.05
+INGEST_TARGET_FRACTION = 0.5  # of the pinned-copy upper bound measured in the same run
 # Dense bf16 tensor-core peaks (FLOP/s), from NVIDIA's data sheets (without sparsity).
 PEAKS = {"H100 SXM": 989.4e12, "H100 PCIe": 756.0e12, "H100 NVL": 835.0e12, "H200": 989.4e12, "A100": 312.0e12}
 
@@ -111,7 +131,26 @@ def raysweep_loop(train: ArraySet, validation: ArraySet, params: dict[str, Any],
     return [len(train) / r["samples_per_s"] for r in reports], reports
 
 
-def bench_step(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+def step_table(r: dict[str, Any]) -> list[str]:
+    peak = "unknown" if r["peak_bf16_tflops"] is None else f"{r['peak_bf16_tflops']:.0f} TFLOP/s"
+    rows = [[x["name"], f"{x['ms_per_step']:.3f}", f"{x['ratio']:.3f}", f"{x['added_ms_per_step']:+.3f}",
+             f"{x['model_tflops']:.1f}", "-" if x["mfu"] is None else f"{100 * x['mfu']:.1f}%"] for x in r["rows"]]
+    return [*md_table(["path", "ms/step", "ratio", "added ms/step", "model TFLOP/s", f"MFU (dense bf16 peak {peak})"],
+                      rows),
+            f"{r['device']} ({r['chip']}); {r['model']}; {r['steps_per_epoch']} steps/epoch. "
+            f"Trainer: {r['trainer']}", ""]
+
+
+def step_met(r: dict[str, Any]) -> bool | None:
+    if r["small"]:
+        return None
+    return next(x["ratio"] for x in r["rows"] if x["name"] == "raysweep TrainContext") <= STEP_TARGET_RATIO
+
+
+@ENTRIES.register("gpu_step", target=f"raysweep TrainContext step <= {STEP_TARGET_RATIO}x the hand-written loop's",
+                  table=step_table, met=step_met)
+def bench_step(check: Check) -> dict[str, Any]:
+    args, device = check.args, check.device
     params = {"hidden": args.hidden, "num_layers": args.layers, "batch_size": args.batch, "lr": 1e-4,
               "optimizer": "adam", "precision": "bf16-mixed"}
     train, validation = synthetic(args.rows), synthetic(args.batch * 2, seed=1)
@@ -134,12 +173,36 @@ def bench_step(args: argparse.Namespace, device: torch.device) -> dict[str, Any]
         rows.append({"name": label, "ms_per_step": step_s * 1e3, "ratio": step_s / base,
                      "added_ms_per_step": (step_s - base) * 1e3, "model_tflops": achieved / 1e12,
                      "mfu": None if peak is None else achieved / peak})
-    return {"entry": "gpu_step", "device": name, "chip": chip, "peak_bf16_tflops": peak and peak / 1e12,
+    return {"entry": "gpu_step", "baseline": "hand-written loop", "small": args.small, "device": name, "chip": chip,
+            "peak_bf16_tflops": peak and peak / 1e12,
             "model": f"MLP 64-{args.hidden}x{args.layers}-10, batch {args.batch}, bf16 autocast, Adam",
             "model_gflop_per_row": per_row / 1e9, "steps_per_epoch": steps, "rows": rows, "trainer": losses}
 
 
-def bench_ingest(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+PYARROW_TO_DEVICE = "pyarrow iter_batches + from_numpy + .to(device) (Parquet -> GPU)"
+FROM_PARQUET = "raysweep from_parquet + shard iterator (Parquet -> GPU)"
+SHARD_ITERATOR = "raysweep shard iterator (in memory -> GPU)"
+
+
+def ingest_table(r: dict[str, Any]) -> list[str]:
+    rows = [[x["name"], f"{x['rows_per_s']:.3g}", f"{x['gb_per_s']:.2f}", f"{x['fraction_of_upper_bound']:.3f}",
+             f"{x['rate_ratio']:.2f}"] for x in r["rows"]]
+    return [*md_table(["reader", "rows/s", "GB/s", "of the upper bound", "of the pyarrow rate"], rows),
+            f"{r['data_rows']} rows ({r['data_gb']:.2f} GB), batch {r['batch']}.", ""]
+
+
+def ingest_met(r: dict[str, Any]) -> bool | None:
+    if r["small"]:
+        return None
+    feed = next(x["fraction_of_upper_bound"] for x in r["rows"] if x["name"] == SHARD_ITERATOR)
+    return feed >= INGEST_TARGET_FRACTION
+
+
+@ENTRIES.register("gpu_ingest", target=f"in-memory shard iterator feeds the GPU at >= {INGEST_TARGET_FRACTION}x "
+                  "the pinned-copy upper bound",
+                  table=ingest_table, met=ingest_met)
+def bench_ingest(check: Check) -> dict[str, Any]:
+    args, device = check.args, check.device
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -192,9 +255,8 @@ def bench_ingest(args: argparse.Namespace, device: torch.device) -> dict[str, An
         return count
 
     readers = {"one pre-pinned batch copied (upper bound)": pre_pinned,
-               "raysweep shard iterator (in memory -> GPU)": raysweep_iter,
-               "pyarrow iter_batches + from_numpy + .to(device) (Parquet -> GPU)": pyarrow_iter,
-               "raysweep from_parquet + shard iterator (Parquet -> GPU)": raysweep_from_parquet}
+               SHARD_ITERATOR: raysweep_iter,
+               PYARROW_TO_DEVICE: pyarrow_iter, FROM_PARQUET: raysweep_from_parquet}
     seconds: dict[str, list[float]] = {k: [] for k in readers}
     for _ in range(args.repeats):
         for label, reader in readers.items():
@@ -202,9 +264,12 @@ def bench_ingest(args: argparse.Namespace, device: torch.device) -> dict[str, An
             assert reader() >= len(data) - batch
             seconds[label].append(time.perf_counter() - started)
     upper = statistics.median(seconds["one pre-pinned batch copied (upper bound)"])
+    pyarrow = statistics.median(seconds[PYARROW_TO_DEVICE])
     rows = [{"name": k, "rows_per_s": len(data) / statistics.median(v), "gb_per_s": nbytes / statistics.median(v) / 1e9,
-             "fraction_of_upper_bound": upper / statistics.median(v)} for k, v in seconds.items()]
-    return {"entry": "gpu_ingest", "rows": rows, "data_rows": len(data), "data_gb": nbytes / 1e9, "batch": batch}
+             "fraction_of_upper_bound": upper / statistics.median(v), "rate_ratio": pyarrow / statistics.median(v)}
+            for k, v in seconds.items()]
+    return {"entry": "gpu_ingest", "baseline": PYARROW_TO_DEVICE, "small": args.small, "rows": rows,
+            "data_rows": len(data), "data_gb": nbytes / 1e9, "batch": batch}
 
 
 def main() -> None:
@@ -213,7 +278,12 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="tiny sizes (to try the script on CPU)")
     parser.add_argument("--out", default="gpu_check.json")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--only", default=",".join(ENTRIES), help="comma-separated entries: " + ",".join(ENTRIES))
     args = parser.parse_args()
+    wanted = args.only.split(",")
+    unknown = ENTRIES.unknown(wanted)
+    if unknown:
+        parser.error(f"--only: unknown entries {unknown}; known: {', '.join(ENTRIES)}")
     big = not args.small
     args.hidden, args.layers, args.batch = (8192, 3, 4096) if big else (64, 2, 64)
     args.rows, args.epochs = (262144, 4) if big else (2048, 3)
@@ -222,32 +292,19 @@ def main() -> None:
         print("no CUDA device: nothing measured (run with --device cpu --small to try the code paths)")
         sys.exit(1)
     device = torch.device(args.device)
-    try:
-        import ray  # noqa: F401
-
+    # (find_spec, not import: this check must not load Ray even where it is installed)
+    if importlib.util.find_spec("ray") is not None:
         ray_note = "Ray is installed here, but this check runs the trainer through its context without Ray"
-    except ImportError:
+    else:
         ray_note = "Ray is not installed on this machine: the trainer ran through its TrainContext without Ray"
+    meta = {"torch": torch.__version__, "ray": ray_note, "cpus": os.cpu_count(), "device": args.device,
+            "small": args.small}
+    header = [f"Device: {args.device}{' (--small)' if args.small else ''}; torch {torch.__version__}; "
+              f"{os.cpu_count()} CPUs; {ray_note}"]
     started = time.perf_counter()
-    results = {"torch": torch.__version__, "ray": ray_note, "cpus": os.cpu_count(),
-               "step": bench_step(args, device), "ingest": bench_ingest(args, device)}
-    results["wall_s"] = time.perf_counter() - started
-    Path(args.out).write_text(json.dumps(results, indent=2))
-    step = results["step"]
-    print(f"device: {step['device']} ({step['chip']}, dense bf16 peak {step['peak_bf16_tflops']} TFLOP/s); "
-          f"torch {torch.__version__}; {ray_note}")
-    print(f"step: {step['model']}, {step['steps_per_epoch']} steps/epoch")
-    for r in step["rows"]:
-        mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
-        print(f"  {r['name']:<24} {r['ms_per_step']:8.3f} ms/step  ratio {r['ratio']:.3f}  "
-              f"added {r['added_ms_per_step']:+.3f} ms  {r['model_tflops']:.1f} TFLOP/s  MFU {mfu}")
-    print(f"  trainer: {step['trainer']}")
-    ingest = results["ingest"]
-    print(f"ingest: {ingest['data_rows']} rows ({ingest['data_gb']:.2f} GB), batch {ingest['batch']}")
-    for r in ingest["rows"]:
-        print(f"  {r['name']:<66} {r['rows_per_s']:.3g} rows/s  {r['gb_per_s']:.2f} GB/s  "
-              f"{r['fraction_of_upper_bound']:.3f} of upper bound")
-    print(f"wall: {results['wall_s']:.0f} s; JSON: {args.out}")
+    ok = run_entries(ENTRIES, wanted, Check(args, device), out=Path(args.out), header=header, meta=meta)
+    print(f"wall: {time.perf_counter() - started:.0f} s; JSON: {args.out}")
+    sys.exit(0 if ok else 1)
 
 
 if __name__ == "__main__":

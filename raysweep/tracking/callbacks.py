@@ -48,7 +48,6 @@ class SweepWriter:
 
     def read_trials(self) -> list[TrialRecord]:
         """The trials an earlier driver of this sweep recorded, read back."""
-        client = self.store.client
         records = []
         for run in self.store.children(self.parent_id):
             tags = run.data.tags
@@ -56,7 +55,7 @@ class SweepWriter:
                 continue
             rows: dict[int, dict[str, float]] = {}
             for key in run.data.metrics:
-                for m in client.get_metric_history(run.info.run_id, key):
+                for m in self.store.metric_history(run.info.run_id, key):
                     rows.setdefault(m.step, {"epoch": float(m.step)})[key] = m.value
             records.append(TrialRecord(
                 tags[tag.TRIAL_ID], run.info.run_id, json.loads(tags.get(tag.TRIAL_CONFIG, "{}")),

@@ -98,6 +98,9 @@ class RunStore:
         return self.client.search_runs([self.experiment_id], max_results=10000,
                                        filter_string=f"tags.`{tag.PARENT}` = '{parent_id}'")
 
+    def metric_history(self, run_id: str, key: str) -> list[Metric]:
+        return self.client.get_metric_history(run_id, key)
+
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         items = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in flatten(params).items()]
         for start in range(0, len(items), 100):
