@@ -12,18 +12,18 @@ with its end status. Ray started here is shut down on the way out.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import ray
 import yaml
 
-from raysweep.cluster.connect import cluster_capacity, connected
+from raysweep.cluster.connect import cluster_capacity, connected, smallest_object_store
 from raysweep.config.spec import Spec
-from raysweep.data.arrays import load_arrays
+from raysweep.data.loader import choose_loader, worker_data
 from raysweep.errors import RunFailedError, UserInputError
 from raysweep.execution.driver import TrainMetricsCallback, build_trainer, storage_root
 from raysweep.execution.plan import ExecutionMode, RunPlan, execution_mode
@@ -86,16 +86,23 @@ def sweep_params(spec: Spec) -> dict[str, Any]:
             "seed": spec.seed}
 
 
-def _plan(run: Prepared, mode: ExecutionMode) -> RunPlan:
-    """The run plan; reads the data once and puts it in Ray's object store (connected)."""
-    arrays = ray.put(load_arrays(run.data))
-    return RunPlan.from_spec(run.spec, storage_root(run.spec.storage_path, run.spec.name), arrays, mode)
+def _plan(run: Prepared, mode: ExecutionMode, echo: bool = True) -> RunPlan:
+    """The run plan, on the connected cluster: the loader chosen, and the memory
+    loader's columns read once into Ray's object store."""
+    loader, reason = choose_loader(run.spec.data.loader, run.data, smallest_object_store())
+    if echo:
+        print(f"data: {loader} loader: {reason}", flush=True)
+    arrays = worker_data(loader, run.data)
+    plan = RunPlan.from_spec(run.spec, storage_root(run.spec.storage_path, run.spec.name), arrays, mode, loader)
+    return dataclasses.replace(plan, loader_reason=reason)
 
 
-def _record(kind: str, run: Prepared, name: str, store: RunStore, run_id: str, folder: str) -> None:
-    store.set_tags(run_id, {tag.KIND: kind, tag.RUN_FOLDER: folder})
+def _record(kind: str, run: Prepared, plan: RunPlan, name: str, store: RunStore, run_id: str, folder: str) -> None:
+    store.set_tags(run_id, {tag.KIND: kind, tag.RUN_FOLDER: folder, tag.LOADER: plan.loader,
+                            tag.LOADER_REASON: plan.loader_reason})
     store.log_text(run_id, spec_yaml(run.spec), "spec.yaml")
     record, diff = build_record(kind, run.spec, run.data, run.source, list(run.overrides), run.profile, name)
+    record["data"]["loader"] = {"loader": plan.loader, "reason": plan.loader_reason}
     save_record(record, diff, store, run_id, folder)
 
 
@@ -127,7 +134,7 @@ def train(spec: SpecLike, overrides: list[str] | tuple[str, ...] = (), *, cluste
         store = RunStore(tracking_uri(), run.spec.name)
         run_id = store.open(f"train/{run_name}", run_name, params=run.spec.params)
         folder = f"{plan.storage_path}/{run_name}"
-        _record("train", run, run_name, store, run_id, folder)
+        _record("train", run, plan, run_name, store, run_id, folder)
         status = "FAILED"
         try:
             callback = TrainMetricsCallback(store.uri, run.spec.name, run_id, started_at)
@@ -194,7 +201,7 @@ def tune(spec: SpecLike, overrides: list[str] | tuple[str, ...] = (), *, cluster
     driver_resources = run.profile.trial_driver_resources
     with connected(run.profile, run.address):
         concurrency = max_concurrent_trials(run.spec.scaling, run.spec.budget, *cluster_capacity())
-        plan = _plan(run, execution_mode(run.spec.scaling, driver_resources))
+        plan = _plan(run, execution_mode(run.spec.scaling, driver_resources), echo)
         store = store or RunStore(tracking_uri(), run.spec.name)
         parent_id = store.open(f"sweep/{sweep_id}", sweep_id, params=sweep_params(run.spec))
         scheduler = run.spec.scheduler
@@ -204,7 +211,7 @@ def tune(spec: SpecLike, overrides: list[str] | tuple[str, ...] = (), *, cluster
         if resumed_trials is not None and echo:
             print(f"resuming sweep {sweep_id}: {resumed_trials} trial(s) recorded so far", flush=True)
         if not resumed:
-            _record("sweep", run, sweep_id, store, parent_id, f"{plan.storage_path}/{sweep_id}")
+            _record("sweep", run, plan, sweep_id, store, parent_id, f"{plan.storage_path}/{sweep_id}")
         status = "FAILED"
         try:
             outcome = run_sweep(run.spec, plan, sweep_id, tracker, concurrency, driver_resources, bool(resumed))

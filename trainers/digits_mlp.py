@@ -54,6 +54,11 @@ def evaluate(model: nn.Module, ctx: TrainContext, batch_size: int) -> dict[str, 
     return {"val_loss": loss_sum / count, "val_accuracy": correct / count}
 
 
+def snapshot(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """What a checkpoint holds (the context adds the epoch or the mid-epoch cursor)."""
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()}
+
+
 def train(ctx: TrainContext) -> None:
     torch.manual_seed(ctx.seed)
     model = build_model(ctx.params)
@@ -72,7 +77,7 @@ def train(ctx: TrainContext) -> None:
         started, seen = time.perf_counter(), 0
         # Summed on the device: one host sync per epoch, not one per step.
         loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
-        for x, y in ctx.train_batches(epoch, batch_size):
+        for x, y in ctx.train_batches(epoch, batch_size, state=lambda: snapshot(model, optimizer)):
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(ctx.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
                 loss = loss_fn(ddp_model(x), y)
@@ -89,10 +94,4 @@ def train(ctx: TrainContext) -> None:
             **evaluate(model, ctx, batch_size=512),
             "samples_per_s": seen_all / max(elapsed, 1e-9),
         }
-        state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "epoch": epoch,
-            "rng": torch.get_rng_state(),
-        }
-        ctx.report(metrics, checkpoint=state)
+        ctx.report(metrics, checkpoint={**snapshot(model, optimizer), "epoch": epoch})

@@ -67,3 +67,10 @@ def cluster_capacity() -> tuple[float, float]:
     """(CPUs, GPUs) the connected cluster has in total."""
     resources = ray.cluster_resources()
     return float(resources.get("CPU", 0.0)), float(resources.get("GPU", 0.0))
+
+
+def smallest_object_store() -> float | None:
+    """Bytes of object store on the connected cluster's smallest alive node (None: no node says)."""
+    sizes = [float(n["Resources"]["object_store_memory"]) for n in ray.nodes()
+             if n.get("Alive") and n.get("Resources", {}).get("object_store_memory")]
+    return min(sizes) if sizes else None

@@ -32,8 +32,9 @@ class DataSpec(_Section):
     """Where the Parquet data lives and which columns the trainer reads."""
 
     train: str
-    """A Parquet file, a directory of Parquet files, or a glob; relative paths are
-    taken from the current directory (the job's working dir)."""
+    """A Parquet file, a directory of Parquet files, or a glob; a local path (relative
+    ones from the current directory, the job's working dir), `file://`, `s3://` or
+    `gs://` (credentials and endpoint from the standard environment, never here)."""
     validation: str
     """Same forms as `train`; evaluated exactly, every row once per evaluation."""
     features: list[str] = Field(min_length=1)
@@ -41,6 +42,18 @@ class DataSpec(_Section):
     against the files' schema, in the files' column order."""
     label: str
     """The label column."""
+    loader: Literal["auto", "memory", "stream"] = "auto"
+    """memory: the driver reads the used columns once into Ray's object store and every
+    worker maps them; stream: each rank reads only its own (file, row group) units
+    straight from storage, nothing on the driver; auto: memory when the decoded
+    columns fit in a quarter of the smallest node's object store, else stream."""
+    shuffle_window_rows: PositiveInt = 16384
+    """Stream loader: a rank shuffles its rows within windows of this many rows (its
+    read unit and memory bound); the (file, row group) order is shuffled globally."""
+    prefetch_windows: PositiveInt = 2
+    """Stream loader: decoded windows kept ready ahead of the trainer."""
+    read_threads: PositiveInt = 2
+    """Stream loader: background threads per worker reading and decoding windows."""
 
 
 class FloatParam(_Section):
@@ -188,12 +201,22 @@ class CheckpointSpec(_Section):
 
     every_n_epochs: PositiveInt = 1
     """Save a checkpoint every N epochs (and always at the last epoch)."""
+    every_n_steps: PositiveInt | None = None
+    """Also save one every N training steps within an epoch, holding the data cursor
+    (epoch, step): a resume continues at the next batch. null: epoch ends only."""
     num_to_keep: PositiveInt = 2
     """Checkpoints kept per run: the latest ones, or the best by `score_metric`."""
     score_metric: str | None = None
     """Reported metric that ranks checkpoints for num_to_keep; null: keep the latest."""
     score_mode: Literal["min", "max"] = "min"
     """Whether a lower (`min`) or higher (`max`) score_metric is better."""
+
+    @model_validator(mode="after")
+    def _steps_keep_the_latest(self) -> CheckpointSpec:
+        if self.every_n_steps is not None and self.score_metric is not None:
+            raise ValueError("every_n_steps keeps the latest checkpoints: mid-epoch ones carry no metric to rank "
+                             f"by, got (every_n_steps={self.every_n_steps}, score_metric={self.score_metric!r})")
+        return self
 
 
 class FailureSpec(_Section):

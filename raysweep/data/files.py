@@ -1,16 +1,15 @@
 """Driver side: finding the Parquet files and checking their schema against the spec.
 
 Runs before Ray starts (`raysweep check` starts nothing else); it reads only the
-files' footers.
+files' footers, local or in an object store (see `raysweep.data.storage`).
 """
 
 from __future__ import annotations
 
 import fnmatch
-import glob
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -18,12 +17,20 @@ import pyarrow.parquet as pq
 
 from raysweep.config.load import resolve_path
 from raysweep.config.spec import DataSpec
+from raysweep.data.storage import list_parquet, read_footer
 from raysweep.errors import UserInputError
+
+FOOTER_THREADS = 16
+
+
+Unit = tuple[int, int, int]
+"""(file index, row group index, rows): the smallest piece the stream loader reads."""
 
 
 @dataclass(frozen=True)
 class ResolvedData:
-    """The data section after checking: absolute files and concrete columns."""
+    """The data section after checking: files (absolute paths or URIs), concrete
+    columns, and each file's row groups (from the footers)."""
 
     train_files: tuple[str, ...]
     validation_files: tuple[str, ...]
@@ -31,38 +38,30 @@ class ResolvedData:
     label: str
     num_train_rows: int
     num_validation_rows: int
+    train_units: tuple[Unit, ...] = ()
+    validation_units: tuple[Unit, ...] = ()
+    decoded_bytes: int = 0
+    """Memory the used columns take once decoded (float32 features + the label), both splits."""
 
     @property
     def columns(self) -> list[str]:
         return [*self.features, self.label]
 
 
-def find_parquet_files(path: str, *, source: str, field: str) -> tuple[str, ...]:
-    """A file, a directory (searched recursively) or a glob -> sorted absolute paths."""
-    path = resolve_path(path)
-    candidate = Path(path)
-    if candidate.is_file():
-        files = [candidate]
-    elif candidate.is_dir():
-        files = sorted(candidate.rglob("*.parquet"))
-    else:
-        files = [Path(p) for p in sorted(glob.glob(path, recursive=True)) if Path(p).is_file()]
-    if not files:
-        raise UserInputError(f"{source}: {field}: no Parquet files at {path!r}")
-    return tuple(str(f.resolve()) for f in files)
+def find_parquet_files(location: str, *, source: str, field: str) -> tuple[str, ...]:
+    """A file, a folder (searched recursively) or a glob, local or in an object store
+    -> sorted absolute paths or URIs."""
+    return tuple(f.uri for f in list_parquet(resolve_path(location), source=source, field=field))
+
+
+def read_footers(files: Iterable[str]) -> list[pq.FileMetaData]:
+    """Every file's footer, read in parallel (an object store answers each in ~10 ms)."""
+    with ThreadPoolExecutor(max_workers=FOOTER_THREADS) as pool:
+        return list(pool.map(read_footer, files))
 
 
 def _is_numeric(dtype: pa.DataType) -> bool:
     return pa.types.is_integer(dtype) or pa.types.is_floating(dtype) or pa.types.is_boolean(dtype)
-
-
-def _read_schema(file: str) -> tuple[pa.Schema, int]:
-    try:
-        meta = pq.read_metadata(file)
-    except (pa.ArrowInvalid, OSError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserInputError(f"{file}: not a readable Parquet file: {reason}") from None
-    return meta.schema.to_arrow_schema(), meta.num_rows
 
 
 def expand_features(patterns: Iterable[str], schema: pa.Schema, *, file: str) -> tuple[str, ...]:
@@ -99,30 +98,37 @@ def check_same_types(file: str, schema: pa.Schema, expected: dict[str, pa.DataTy
 
 
 def resolve_data(data: DataSpec, source: str) -> ResolvedData:
-    """Find the files and check every file's schema against the spec.
+    """Find the files and check every file's schema against the spec (footers only).
 
     Raises UserInputError naming the file and the column on any mismatch.
     """
     train = find_parquet_files(data.train, source=source, field="data.train")
     validation = find_parquet_files(data.validation, source=source, field="data.validation")
-    first_schema, _ = _read_schema(train[0])
+    footers = read_footers([*train, *validation])
+    first_schema = footers[0].schema.to_arrow_schema()
     features = expand_features(data.features, first_schema, file=train[0])
     if data.label in features:
         raise UserInputError(f"{source}: data.label: {data.label!r} is also a feature column")
-    rows = {"train": 0, "validation": 0}
     expected = {name: first_schema.field(name).type for name in [*features, data.label]
                 if first_schema.get_field_index(name) >= 0}
-    for split, files in (("train", train), ("validation", validation)):
-        for file in files:
-            schema, num_rows = _read_schema(file)
+    units: dict[str, list[Unit]] = {"train": [], "validation": []}
+    splits = (("train", train, footers[:len(train)]), ("validation", validation, footers[len(train):]))
+    for split, files, metas in splits:
+        for index, (file, meta) in enumerate(zip(files, metas, strict=True)):
+            schema = meta.schema.to_arrow_schema()
             check_columns(file, schema, features, "data.features")
             check_columns(file, schema, [data.label], "data.label")
             check_same_types(file, schema, expected, train[0])
-            rows[split] += num_rows
+            units[split] += [(index, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)
+                             if meta.row_group(g).num_rows > 0]
+    rows = {split: sum(u[2] for u in found) for split, found in units.items()}
     for split, count in rows.items():
         if count == 0:
             raise UserInputError(f"{source}: data.{split}: the Parquet files hold no rows")
-    return ResolvedData(train, validation, features, data.label, rows["train"], rows["validation"])
+    label_bytes = np.dtype(expected[data.label].to_pandas_dtype()).itemsize
+    decoded = (rows["train"] + rows["validation"]) * (4 * len(features) + label_bytes)
+    return ResolvedData(train, validation, features, data.label, rows["train"], rows["validation"],
+                        tuple(units["train"]), tuple(units["validation"]), decoded)
 
 
 def table_to_columns(table: pa.Table, columns: list[str]) -> dict[str, np.ndarray]:

@@ -16,14 +16,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from raysweep.data.arrays import ArraySet, Batch
-from raysweep.data.shards import (
-    iter_blocks,
-    num_train_batches,
-    train_batch_indices,
-    validation_block,
-)
+from raysweep.data.arrays import ArraySet, Batch, DataSplit
+from raysweep.data.shards import num_train_batches
 
+CURSOR = "cursor"
+"""Key of the data cursor {epoch, step} in a mid-epoch checkpoint's state."""
+MID_EPOCH = "mid_epoch"
+"""Marks a mid-epoch report: no epoch metrics, only its checkpoint (the tracker,
+MLflow and the scheduler skip it). Same string as raysweep.tracking.store.MID_EPOCH."""
 ReportFn = Callable[[dict[str, float], "dict[str, Any] | None"], None]
 
 
@@ -38,28 +38,40 @@ class TrainContext:
     Attributes:
         params: fixed params merged with this trial's sampled ones.
         num_epochs: epochs to train (the scheduler may stop the run earlier).
-        start_epoch: first epoch to run (0, or the one after a resumed checkpoint).
-        checkpoint: the state dict a previous `report` saved, or None.
+        start_epoch: first epoch to run (0, the one after a resumed epoch-end
+            checkpoint, or the one a mid-epoch checkpoint was taken in).
+        checkpoint: the state dict a previous `report` (or mid-epoch save) held, or None.
+        train, validation: the splits (memory or stream loader; see DataSplit).
     """
 
     params: dict[str, Any]
     num_epochs: int
     seed: int
-    train: ArraySet
-    validation: ArraySet
+    train: DataSplit
+    validation: DataSplit
     report_fn: ReportFn
     rank: int = 0
     world_size: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     checkpoint: dict[str, Any] | None = None
     checkpoint_every: int = 1
+    checkpoint_every_steps: int | None = None
     runs_on_ray: bool = False
     _first_step_at: float | None = field(default=None, init=False, repr=False)
     _first_step_reported: bool = field(default=False, init=False, repr=False)
 
     @property
     def start_epoch(self) -> int:
-        return 0 if self.checkpoint is None else int(self.checkpoint["epoch"]) + 1
+        if self.checkpoint is None:
+            return 0
+        if CURSOR in self.checkpoint:
+            return int(self.checkpoint[CURSOR]["epoch"])
+        return int(self.checkpoint["epoch"]) + 1
+
+    @property
+    def start_step(self) -> int:
+        """The batch of `start_epoch` to start at (a mid-epoch checkpoint's cursor)."""
+        return int(self.checkpoint[CURSOR]["step"]) if self.checkpoint and CURSOR in self.checkpoint else 0
 
     def checkpoint_due(self, epoch: int) -> bool:
         """Whether `report` keeps a checkpoint for `epoch` (every N, and the last)."""
@@ -68,21 +80,42 @@ class TrainContext:
     def num_train_batches(self, batch_size: int) -> int:
         return num_train_batches(len(self.train), self.world_size, batch_size)
 
-    def train_batches(self, epoch: int, batch_size: int) -> Iterator[Batch]:
-        """This rank's shard for `epoch`: seeded shuffle, same batch count on every rank."""
-        for rows in train_batch_indices(
-            len(self.train), self.rank, self.world_size, batch_size, self.seed, epoch
-        ):
-            batch = self._to_device(self.train.take(rows))
+    def local_rows(self, train: bool = True) -> int:
+        """Rows this rank gets per epoch (train) or per evaluation (validation)."""
+        split = self.train if train else self.validation
+        return split.local_rows(self.rank, self.world_size, train)
+
+    def train_batches(self, epoch: int, batch_size: int,
+                      state: Callable[[], dict[str, Any]] | None = None) -> Iterator[Batch]:
+        """This rank's shard for `epoch`: seeded shuffle, same batch count on every rank.
+
+        A resumed run starts `start_epoch` at the checkpoint's cursor. With
+        `checkpoint.every_n_steps` set, pass `state` (what `report`'s checkpoint
+        would hold, as a function): after every N-th step the context saves it with
+        the cursor, on every rank together, so a resume continues at the next batch.
+        """
+        start = self.start_step if epoch == self.start_epoch else 0
+        every = self.checkpoint_every_steps if state is not None else None
+        total = self.num_train_batches(batch_size)
+        batches = self.train.train_batches(self.rank, self.world_size, batch_size, self.seed, epoch, start)
+        for step, batch in enumerate(batches, start=start):
             if self._first_step_at is None:
                 self._first_step_at = time.time()
-            yield batch
+            yield self._to_device(batch)
+            if every and (step + 1) % every == 0 and step + 1 < total:
+                assert state is not None
+                self._save_cursor(epoch, step + 1, state)
+
+    def _save_cursor(self, epoch: int, step: int, state: Callable[[], dict[str, Any]]) -> None:
+        """A mid-epoch checkpoint: the trainer's state plus the data cursor. Every rank
+        reports (Ray Train's reports are collective); rank 0's checkpoint is kept."""
+        checkpoint = {**state(), CURSOR: {"epoch": epoch, "step": step}} if self.rank == 0 else None
+        self.report_fn({"epoch": epoch, "step": step, MID_EPOCH: 1, "report_unix": time.time()}, checkpoint)
 
     def validation_batches(self, batch_size: int) -> Iterator[Batch]:
         """This rank's block of the validation set; all blocks cover every row once."""
-        block = validation_block(len(self.validation), self.rank, self.world_size)
-        for rows in iter_blocks(len(self.validation), batch_size, block):
-            yield self._to_device(self.validation.take(rows))
+        for batch in self.validation.eval_batches(self.rank, self.world_size, batch_size):
+            yield self._to_device(batch)
 
     def _to_device(self, batch: Batch) -> Batch:
         if self.device.type != "cuda":

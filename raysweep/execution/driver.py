@@ -16,7 +16,7 @@ from raysweep._ray_compat import set_ray_env_defaults
 from raysweep.config.load import resolve_path
 from raysweep.execution.plan import RunPlan
 from raysweep.execution.worker import train_in_worker_group
-from raysweep.tracking.store import RunStore, epoch_metrics
+from raysweep.tracking.store import MID_EPOCH, RunStore, epoch_metrics
 
 
 def storage_root(storage_path: str, experiment: str) -> str:
@@ -66,6 +66,8 @@ class TrainMetricsCallback(UserCallback):
         self._store: RunStore | None = None
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        if metrics[0].get(MID_EPOCH):  # a mid-epoch checkpoint: no epoch metrics to log
+            return
         if self._store is None:
             self._store = RunStore(self.uri, self.experiment_name)
         values = epoch_metrics(metrics[0])

@@ -34,7 +34,6 @@ import pytorch_lightning as pl
 import torch
 
 from raysweep.data.arrays import Batch
-from raysweep.data.shards import validation_block
 from raysweep.errors import UserInputError
 from raysweep.execution.context import TrainContext
 from raysweep.execution.plan import LightningSettings
@@ -86,8 +85,7 @@ class _ValidationLoader:
         return self.ctx.validation_batches(self.batch_size)
 
     def __len__(self) -> int:
-        block = validation_block(len(self.ctx.validation), self.ctx.rank, self.ctx.world_size)
-        return math.ceil((block.stop - block.start) / self.batch_size)
+        return math.ceil(self.ctx.local_rows(train=False) / self.batch_size)
 
 
 class ReportCallback(pl.Callback):
@@ -108,22 +106,16 @@ class ReportCallback(pl.Callback):
         epoch = trainer.current_epoch
         elapsed = self._last_step - self._started  # training steps only, as the plain trainer
         metrics = self._exact_means(trainer.callback_metrics)
-        train_rows, = self.ctx.all_reduce_sum([float(self._rows(train=True))])
+        train_rows, = self.ctx.all_reduce_sum([float(self.ctx.local_rows(train=True))])
         metrics.update(epoch=epoch, samples_per_s=train_rows / max(elapsed, 1e-9))
         state = None
         if self.ctx.rank == 0 and self.ctx.checkpoint_due(epoch):
             state = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
         self.ctx.report(metrics, checkpoint=state)
 
-    def _rows(self, train: bool) -> int:
-        if train:
-            return len(self.ctx.train.labels[self.ctx.rank::self.ctx.world_size])
-        block = validation_block(len(self.ctx.validation), self.ctx.rank, self.ctx.world_size)
-        return block.stop - block.start
-
     def _exact_means(self, logged: dict[str, torch.Tensor]) -> dict[str, float]:
         names = sorted(logged)
-        weights = [float(self._rows(train=not n.startswith("val"))) for n in names]
+        weights = [float(self.ctx.local_rows(train=not n.startswith("val"))) for n in names]
         sums = [float(logged[n]) * w for n, w in zip(names, weights, strict=True)]
         totals = self.ctx.all_reduce_sum(sums + weights)
         return {n: totals[i] / totals[len(names) + i] for i, n in enumerate(names)}

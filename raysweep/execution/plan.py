@@ -12,6 +12,8 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from raysweep.data.shards import StreamSettings
+
 if TYPE_CHECKING:
     from raysweep.config.spec import ScalingSpec, Spec
 
@@ -54,12 +56,18 @@ class RunPlan:
     storage_path: str
     """The experiment's run folder (local path or URI)."""
     arrays: Any
-    """ObjectRef to the (train, validation) ArraySets the driver read once."""
+    """Memory loader: ObjectRef to the (train, validation) ArraySets the driver read
+    once. Stream loader: the (train, validation) StreamSources each rank reads."""
+    loader: str = "memory"
+    """memory | stream (see DataSpec.loader)."""
+    loader_reason: str = ""
+    stream: StreamSettings = StreamSettings()
     mode: ExecutionMode = ExecutionMode.WORKER_GROUP
     num_workers: int = 1
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0
     checkpoint_every: int = 1
+    checkpoint_every_steps: int | None = None
     num_to_keep: int = 2
     score_metric: str | None = None
     score_mode: str = "min"
@@ -75,10 +83,14 @@ class RunPlan:
         return dataclasses.replace(self, params={**self.params, **params})
 
     @classmethod
-    def from_spec(cls, spec: Spec, storage_path: str, arrays: Any, mode: ExecutionMode) -> RunPlan:
+    def from_spec(cls, spec: Spec, storage_path: str, arrays: Any, mode: ExecutionMode,
+                  loader: str = "memory") -> RunPlan:
+        data = spec.data
         return cls(
             trainer=spec.trainer, params=dict(spec.params), num_epochs=spec.scheduler.max_epochs,
-            seed=spec.seed, storage_path=storage_path, arrays=arrays, mode=mode,
+            seed=spec.seed, storage_path=storage_path, arrays=arrays, mode=mode, loader=loader,
+            stream=StreamSettings(data.shuffle_window_rows, data.prefetch_windows, data.read_threads),
+            checkpoint_every_steps=spec.checkpoint.every_n_steps,
             num_workers=spec.scaling.num_workers, cpus_per_worker=spec.scaling.cpus_per_worker,
             gpus_per_worker=spec.scaling.gpus_per_worker, checkpoint_every=spec.checkpoint.every_n_epochs,
             num_to_keep=spec.checkpoint.num_to_keep, score_metric=spec.checkpoint.score_metric,

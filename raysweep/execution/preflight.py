@@ -43,6 +43,10 @@ def check_trainer(spec: Spec, data: ResolvedData, source: str) -> None:
     from raysweep.execution.plan import LightningSettings
 
     factory = find_module_factory(module)
+    if factory is not None and spec.checkpoint.every_n_steps is not None:
+        raise UserInputError(
+            f"{source}: checkpoint.every_n_steps: mid-epoch checkpoints need a plain train(ctx) trainer; "
+            f"{spec.trainer!r} is a LightningModule (checkpoint every N epochs instead)")
     if factory is None:
         raise UserInputError(
             f"{source}: trainer: module {spec.trainer!r} defines neither train(ctx) nor one "

@@ -93,6 +93,10 @@ class _OptunaSearch(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         super().on_trial_complete(trial_id, None if error else result, error)
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if self.metric in result:  # mid-epoch checkpoint reports carry no metric
+            super().on_trial_result(trial_id, result)
+
 
 def make_searcher(spec: Spec, sweep_dir: str) -> OptunaSearch:
     """Ray Tune's OptunaSearch over the spec's space, on the sweep's durable study."""

@@ -16,6 +16,8 @@ import ray
 import torch
 
 from raysweep._ray_compat import set_deterministic_cublas
+from raysweep.data.arrays import DataSplit
+from raysweep.data.stream import StreamSplit
 from raysweep.execution.checkpoint import load_state, save_state
 from raysweep.execution.context import TrainContext
 from raysweep.execution.plan import LightningSettings, RunPlan
@@ -62,15 +64,25 @@ def _state_of(checkpoint: Any) -> dict[str, Any] | None:
         return load_state(directory)
 
 
+def splits(plan: RunPlan) -> tuple[DataSplit, DataSplit]:
+    """The plan's train and validation splits: mapped from the object store (memory
+    loader) or read by this rank straight from storage (stream loader)."""
+    if plan.loader == "stream":
+        return StreamSplit(plan.arrays[0], plan.stream), StreamSplit(plan.arrays[1], plan.stream)
+    train, validation = ray.get(plan.arrays)
+    return train, validation
+
+
 def _train(plan: RunPlan, report_fn: Any, checkpoint: dict[str, Any] | None, **placement: Any) -> None:
     """Build this process's TrainContext and run the trainer."""
     train_fn = resolve_train_fn(plan.trainer, plan.lightning)
     assert train_fn is not None, f"{plan.trainer} was checked on the driver"
     use_deterministic_algorithms(plan.deterministic)
-    train, validation = ray.get(plan.arrays)
+    train, validation = splits(plan)
     ctx = TrainContext(params=plan.params, num_epochs=plan.num_epochs, seed=plan.seed, train=train,
-                       validation=validation, report_fn=report_fn, checkpoint=checkpoint,
-                       checkpoint_every=plan.checkpoint_every, **placement)
+                       validation=validation,
+                       report_fn=report_fn, checkpoint=checkpoint, checkpoint_every=plan.checkpoint_every,
+                       checkpoint_every_steps=plan.checkpoint_every_steps, **placement)
     train_fn(ctx)
 
 

@@ -76,7 +76,8 @@ def build_model(params: dict[str, Any]) -> torch.nn.Module:
 
 
 def _maybe_pause(ctx: TrainContext, epoch: int, probe: Path) -> None:
-    """Fault-suite hook: at `params.pause_epoch`, mid-epoch, rank 0 writes its pid to
+    """Fault-suite hook: at `params.pause_epoch`, before its `pause_step`-th batch of
+    this attempt (default 1), rank 0 writes its pid to
     PROBE/pause.pid and waits (for PROBE/go, or `pause_s`) so a test can kill it.
     `pause_once` (default true): only the first time; `pause_after_done`: only once
     that many runs wrote their done-* marker (a sweep's later trial)."""
@@ -129,16 +130,24 @@ def train(ctx: TrainContext) -> None:
         total, count = 0.0, 0.0
         if ctx.params.get("fault") == "oom":
             _run_out_of_memory()
-        for x, y in ctx.train_batches(epoch, batch_size):
-            if len(seen) == 1:
+        snapshot = lambda: {"model": model.state_dict(), "optimizer": optimizer.state_dict()}  # noqa: E731
+        first = ctx.start_step if epoch == ctx.start_epoch else 0
+        steps = open(probe / f"steps-rank{ctx.rank}.log", "a")  # noqa: SIM115  (closed after the epoch)
+        for step, (x, y) in enumerate(ctx.train_batches(epoch, batch_size, state=snapshot), start=first):
+            if len(seen) == int(ctx.params.get("pause_step", 1)):
                 _maybe_pause(ctx, epoch, probe)
             seen.append(x[:, 0].numpy().astype(np.int64))
+            # Every step, in order, by every attempt: what a resume must continue exactly.
+            steps.write(f"{os.getpid()} {epoch} {step} {','.join(map(str, seen[-1].tolist()))}\n")
+            steps.flush()
             optimizer.zero_grad()
             loss = loss_fn(ddp(x), y)
             loss.backward()
             optimizer.step()
             total, count = total + loss.item() * len(y), count + len(y)
+        steps.close()
         np.save(probe / f"train-rank{ctx.rank}-epoch{epoch}.npy", np.concatenate(seen))
+        np.save(probe / f"batches-rank{ctx.rank}-epoch{epoch}.npy", np.array([len(s) for s in seen]))
         val_ids: list[np.ndarray] = []
         val_loss, val_n = 0.0, 0.0
         with torch.no_grad():

@@ -15,7 +15,7 @@ from typing import Any
 
 from raysweep.tracking import tags as tag
 from raysweep.tracking.console import ConsolePrinter
-from raysweep.tracking.store import RunStore, epoch_metrics
+from raysweep.tracking.store import MID_EPOCH, RunStore, epoch_metrics
 from raysweep.tracking.trials import SweepState, TrialRecord, TrialState
 
 
@@ -106,6 +106,8 @@ class SweepTracker:
     def trial_result(self, trial_id: str, config: dict[str, Any], result: dict[str, Any]) -> None:
         record = self._record(trial_id, config)
         record.checkpoint = result.get("checkpoint_path", record.checkpoint)
+        if result.get(MID_EPOCH):  # a mid-epoch checkpoint: no epoch metrics to log
+            return
         values = epoch_metrics(result)
         first_step, reported = result.get("first_step_unix"), result.get("report_unix")
         is_best = self.state.result(trial_id, values, None if first_step is None else float(first_step),

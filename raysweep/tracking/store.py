@@ -15,6 +15,8 @@ from raysweep.config.load import base_dir
 from raysweep.tracking import tags as tag
 
 MAX_PARAM_LENGTH = 6000
+MID_EPOCH = "mid_epoch"
+"""The flag a mid-epoch checkpoint's report carries (raysweep.execution.context.MID_EPOCH)."""
 # Tune's and raysweep's bookkeeping in a report: not the trainer's metrics.
 NOT_METRICS = {"done", "training_iteration", "first_step_unix", "report_unix", "timestamp", "time_this_iter_s",
                "time_total_s", "time_since_restore", "iterations_since_restore", "pid", "trial_id"}

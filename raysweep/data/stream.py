@@ -1,0 +1,224 @@
+"""The stream loader: each rank reads only its (file, row group) units, straight from storage.
+
+No driver read, nothing in Ray's object store. Which rows a rank reads, and in which
+order, is `raysweep.data.shards`' pure math; this module reads them. Windows of
+`window_rows` rows are decoded by background threads (pyarrow releases the GIL),
+at most `prefetch_windows` ahead of the trainer, so a worker holds at most
+
+    (prefetch_windows + 2) x window_rows x row_bytes   (decoded windows, the one in use, a batch)
+  + read_threads x (one decoded row group of the used columns)
+
+in memory, whatever the data set's size (row_bytes = 4 x features + the label's size).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from raysweep.data.arrays import Batch, label_dtype, to_matrix
+from raysweep.data.shards import (
+    Segment,
+    StreamSettings,
+    StreamUnit,
+    batch_offsets,
+    contiguous_range,
+    num_train_batches,
+    segments,
+    unit_order,
+    window_permutation,
+)
+from raysweep.data.storage import open_parquet
+
+
+class DataReadError(RuntimeError):
+    """A file could not be read during a run (deleted, cut short, unreachable): the
+    run fails naming it, and a retry resumes from the latest checkpoint."""
+
+
+@dataclass(frozen=True)
+class StreamSource:
+    """One split as the stream loader sees it: its files and their row groups."""
+
+    files: tuple[str, ...]
+    units: tuple[StreamUnit, ...]
+    features: tuple[str, ...]
+    label: str
+
+    @property
+    def num_rows(self) -> int:
+        return sum(u[2] for u in self.units)
+
+
+class StreamSplit:
+    """A split read by each rank straight from storage (see the module docstring)."""
+
+    def __init__(self, source: StreamSource, settings: StreamSettings | None = None) -> None:
+        self.source, self.settings = source, settings or StreamSettings()
+        self._columns = [*source.features, source.label]
+        self._pool: ThreadPoolExecutor | None = None
+        self._cache: OrderedDict[tuple[int, int], pa.Table] = OrderedDict()
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._label_dtype: np.dtype | None = None
+
+    def __len__(self) -> int:
+        return self.source.num_rows
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"source": self.source, "settings": self.settings}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__init__(state["source"], state["settings"])  # type: ignore[misc]
+
+    # -- reading -----------------------------------------------------------------
+
+    def _file(self, index: int) -> pq.ParquetFile:
+        """This thread's open handle on file `index` (a few kept open per thread)."""
+        files: OrderedDict[int, pq.ParquetFile] = getattr(self._local, "files", None) or OrderedDict()
+        self._local.files = files
+        if index not in files:
+            uri = self.source.files[index]
+            try:
+                files[index] = open_parquet(uri)
+            except (OSError, pa.ArrowException) as exc:
+                raise DataReadError(f"{uri}: cannot open: {_first_line(exc)}") from exc
+            while len(files) > 4:
+                files.popitem(last=False)
+        return files[index]
+
+    def _row_group(self, file: int, group: int) -> pa.Table:
+        """A decoded row group of the used columns (the last few are kept: consecutive
+        windows usually share one)."""
+        key = (file, group)
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        try:
+            table = self._file(file).read_row_group(group, columns=self._columns)
+        except (OSError, pa.ArrowException) as exc:
+            raise DataReadError(f"{self.source.files[file]}: row group {group}: {_first_line(exc)}") from exc
+        with self._lock:
+            self._cache[key] = table
+            while len(self._cache) > self.settings.read_threads + 1:
+                self._cache.popitem(last=False)
+        return table
+
+    def _read(self, pieces: list[Segment]) -> tuple[np.ndarray, np.ndarray]:
+        """The rows of `pieces`, in order, as a float32 feature matrix and labels."""
+        rows = sum(stop - start for _, _, start, stop in pieces)
+        features = np.empty((rows, len(self.source.features)), dtype=np.float32)
+        labels = np.empty(rows, dtype=self._labels_dtype())
+        offset = 0
+        for file, group, start, stop in pieces:
+            table = self._row_group(file, group).slice(start, stop - start)
+            offset = to_matrix(table, list(self.source.features), self.source.label, features, labels, offset)
+        return features, labels
+
+    def _labels_dtype(self) -> np.dtype:
+        if self._label_dtype is None:
+            self._label_dtype = label_dtype(self._file(self.source.units[0][0]).schema_arrow, self.source.label)
+        return self._label_dtype
+
+    def _windows(self, load: list[tuple[int, int]], fetch) -> Iterator[tuple[np.ndarray, np.ndarray]]:  # noqa: ANN001
+        """Windows decoded in the background, in order, at most `prefetch_windows` ahead."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.settings.read_threads, thread_name_prefix="raysweep-stream")
+        ahead: deque[Future[tuple[np.ndarray, np.ndarray]]] = deque()
+        todo = iter(load)
+        try:
+            while True:
+                while len(ahead) < self.settings.prefetch_windows + 1:
+                    item = next(todo, None)
+                    if item is None:
+                        break
+                    ahead.append(self._pool.submit(fetch, *item))
+                if not ahead:
+                    return
+                yield ahead.popleft().result()
+        finally:
+            for future in ahead:
+                future.cancel()
+
+    # -- the DataSplit interface ---------------------------------------------------
+
+    def train_batches(self, rank: int, world_size: int, batch_size: int, seed: int, epoch: int,
+                      start_step: int = 0) -> Iterator[Batch]:
+        units = [self.source.units[i] for i in unit_order(len(self.source.units), seed, epoch)]
+        lo, hi = contiguous_range(len(self), rank, world_size)
+        bounds = batch_offsets(hi - lo, num_train_batches(len(self), world_size, batch_size))
+        if start_step >= len(bounds) - 1:
+            return
+        window = self.settings.window_rows
+        first = int(bounds[start_step]) // window
+
+        def fetch(index: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+            features, labels = self._read(segments(units, lo + index * window, lo + index * window + size))
+            order = window_permutation(size, seed, epoch, rank, index)
+            return np.take(features, order, axis=0), np.take(labels, order)
+
+        load = [(w, min(window, hi - lo - w * window)) for w in range(first, math.ceil((hi - lo) / window))]
+        yield from _cut(self._windows(load, fetch), bounds, start_step, first * window)
+
+    def eval_batches(self, rank: int, world_size: int, batch_size: int) -> Iterator[Batch]:
+        units = list(self.source.units)
+        lo, hi = contiguous_range(len(self), rank, world_size)
+        window = max(self.settings.window_rows // batch_size, 1) * batch_size
+
+        def fetch(index: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+            return self._read(segments(units, lo + index * window, lo + index * window + size))
+
+        load = [(w, min(window, hi - lo - w * window)) for w in range(math.ceil((hi - lo) / window))]
+        for features, labels in self._windows(load, fetch):
+            for start in range(0, len(labels), batch_size):
+                end = start + batch_size
+                yield torch.from_numpy(features[start:end]), torch.from_numpy(labels[start:end])
+
+    def local_rows(self, rank: int, world_size: int, train: bool) -> int:
+        lo, hi = contiguous_range(len(self), rank, world_size)
+        return hi - lo
+
+    def num_train_batches(self, world_size: int, batch_size: int) -> int:
+        return num_train_batches(len(self), world_size, batch_size)
+
+
+def _cut(windows: Iterator[tuple[np.ndarray, np.ndarray]], bounds: np.ndarray, start_step: int,
+         position: int) -> Iterator[Batch]:
+    """Batches rows [bounds[s], bounds[s+1]) for s >= start_step out of consecutive
+    windows whose first row is local row `position`."""
+    current: tuple[np.ndarray, np.ndarray] | None = None
+    used = 0  # rows of `current` already handed out
+
+    def take(count: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        nonlocal current, used
+        xs, ys = [], []
+        while count > 0:
+            if current is None or used == len(current[1]):
+                current, used = next(windows), 0
+            size = min(count, len(current[1]) - used)
+            xs.append(current[0][used:used + size])
+            ys.append(current[1][used:used + size])
+            used, count = used + size, count - size
+        return xs, ys
+
+    take(int(bounds[start_step]) - position)  # a resume starts inside its window
+    for step in range(start_step, len(bounds) - 1):
+        xs, ys = take(int(bounds[step + 1] - bounds[step]))
+        x = xs[0] if len(xs) == 1 else np.concatenate(xs)
+        y = ys[0] if len(ys) == 1 else np.concatenate(ys)
+        yield torch.from_numpy(x), torch.from_numpy(y)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
