@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Sequence
 
 from raysweep.config.load import leave_ray_working_dir
@@ -54,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
                          "(default: a local cluster started in-process)")
     for sub in (train, tune, reproduce):
         sub.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else the profile's)")
+    for sub in (train, tune):
+        sub.add_argument("--fingerprint", choices=["footer", "full"], default="footer", help="how the record "
+                         "identifies the data: size, mtime or ETag, footer hash (default); or a sha256 of every byte")
     report = add("report", "Write a sweep's HTML report and PNGs; attach them to its parent run.", spec=False)
     report.add_argument("sweep", help="sweep name, its MLflow parent run id, or its run folder")
     report.add_argument("--out", help="folder for the report (default: the sweep's run folder /report)")
@@ -88,7 +90,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    result = api().train(args.spec, args.overrides, cluster=args.cluster, address=args.address, name=args.name)
+    result = api().train(args.spec, args.overrides, cluster=args.cluster, address=args.address, name=args.name,
+                         fingerprint=args.fingerprint)
     print(f"run {result.run_name}: " + " ".join(f"{k}={v:.4g}" for k, v in result.metrics.items()))
     print(f"checkpoint: {result.checkpoint}")
     print(f"MLflow: {result.tracking_uri} run {result.run_id}")
@@ -99,7 +102,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from raysweep.tracking.console import print_summary  # (lazy, as each engine import here: `check` loads no MLflow)
 
     result = api().tune(args.spec, args.overrides, cluster=args.cluster, address=args.address, resume=args.resume,
-                        report=not args.no_report, register=args.register)
+                        report=not args.no_report, register=args.register, fingerprint=args.fingerprint)
     print_summary(result)
     for warning in result.warnings:
         print(f"raysweep: warning: {warning}", file=sys.stderr)
@@ -133,16 +136,11 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    from raysweep.tracking.console import runs_lines
     from raysweep.tracking.lookup import list_runs  # (lazy: MLflow)
     from raysweep.tracking.store import tracking_uri
 
-    runs = list_runs(args.limit)
-    if not runs:
-        print(f"no raysweep runs in {tracking_uri()}")
-    for run in runs:
-        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.info.start_time / 1000))
-        print(f"{run.info.run_id}  {run.data.tags.get('raysweep.kind', ''):<5}  {run.info.status:<8}  {started}  "
-              f"{run.info.run_name}")
+    print("\n".join(runs_lines(list_runs(args.limit))) or f"no raysweep runs in {tracking_uri()}")
     return EXIT_OK
 
 
@@ -181,10 +179,7 @@ COMMANDS = {"check": cmd_check, "train": cmd_train, "tune": cmd_tune, "submit": 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if getattr(args, "spec", None):
-        args.spec = leave_ray_working_dir(args.spec)
-    else:
-        leave_ray_working_dir(None)
+    args.spec = leave_ray_working_dir(getattr(args, "spec", None))
     try:
         return COMMANDS[args.command](args)
     except UserInputError as exc:

@@ -97,11 +97,13 @@ def _plan(run: Prepared, mode: ExecutionMode, echo: bool = True) -> RunPlan:
     return dataclasses.replace(plan, loader_reason=reason)
 
 
-def _record(kind: str, run: Prepared, plan: RunPlan, name: str, store: RunStore, run_id: str, folder: str) -> None:
+def _record(kind: str, run: Prepared, plan: RunPlan, name: str, store: RunStore, run_id: str, folder: str,
+            fingerprint: str) -> None:
     store.set_tags(run_id, {tag.KIND: kind, tag.RUN_FOLDER: folder, tag.LOADER: plan.loader,
                             tag.LOADER_REASON: plan.loader_reason})
     store.log_text(run_id, spec_yaml(run.spec), "spec.yaml")
-    record, diff = build_record(kind, run.spec, run.data, run.source, list(run.overrides), run.profile, name)
+    record, diff = build_record(kind, run.spec, run.data, run.source, list(run.overrides), run.profile, name,
+                                fingerprint)
     record["data"]["loader"] = {"loader": plan.loader, "reason": plan.loader_reason}
     save_record(record, diff, store, run_id, folder)
 
@@ -120,10 +122,13 @@ def root_cause(exc: BaseException) -> str:
 
 
 def train(spec: SpecLike, overrides: list[str] | tuple[str, ...] = (), *, cluster: str | None = None,
-          address: str | None = None, name: str | None = None, source: str | None = None) -> TrainResult:
+          address: str | None = None, name: str | None = None, source: str | None = None,
+          fingerprint: str = "footer") -> TrainResult:
     """One data-parallel training run at the spec's fixed params, recorded in MLflow.
 
-    Re-using `name` resumes the run from its latest checkpoint. Raises UserInputError
+    Re-using `name` resumes the run from its latest checkpoint. `fingerprint`: how the
+    record identifies the data, "footer" (size, mtime or ETag, footer hash) or "full"
+    (a sha256 of every byte: slow for big data). Raises UserInputError
     (bad input, nothing started) or RunFailedError (the run failed; MLflow run FAILED).
     """
     run = prepare(spec, overrides, cluster=cluster, address=address, source=source)
@@ -134,7 +139,7 @@ def train(spec: SpecLike, overrides: list[str] | tuple[str, ...] = (), *, cluste
         store = RunStore(tracking_uri(), run.spec.name)
         run_id = store.open(f"train/{run_name}", run_name, params=run.spec.params)
         folder = f"{plan.storage_path}/{run_name}"
-        _record("train", run, plan, run_name, store, run_id, folder)
+        _record("train", run, plan, run_name, store, run_id, folder, fingerprint)
         status = "FAILED"
         try:
             callback = TrainMetricsCallback(store.uri, run.spec.name, run_id, started_at)
@@ -187,7 +192,8 @@ def new_sweep_id(root: str, name: str) -> str:
 
 def tune(spec: SpecLike, overrides: list[str] | tuple[str, ...] = (), *, cluster: str | None = None,
          address: str | None = None, resume: bool | str | None = None, report: bool = True,
-         register: bool | str | None = None, echo: bool = True, store: RunStore | None = None) -> SweepResult:
+         register: bool | str | None = None, echo: bool = True, store: RunStore | None = None,
+         fingerprint: str = "footer") -> SweepResult:
     """An Optuna sweep of data-parallel trials on Ray Tune, logged to MLflow.
 
     `resume` (True: the newest sweep of this spec, or a sweep id) continues an
@@ -211,7 +217,7 @@ def tune(spec: SpecLike, overrides: list[str] | tuple[str, ...] = (), *, cluster
         if resumed_trials is not None and echo:
             print(f"resuming sweep {sweep_id}: {resumed_trials} trial(s) recorded so far", flush=True)
         if not resumed:
-            _record("sweep", run, plan, sweep_id, store, parent_id, f"{plan.storage_path}/{sweep_id}")
+            _record("sweep", run, plan, sweep_id, store, parent_id, f"{plan.storage_path}/{sweep_id}", fingerprint)
         status = "FAILED"
         try:
             outcome = run_sweep(run.spec, plan, sweep_id, tracker, concurrency, driver_resources, bool(resumed))

@@ -7,9 +7,10 @@ files' footers, local or in an object store (see `raysweep.data.storage`).
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -17,10 +18,12 @@ import pyarrow.parquet as pq
 
 from raysweep.config.load import resolve_path
 from raysweep.config.spec import DataSpec
-from raysweep.data.storage import list_parquet, read_footer
+from raysweep.data.storage import DEADLINE_S, list_parquet, read_footer, within_deadline
 from raysweep.errors import UserInputError
 
 FOOTER_THREADS = 16
+OBJECT_STORE_MARK = "://"
+T = TypeVar("T")
 
 
 Unit = tuple[int, int, int]
@@ -52,6 +55,11 @@ def find_parquet_files(location: str, *, source: str, field: str) -> tuple[str, 
     """A file, a folder (searched recursively) or a glob, local or in an object store
     -> sorted absolute paths or URIs."""
     return tuple(f.uri for f in list_parquet(resolve_path(location), source=source, field=field))
+
+
+def _guarded(work: Callable[[], T], location: str, message: str) -> T:
+    """Object stores get a wall-clock deadline on top of the per-request timeouts."""
+    return within_deadline(work, DEADLINE_S, message) if OBJECT_STORE_MARK in location else work()
 
 
 def read_footers(files: Iterable[str]) -> list[pq.FileMetaData]:
@@ -102,9 +110,12 @@ def resolve_data(data: DataSpec, source: str) -> ResolvedData:
 
     Raises UserInputError naming the file and the column on any mismatch.
     """
-    train = find_parquet_files(data.train, source=source, field="data.train")
-    validation = find_parquet_files(data.validation, source=source, field="data.validation")
-    footers = read_footers([*train, *validation])
+    train = _guarded(lambda: find_parquet_files(data.train, source=source, field="data.train"),
+                     data.train, f"{source}: data.train: {data.train}")
+    validation = _guarded(lambda: find_parquet_files(data.validation, source=source, field="data.validation"),
+                          data.validation, f"{source}: data.validation: {data.validation}")
+    footers = _guarded(lambda: read_footers([*train, *validation]), data.train + data.validation,
+                       f"{source}: data: reading the Parquet footers")
     first_schema = footers[0].schema.to_arrow_schema()
     features = expand_features(data.features, first_schema, file=train[0])
     if data.label in features:

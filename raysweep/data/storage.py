@@ -14,9 +14,12 @@ import fnmatch
 import functools
 import glob
 import os
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import pyarrow as pa
@@ -25,7 +28,10 @@ import pyarrow.parquet as pq
 
 from raysweep.errors import UserInputError
 
+T = TypeVar("T")
 OBJECT_STORES = ("s3://", "gs://")
+DEADLINE_S = 12.0
+"""Longest `check` waits on an object store for a listing or the footers."""
 # An unreachable endpoint, a missing bucket or denied credentials must fail within
 # seconds, not after the AWS SDK's default retries (minutes).
 CONNECT_TIMEOUT_S = 3.0
@@ -82,6 +88,28 @@ def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
     return _object_store(scheme, environment), rest
 
 
+def within_deadline(work: Callable[[], T], seconds: float, message: str) -> T:
+    """`work()`, or a UserInputError(`message`) when it has not answered in `seconds`
+    (a store that accepts connections and then says nothing would otherwise hold
+    `raysweep check` for minutes). The abandoned call ends with the process."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as exc:  # handed to the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True, name="raysweep-store-deadline")
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise UserInputError(f"{message}: no answer within {seconds:.0f} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:300] if text else type(exc).__name__
@@ -114,6 +142,10 @@ def list_parquet(location: str, *, source: str, field: str) -> list[StoredFile]:
     except (OSError, pa.ArrowException) as exc:
         raise _store_error(location, source, field, "cannot list", exc) from None
     if not infos:
+        bucket = path.split("/", 1)[0]
+        if scheme and fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+            raise UserInputError(f"{source}: {field}: bucket {scheme}{bucket} does not exist (or is not visible "
+                                 f"with these credentials)")
         raise UserInputError(f"{source}: {field}: no Parquet files at {location!r}")
     files = [StoredFile(scheme + i.path if scheme else str(Path(i.path).resolve()), int(i.size or 0),
                         i.mtime.timestamp() if i.mtime is not None else None) for i in infos]

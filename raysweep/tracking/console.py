@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
+from raysweep.tracking import tags as tag
 from raysweep.tracking.trials import SweepState, TrialRecord, TrialState
 
 if TYPE_CHECKING:
@@ -46,6 +48,13 @@ class ConsolePrinter:
             self._say(f"[{record.trial_id}] FAILED: {record.error}")
         else:
             self._say(f"[{record.trial_id}] {record.state.word} after {record.epochs} epoch(s)")
+
+
+def runs_lines(runs: list[Any]) -> list[str]:
+    """`raysweep runs`: one line per recorded MLflow run (id, kind, status, start, name)."""
+    return [f"{run.info.run_id}  {run.data.tags.get(tag.KIND, ''):<5}  {run.info.status:<8}  "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(run.info.start_time / 1000))}  {run.info.run_name}"
+            for run in runs]
 
 
 def format_table(header: list[str], rows: list[list[str]]) -> str:

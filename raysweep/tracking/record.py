@@ -66,7 +66,7 @@ def file_fingerprint(path: str) -> dict[str, Any]:
             "sha256": digest.hexdigest()}
 
 
-def data_fingerprint(data: ResolvedData) -> dict[str, Any]:
+def data_fingerprint(data: ResolvedData, mode: str = "full") -> dict[str, Any]:
     """Per file: path, size, rows, sha256; the schema's hash; one hash over it all."""
     files = {split: [file_fingerprint(f) for f in paths]
              for split, paths in (("train", data.train_files), ("validation", data.validation_files))}
@@ -92,7 +92,7 @@ def cluster_resources() -> dict[str, Any]:
 
 
 def build_record(kind: str, spec: Any, data: ResolvedData, spec_file: str, overrides: list[str],
-                 profile: Any, run_name: str) -> tuple[dict[str, Any], str]:
+                 profile: Any, run_name: str, fingerprint: str = "footer") -> tuple[dict[str, Any], str]:
     """The record of a run about to start, and the git diff (empty when clean)."""
     git, diff = git_state()
     record = {
@@ -107,7 +107,7 @@ def build_record(kind: str, spec: Any, data: ResolvedData, spec_file: str, overr
         "cluster": {"profile": profile.model_dump(mode="json"), "resources": cluster_resources(),
                     "scaling": spec.scaling.model_dump(mode="json")},
         "seeds": {"seed": spec.seed, "sampler_seed": spec.sampler.seed},
-        "data": data_fingerprint(data),
+        "data": data_fingerprint(data, fingerprint),
     }
     return record, diff
 
