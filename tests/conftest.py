@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,23 @@ import yaml
 from raysweep.testing.probe import probe_spec, write_probe_data
 
 REPO = Path(__file__).resolve().parents[1]
+# Would send the suite's tokens, clusters and state to the user's own.
+USER_SETTINGS = ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """HOME and RAYSWEEP_STATE_DIR in a temporary folder for the whole run, set before
+    any Ray starts: the suite never reads or writes the user's ~/.ray (auth_token) or
+    ~/.raysweep (cluster state), and a RAY_ADDRESS or token of the user's own never
+    reaches it. Subprocesses and `ray start` nodes inherit it. Restored at the end."""
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("HOME", str(home))
+        env.setenv("RAYSWEEP_STATE_DIR", str(home / ".raysweep"))
+        for name in USER_SETTINGS:
+            env.delenv(name, raising=False)
+        yield home
 
 
 @pytest.fixture(scope="session")

@@ -100,7 +100,10 @@ class SweepTracker:
         return record
 
     def trial_started(self, trial_id: str, config: dict[str, Any]) -> None:
-        self._record(trial_id, config)
+        record = self._record(trial_id, config)
+        if record.state is not TrialState.RUNNING:  # a resumed sweep runs a lost trial again
+            record.state, record.ended = TrialState.RUNNING, None
+            self.writer.open_trial(trial_id, config)
         self.printer.started(trial_id, config)
 
     def trial_result(self, trial_id: str, config: dict[str, Any], result: dict[str, Any]) -> None:

@@ -10,7 +10,8 @@ from raysweep.config.profile import ClusterProfile
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
+def ray_cluster(isolated_home):
+    """The in-process cluster (started after HOME moved to a temporary folder)."""
     started = connect(ClusterProfile(name="tests", num_cpus=2))
     yield ray.cluster_resources()
     if started:

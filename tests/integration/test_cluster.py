@@ -24,44 +24,38 @@ from mlflow.tracking import MlflowClient
 
 from raysweep.cluster.auth import token_path
 from raysweep.cluster.local import ClusterState
-from raysweep.execution.study import load_study
+from raysweep.testing.helpers import experiment_runs, free_port, raysweep_cli
+from raysweep.tracking.study import load_study
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _raysweep(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "raysweep", *args], cwd=REPO, env=env or os.environ.copy(),
-                          capture_output=True, text=True, timeout=timeout)
+    return raysweep_cli(*args, cwd=REPO, env=env, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """Head (no CPU, on-demand) + 2 worker nodes (1 CPU each, one preemptible)."""
     root = tmp_path_factory.mktemp("cluster")
-    os.environ["RAYSWEEP_STATE_DIR"] = str(root / "state")
-    profile = root / "two-nodes.yaml"
-    profile.write_text(yaml.safe_dump({
-        "name": "two-nodes", "host": "127.0.0.1", "port": _free_port(), "dashboard_port": _free_port(),
-        "num_cpus": 0, "resources": {"on_demand": 4},
-        "worker_nodes": [{"num_cpus": 1, "resources": {"preemptible": 1}}, {"num_cpus": 1}],
-        "trial_driver_resources": {"on_demand": 1},
-    }))
-    up = _raysweep("cluster", "up", str(profile))
-    assert up.returncode == 0, up.stderr
-    state = ClusterState.load("two-nodes")
-    yield profile, state, up.stdout
-    down = _raysweep("cluster", "down", str(profile))
-    assert down.returncode == 0, down.stderr
-    assert not state.alive(), "cluster down left processes running"
-    again = _raysweep("cluster", "down", str(profile))
-    assert again.returncode == 2 and "is not up" in again.stderr and "Traceback" not in again.stderr
-    os.environ.pop("RAYSWEEP_STATE_DIR", None)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAYSWEEP_STATE_DIR", str(root / "state"))
+        profile = root / "two-nodes.yaml"
+        profile.write_text(yaml.safe_dump({
+            "name": "two-nodes", "host": "127.0.0.1", "port": free_port(), "dashboard_port": free_port(),
+            "num_cpus": 0, "resources": {"on_demand": 4},
+            "worker_nodes": [{"num_cpus": 1, "resources": {"preemptible": 1}}, {"num_cpus": 1}],
+            "trial_driver_resources": {"on_demand": 1},
+        }))
+        up = _raysweep("cluster", "up", str(profile))
+        assert up.returncode == 0, up.stderr
+        state = ClusterState.load("two-nodes")
+        yield profile, state, up.stdout
+        down = _raysweep("cluster", "down", str(profile))
+        assert down.returncode == 0, down.stderr
+        assert not state.alive(), "cluster down left processes running"
+        again = _raysweep("cluster", "down", str(profile))
+        assert again.returncode == 2 and "is not up" in again.stderr and "Traceback" not in again.stderr
 
 
 def test_up_prints_address_and_how_to_submit_without_the_token(cluster):
@@ -128,9 +122,7 @@ def test_two_worker_training_spreads_over_the_worker_nodes(cluster, write_spec, 
 
 
 def _check_sweep(uri: str, results: Path, trials: int) -> None:
-    client = MlflowClient(uri)
-    (experiment,) = [e for e in client.search_experiments() if e.name == "probe"]
-    runs = client.search_runs([experiment.experiment_id])
+    runs = experiment_runs(uri)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1 and len(runs) == trials + 1
     assert all(r.info.status == "FINISHED" for r in runs)

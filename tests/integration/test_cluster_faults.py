@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -23,37 +23,42 @@ import yaml
 
 from raysweep.cluster.auth import token_path
 from raysweep.cluster.local import ClusterState
-
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(Path(__file__).parent))
-from test_cluster import _free_port, _raysweep  # noqa: E402
-from test_faults import (  # noqa: E402
+from raysweep.testing.helpers import (
+    free_port,
+    listening_sockets,
     max_rel_change,
     only_run,
     probe_params,
+    raysweep_cli,
     reference,
     wait_for_epoch,
     wait_for_pid,
 )
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _raysweep(*args: str) -> subprocess.CompletedProcess:
+    return raysweep_cli(*args, cwd=REPO)
 
 
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory):
     """Head (no CPU) + 2 worker nodes with 1 CPU each, each its own process group."""
     root = tmp_path_factory.mktemp("fault-cluster")
-    os.environ["RAYSWEEP_STATE_DIR"] = str(root / "state")
-    profile = root / "fault-nodes.yaml"
-    profile.write_text(yaml.safe_dump({
-        "name": "fault-nodes", "host": "127.0.0.1", "port": _free_port(), "dashboard_port": _free_port(),
-        "num_cpus": 0, "worker_nodes": [{"num_cpus": 1}, {"num_cpus": 1}]}))
-    up = _raysweep("cluster", "up", str(profile))
-    assert up.returncode == 0, up.stderr
-    state = ClusterState.load("fault-nodes")
-    yield profile, state
-    down = _raysweep("cluster", "down", str(profile))
-    assert down.returncode == 0, down.stderr
-    assert not state.alive()
-    os.environ.pop("RAYSWEEP_STATE_DIR", None)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAYSWEEP_STATE_DIR", str(root / "state"))
+        profile = root / "fault-nodes.yaml"
+        profile.write_text(yaml.safe_dump({
+            "name": "fault-nodes", "host": "127.0.0.1", "port": free_port(), "dashboard_port": free_port(),
+            "num_cpus": 0, "worker_nodes": [{"num_cpus": 1}, {"num_cpus": 1}]}))
+        up = _raysweep("cluster", "up", str(profile))
+        assert up.returncode == 0, up.stderr
+        state = ClusterState.load("fault-nodes")
+        yield profile, state
+        down = _raysweep("cluster", "down", str(profile))
+        assert down.returncode == 0, down.stderr
+        assert not state.alive()
 
 
 def node_group_of(pid: int, node_groups: list[int]) -> int:
@@ -67,29 +72,11 @@ def node_group_of(pid: int, node_groups: list[int]) -> int:
     raise AssertionError(f"process {pid} does not descend from a worker node")
 
 
-def listening_sockets(pgids: dict[int, str]) -> list[dict[str, str]]:
-    """Every listening TCP socket of the given process groups: bind address, process, owner."""
-    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
-    found = []
-    for line in out.splitlines():
-        local = line.split()[3]
-        for name, pid in re.findall(r'\("([^"]+)",pid=(\d+)', line):
-            try:
-                group = os.getpgid(int(pid))
-            except ProcessLookupError:
-                continue
-            if group in pgids:
-                host = local.rsplit(":", 1)[0].strip("[]")
-                found.append({"bind": local, "process": name, "started_by": pgids[group],
-                              "loopback_only": host.startswith(("127.", "::ffff:127.")) or host == "::1"})
-    return sorted(found, key=lambda s: (s["started_by"], s["bind"]))
-
-
 def test_exposure_report_and_no_unauthenticated_job_submission(nodes, tmp_path, fault_figures):
     """Case 10: with the cluster up and an MLflow server the test starts, the job API
     refuses a job without the token, and every listening socket is reported."""
     _, state = nodes
-    port = _free_port()
+    port = free_port()
     mlflow_cli = str(Path(sys.executable).with_name("mlflow"))
     server = subprocess.Popen(
         [mlflow_cli, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
@@ -106,14 +93,17 @@ def test_exposure_report_and_no_unauthenticated_job_submission(nodes, tmp_path, 
         else:
             raise AssertionError("the MLflow server did not come up: " + (tmp_path / "mlflow.log").read_text()[-2000:])
 
-        job = json.dumps({"entrypoint": "touch /tmp/raysweep-unauthenticated-job-ran"}).encode()
+        # Were the job run, it would run on the cluster (this machine, this user): it
+        # could write here.
+        marker = tmp_path / "unauthenticated-job-ran"
+        job = json.dumps({"entrypoint": f"touch {shlex.quote(str(marker))}"}).encode()
         request = urllib.request.Request(f"{state.dashboard}/api/jobs/", data=job, method="POST",
                                          headers={"Content-Type": "application/json"})
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(request, timeout=10)
         assert refused.value.code == 401
         time.sleep(1)
-        assert not Path("/tmp/raysweep-unauthenticated-job-ran").exists()
+        assert not marker.exists(), "a job without the token ran"
 
         groups = {pid: f"ray node {i} (raysweep cluster up)" for i, pid in enumerate(state.pids)}
         groups[server.pid] = "mlflow server (started by the tests)"

@@ -16,83 +16,25 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
 from raysweep.cli import main
-from raysweep.config.load import load_spec
-from raysweep.data.arrays import load_arrays
-from raysweep.data.files import resolve_data
-from raysweep.execution.context import TrainContext
-from raysweep.execution.study import load_study
-from raysweep.testing.probe import train as probe_train
+from raysweep.testing.helpers import (
+    experiment_runs,
+    max_rel_change,
+    only_run,
+    probe_params,
+    reference,
+    sweep_runs,
+    wait_for_epoch,
+    wait_for_pid,
+)
+from raysweep.tracking.study import load_study
 
 REPO = Path(__file__).resolve().parents[2]
-COMPARED = ("train_loss", "val_loss")
-
-
-def wait_for_pid(path: Path, timeout: float = 180, other_than: str | None = None) -> int:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if path.exists():
-            text = path.read_text().strip()
-            if text and text != other_than:
-                return int(text)
-        time.sleep(0.05)
-    raise AssertionError(f"no process paused ({path} not written in {timeout:.0f} s)")
-
-
-def wait_for_epoch(uri: str, epoch: int, timeout: float = 180, experiment: str = "probe") -> None:
-    """Until MLflow has `epoch` of some run: the driver side has taken that report
-    (and registered its checkpoint). Faults are timed by reported epochs."""
-    client = MlflowClient(uri)
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        exps = [e for e in client.search_experiments() if e.name == experiment]
-        for run in client.search_runs([exps[0].experiment_id]) if exps else []:
-            if any(m.step >= epoch for m in client.get_metric_history(run.info.run_id, "val_loss")):
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"epoch {epoch} was not reported in {timeout:.0f} s")
-
-
-def reference(spec_path: Path, epochs: int, tmp_path: Path) -> list[dict[str, float]]:
-    """The same run uninterrupted, in-process (same trainer, data, seed)."""
-    spec = load_spec(spec_path)
-    params = {**spec.params, "pause_epoch": -1, "probe_dir": str(tmp_path / "reference-probe")}
-    train, validation = load_arrays(resolve_data(spec.data, str(spec_path)))
-    ctx, reports = TrainContext.in_process(train, validation, params, num_epochs=epochs, seed=spec.seed)
-    probe_train(ctx)
-    return [m for m, _ in reports]
-
-
-def only_run(uri: str, experiment: str = "probe") -> Any:
-    client = MlflowClient(uri)
-    (exp,) = [e for e in client.search_experiments() if e.name == experiment]
-    runs = client.search_runs([exp.experiment_id])
-    assert len(runs) == 1, f"{len(runs)} MLflow runs for one training run"
-    return runs[0]
-
-
-def history(uri: str, run_id: str, metric: str) -> dict[int, float]:
-    return {m.step: m.value for m in MlflowClient(uri).get_metric_history(run_id, metric)}
-
-
-def max_rel_change(uri: str, run_id: str, expected: list[dict[str, float]]) -> float:
-    worst = 0.0
-    for metric in COMPARED:
-        got = history(uri, run_id, metric)
-        assert sorted(got) == list(range(len(expected))), f"{metric}: epochs {sorted(got)}"
-        for epoch, row in enumerate(expected):
-            worst = max(worst, abs(got[epoch] - row[metric]) / max(abs(row[metric]), 1e-12))
-    return worst
-
-
-def probe_params(tmp_path: Path, **extra: Any) -> dict[str, Any]:
-    return {"batch_size": 16, "lr": 0.1, "probe_dir": str(tmp_path / "probe"), "nan_epoch": -1, **extra}
 
 
 def in_thread(argv: list[str]) -> tuple[threading.Thread, dict[str, int]]:
@@ -176,9 +118,7 @@ def test_oom_and_nan_trials_fail_alone(ray_cluster, mlflow_uri, write_spec, tmp_
                       params=probe_params(tmp_path))
     assert main(["tune", str(spec)]) == 0
     out = capsys.readouterr().out
-    client = MlflowClient(mlflow_uri)
-    (exp,) = [e for e in client.search_experiments() if e.name == "probe"]
-    children = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+    _, children = sweep_runs(mlflow_uri)
     by_fault: dict[str, list] = {}
     for child in children:
         by_fault.setdefault(child.data.params["fault"], []).append(child)
@@ -258,9 +198,7 @@ def test_killed_sweep_driver_resumes_without_rerunning_trials(ray_cluster, mlflo
     done = {p.name: p.read_text().count("\n") for p in (tmp_path / "probe").glob("done-*")}
     reruns = sum(count - 1 for count in done.values())
     assert len(done) == 4 and reruns == 0, done
-    client = MlflowClient(mlflow_uri)
-    (exp,) = [e for e in client.search_experiments() if e.name == "probe"]
-    runs = client.search_runs([exp.experiment_id])
+    runs = experiment_runs(mlflow_uri)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1 and len(runs) == 5, [r.info.run_name for r in runs]
     assert all(r.info.status == "FINISHED" for r in runs), [(r.info.run_name, r.info.status) for r in runs]

@@ -12,6 +12,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from raysweep.cli import main
+from raysweep.testing.helpers import experiment_runs, metric_series
 from raysweep.testing.probe import probe_spec, write_probe_data
 
 VERSION_KEYS = {"python", "ray", "torch", "pytorch-lightning", "optuna", "mlflow", "pyarrow"}
@@ -28,10 +29,9 @@ def own_data_spec(tmp_path: Path):
     return path, root
 
 
-def _runs(uri: str, name: str = "probe") -> list:
-    client = MlflowClient(uri)
-    (experiment,) = [e for e in client.search_experiments() if e.name == name]
-    return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
+def _runs(uri: str) -> list:
+    """The probe experiment's runs, oldest first."""
+    return experiment_runs(uri, order_by=["attributes.start_time ASC"])
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -72,8 +72,8 @@ def test_train_record_and_reproduce_same_metrics(ray_cluster, mlflow_uri, own_da
     assert "MATCH" in out and "DIFFERENT" not in out
     first, again = _runs(mlflow_uri)
     for metric in ("train_loss", "val_loss"):
-        old = [(m.step, m.value) for m in client.get_metric_history(first.info.run_id, metric)]
-        new = [(m.step, m.value) for m in client.get_metric_history(again.info.run_id, metric)]
+        old = metric_series(client, first.info.run_id, metric)
+        new = metric_series(client, again.info.run_id, metric)
         assert old == new and len(old) == 2, f"{metric}: same seed, same per-epoch values"
 
     if workers == 1:  # a changed data file: refused, naming it; nothing new in MLflow

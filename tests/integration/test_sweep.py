@@ -1,4 +1,7 @@
-"""`raysweep tune` on the shared Ray cluster: MLflow layout and the Optuna study."""
+"""`raysweep tune` on the shared Ray cluster: MLflow layout, the Optuna study, the
+console and the report, in both ways a one-worker trial executes
+(`scaling.worker_group`: auto -> in the trial's own process, always -> a Ray Train
+worker group)."""
 
 from __future__ import annotations
 
@@ -6,33 +9,42 @@ from pathlib import Path
 
 import mlflow.pytorch
 import optuna
+import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
 from raysweep.cli import main
-from raysweep.execution.study import load_study
 from raysweep.registry import build_from_checkpoint
+from raysweep.testing.helpers import experiment_runs
 from raysweep.testing.probe import build_model
+from raysweep.tracking.study import load_study
+
+MAX_EPOCHS = 3
 
 
-def test_sweep_leaves_parent_children_and_study(ray_cluster, mlflow_uri, write_spec, tmp_path, capsys):
+# A worker-group trial costs ~25 s here (Train starts its workers): "always" runs two
+# trials, one wave on the 2-CPU cluster; TPE's first two samples (seed 3) are one
+# trial of each nan_epoch value, so it still has one finished and one failed trial.
+@pytest.mark.parametrize("worker_group, num_trials", [("auto", 4), ("always", 2)])
+def test_sweep_leaves_parent_children_and_study(ray_cluster, mlflow_uri, write_spec, tmp_path, capsys,
+                                                worker_group, num_trials):
     space = {
         "lr": {"type": "float", "low": 0.01, "high": 0.5, "log": True},
         "nan_epoch": {"type": "categorical", "choices": [-1, 0]},
     }
-    scheduler = {"type": "asha", "metric": "val_loss", "mode": "min", "max_epochs": 3, "grace_period": 1}
-    spec = write_spec(space=space, scheduler=scheduler, budget={"num_trials": 4},
-                      sampler={"type": "tpe", "seed": 3, "n_startup_trials": 2})
+    scheduler = {"type": "asha", "metric": "val_loss", "mode": "min", "max_epochs": MAX_EPOCHS, "grace_period": 1}
+    spec = write_spec(space=space, scheduler=scheduler, budget={"num_trials": num_trials},
+                      sampler={"type": "tpe", "seed": 3, "n_startup_trials": 2},
+                      scaling={"num_workers": 1, "worker_group": worker_group})
     assert main(["tune", str(spec)]) == 0
     out = capsys.readouterr().out
     assert "best trial" in out and "MLflow:" in out
 
     client = MlflowClient(mlflow_uri)
-    (experiment,) = [e for e in client.search_experiments() if e.name == "probe"]
-    runs = client.search_runs([experiment.experiment_id])
+    runs = experiment_runs(mlflow_uri)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    assert len(parents) == 1 and len(children) == 4 and len(runs) == 5
+    assert len(parents) == 1 and len(children) == num_trials and len(runs) == num_trials + 1
     assert all(r.info.status != "RUNNING" for r in runs)
     assert parents[0].info.status == "FINISHED"
     assert "raysweep.best_trial_id" in parents[0].data.tags
@@ -42,29 +54,46 @@ def test_sweep_leaves_parent_children_and_study(ray_cluster, mlflow_uri, write_s
         by_nan[child.data.params["nan_epoch"] == "0"].append(child)
     assert by_nan[True] and by_nan[False], "seed 3 should sample both nan_epoch values"
     assert all(c.info.status == "FAILED" for c in by_nan[True])
-    assert all(c.info.status == "FINISHED" for c in by_nan[False])
+    assert all(c.data.tags["raysweep.state"] == "FAILED" for c in by_nan[True])
     assert all("non-finite" in c.data.tags["raysweep.error"] for c in by_nan[True])
-    for child in by_nan[False]:
+    assert all(c.info.status == "FINISHED" for c in by_nan[False])
+    for child in children:
+        trial_id, state = child.data.tags["raysweep.trial_id"], child.data.tags["raysweep.state"]
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_loss")]
+        if state == "FAILED":  # one line on the console, with the cause
+            (line,) = [ln for ln in out.splitlines() if ln.startswith(f"[{trial_id}] FAILED: ")]
+            assert "non-finite" in line
+            continue
         assert steps == list(range(len(steps))) and steps
+        # Ended well: all epochs (finished), or fewer (ASHA stopped it early).
+        word = {"FINISHED": "finished", "STOPPED_EARLY": "stopped early"}[state]
+        assert (len(steps) == MAX_EPOCHS) == (state == "FINISHED"), (state, steps)
+        assert child.data.tags["raysweep.early_stopped"] == str(state == "STOPPED_EARLY")
+        assert f"[{trial_id}] {word} after {len(steps)} epoch(s)" in out.splitlines()
 
     (sweep_dir,) = [p for p in (tmp_path / "results" / "probe").iterdir() if p.is_dir()]
     study = load_study(str(sweep_dir), "probe")
     states = [t.state for t in study.trials]
-    assert len(states) == 4
+    assert len(states) == num_trials
     assert states.count(optuna.trial.TrialState.FAIL) == len(by_nan[True])
     assert Path(sweep_dir, "optuna.journal").stat().st_size > 0
 
     # The report, written at the end of the sweep and attached to the parent run.
     report = sweep_dir / "report"
-    for name in ("history.png", "curves.png", "importance.png", "parallel.png"):
-        image = (report / name).read_bytes()
+    drawn = ["history", "curves", "importance"] + (["parallel"] if len(by_nan[False]) >= 2 else [])
+    for name in drawn:
+        image = (report / f"{name}.png").read_bytes()
         assert image[:8] == b"\x89PNG\r\n\x1a\n" and len(image) > 5000, name
     page = (report / "report.html").read_text()
     for section in ("history", "curves", "importance", "parallel", "trials"):
         assert f'id="{section}"' in page
-    assert all(c.data.tags["raysweep.trial_id"] in page for c in children)
-    assert page.count("FAILED") >= len(by_nan[True])
+    if "parallel" not in drawn:  # one trial with results: said so in its place
+        assert not (report / "parallel.png").exists() and "not drawn: fewer than two trials" in page
+    words = {"FINISHED": "finished</td>", "STOPPED_EARLY": "stopped early</td>", "FAILED": "failed: "}
+    for child in children:  # one row per trial: its id, then its state's word
+        tags = child.data.tags
+        assert f"<td>{tags['raysweep.trial_id']}</td><td>{words[tags['raysweep.state']]}" in page
+    assert page.count("<td>failed: ") == len(by_nan[True])
     parent_id = parents[0].info.run_id
     attached = {a.path for a in client.list_artifacts(parent_id, "report")}
     assert {"report/report.html", "report/history.png", "report/curves.png"} <= attached
@@ -73,6 +102,11 @@ def test_sweep_leaves_parent_children_and_study(ray_cluster, mlflow_uri, write_s
     # The best trial's model into the registry; it loads back and predicts as the checkpoint.
     assert main(["register", parent_id, "--name", "probe-model"]) == 0
     best_run = client.get_run(parents[0].data.tags["raysweep.best_run_id"])
+    # Where its checkpoint is tells how the trial ran: Tune's trial folder (in-trial),
+    # or the Train run the trial drove, under the sweep's trials/ (worker group).
+    checkpoint = Path(best_run.data.tags["raysweep.checkpoint"])
+    runs_under = {"auto": sweep_dir / "tune", "always": sweep_dir / "trials" / best_run.data.tags["raysweep.trial_id"]}
+    assert runs_under[worker_group] in checkpoint.parents, checkpoint
     version = client.get_model_version("probe-model", "1")
     assert version.tags["raysweep.run_id"] == best_run.info.run_id
     assert version.tags["raysweep.sweep_run_id"] == parent_id

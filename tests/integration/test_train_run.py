@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
-from mlflow.tracking import MlflowClient
 
 from raysweep.cli import main
+from raysweep.testing.helpers import metric_series, only_run
 
 
 def _history(uri: str, metric: str) -> list[tuple[int, float]]:
-    client = MlflowClient(uri)
-    (experiment,) = [e for e in client.search_experiments() if e.name == "probe"]
-    runs = client.search_runs([experiment.experiment_id])
-    assert len(runs) == 1, "one MLflow run per training run"
-    assert runs[0].info.status == "FINISHED"
-    return [(m.step, m.value) for m in client.get_metric_history(runs[0].info.run_id, metric)]
+    """The metric of the one (finished) MLflow run of the training run."""
+    run = only_run(uri)
+    assert run.info.status == "FINISHED"
+    return metric_series(uri, run.info.run_id, metric)
 
 
 def test_two_workers_see_disjoint_shards_covering_the_train_set(ray_cluster, mlflow_uri, write_spec, tmp_path):

@@ -20,7 +20,8 @@ def test_checked_against_the_installed_ray_version():
 @pytest.mark.parametrize("name", sorted(_ray_compat.RAY_ENV_DEFAULTS))
 def test_ray_still_reads_each_environment_variable_raysweep_sets(name):
     source = Path(ray.__file__).parent
-    readers = [p for p in source.rglob("*.py") if "rllib" not in p.parts and f'"{name}"' in p.read_text(errors="ignore")]
+    readers = [p for p in source.rglob("*.py")
+               if "rllib" not in p.parts and f'"{name}"' in p.read_text(errors="ignore")]
     assert readers, f"no module of Ray {ray.__version__} reads {name} any more"
 
 

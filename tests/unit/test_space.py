@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-from optuna.trial import FixedTrial
 
 from raysweep.config.space import to_optuna_space
 from raysweep.config.spec import Spec
@@ -36,13 +35,6 @@ def test_distributions_match_the_spec() -> None:
     assert space["optimizer"] == CategoricalDistribution(["adam", "sgd"])
 
 
-def test_fixed_trial_accepts_values_inside_the_space() -> None:
-    space = _space()
-    trial = FixedTrial({"lr": 0.01, "dropout": 0.2, "hidden": 64, "layers": 3, "optimizer": "sgd"})
-    values = {name: trial._suggest(name, dist) for name, dist in space.items()}
-    assert values == {"lr": 0.01, "dropout": 0.2, "hidden": 64, "layers": 3, "optimizer": "sgd"}
-
-
 def test_study_ask_samples_inside_bounds() -> None:
     space = _space()
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
@@ -55,7 +47,7 @@ def test_study_ask_samples_inside_bounds() -> None:
 
 
 def test_study_journal_stays_local_when_the_sweep_folder_is_a_uri(tmp_path, monkeypatch) -> None:
-    from raysweep.execution.study import study_dir
+    from raysweep.tracking.study import study_dir
 
     monkeypatch.setenv("RAYSWEEP_BASE_DIR", str(tmp_path))
     assert study_dir("/runs/exp/sweep-1", "exp") == "/runs/exp/sweep-1"

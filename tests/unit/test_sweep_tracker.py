@@ -1,0 +1,232 @@
+"""SweepTracker driven by plain trial events (no Ray) against a real sqlite MLflow
+store: trial states, MLflow runs and tags, console lines, and a resumed sweep
+reading it all back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from raysweep.testing.helpers import metric_history
+from raysweep.tracking.callbacks import SweepTracker
+from raysweep.tracking.store import RunStore
+from raysweep.tracking.trials import TrialState
+
+METRIC, MODE, MAX_EPOCHS = "val_loss", "min", 3
+CONFIGS = {"a": {"lr": 0.1}, "b": {"lr": 0.2}, "c": {"lr": 0.3}, "d": {"lr": 0.4}}
+# Tune's and raysweep's bookkeeping in a report: never logged as metrics.
+BOOKKEEPING = {"done": False, "training_iteration": 1, "trial_id": "x", "time_total_s": 1.5, "pid": 123,
+               "timestamp": 1_700_000_000, "report_unix": 1_700_000_000.5}
+
+
+def report(epoch: int, val_loss: float, **extra) -> dict:
+    """One epoch's report as Tune hands it to the callback."""
+    return {"epoch": epoch, "train_loss": 1.0 - epoch / 10, METRIC: val_loss, "epochs_completed": epoch + 1,
+            **BOOKKEEPING, **extra}
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> RunStore:
+    return RunStore(f"sqlite:///{tmp_path}/mlflow.db", "exp")
+
+
+def new_tracker(store, parent_id: str) -> SweepTracker:
+    return SweepTracker(store, "sweep-1", parent_id, METRIC, MODE, MAX_EPOCHS)
+
+
+def run_sweep(tracker: SweepTracker, checkpoint: Path) -> None:
+    """a: all 3 epochs; b: 1 epoch, then stopped (as ASHA does); c: the lowest val_loss,
+    then an error; d: started, then the driver ends the sweep under it."""
+    t = tracker
+    t.trial_started("a", CONFIGS["a"])
+    started_a = t.trials["a"].started
+    t.trial_started("b", CONFIGS["b"])
+    t.trial_result("a", CONFIGS["a"], report(0, 0.9, first_step_unix=started_a + 2.5))
+    t.trial_result("b", CONFIGS["b"], report(0, 0.7))
+    t.trial_completed("b", CONFIGS["b"])
+    t.trial_result("a", CONFIGS["a"], report(1, 0.6, checkpoint_path=str(checkpoint / "1")))
+    t.trial_started("c", CONFIGS["c"])
+    t.trial_result("c", CONFIGS["c"], report(0, 0.1))
+    t.trial_failed("c", CONFIGS["c"], "ValueError: x")
+    t.trial_result("a", CONFIGS["a"], report(2, 0.5))
+    t.trial_completed("a", CONFIGS["a"], checkpoint=str(checkpoint / "2"))
+    t.trial_started("d", CONFIGS["d"])
+    t.close("FINISHED")
+
+
+def test_trial_events_give_states_runs_tags_and_console_lines(store, tmp_path, capsys) -> None:
+    parent_id = store.open("sweep/sweep-1", "sweep-1")
+    tracker = new_tracker(store, parent_id)
+    run_sweep(tracker, tmp_path / "ckpt")
+
+    states = {tid: record.state for tid, record in tracker.trials.items()}
+    assert states == {"a": TrialState.FINISHED, "b": TrialState.STOPPED_EARLY, "c": TrialState.FAILED,
+                      "d": TrialState.KILLED}
+    assert tracker.best_trial().trial_id == "a", "a failed trial is never the best"
+    assert tracker.state.best_so_far == ("c", 0.1), "the running best counts every report"
+    assert tracker.trials["a"].startup_s == pytest.approx(2.5)
+    assert all(r.ended is not None for r in tracker.trials.values())
+
+    client = MlflowClient(store.uri)
+    runs = {r.data.tags["raysweep.trial_id"]: r for r in store.children(parent_id)}
+    assert set(runs) == set(CONFIGS)
+    expected = {  # trial: (MLflow status, raysweep.state, raysweep.early_stopped)
+        "a": ("FINISHED", "FINISHED", "False"),
+        "b": ("FINISHED", "STOPPED_EARLY", "True"),
+        "c": ("FAILED", "FAILED", "False"),
+        "d": ("KILLED", "KILLED", "False"),
+    }
+    for tid, (status, state, early) in expected.items():
+        run = client.get_run(runs[tid].info.run_id)
+        tags = run.data.tags
+        assert (run.info.status, tags["raysweep.state"], tags["raysweep.early_stopped"]) == (status, state, early), tid
+        assert tags["raysweep.kind"] == "trial" and run.info.run_name == tid
+        assert tags["raysweep.key"] == f"sweep-1/{tid}" and tags["mlflow.parentRunId"] == parent_id
+        assert run.data.params == {"lr": str(CONFIGS[tid]["lr"])}
+        assert run.info.end_time is not None
+    assert runs["c"].data.tags["raysweep.error"] == "ValueError: x"
+    assert "raysweep.error" not in runs["a"].data.tags
+    assert runs["a"].data.tags["raysweep.checkpoint"] == str(tmp_path / "ckpt" / "2")
+
+    a = runs["a"].info.run_id  # metrics by epoch, Tune's bookkeeping left out
+    assert metric_history(store.uri, a, METRIC) == {0: 0.9, 1: 0.6, 2: 0.5}
+    assert set(runs["a"].data.metrics) == {"epoch", "train_loss", METRIC, "epochs_completed", "startup_s"}
+    assert metric_history(store.uri, a, "startup_s") == {0: pytest.approx(2.5)}
+    assert metric_history(store.uri, runs["d"].info.run_id, METRIC) == {}
+
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["raysweep.best_trial_id"] == "a"
+    assert parent.data.tags["raysweep.best_run_id"] == a
+    assert float(parent.data.tags["raysweep.best.val_loss"]) == 0.5
+    assert parent.data.metrics["best_val_loss"] == 0.5
+
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        "[a] started lr=0.1",
+        "[b] started lr=0.2",
+        "[a] epoch 0 train_loss=1 val_loss=0.9 startup_s=2.5 | new best val_loss=0.9",
+        "[b] epoch 0 train_loss=1 val_loss=0.7 | new best val_loss=0.7",
+        "[b] stopped early after 1 epoch(s)",
+        "[a] epoch 1 train_loss=0.9 val_loss=0.6 | new best val_loss=0.6",
+        "[c] started lr=0.3",
+        "[c] epoch 0 train_loss=1 val_loss=0.1 | new best val_loss=0.1",
+        "[c] FAILED: ValueError: x",
+        "[a] epoch 2 train_loss=0.8 val_loss=0.5 | best val_loss=0.1 (c)",
+        "[a] finished after 3 epoch(s)",
+        "[d] started lr=0.4",
+    ]
+
+
+def test_resumed_sweep_reads_every_trial_back(store, tmp_path, capsys) -> None:
+    parent_id = store.open("sweep/sweep-1", "sweep-1")
+    first = new_tracker(store, parent_id)
+    run_sweep(first, tmp_path / "ckpt")
+
+    again = new_tracker(store, store.open("sweep/sweep-1", "sweep-1"))
+    assert again.writer.parent_id == parent_id, "the resumed sweep re-attaches to its parent run"
+    assert again.load_existing() == 4
+    for tid, before in first.trials.items():
+        after = again.trials[tid]
+        assert (after.state, after.run_id, after.params, after.error) == (
+            before.state, before.run_id, before.params, before.error), tid
+        assert after.history == before.history, tid
+        assert after.epochs == before.epochs
+        assert after.ended is not None and before.started - 5 < after.started <= before.started
+    assert again.trials["a"].checkpoint == str(tmp_path / "ckpt" / "2")
+    assert again.best_trial().trial_id == "a"
+    assert again.state.best_so_far == ("c", 0.1)
+
+    # Tune resumes d (unfinished): its events land on its existing run, no new one.
+    capsys.readouterr()
+    again.trial_started("d", CONFIGS["d"])
+    for epoch, loss in enumerate((0.45, 0.3, 0.2)):
+        again.trial_result("d", CONFIGS["d"], report(epoch, loss))
+    again.trial_completed("d", CONFIGS["d"])
+    again.close("FINISHED")
+    assert again.trials["d"].state is TrialState.FINISHED
+    runs = {r.data.tags["raysweep.trial_id"]: r for r in store.children(parent_id)}
+    assert len(store.children(parent_id)) == 4
+    assert (runs["d"].info.status, runs["d"].data.tags["raysweep.state"]) == ("FINISHED", "FINISHED")
+    parent = MlflowClient(store.uri).get_run(parent_id)
+    assert parent.data.tags["raysweep.best_trial_id"] == "d"
+    assert capsys.readouterr().out.splitlines()[-1] == "[d] finished after 3 epoch(s)"
+
+
+def test_a_failed_sweep_closes_its_running_trials_failed(store) -> None:
+    parent_id = store.open("sweep/sweep-2", "sweep-2")
+    tracker = SweepTracker(store, "sweep-2", parent_id, METRIC, MODE, MAX_EPOCHS, echo=False)
+    tracker.trial_started("a", CONFIGS["a"])
+    tracker.trial_result("a", CONFIGS["a"], report(0, 0.9))
+    tracker.close("FAILED")
+    assert tracker.trials["a"].state is TrialState.FAILED
+    client = MlflowClient(store.uri)
+    (run,) = store.children(parent_id)
+    assert (run.info.status, run.data.tags["raysweep.state"]) == ("FAILED", "FAILED")
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FAILED" and "raysweep.best_trial_id" not in parent.data.tags
+
+
+def test_echo_off_prints_nothing(store, capsys) -> None:
+    parent_id = store.open("sweep/quiet", "quiet")
+    tracker = SweepTracker(store, "quiet", parent_id, METRIC, MODE, MAX_EPOCHS, echo=False)
+    tracker.trial_started("a", CONFIGS["a"])
+    tracker.trial_result("a", CONFIGS["a"], report(0, 0.9))
+    tracker.trial_failed("a", CONFIGS["a"], "ValueError: x")
+    tracker.close("FINISHED")
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("status, tags, state", [
+    # Runs written before raysweep.state existed: the MLflow status and early_stopped tell.
+    ("FINISHED", {"raysweep.early_stopped": "True"}, TrialState.STOPPED_EARLY),
+    ("FINISHED", {"raysweep.early_stopped": "False"}, TrialState.FINISHED),
+    ("FINISHED", {}, TrialState.FINISHED),
+    ("FAILED", {"raysweep.early_stopped": "False"}, TrialState.FAILED),
+    ("KILLED", {}, TrialState.KILLED),
+    ("RUNNING", {}, TrialState.RUNNING),
+    ("SCHEDULED", {}, TrialState.KILLED),
+    # raysweep.state, when there, is the state.
+    ("FINISHED", {"raysweep.state": "STOPPED_EARLY", "raysweep.early_stopped": "True"}, TrialState.STOPPED_EARLY),
+    ("FINISHED", {"raysweep.state": "FINISHED", "raysweep.early_stopped": "True"}, TrialState.FINISHED),
+    ("FAILED", {"raysweep.state": "FAILED"}, TrialState.FAILED),
+    ("KILLED", {"raysweep.state": "KILLED"}, TrialState.KILLED),
+    ("FINISHED", {"raysweep.state": "NOT_A_STATE", "raysweep.early_stopped": "True"}, TrialState.STOPPED_EARLY),
+])
+def test_trial_state_from_run(status, tags, state) -> None:
+    assert TrialState.from_run(status, tags) is state
+
+
+def test_trial_state_round_trips_through_its_mlflow_status_and_tags() -> None:
+    for state in TrialState:
+        tags = {"raysweep.state": state.name, "raysweep.early_stopped": str(state is TrialState.STOPPED_EARLY)}
+        assert TrialState.from_run(state.mlflow_status, tags) is state
+        assert TrialState.from_run(state.mlflow_status, {"raysweep.early_stopped": tags["raysweep.early_stopped"]}) \
+            is state, "a run without raysweep.state reads back the same"
+    assert {s for s in TrialState if s.ended_well} == {TrialState.FINISHED, TrialState.STOPPED_EARLY}
+
+
+def test_a_trial_run_again_after_a_resume_is_running_again(tmp_path):
+    """A sweep closed KILLED, then resumed: Tune starts its lost trial again, which is
+    RUNNING again (state and MLflow) until it ends."""
+    from raysweep.tracking.callbacks import SweepTracker
+    from raysweep.tracking.store import RunStore
+    from raysweep.tracking.trials import TrialState
+
+    store = RunStore(f"sqlite:///{tmp_path}/mlflow.db", "exp")
+    parent = store.open("sweep/s", "s")
+    first = SweepTracker(store, "s", parent, "val_loss", "min", 2, echo=False)
+    first.trial_started("t", {"lr": 0.1})
+    first.close("KILLED")
+    assert store.client.get_run(first.trials["t"].run_id).info.status == "KILLED"
+    resumed = SweepTracker(store, "s", store.open("sweep/s", "s"), "val_loss", "min", 2, echo=False)
+    resumed.load_existing()
+    resumed.trial_started("t", {"lr": 0.1})
+    record = resumed.trials["t"]
+    assert record.state is TrialState.RUNNING and record.ended is None
+    assert store.client.get_run(record.run_id).info.status == "RUNNING"
+    resumed.trial_result("t", {"lr": 0.1}, {"epoch": 1, "val_loss": 0.5})
+    resumed.trial_completed("t", {"lr": 0.1})
+    assert resumed.trials["t"].state is TrialState.FINISHED
