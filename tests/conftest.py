@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import pytest
 import yaml
 
 from raysweep.testing.probe import probe_spec, write_probe_data
+from raysweep.testing.seaweed import S3Server
 
 REPO = Path(__file__).resolve().parents[1]
 # Would send the suite's tokens, clusters and state to the user's own.
@@ -33,6 +35,22 @@ def probe_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("probe-data")
     write_probe_data(root)
     return root
+
+
+@pytest.fixture(scope="session")
+def s3_server(isolated_home: Path, tmp_path_factory: pytest.TempPathFactory, probe_data: Path) -> Iterator[S3Server]:
+    """A real S3 server (SeaweedFS) on 127.0.0.1 for the whole run, holding the probe
+    data under s3://data/probe/; the standard AWS variables point at it, set before
+    any Ray starts so every worker reads with them (as a cloud node's environment
+    would). Stopped by its process group at the end."""
+    with S3Server(tmp_path_factory.mktemp("s3"), buckets=["data"], stop_timeout=2) as server:
+        server.upload(probe_data, "data/probe")
+        with pytest.MonkeyPatch.context() as env:
+            for name in [n for n in os.environ if n.startswith("AWS_")]:
+                env.delenv(name)
+            for name, value in server.env().items():
+                env.setenv(name, value)
+            yield server
 
 
 @pytest.fixture

@@ -5,7 +5,8 @@ Every `raysweep train` run and every sweep records, in MLflow (tags and the
 spec (after --set), the git commit and whether the tree was dirty (the diff as an
 artifact when it was), the exact versions of the stack, the cluster profile and the
 resources actually used, the seeds, and a fingerprint of the input data (per Parquet
-file: path, size, rows, content hash; plus a hash of the schema).
+file: path, size, rows, footer hash and mtime or ETag, or in mode "full" a hash of
+every byte; plus a hash of the schema: see `data_fingerprint`).
 """
 
 from __future__ import annotations
@@ -13,15 +14,21 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import struct
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raysweep.data.files import ResolvedData
+from raysweep.data.files import FOOTER_THREADS, ResolvedData
+from raysweep.data.storage import filesystem, is_object_store
+from raysweep.errors import UserInputError
 from raysweep.tracking import tags as tag
 
 RECORD_FILE = "record.json"
@@ -56,25 +63,144 @@ def git_state(repo: Path | None = None) -> tuple[dict[str, Any], str]:
     return {"commit": commit, "dirty": bool(status.strip()), "branch": branch}, diff
 
 
-def file_fingerprint(path: str) -> dict[str, Any]:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    meta = pq.ParquetFile(path).metadata
-    return {"path": str(Path(path).resolve()), "size": Path(path).stat().st_size, "rows": meta.num_rows,
-            "sha256": digest.hexdigest()}
+MODES = ("footer", "full")
+TAIL_READ, BLOCK, MAGIC = 64 * 1024, 8 * 1024 * 1024, b"PAR1"  # TAIL_READ: one read covers nearly every footer
+# Object metadata keys, as the store names them (compared without case): S3 'ETag',
+# 'VersionId' / 'x-amz-version-id' (versioned bucket), 'Last-Modified'; GCS 'etag', 'generation', 'updated'.
+VERSION_KEYS = ("versionid", "x-amz-version-id", "version-id", "generation")
+MTIME_KEYS = ("last-modified", "updated")
 
 
-def data_fingerprint(data: ResolvedData, mode: str = "full") -> dict[str, Any]:
-    """Per file: path, size, rows, sha256; the schema's hash; one hash over it all."""
-    files = {split: [file_fingerprint(f) for f in paths]
-             for split, paths in (("train", data.train_files), ("validation", data.validation_files))}
-    schema = pq.read_schema(data.train_files[0])
+def _iso(moment: datetime | str | None) -> str | None:
+    """UTC, ISO 8601 (a store's time that is not ISO text stays as it is)."""
+    try:
+        when = datetime.fromisoformat(moment) if isinstance(moment, str) else moment
+    except ValueError:
+        return str(moment)
+    if when is None:
+        return None
+    utc = when.replace(tzinfo=when.tzinfo or timezone.utc).astimezone(timezone.utc)
+    return utc.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _store_identity(metadata: Any) -> dict[str, str]:
+    """ETag, version id and mtime out of an object's metadata; nothing else of it."""
+    found = {}
+    for key, value in (metadata.items() if metadata is not None else ()):
+        name = (key.decode() if isinstance(key, bytes) else str(key)).lower()
+        text = (value.decode(errors="replace") if isinstance(value, bytes) else str(value)).strip()
+        if not text:
+            continue
+        if name == "etag":
+            found["etag"] = text.removeprefix("W/").strip('"')
+        elif name in VERSION_KEYS and text != "null":
+            found.setdefault("version", text)
+        elif name in MTIME_KEYS:
+            found.setdefault("mtime", _iso(text) or text)
+    return found
+
+
+def public_uri(uri: str) -> str:
+    """The URI without any user:secret@ part (never in a record)."""
+    if not is_object_store(uri):
+        return uri
+    scheme, rest = uri.split("://", 1)
+    bucket, slash, key = rest.partition("/")
+    return f"{scheme}://{bucket.rsplit('@', 1)[-1]}{slash}{key}"
+
+
+def footer_bytes(handle: Any, size: int) -> bytes:
+    """The Parquet footer, its 4-byte length and the magic (the file's last length + 8
+    bytes): one seek and one read of the tail (a second for a footer over TAIL_READ)."""
+    tail_size = min(size, TAIL_READ)
+    handle.seek(size - tail_size)
+    tail = handle.read(tail_size)
+    if size < 12 or tail[-4:] != MAGIC:
+        raise ValueError("no Parquet footer (the file does not end in PAR1)")
+    length = struct.unpack("<I", tail[-8:-4])[0]
+    if length + 12 > size:
+        raise ValueError(f"footer length {length} exceeds the file's {size} bytes")
+    if length + 8 > len(tail):
+        handle.seek(size - length - 8)
+        tail = handle.read(length + 8)
+    return bytes(tail[-(length + 8):])
+
+
+def _fingerprint(uri: str, mode: str) -> tuple[dict[str, Any], pq.FileMetaData]:
+    fs, path = filesystem(uri)
+    try:
+        with fs.open_input_file(path) as handle:  # an object store: one HEAD
+            size = handle.size()
+            entry: dict[str, Any] = {"path": public_uri(uri), "size": size}
+            if is_object_store(uri):
+                entry.update(_store_identity(handle.metadata()))
+            else:
+                entry["mtime"] = _iso(fs.get_file_info(path).mtime)
+            footer = footer_bytes(handle, size)  # an object store: one ranged GET
+            # The footer parsed from the bytes just hashed (no second read).
+            meta = pq.read_metadata(pa.BufferReader(MAGIC + footer))
+            entry["rows"] = meta.num_rows
+            entry["footer_sha256"] = hashlib.sha256(footer).hexdigest()
+            if mode == "full":  # every byte, streamed in BLOCK reads
+                digest = hashlib.sha256()
+                handle.seek(0)
+                for block in iter(lambda: handle.read(BLOCK), b""):
+                    digest.update(block)
+                entry["sha256"] = digest.hexdigest()
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise UserInputError(f"{public_uri(uri)}: cannot fingerprint: {reason}") from None
+    return entry, meta
+
+
+def compared_fields(entry: dict[str, Any], mode: str) -> tuple[str, ...]:
+    """The fields of a recorded file entry that must match today's (see data_fingerprint)."""
+    if mode == "full":
+        return ("size", "rows", "sha256")
+    store = is_object_store(entry["path"])
+    witness = next((k for k in ("etag", "version") if store and k in entry), "mtime")
+    return ("size", "rows", "footer_sha256", witness)
+
+
+def _identity(fingerprint: dict[str, Any]) -> dict[str, Any]:
+    mode = fingerprint.get("mode", "full")
+    files = {split: [{k: f.get(k) for k in ("path", *compared_fields(f, mode))} for f in entries]
+             for split, entries in fingerprint["files"].items()}
+    return {"mode": mode, "files": files, "columns": fingerprint["columns"],
+            "schema_sha256": fingerprint["schema_sha256"]}
+
+
+def data_fingerprint(data: ResolvedData, mode: str = "footer") -> dict[str, Any]:
+    """What the run read: mode "footer" reads no data, "full" every byte. Per file (in threads):
+
+    - path (absolute path or URI: never credentials or an endpoint), size, rows and
+      footer_sha256 (the Parquet footer + its length + magic: one read of the tail);
+    - local files: mtime, a change on its own: nothing else read in this mode covers the
+      data pages, and a changed value can keep size and footer (plain encoding, no
+      compression, neither a min nor a max). A touched or copied file reads as changed;
+      a "full" fingerprint tells it apart;
+    - object stores: etag, version on a versioned bucket (S3 VersionId, GCS generation)
+      and mtime, from one HEAD (the footer: one ranged GET), no download. The ETag
+      decides (a changed byte changes it; a re-upload of the same bytes usually keeps it);
+      version, else mtime, only where the store gives no ETag;
+    - mode "full": also sha256 of every byte (streamed from an object store), which
+      alone decides (mtime, etag and version are kept for information).
+
+    Plus the mode, the used columns, the schema's hash, and sha256 over exactly what
+    compare_data compares (the MLflow tag: equal hashes, same data)."""
+    if mode not in MODES:
+        raise ValueError(f"fingerprint mode {mode!r}: one of {', '.join(MODES)}")
+    uris = [*data.train_files, *data.validation_files]
+    with ThreadPoolExecutor(max_workers=max(1, min(FOOTER_THREADS, len(uris)))) as pool:
+        found = list(pool.map(lambda uri: _fingerprint(uri, mode), uris))
+    entries = [entry for entry, _ in found]
+    split = len(data.train_files)
+    schema = found[0][1].schema.to_arrow_schema()
     schema_text = "\n".join(f"{name}: {schema.field(name).type}" for name in data.columns)
-    fingerprint = {"files": files, "columns": list(data.columns),
-                   "schema_sha256": hashlib.sha256(schema_text.encode()).hexdigest()}
-    fingerprint["sha256"] = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
+    fingerprint: dict[str, Any] = {
+        "mode": mode, "files": {"train": entries[:split], "validation": entries[split:]},
+        "columns": list(data.columns), "schema_sha256": hashlib.sha256(schema_text.encode()).hexdigest()}
+    fingerprint["sha256"] = hashlib.sha256(json.dumps(_identity(fingerprint), sort_keys=True).encode()).hexdigest()
     return fingerprint
 
 
@@ -142,7 +268,11 @@ def save_record(record: dict[str, Any], diff: str, store: Any, run_id: str, fold
 
 
 def compare_data(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """What differs between two data fingerprints, one phrase per difference."""
+    """What differs between two data fingerprints, one phrase per difference, in the
+    recorded mode (a record without one is "full": it holds sha256 per file)."""
+    mode, now = recorded.get("mode", "full"), current.get("mode", "full")
+    if now != mode:  # every file would differ: one phrase says it
+        return [f"the data was fingerprinted in mode {now}, recorded in {mode}: not comparable"]
     problems = []
     if recorded["schema_sha256"] != current["schema_sha256"]:
         problems.append("the schema of the data changed")
@@ -154,8 +284,11 @@ def compare_data(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]
         for path in sorted(new.keys() - old.keys()):
             problems.append(f"{path} is new")
         for path in sorted(old.keys() & new.keys()):
-            changed = [k for k in ("size", "rows", "sha256") if old[path][k] != new[path][k]]
-            if changed:
+            changed = sorted(k for k in compared_fields(old[path], mode)
+                             if k in old[path] and old[path][k] != new[path].get(k))
+            if changed == ["mtime"] and not is_object_store(path):
+                problems.append(f"{path} changed (mtime only: size, rows and footer equal)")
+            elif changed:
                 problems.append(f"{path} changed ({', '.join(changed)})")
     return problems
 

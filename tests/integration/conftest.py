@@ -10,8 +10,9 @@ from raysweep.config.profile import ClusterProfile
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(isolated_home):
-    """The in-process cluster (started after HOME moved to a temporary folder)."""
+def ray_cluster(isolated_home, s3_server):
+    """The in-process cluster (started after HOME moved to a temporary folder, and
+    with the test S3 server's AWS variables, which its workers inherit)."""
     started = connect(ClusterProfile(name="tests", num_cpus=2))
     yield ray.cluster_resources()
     if started:

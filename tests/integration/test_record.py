@@ -55,7 +55,8 @@ def test_train_record_and_reproduce_same_metrics(ray_cluster, mlflow_uri, own_da
     assert record["cluster"]["scaling"]["num_workers"] == workers
     assert record["seeds"] == {"seed": 0, "sampler_seed": 0}
     files = record["data"]["files"]["train"]
-    assert len(files) == 2 and {"path", "size", "rows", "sha256"} <= set(files[0])
+    assert record["data"]["mode"] == "footer", "footer fingerprints by default (no full read)"
+    assert len(files) == 2 and {"path", "size", "rows", "mtime", "footer_sha256"} <= set(files[0])
     assert sum(f["rows"] for f in files) == 203 and record["data"]["schema_sha256"]
     tags = run.data.tags
     assert tags["raysweep.git.commit"] == record["git"]["commit"]
@@ -84,5 +85,5 @@ def test_train_record_and_reproduce_same_metrics(ray_cluster, mlflow_uri, own_da
         pq.write_table(table.set_column(1, "x0", [np.asarray(x0)]), part)
         assert main(["reproduce", run.info.run_id]) == 2
         err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and str(part) in err and "sha256" in err and "--force" in err
+        assert len(err.splitlines()) == 1 and str(part) in err and "changed (" in err and "--force" in err
         assert len(_runs(mlflow_uri)) == 2
