@@ -15,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PositiveInt,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -184,8 +185,9 @@ class ScalingSpec(_Section):
     """CPUs Ray reserves per worker (fractions allowed); with num_workers, decides
     how many trials fit the cluster at once."""
     gpus_per_worker: float = Field(default=0.0, ge=0)
-    """GPUs Ray reserves per worker (a fraction shares a GPU); 0: train on CPU,
-    > 0: train on CUDA."""
+    """GPUs Ray reserves per worker; 0: train on CPU, > 0: train on CUDA. A fraction
+    packs several one-worker trials on a GPU; a multi-worker run needs whole GPUs
+    (NCCL refuses two ranks of one process group on one device)."""
     worker_group: Literal["auto", "always"] = "auto"
     """auto: a one-worker sweep trial trains in its Tune trial's own (reused) process,
     without a Ray Train worker group, which saves most of the ~10 s a worker group
@@ -194,6 +196,16 @@ class ScalingSpec(_Section):
     @property
     def use_gpu(self) -> bool:
         return self.gpus_per_worker > 0
+
+    @field_validator("gpus_per_worker")
+    @classmethod
+    def _one_gpu_per_rank(cls, value: float, info: ValidationInfo) -> float:
+        workers = info.data.get("num_workers", 1)
+        if workers > 1 and 0 < value < 1:
+            raise ValueError(
+                f"{workers} workers at a fraction of a GPU each could put two NCCL ranks of one run on one GPU, "
+                "which NCCL refuses ('invalid usage'); use 1 or more, or one worker per trial to pack trials")
+        return value
 
 
 class CheckpointSpec(_Section):

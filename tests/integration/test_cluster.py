@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from raysweep.cluster.auth import token_path
 from raysweep.cluster.local import ClusterState
+from raysweep.cluster.submit import upload_files
 from raysweep.testing.helpers import experiment_runs, free_port, raysweep_cli
 from raysweep.tracking.study import load_study
 
@@ -35,8 +36,9 @@ def _raysweep(*args: str, env: dict | None = None, timeout: int = 600) -> subpro
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """Head (no CPU, on-demand) + 2 worker nodes (1 CPU each, one preemptible)."""
+def cluster(tmp_path_factory, s3_server):
+    """Head (no CPU, on-demand) + 2 worker nodes (1 CPU each, one preemptible); its
+    nodes get the test S3 server's AWS variables as a cloud node's environment would."""
     root = tmp_path_factory.mktemp("cluster")
     with pytest.MonkeyPatch.context() as env:
         env.setenv("RAYSWEEP_STATE_DIR", str(root / "state"))
@@ -166,7 +168,12 @@ def test_wrong_token_says_how_to_get_the_right_one(cluster, write_spec):
 
 
 def test_plain_ray_job_submit(cluster, write_spec, tmp_path):
+    """A spec whose data is in a bucket: the job uploads the repo only, and its
+    workers stream the data from the store with the nodes' own credentials."""
     _, state, _ = cluster
+    assert not [p for p, _ in upload_files(REPO) if p.suffix == ".parquet"], "no data in the upload"
+    bucket_data = {"train": "s3://data/probe/train", "validation": "s3://data/probe/validation",
+                   "features": ["row_id", "x*"], "label": "label", "loader": "stream"}
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     runtime_env = yaml.safe_dump({"env_vars": {"MLFLOW_TRACKING_URI": uri, "RAY_TRAIN_V2_ENABLED": "1"}})
     (tmp_path / "runtime_env.yaml").write_text(runtime_env)
@@ -175,10 +182,14 @@ def test_plain_ray_job_submit(cluster, write_spec, tmp_path):
     for _ in range(20):  # job agents register a little after the nodes come up
         job = subprocess.run(
             [ray_cli, "job", "submit", "--working-dir", ".", "--runtime-env", str(tmp_path / "runtime_env.yaml"),
-             "--", "python", "-m", "raysweep", "tune", str(write_spec())],
+             "--", "python", "-m", "raysweep", "tune", str(write_spec(data=bucket_data))],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
         if "No available agent" not in job.stderr:
             break
         time.sleep(3)
     assert job.returncode == 0, (job.stdout + job.stderr)[-3000:]
     _check_sweep(uri, tmp_path / "results", trials=2)
+    client = MlflowClient(uri)
+    parents = [r for r in client.search_runs([e.experiment_id for e in client.search_experiments()])
+               if r.data.tags.get("raysweep.kind") == "sweep"]
+    assert [p.data.tags["raysweep.data.loader"] for p in parents] == ["stream"]

@@ -57,6 +57,9 @@ BAD = [
      "space.lr: a log range needs low > 0"),
     ("log int range with a step", "space.lr", {"type": "int", "low": 1, "high": 64, "log": True, "step": 2},
      "space.lr: a log range takes step 1 only"),
+    ("two NCCL ranks on one GPU", "scaling", {"num_workers": 2, "gpus_per_worker": 0.5},
+     "scaling.gpus_per_worker: 2 workers at a fraction of a GPU each could put two NCCL ranks of one run on one "
+     "GPU, which NCCL refuses ('invalid usage'); use 1 or more, or one worker per trial to pack trials (got 0.5)"),
     ("unknown param type", "space.lr", {"type": "fancy", "low": 0, "high": 1}, "space.lr"),
     ("zero workers", "scaling.num_workers", 0, "scaling.num_workers"),
     ("negative trials", "budget.num_trials", -1, "budget.num_trials"),
