@@ -168,6 +168,12 @@ def open_parquet(uri: str) -> pq.ParquetFile:
     return pq.ParquetFile(fs.open_input_file(path))
 
 
+def open_input(uri: str) -> pa.NativeFile:
+    """A random-access handle on `uri`, local or in an object store."""
+    fs, path = filesystem(uri)
+    return fs.open_input_file(path)
+
+
 def read_footer(uri: str) -> pq.FileMetaData:
     """The file's footer only (schema, row groups, row counts), or a one-line UserInputError."""
     try:

@@ -3,12 +3,13 @@
 No driver read, nothing in Ray's object store. Which rows a rank reads, and in which
 order, is `raysweep.data.shards`' pure math; this module reads them. Windows of
 `window_rows` rows are decoded by background threads (pyarrow releases the GIL),
-at most `prefetch_windows` ahead of the trainer, so a worker holds at most
+at most `prefetch_windows` ahead of the trainer, so a worker holds about
 
-    (prefetch_windows + 2) x window_rows x row_bytes   (decoded windows, the one in use, a batch)
-  + read_threads x (one decoded row group of the used columns)
+    (prefetch_windows + 2) x 3 x window_rows x row_bytes   (windows decoded, as matrices, shuffled)
+  + (read_threads + 1) x (one decoded row group of the used columns)
 
-in memory, whatever the data set's size (row_bytes = 4 x features + the label's size).
+in memory, whatever the data set's size (row_bytes = 4 x features + the label's size;
+tests/unit/test_stream_memory.py measures it).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from raysweep.data.shards import (
     unit_order,
     window_permutation,
 )
-from raysweep.data.storage import open_parquet
+from raysweep.data.storage import is_object_store, open_input
 
 
 class DataReadError(RuntimeError):
@@ -82,18 +83,20 @@ class StreamSplit:
 
     # -- reading -----------------------------------------------------------------
 
-    def _file(self, index: int) -> pq.ParquetFile:
-        """This thread's open handle on file `index` (a few kept open per thread)."""
-        files: OrderedDict[int, pq.ParquetFile] = getattr(self._local, "files", None) or OrderedDict()
+    def _file(self, index: int) -> tuple[pa.NativeFile, pq.FileMetaData]:
+        """This thread's open handle on file `index` and its footer (a few kept per thread)."""
+        files: OrderedDict[int, tuple[pa.NativeFile, pq.FileMetaData]] = getattr(self._local, "files", None) \
+            or OrderedDict()
         self._local.files = files
         if index not in files:
             uri = self.source.files[index]
             try:
-                files[index] = open_parquet(uri)
+                handle = open_input(uri)
+                files[index] = handle, pq.ParquetFile(handle).metadata
             except (OSError, pa.ArrowException) as exc:
                 raise DataReadError(f"{uri}: cannot open: {_first_line(exc)}") from exc
             while len(files) > 4:
-                files.popitem(last=False)
+                files.popitem(last=False)[1][0].close()
         return files[index]
 
     def _row_group(self, file: int, group: int) -> pa.Table:
@@ -104,8 +107,13 @@ class StreamSplit:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
+        handle, footer = self._file(file)
         try:
-            table = self._file(file).read_row_group(group, columns=self._columns)
+            # A reader per row group, on the cached handle and footer: a long-lived
+            # reader keeps the byte ranges it pre-buffered (tens of MB per file).
+            # Pre-buffering coalesces an object store's ranged GETs; local reads need none.
+            reader = pq.ParquetFile(handle, metadata=footer, pre_buffer=is_object_store(self.source.files[file]))
+            table = reader.read_row_group(group, columns=self._columns)
         except (OSError, pa.ArrowException) as exc:
             raise DataReadError(f"{self.source.files[file]}: row group {group}: {_first_line(exc)}") from exc
         with self._lock:
@@ -127,7 +135,8 @@ class StreamSplit:
 
     def _labels_dtype(self) -> np.dtype:
         if self._label_dtype is None:
-            self._label_dtype = label_dtype(self._file(self.source.units[0][0]).schema_arrow, self.source.label)
+            schema = self._file(self.source.units[0][0])[1].schema.to_arrow_schema()
+            self._label_dtype = label_dtype(schema, self.source.label)
         return self._label_dtype
 
     def _windows(self, load: list[tuple[int, int]], fetch) -> Iterator[tuple[np.ndarray, np.ndarray]]:  # noqa: ANN001
