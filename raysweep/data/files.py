@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from raysweep.config.load import resolve_path
 from raysweep.config.spec import DataSpec
+from raysweep.data.arrays import numpy_dtype
 from raysweep.data.storage import DEADLINE_S, list_parquet, read_footer, within_deadline
 from raysweep.errors import UserInputError
 
@@ -136,7 +137,7 @@ def resolve_data(data: DataSpec, source: str) -> ResolvedData:
     for split, count in rows.items():
         if count == 0:
             raise UserInputError(f"{source}: data.{split}: the Parquet files hold no rows")
-    label_bytes = np.dtype(expected[data.label].to_pandas_dtype()).itemsize
+    label_bytes = numpy_dtype(expected[data.label]).itemsize
     decoded = (rows["train"] + rows["validation"]) * (4 * len(features) + label_bytes)
     return ResolvedData(train, validation, features, data.label, rows["train"], rows["validation"],
                         tuple(units["train"]), tuple(units["validation"]), decoded)

@@ -68,6 +68,7 @@ class StreamSplit:
         self._columns = [*source.features, source.label]
         self._pool: ThreadPoolExecutor | None = None
         self._cache: OrderedDict[tuple[int, int], pa.Table] = OrderedDict()
+        self._loading: dict[tuple[int, int], Future[pa.Table]] = {}
         self._lock = threading.Lock()
         self._local = threading.local()
         self._label_dtype: np.dtype | None = None
@@ -100,27 +101,47 @@ class StreamSplit:
         return files[index]
 
     def _row_group(self, file: int, group: int) -> pa.Table:
-        """A decoded row group of the used columns (the last few are kept: consecutive
-        windows usually share one)."""
+        """A decoded row group of the used columns, read once: the last few are kept
+        (consecutive windows usually share one), and a thread that needs one another
+        thread is reading waits for that read instead of reading it again."""
         key = (file, group)
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
+            loading = self._loading.get(key)
+            if loading is None:
+                loading = self._loading[key] = Future()
+                owner = True
+            else:
+                owner = False
+        if not owner:
+            return loading.result()
+        try:
+            table = self._read_row_group(file, group)
+        except BaseException as exc:
+            loading.set_exception(exc)
+            raise
+        finally:
+            with self._lock:
+                del self._loading[key]
+        with self._lock:
+            self._cache[key] = table
+            while len(self._cache) > self.settings.read_threads + 1:
+                self._cache.popitem(last=False)
+        loading.set_result(table)
+        return table
+
+    def _read_row_group(self, file: int, group: int) -> pa.Table:
         handle, footer = self._file(file)
         try:
             # A reader per row group, on the cached handle and footer: a long-lived
             # reader keeps the byte ranges it pre-buffered (tens of MB per file).
             # Pre-buffering coalesces an object store's ranged GETs; local reads need none.
             reader = pq.ParquetFile(handle, metadata=footer, pre_buffer=is_object_store(self.source.files[file]))
-            table = reader.read_row_group(group, columns=self._columns)
+            return reader.read_row_group(group, columns=self._columns)
         except (OSError, pa.ArrowException) as exc:
             raise DataReadError(f"{self.source.files[file]}: row group {group}: {_first_line(exc)}") from exc
-        with self._lock:
-            self._cache[key] = table
-            while len(self._cache) > self.settings.read_threads + 1:
-                self._cache.popitem(last=False)
-        return table
 
     def _read(self, pieces: list[Segment]) -> tuple[np.ndarray, np.ndarray]:
         """The rows of `pieces`, in order, as a float32 feature matrix and labels."""
