@@ -1,6 +1,6 @@
 """Benchmarks, each side by side with its baseline in one run, alternating A and B.
 
-    .venv/bin/python scripts/bench.py [--repeats 2] [--only overhead,step,...] [--out bench.json]
+    .venv/bin/python scripts/bench.py [--repeats 2] [--only overhead,step,...] [--out bench.json] [--quick]
 
 Entries (medians over repeats; each names its baseline):
 - overhead: trial start (Tune's on_trial_start on the driver) to the first training
@@ -14,6 +14,16 @@ Entries (medians over repeats; each names its baseline):
 - ingest: rows/s and GB/s from >= 1 GB of generated Parquet to torch batches:
   raysweep's reader + shard iterator, against ParquetFile.iter_batches +
   torch.from_numpy, and against repeating one preallocated batch (upper bound).
+- stream: the stream loader (rank 0 of 1) reading >= 1 GB of local Parquet, against
+  pyarrow's dataset scanner with the same float32 conversion and thread count.
+- stream_s3: the same on ~250 MB on a local SeaweedFS S3 server, against pyarrow's
+  dataset scanner on the same s3:// objects.
+- stream_ranks: 2 rank processes streaming their halves at once, against one
+  streaming all (aggregate rows/s; 1 read thread each).
+- stream_memory: peak RSS of a process streaming 4x a 512 MiB cap (decoded), against
+  its RSS after imports; every row seen once.
+- fingerprint: data_fingerprint's footer mode on 1,000 small files, local and on S3,
+  against full mode (content hashes) locally.
 - search: epochs consumed until a target validation loss, TPE + ASHA against
   random search without early stopping, same space and budget, several seeds.
 - throughput: wall time of a sweep of trials of >= 10 s against the ideal (sum of
@@ -517,6 +527,365 @@ def bench_ingest(bench: Bench, batch_size: int = 1024) -> dict[str, Any]:
             "batch_size": batch_size}
 
 
+# ---------------------------------------------------------------- stream loader and data fingerprint
+
+
+MEMORY_CAP = 512 * 2**20
+# Sizes per run: --quick shrinks the data for a smoke run (targets on a quick run still
+# decide, except stream_memory's: its data is then smaller than 4x the cap).
+STREAM_SIZES = {"full": {"stream_gb": 1.1, "s3_gb": 0.25, "ranks_gb": 0.5,
+                         "memory_gb": 4 * MEMORY_CAP * 1.03 / 1e9,  # decoded, just over 4x the cap
+                         "fingerprint_files": 1000},
+                "quick": {"stream_gb": 0.1, "s3_gb": 0.04, "ranks_gb": 0.1, "memory_gb": 0.25,
+                          "fingerprint_files": 1000}}
+STREAM_WINDOW, STREAM_BATCH, STREAM_THREADS = 16384, 4096, 2
+STREAM_LOADER = "raysweep stream loader"
+STREAM_PYARROW = "pyarrow dataset.to_batches + to_matrix"
+ROW_BYTES = 64 * 4 + 8
+
+
+def stream_size(bench: Bench, key: str) -> Any:
+    return STREAM_SIZES["quick" if bench.args.quick else "full"][key]
+
+
+def write_stream_data(root: Path, gigabytes: float) -> tuple[list[str], int]:
+    """root/train: `gigabytes` decoded (64 float32 + int64 label, 8 files, row groups of
+    65536 rows, the ingest entry's writer); root/validation: one small file."""
+    (root / "train").mkdir(parents=True)
+    (root / "validation").mkdir()
+    write_ingest_data(root / "validation", 1e6, files=1)
+    return write_ingest_data(root / "train", gigabytes * 1e9)
+
+
+def resolved(root: str) -> Any:
+    """resolve_data on root/train and root/validation (a local path or an s3:// URI)."""
+    from raysweep.config.spec import DataSpec
+    from raysweep.data.files import resolve_data
+
+    spec = DataSpec(train=f"{root}/train", validation=f"{root}/validation", features=["px_*"], label="label")
+    return resolve_data(spec, "bench")
+
+
+def stream_split(data: Any, window: int = STREAM_WINDOW, prefetch: int = 2, threads: int = STREAM_THREADS) -> Any:
+    from raysweep.data.loader import stream_sources
+    from raysweep.data.shards import StreamSettings
+    from raysweep.data.stream import StreamSplit
+
+    return StreamSplit(stream_sources(data)[0], StreamSettings(window, prefetch, threads))
+
+
+def stream_table(r: dict[str, Any]) -> list[str]:
+    where = "on the SeaweedFS S3 server (127.0.0.1)" if r["storage"] == "s3" else "local, in the page cache"
+    return [*md_table(["reader", "rows/s", "GB/s", "rate ratio"],
+                      [[x["name"], f"{x['rows_per_s']:.3g}", x["gb_per_s"], x["rate_ratio"]] for x in r["rows"]]),
+            f"{r['data_rows']} rows x 64 float32 + int64 label = {r['data_gb']:.2f} GB decoded "
+            f"({r['parquet_gb']:.2f} GB Parquet, {r['files']} files, row groups of 65536 rows, {where}); "
+            f"1 rank, window {r['window_rows']}, prefetch {r['prefetch_windows']}, batch {r['batch_size']}; "
+            f"{r['threads']} threads: the loader's read_threads = pyarrow's CPU and I/O pools (both readers). "
+            f"Medians of {r['repeats']}.", ""]
+
+
+def stream_vs_pyarrow(bench: Bench, entry: str, gigabytes: float, s3: bool) -> dict[str, Any]:
+    """One epoch of the stream loader (rank 0 of 1) against pyarrow's dataset scanner
+    with the same conversion (raysweep.data.arrays.to_matrix) on the same files,
+    alternating, same thread count."""
+    import contextlib
+    import shutil
+
+    import pyarrow.dataset as ds
+
+    from raysweep.data.arrays import to_matrix
+    from raysweep.data.storage import filesystem
+    from raysweep.testing.data_bench import arrow_threads, s3_environment
+    from raysweep.testing.seaweed import S3Server
+
+    repeats, threads = bench.args.repeats, STREAM_THREADS
+    tmp = Path(tempfile.mkdtemp(prefix=f"bench-{entry}-"))
+    try:
+        files, rows = write_stream_data(tmp / "data", gigabytes)
+        parquet = sum(os.path.getsize(f) for f in files)
+        with contextlib.ExitStack() as stack:
+            root = str(tmp / "data")
+            if s3:
+                server = stack.enter_context(S3Server(tmp / "s3", stop_timeout=2))
+                server.upload(tmp / "data", "bench/data")
+                for path in files:
+                    os.remove(path)  # read from the server only
+                stack.enter_context(s3_environment(server))
+                root = "s3://bench/data"
+            data = resolved(root)
+            features = list(data.features)
+            split = stream_split(data, threads=threads)
+            fs, _ = filesystem(data.train_files[0])
+            paths = [filesystem(f)[1] for f in data.train_files]
+            assert data.num_train_rows == rows
+
+            def stream_loader(epoch: int) -> int:
+                return sum(min(len(x), len(y)) for x, y in split.train_batches(0, 1, STREAM_BATCH, 0, epoch))
+
+            def pyarrow_dataset(epoch: int) -> int:
+                count = 0
+                dataset = ds.dataset(paths, filesystem=fs, format="parquet")
+                for batch in dataset.to_batches(columns=[*features, "label"], batch_size=STREAM_BATCH,
+                                                use_threads=True):
+                    matrix = np.empty((batch.num_rows, len(features)), dtype=np.float32)
+                    labels = np.empty(batch.num_rows, dtype=np.int64)
+                    to_matrix(batch, features, "label", matrix, labels)
+                    x, y = torch.from_numpy(matrix), torch.from_numpy(labels)
+                    count += min(len(x), len(y))
+                return count
+
+            readers = {STREAM_PYARROW: pyarrow_dataset, STREAM_LOADER: stream_loader}
+            seconds: dict[str, list[float]] = {name: [] for name in readers}
+            with arrow_threads(threads):
+                for epoch in range(repeats):
+                    for name, reader in readers.items():
+                        started = time.perf_counter()
+                        seen = reader(epoch)
+                        seconds[name].append(time.perf_counter() - started)
+                        if seen != rows:
+                            raise RuntimeError(f"{name}: {seen} rows in an epoch, the files hold {rows}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    base = statistics.median(seconds[STREAM_PYARROW])
+    out = [{"name": name, "rows_per_s": rows / statistics.median(v),
+            "gb_per_s": rows * ROW_BYTES / statistics.median(v) / 1e9, "rate_ratio": base / statistics.median(v),
+            "seconds": [round(s, 3) for s in v]} for name, v in seconds.items()]
+    return {"entry": entry, "baseline": STREAM_PYARROW, "rows": out, "storage": "s3" if s3 else "local",
+            "data_rows": rows, "data_gb": rows * ROW_BYTES / 1e9, "parquet_gb": parquet / 1e9, "files": len(files),
+            "window_rows": STREAM_WINDOW, "prefetch_windows": 2, "batch_size": STREAM_BATCH, "threads": threads,
+            "repeats": repeats, "quick": bench.args.quick}
+
+
+def stream_ratio(r: dict[str, Any]) -> float:
+    return float(next(x["rate_ratio"] for x in r["rows"] if x["name"] == STREAM_LOADER))
+
+
+@ENTRIES.register("stream", target=">= 0.9x pyarrow's dataset scanner (local Parquet, same threads)",
+                  table=stream_table, met=lambda r: stream_ratio(r) >= 0.9)
+def bench_stream(bench: Bench) -> dict[str, Any]:
+    return stream_vs_pyarrow(bench, "stream", stream_size(bench, "stream_gb"), s3=False)
+
+
+@ENTRIES.register("stream_s3", target=">= 0.9x pyarrow's dataset scanner on the same s3:// data",
+                  table=stream_table, met=lambda r: stream_ratio(r) >= 0.9)
+def bench_stream_s3(bench: Bench) -> dict[str, Any]:
+    return stream_vs_pyarrow(bench, "stream_s3", stream_size(bench, "s3_gb"), s3=True)
+
+
+def child_job(data: Any, rank: int, world_size: int, settings: dict[str, int], **extra: Any) -> dict[str, Any]:
+    from raysweep.data.loader import stream_sources
+    from raysweep.testing.data_bench import source_job
+
+    return {"source": source_job(stream_sources(data)[0]), "rank": rank, "world_size": world_size,
+            "batch_size": STREAM_BATCH, "settings": settings, **extra}
+
+
+STREAM_RANK_LAYOUTS = {  # name: (reader, processes)
+    "stream loader, 1 rank, all rows": ("stream", 1),
+    "stream loader, 2 ranks, half each": ("stream", 2),
+    "control: pyarrow iter_batches, 1 process, all files": ("pyarrow", 1),
+    "control: pyarrow iter_batches, 2 processes, half the files each": ("pyarrow", 2),
+}
+
+
+def ranks_table(r: dict[str, Any]) -> list[str]:
+    return [*md_table(["processes", "aggregate rows/s", "per-process rows/s", "CPU s per M rows", "cores used",
+                       "speed-up", "every row once"],
+                      [[x["name"], f"{x['rows_per_s']:.3g}", f"{x['per_rank_rows_per_s']:.3g}",
+                        x["cpu_s_per_mrow"], x["cores_used"], x["speedup"], x["every_row_once"]] for x in r["rows"]]),
+            f"{r['data_rows']} rows ({r['data_gb']:.2f} GB decoded, {r['files']} local files in the page cache), "
+            f"{r['epochs']} epochs per timed run; every process started with the others, timed from a common go "
+            "after its imports and a 2-batch warm-up; read_threads 1, pyarrow CPU and I/O pools 1 thread, torch "
+            f"1 thread; window {r['window_rows']}, batch {r['batch_size']}; {os.cpu_count()} CPUs (shared with "
+            "other work; cores used: the processes' CPU time / wall time). Speed-up: against the same reader "
+            "in 1 process; the pyarrow rows are a control for what the machine allows, not the target. "
+            f"Medians of {r['repeats']}.", ""]
+
+
+@ENTRIES.register("stream_ranks", target="2 ranks' aggregate rows/s >= 1.6x one rank's", table=ranks_table,
+                  met=lambda r: next(x["speedup"] for x in r["rows"]
+                                     if x["name"] == "stream loader, 2 ranks, half each") >= 1.6)
+def bench_stream_ranks(bench: Bench, epochs: int = 4) -> dict[str, Any]:
+    import shutil
+
+    from raysweep.testing.data_bench import add_up, column_sums, run_together, sums_match
+
+    repeats = bench.args.repeats
+    tmp = Path(tempfile.mkdtemp(prefix="bench-stream-ranks-"))
+    try:
+        files, rows = write_stream_data(tmp / "data", stream_size(bench, "ranks_gb"))
+        data = resolved(str(tmp / "data"))
+        expected = column_sums(data.train_files, "px_0", "label")
+        settings = {"window_rows": STREAM_WINDOW, "prefetch_windows": 2, "read_threads": 1}
+        extra = {"arrow_threads": 1, "torch_threads": 1, "warmup": True, "epochs": epochs}
+        rates: dict[str, list[float]] = {name: [] for name in STREAM_RANK_LAYOUTS}
+        per_rank: dict[str, list[float]] = {name: [] for name in STREAM_RANK_LAYOUTS}
+        cpu: dict[str, list[float]] = {name: [] for name in STREAM_RANK_LAYOUTS}
+        cores: dict[str, list[float]] = {name: [] for name in STREAM_RANK_LAYOUTS}
+        complete: dict[str, bool] = {name: True for name in STREAM_RANK_LAYOUTS}
+        for repeat in range(repeats):
+            for name, (reader, world) in STREAM_RANK_LAYOUTS.items():
+                jobs = [child_job(data, r, world, settings, reader=reader, epoch=repeat * epochs, **extra)
+                        for r in range(world)]
+                results = run_together(jobs)
+                wall = max(x["end"] for x in results) - min(x["start"] for x in results)
+                rates[name].append(rows * epochs / wall)
+                per_rank[name].append(statistics.median(x["rows"] / (x["end"] - x["start"]) for x in results))
+                cpu[name].append(sum(x["cpu_s"] for x in results) / (rows * epochs / 1e6))
+                cores[name].append(sum(x["cpu_s"] for x in results) / wall)
+                complete[name] = complete[name] and sums_match(add_up(results), expected, rows, epochs)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    out = []
+    for name, (reader, _) in STREAM_RANK_LAYOUTS.items():
+        single = next(n for n, (r, w) in STREAM_RANK_LAYOUTS.items() if r == reader and w == 1)
+        out.append({"name": name, "rows_per_s": statistics.median(rates[name]),
+                    "per_rank_rows_per_s": statistics.median(per_rank[name]),
+                    "cpu_s_per_mrow": statistics.median(cpu[name]), "cores_used": statistics.median(cores[name]),
+                    "speedup": statistics.median(rates[name]) / statistics.median(rates[single]),
+                    "every_row_once": complete[name], "samples_rows_per_s": [round(x) for x in rates[name]]})
+    return {"entry": "stream_ranks", "baseline": "the stream loader, 1 rank streaming all rows", "rows": out,
+            "data_rows": rows, "data_gb": rows * ROW_BYTES / 1e9, "files": len(files), "epochs": epochs,
+            "window_rows": STREAM_WINDOW, "batch_size": STREAM_BATCH, "repeats": repeats, "quick": bench.args.quick}
+
+
+def memory_table(r: dict[str, Any]) -> list[str]:
+    mib = 2**20
+    return [*md_table(["process", "RSS after imports MiB", "peak RSS MiB", "streaming increment MiB", "cap MiB",
+                       "rows seen / rows", "every row once"],
+                      [["stream one epoch", r["rss_after_imports"] / mib, r["peak_rss"] / mib,
+                        r["increment"] / mib, r["cap"] / mib, f"{r['rows_seen']}/{r['data_rows']}",
+                        r["every_row_once"]]]),
+            f"{r['data_gb_decoded']:.2f} GB decoded ({r['data_over_cap']:.1f}x the cap; {r['parquet_gb']:.2f} GB "
+            f"Parquet, {r['files']} files), 1 rank, default settings (window {r['settings']['window_rows']}, "
+            f"prefetch {r['settings']['prefetch_windows']}, read_threads {r['settings']['read_threads']}), "
+            f"batch {r['batch_size']}; epoch {r['epoch_s']:.1f} s. The cap is checked, not enforced: the child's "
+            "peak RSS (VmHWM, imports of torch + pyarrow included) against it, worst of "
+            f"{r['repeats']}; RLIMIT_AS is unusable with torch's reservations and no cgroup is ours. "
+            f"The loader's own estimate (raysweep.data.stream's docstring): {r['loader_bound'] / mib:.0f} MiB. "
+            f"pyarrow pool: {r['arrow_pool']}."
+            + (" pandas was imported while streaming (in the increment)." if r["pandas_imported"] else ""), ""]
+
+
+def memory_met(r: dict[str, Any]) -> bool | None:
+    """None when the data is under 4x the cap (a --quick run): the target is for that size."""
+    if r["data_over_cap"] < 4:
+        return None
+    return r["peak_rss"] <= r["cap"] and r["every_row_once"]
+
+
+@ENTRIES.register("stream_memory", target="peak RSS <= 512 MiB streaming 4x that (decoded), every row seen",
+                  table=memory_table, met=memory_met)
+def bench_stream_memory(bench: Bench) -> dict[str, Any]:
+    import dataclasses
+    import shutil
+
+    from raysweep.data.shards import StreamSettings
+    from raysweep.testing.data_bench import column_sums, run_together, sums_match
+
+    repeats = bench.args.repeats
+    settings = dataclasses.asdict(StreamSettings())
+    tmp = Path(tempfile.mkdtemp(prefix="bench-stream-memory-"))
+    try:
+        files, rows = write_stream_data(tmp / "data", stream_size(bench, "memory_gb"))
+        parquet = sum(os.path.getsize(f) for f in files)
+        data = resolved(str(tmp / "data"))
+        expected = column_sums(data.train_files, "px_0", "label")
+        runs = [run_together([child_job(data, 0, 1, settings, epoch=epoch)])[0] for epoch in range(repeats)]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    worst = max(runs, key=lambda x: x["peak_rss_kb"])
+    decoded = rows * ROW_BYTES
+    # raysweep.data.stream's docstring formula (windows decoded, as matrices, shuffled; cached row groups)
+    bound = ((settings["prefetch_windows"] + 2) * 3 * settings["window_rows"] * ROW_BYTES
+             + (settings["read_threads"] + 1) * 65536 * ROW_BYTES)
+    return {"entry": "stream_memory", "baseline": "the same process's RSS after its imports",
+            "cap": MEMORY_CAP, "rss_after_imports": worst["rss_after_imports_kb"] * 1024,
+            "peak_rss": worst["peak_rss_kb"] * 1024,
+            "increment": (worst["peak_rss_kb"] - worst["rss_after_imports_kb"]) * 1024,
+            "peak_rss_samples_mib": [round(x["peak_rss_kb"] / 1024, 1) for x in runs],
+            "rows_seen": worst["rows"], "data_rows": rows,
+            "every_row_once": all(sums_match(x, expected, rows) for x in runs),
+            "data_gb_decoded": decoded / 1e9, "data_over_cap": decoded / MEMORY_CAP, "parquet_gb": parquet / 1e9,
+            "files": len(files), "settings": settings, "batch_size": STREAM_BATCH,
+            "epoch_s": statistics.median(x["end"] - x["start"] for x in runs), "loader_bound": bound,
+            "arrow_pool": worst["arrow_pool"], "pandas_imported": worst["pandas_imported"], "repeats": repeats,
+            "quick": bench.args.quick}
+
+
+def fingerprint_table(r: dict[str, Any]) -> list[str]:
+    return [*md_table(["files at", "mode", "files", "fingerprint s", "ms/file", "resolve_data s"],
+                      [[x["where"], x["mode"], x["files"], x.get("seconds", "failed"),
+                        x.get("ms_per_file", x.get("error", "")), x["resolve_s"]] for x in r["rows"]]),
+            f"{r['files']} training files of {r['rows_per_file']} rows x 8 float32 + label, and 1 validation file; "
+            "the S3 files on the SeaweedFS server (127.0.0.1). Times: data_fingerprint(resolve_data(...), mode) "
+            f"alone (resolve_data timed apart, once); medians of {r['repeats']}.", ""]
+
+
+def fingerprint_met(r: dict[str, Any]) -> bool | None:
+    footer = [x for x in r["rows"] if x["mode"] == "footer"]
+    if any("error" in x for x in footer):
+        return False
+    if r["files"] < 1000:
+        return None
+    return all(x["seconds"] <= 10 for x in footer)
+
+
+@ENTRIES.register("fingerprint", target="footer mode on 1,000 files <= 10 s, local and S3", table=fingerprint_table,
+                  met=fingerprint_met)
+def bench_fingerprint(bench: Bench, rows_per_file: int = 64) -> dict[str, Any]:
+    import shutil
+
+    from raysweep.testing.data_bench import s3_environment, write_small_files
+    from raysweep.testing.seaweed import S3Server
+    from raysweep.tracking.record import data_fingerprint
+
+    repeats, count = bench.args.repeats, stream_size(bench, "fingerprint_files")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-fingerprint-"))
+    try:
+        write_small_files(tmp / "data", count, rows_per_file)
+        with S3Server(tmp / "s3", stop_timeout=2) as server:
+            server.upload(tmp / "data", "bench/data")
+            cases = [("local", "footer"), ("local", "full"), ("S3", "footer")]
+            found: dict[str, Any] = {}
+            resolve_s: dict[str, float] = {}
+            for where, root in (("local", str(tmp / "data")), ("S3", "s3://bench/data")):
+                with s3_environment(server):
+                    started = time.perf_counter()
+                    found[where] = resolved(root)
+                    resolve_s[where] = time.perf_counter() - started
+            seconds: dict[tuple[str, str], list[float]] = {case: [] for case in cases}
+            errors: dict[tuple[str, str], str] = {}
+            for _ in range(repeats):
+                for where, mode in cases:
+                    if (where, mode) in errors:
+                        continue
+                    with s3_environment(server):
+                        started = time.perf_counter()
+                        try:
+                            fingerprint = data_fingerprint(found[where], mode)
+                        except Exception as exc:  # report it in the table; the other cases still run
+                            errors[(where, mode)] = f"{type(exc).__name__}: {str(exc)[:200]}"
+                            continue
+                        seconds[(where, mode)].append(time.perf_counter() - started)
+                    assert isinstance(fingerprint, dict)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    total = count + 1
+    rows = []
+    for (where, mode), v in seconds.items():
+        row: dict[str, Any] = {"where": where, "mode": mode, "files": total, "resolve_s": resolve_s[where]}
+        if (where, mode) in errors:
+            row["error"] = errors[(where, mode)]
+        else:
+            row.update(seconds=statistics.median(v), ms_per_file=statistics.median(v) / total * 1e3,
+                       samples=[round(s, 3) for s in v])
+        rows.append(row)
+    return {"entry": "fingerprint", "baseline": "full mode (content hashes), local", "rows": rows,
+            "files": count, "rows_per_file": rows_per_file, "repeats": repeats, "quick": bench.args.quick}
+
+
 # ---------------------------------------------------------------- search efficiency
 
 
@@ -646,6 +1015,8 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(ENTRIES), help="comma-separated entries: " + ",".join(ENTRIES))
     parser.add_argument("--out", default="bench.json")
     parser.add_argument("--ingest-gb", type=float, default=1.1)
+    parser.add_argument("--quick", action="store_true",
+                        help="smaller data for a smoke run (the stream entries and fingerprint)")
     parser.add_argument("--search-seeds", type=int, default=5)
     parser.add_argument("--search-target", type=float, default=0.12)
     args = parser.parse_args()
