@@ -38,9 +38,11 @@ tables to OUT.md), names the targets missed, and exits 1 when any was missed.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -246,7 +248,7 @@ def bench_overhead(bench: Bench, trials: int = 2) -> dict[str, Any]:
 
     bench.ray()
     data_root, repeats = bench.tmp, bench.args.repeats
-    storage = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
+    storage = Path(scratch_dir(prefix="bench-overhead-"))
     rows = []
     for workers in (1, 2):
         spec = digits_spec(data_root, storage, searched=("lr",), **{
@@ -417,7 +419,7 @@ def bench_dp(bench: Bench, tile: int = 8, epochs: int = 5) -> dict[str, Any]:
 
     bench.ray()
     train, validation, repeats = bench.train, bench.validation, bench.args.repeats
-    tmp = Path(tempfile.mkdtemp(prefix="bench-dp-"))
+    tmp = Path(scratch_dir(prefix="bench-dp-"))
     root = write_sets(tmp / "data", train, validation, tile)
     spec = digits_spec(root, tmp / "results", **{"scaling.num_workers": 2, "scheduler.max_epochs": epochs,
                                                  "checkpoint.num_to_keep": epochs})
@@ -481,7 +483,7 @@ def bench_ingest(bench: Bench, batch_size: int = 1024) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     repeats, gigabytes = bench.args.repeats, bench.args.ingest_gb
-    tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    tmp = Path(scratch_dir(prefix="bench-ingest-"))
     files, rows = write_ingest_data(tmp, gigabytes * 1e9)
     features = [f"px_{j}" for j in range(64)]
     nbytes = rows * (64 * 4 + 8)
@@ -600,7 +602,7 @@ def stream_vs_pyarrow(bench: Bench, entry: str, gigabytes: float, s3: bool) -> d
     from raysweep.testing.seaweed import S3Server
 
     repeats, threads = bench.args.repeats, STREAM_THREADS
-    tmp = Path(tempfile.mkdtemp(prefix=f"bench-{entry}-"))
+    tmp = Path(scratch_dir(prefix=f"bench-{entry}-"))
     try:
         files, rows = write_stream_data(tmp / "data", gigabytes)
         parquet = sum(os.path.getsize(f) for f in files)
@@ -712,7 +714,7 @@ def bench_stream_ranks(bench: Bench, epochs: int = 4) -> dict[str, Any]:
     from raysweep.testing.data_bench import add_up, column_sums, run_together, sums_match
 
     repeats = bench.args.repeats
-    tmp = Path(tempfile.mkdtemp(prefix="bench-stream-ranks-"))
+    tmp = Path(scratch_dir(prefix="bench-stream-ranks-"))
     try:
         files, rows = write_stream_data(tmp / "data", stream_size(bench, "ranks_gb"))
         data = resolved(str(tmp / "data"))
@@ -786,7 +788,7 @@ def bench_stream_memory(bench: Bench) -> dict[str, Any]:
 
     repeats = bench.args.repeats
     settings = dataclasses.asdict(StreamSettings())
-    tmp = Path(tempfile.mkdtemp(prefix="bench-stream-memory-"))
+    tmp = Path(scratch_dir(prefix="bench-stream-memory-"))
     try:
         files, rows = write_stream_data(tmp / "data", stream_size(bench, "memory_gb"))
         parquet = sum(os.path.getsize(f) for f in files)
@@ -842,7 +844,7 @@ def bench_fingerprint(bench: Bench, rows_per_file: int = 64) -> dict[str, Any]:
     from raysweep.tracking.record import data_fingerprint
 
     repeats, count = bench.args.repeats, stream_size(bench, "fingerprint_files")
-    tmp = Path(tempfile.mkdtemp(prefix="bench-fingerprint-"))
+    tmp = Path(scratch_dir(prefix="bench-fingerprint-"))
     try:
         write_small_files(tmp / "data", count, rows_per_file)
         with S3Server(tmp / "s3", stop_timeout=2) as server:
@@ -910,7 +912,7 @@ def search_table(r: dict[str, Any]) -> list[str]:
 def bench_search(bench: Bench, trials: int = 16, max_epochs: int = 8) -> dict[str, Any]:
     bench.ray()
     data_root, seeds, target = bench.tmp, bench.args.search_seeds, bench.args.search_target
-    storage = Path(tempfile.mkdtemp(prefix="bench-search-"))
+    storage = Path(scratch_dir(prefix="bench-search-"))
     common = {"budget.num_trials": trials, "budget.max_concurrent_trials": 1, "scheduler.max_epochs": max_epochs,
               "scaling.num_workers": 1}
     methods = {
@@ -958,7 +960,7 @@ def throughput_met(r: dict[str, Any]) -> bool | None:
 def bench_throughput(bench: Bench, trials: int = 4) -> dict[str, Any]:
     bench.ray()
     train, validation, repeats = bench.train, bench.validation, bench.args.repeats
-    tmp = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
+    tmp = Path(scratch_dir(prefix="bench-throughput-"))
     root = write_sets(tmp / "data", train, validation, tile=16)
     spec = digits_spec(root, tmp / "results", **{
         "scaling.num_workers": 1, "scheduler.type": "fifo", "scheduler.max_epochs": 8, "budget.num_trials": trials,
@@ -989,7 +991,7 @@ def bench_tracking(bench: Bench) -> dict[str, Any]:
 
     bench.ray()
     train, validation, repeats = bench.train, bench.validation, max(bench.args.repeats, 3)
-    tmp = Path(tempfile.mkdtemp(prefix="bench-tracking-"))
+    tmp = Path(scratch_dir(prefix="bench-tracking-"))
     root = write_sets(tmp / "data", train, validation, tile=8)
     spec = digits_spec(root, tmp / "results", **{
         "scaling.num_workers": 1, "scheduler.type": "fifo", "scheduler.max_epochs": 10, "budget.num_trials": 1,
@@ -1009,6 +1011,22 @@ def bench_tracking(bench: Bench) -> dict[str, Any]:
 # ---------------------------------------------------------------- main
 
 
+SCRATCH: list[Path] = []
+
+
+def scratch_dir(prefix: str) -> str:
+    """A temporary folder removed when the script exits (data sets here reach 2 GB)."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    SCRATCH.append(Path(path))
+    return path
+
+
+@atexit.register
+def _remove_scratch() -> None:
+    for path in SCRATCH:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2)
@@ -1025,7 +1043,7 @@ def main() -> None:
     if unknown:
         parser.error(f"--only: unknown entries {unknown}; known: {', '.join(ENTRIES)}")
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
-    tmp = Path(tempfile.mkdtemp(prefix="bench-"))
+    tmp = Path(scratch_dir(prefix="bench-"))
     train, validation = load_digits_sets(tmp)
     bench = Bench(args, tmp, train, validation)
     ok = run_entries(ENTRIES, wanted, bench, out=Path(args.out), header=[f"Machine: {machine}"],

@@ -10,9 +10,11 @@ study telling the truth. Every case writes its figures through `fault_figures`.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -133,6 +135,18 @@ def test_oom_and_nan_trials_fail_alone(ray_cluster, mlflow_uri, write_spec, tmp_
                   faults_survived=len(by_fault["oom"]) + len(by_fault["nan"]), mlflow_running=0, duplicate_runs=0)
 
 
+@pytest.fixture
+def own_ray_tmpdir():
+    """A Ray temp dir of its own for a driver started in a subprocess (it starts its own
+    in-process cluster): Ray keeps `ray_current_cluster` in its temp dir, and the shared
+    test cluster's placement-group cleaners, which look their cluster up there, must not
+    find this one (they would die, and trials' CPUs would never be given back). Short,
+    for Ray's Unix socket paths."""
+    path = tempfile.mkdtemp(prefix="rs-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def _driver(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     """`python -m raysweep ...` in its own process group (its in-process Ray cluster too)."""
     return subprocess.Popen([sys.executable, "-m", "raysweep", *argv], cwd=REPO, env=env, start_new_session=True,
@@ -149,12 +163,14 @@ def _crash(driver: subprocess.Popen) -> None:
         pass
 
 
-def test_killed_train_driver_resumes_from_checkpoint(ray_cluster, mlflow_uri, write_spec, tmp_path, fault_figures):
+def test_killed_train_driver_resumes_from_checkpoint(ray_cluster, mlflow_uri, write_spec, tmp_path, fault_figures,
+                                                     own_ray_tmpdir):
     """Case 4: SIGKILL `raysweep train` after checkpoint 1; the same command again
     starts from it, ends with the uninterrupted metrics, in the same MLflow run."""
     spec = write_spec(params=probe_params(tmp_path, pause_epoch=2),
                       scheduler={"type": "fifo", "metric": "val_loss", "mode": "min", "max_epochs": 4})
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, "RAYSWEEP_BASE_DIR": str(tmp_path)}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, "RAYSWEEP_BASE_DIR": str(tmp_path),
+           "RAY_TMPDIR": own_ray_tmpdir}
     driver = _driver(["train", str(spec)], env, tmp_path / "first.log")
     wait_for_pid(tmp_path / "probe" / "pause.pid")
     wait_for_epoch(mlflow_uri, 1)
@@ -178,13 +194,14 @@ def test_killed_train_driver_resumes_from_checkpoint(ray_cluster, mlflow_uri, wr
 
 
 def test_killed_sweep_driver_resumes_without_rerunning_trials(ray_cluster, mlflow_uri, write_spec, tmp_path,
-                                                               fault_figures):
+                                                               fault_figures, own_ray_tmpdir):
     """Case 5: SIGKILL `raysweep tune` after two trials finished, then `--resume`: no
     finished trial runs again, 4 trials in all, the study has no stale RUNNING trial,
     MLflow has one parent and one child per trial, none RUNNING."""
     spec = write_spec(params=probe_params(tmp_path, pause_epoch=1, pause_after_done=2), budget={
         "num_trials": 4, "max_concurrent_trials": 1}, sampler={"type": "random", "seed": 0})
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, "RAYSWEEP_BASE_DIR": str(tmp_path)}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, "RAYSWEEP_BASE_DIR": str(tmp_path),
+           "RAY_TMPDIR": own_ray_tmpdir}
     driver = _driver(["tune", str(spec)], env, tmp_path / "first.log")
     wait_for_pid(tmp_path / "probe" / "pause.pid")
     _crash(driver)
