@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 
+from raysweep._ray_compat import validate_launcher_config as ray_validate
 from raysweep.config.load import describe_error, read_spec_file
 from raysweep.config.spec import _Section
 from raysweep.errors import UserInputError
@@ -85,8 +86,6 @@ def validate_launcher_config(raw: dict, path: str | Path) -> None:
     """Validate against Ray's own cluster config schema, as `ray up` does."""
     import jsonschema  # (lazy: a Ray dependency, needed for cloud profiles only)
 
-    from raysweep._ray_compat import validate_launcher_config as ray_validate
-
     try:
         ray_validate(raw)
     except jsonschema.ValidationError as exc:
@@ -103,8 +102,6 @@ def load_profile(path: str | Path | None) -> ClusterProfile:
     """The profile at `path` (validated like a spec), or the embedded local default."""
     if path is None:
         return DEFAULT_PROFILE
-    from pydantic import ValidationError
-
     raw = read_spec_file(path, what="profile")
     try:
         return ClusterProfile.model_validate(raw)

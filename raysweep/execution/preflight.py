@@ -19,6 +19,7 @@ from raysweep.config.spec import Spec
 from raysweep.data.arrays import ArraySet, Batch
 from raysweep.data.files import ResolvedData, table_to_columns
 from raysweep.errors import UserInputError
+from raysweep.execution.plan import LightningSettings
 
 
 def import_trainer(name: str) -> ModuleType:
@@ -40,7 +41,6 @@ def check_trainer(spec: Spec, data: ResolvedData, source: str) -> None:
         return
     # (lazy: Lightning is imported only when the trainer is a LightningModule)
     from raysweep.execution.lightning import check_module, find_module_factory
-    from raysweep.execution.plan import LightningSettings
 
     factory = find_module_factory(module)
     if factory is not None and spec.checkpoint.every_n_steps is not None:

@@ -207,7 +207,7 @@ def data_fingerprint(data: ResolvedData, mode: str = "footer") -> dict[str, Any]
 def cluster_resources() -> dict[str, Any]:
     """The Ray cluster this run used: its nodes and total resources (if Ray is up)."""
     try:
-        import ray
+        import ray  # (lazy: tracking/ imports no Ray; the record asks it only when it is up)
 
         if not ray.is_initialized():
             return {}
