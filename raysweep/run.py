@@ -12,7 +12,6 @@ with its end status. Ray started here is shut down on the way out.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -93,8 +92,8 @@ def _plan(run: Prepared, mode: ExecutionMode, echo: bool = True) -> RunPlan:
     if echo:
         print(f"data: {loader} loader: {reason}", flush=True)
     arrays = worker_data(loader, run.data)
-    plan = RunPlan.from_spec(run.spec, storage_root(run.spec.storage_path, run.spec.name), arrays, mode, loader)
-    return dataclasses.replace(plan, loader_reason=reason)
+    return RunPlan.from_spec(run.spec, storage_root(run.spec.storage_path, run.spec.name), arrays, mode, loader,
+                             reason)
 
 
 def _record(kind: str, run: Prepared, plan: RunPlan, name: str, store: RunStore, run_id: str, folder: str,

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from raysweep.data.shards import iter_blocks, num_train_batches, train_batch_indices, validation_block
+from raysweep.data.shards import iter_blocks, train_batch_indices, validation_block
 from raysweep.data.storage import open_parquet
 
 if TYPE_CHECKING:
@@ -130,9 +130,6 @@ class ArraySet:
             return len(range(rank, len(self), world_size))
         block = validation_block(len(self), rank, world_size)
         return block.stop - block.start
-
-    def num_train_batches(self, world_size: int, batch_size: int) -> int:
-        return num_train_batches(len(self), world_size, batch_size)
 
 
 def _tensor(array: np.ndarray) -> torch.Tensor:

@@ -19,11 +19,10 @@ import pyarrow.parquet as pq
 from raysweep.config.load import resolve_path
 from raysweep.config.spec import DataSpec
 from raysweep.data.arrays import numpy_dtype
-from raysweep.data.storage import DEADLINE_S, list_parquet, read_footer, within_deadline
+from raysweep.data.storage import DEADLINE_S, is_object_store, list_parquet, read_footer, within_deadline
 from raysweep.errors import UserInputError
 
 FOOTER_THREADS = 16
-OBJECT_STORE_MARK = "://"
 T = TypeVar("T")
 
 
@@ -58,9 +57,9 @@ def find_parquet_files(location: str, *, source: str, field: str) -> tuple[str, 
     return tuple(f.uri for f in list_parquet(resolve_path(location), source=source, field=field))
 
 
-def _guarded(work: Callable[[], T], location: str, message: str) -> T:
+def _guarded(work: Callable[[], T], locations: list[str], message: str) -> T:
     """Object stores get a wall-clock deadline on top of the per-request timeouts."""
-    return within_deadline(work, DEADLINE_S, message) if OBJECT_STORE_MARK in location else work()
+    return within_deadline(work, DEADLINE_S, message) if any(map(is_object_store, locations)) else work()
 
 
 def read_footers(files: Iterable[str]) -> list[pq.FileMetaData]:
@@ -112,10 +111,10 @@ def resolve_data(data: DataSpec, source: str) -> ResolvedData:
     Raises UserInputError naming the file and the column on any mismatch.
     """
     train = _guarded(lambda: find_parquet_files(data.train, source=source, field="data.train"),
-                     data.train, f"{source}: data.train: {data.train}")
+                     [data.train], f"{source}: data.train: {data.train}")
     validation = _guarded(lambda: find_parquet_files(data.validation, source=source, field="data.validation"),
-                          data.validation, f"{source}: data.validation: {data.validation}")
-    footers = _guarded(lambda: read_footers([*train, *validation]), data.train + data.validation,
+                          [data.validation], f"{source}: data.validation: {data.validation}")
+    footers = _guarded(lambda: read_footers([*train, *validation]), [data.train, data.validation],
                        f"{source}: data: reading the Parquet footers")
     first_schema = footers[0].schema.to_arrow_schema()
     features = expand_features(data.features, first_schema, file=train[0])

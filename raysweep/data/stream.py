@@ -218,9 +218,6 @@ class StreamSplit:
         lo, hi = contiguous_range(len(self), rank, world_size)
         return hi - lo
 
-    def num_train_batches(self, world_size: int, batch_size: int) -> int:
-        return num_train_batches(len(self), world_size, batch_size)
-
 
 def _cut(windows: Iterator[tuple[np.ndarray, np.ndarray]], bounds: np.ndarray, start_step: int,
          position: int) -> Iterator[Batch]:

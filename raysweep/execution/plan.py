@@ -84,11 +84,12 @@ class RunPlan:
 
     @classmethod
     def from_spec(cls, spec: Spec, storage_path: str, arrays: Any, mode: ExecutionMode,
-                  loader: str = "memory") -> RunPlan:
+                  loader: str = "memory", loader_reason: str = "") -> RunPlan:
         data = spec.data
         return cls(
             trainer=spec.trainer, params=dict(spec.params), num_epochs=spec.scheduler.max_epochs,
             seed=spec.seed, storage_path=storage_path, arrays=arrays, mode=mode, loader=loader,
+            loader_reason=loader_reason,
             stream=StreamSettings(data.shuffle_window_rows, data.prefetch_windows, data.read_threads),
             checkpoint_every_steps=spec.checkpoint.every_n_steps,
             num_workers=spec.scaling.num_workers, cpus_per_worker=spec.scaling.cpus_per_worker,

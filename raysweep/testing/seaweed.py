@@ -39,7 +39,7 @@ import subprocess
 import sys
 import sysconfig
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -396,10 +396,3 @@ class S3Server:
                         pass
             finally:
                 probe.close()
-
-
-def env_for(server: S3Server, base: Mapping[str, str] | None = None) -> dict[str, str]:
-    """`base` (default: this process's environment) with the server's AWS variables
-    set and every other AWS_* variable removed."""
-    base = os.environ if base is None else base
-    return {**{k: v for k, v in base.items() if not k.startswith("AWS_")}, **server.env()}

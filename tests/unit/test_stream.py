@@ -9,6 +9,7 @@ import pytest
 
 from raysweep.config.spec import DataSpec
 from raysweep.data.files import resolve_data
+from raysweep.data.shards import num_train_batches
 from raysweep.data.stream import DataReadError, StreamSettings, StreamSource, StreamSplit
 
 
@@ -41,7 +42,7 @@ def epoch_rows(split, world, batch_size, seed=0, epoch=0):
 def test_every_row_once_per_epoch_with_equal_batch_counts(split, world, batch_size):
     ranks = epoch_rows(split, world, batch_size)
     assert len({len(batches) for batches in ranks}) == 1
-    assert len(ranks[0]) == split.num_train_batches(world, batch_size)
+    assert len(ranks[0]) == num_train_batches(len(split), world, batch_size)
     seen = np.concatenate([np.concatenate(b) for b in ranks])
     assert sorted(seen.tolist()) == list(range(1000))
     assert all(len(b) > 0 for batches in ranks for b in batches)
