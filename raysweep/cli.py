@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from raysweep.config.load import leave_ray_working_dir
 from raysweep.errors import RunFailedError, UserInputError
@@ -76,10 +77,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _batch_form(data: Any) -> str:
+    layout = data.layout
+    if layout.named:
+        return "named batches of " + ", ".join(f"{c.name} ({c.kind.value})" for c in layout.columns)
+    if layout.matrix:
+        return f"{len(layout.features)} features"
+    return f"tensor feature {layout.features[0]} {list(layout.columns[0].shape)} {layout.columns[0].dtype}"
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     run = prepare(args.spec, args.overrides, cluster=args.cluster, will_connect=False)
     data = run.data
-    print(f"{args.spec}: ok: trainer {run.spec.trainer}, {len(data.features)} features, "
+    print(f"{args.spec}: ok: trainer {run.spec.trainer}, {_batch_form(data)}, "
           f"{data.num_train_rows} train rows in {len(data.train_files)} file(s), "
           f"{data.num_validation_rows} validation rows, {len(run.spec.space)} searched params")
     if args.explain:

@@ -18,7 +18,6 @@ import mlflow
 import mlflow.pytorch
 import torch
 
-from raysweep.data.arrays import ArraySet
 from raysweep.errors import UserInputError
 from raysweep.execution.checkpoint import load_state
 from raysweep.execution.preflight import import_trainer
@@ -60,14 +59,41 @@ def build_from_checkpoint(trainer: str, params: dict[str, Any], checkpoint_dir: 
     )
 
 
-def example_batch(record: dict[str, Any], rows: int = 8) -> torch.Tensor:
-    """The first rows of the recorded validation data as the model sees them."""
-    data = record["data"]
-    label = record["spec"]["data"]["label"]
-    features = [c for c in data["columns"] if c != label]
-    first = data["files"]["validation"][0]["path"]
-    arrays = ArraySet.from_parquet([first], features, label)
-    return torch.from_numpy(arrays.features[:rows].copy())
+def example_batch(record: dict[str, Any], rows: int = 8) -> Any:
+    """The first rows of the recorded validation data as the model sees them: the
+    feature tensor `x` (tabular) or, for named batches, the batch's tensors after the
+    trainer's `transform` (as a validation batch) without the label."""
+    from raysweep.config.spec import DataSpec
+    from raysweep.data.files import build_layout
+    from raysweep.data.storage import open_parquet
+    from raysweep.execution.context import TrainContext
+
+    spec = record["spec"]
+    data = DataSpec(**spec["data"])
+    first = record["data"]["files"]["validation"][0]["path"]
+    parquet = open_parquet(first)
+    layout = build_layout(data, parquet.schema_arrow, first, "record")
+    block = layout.read([parquet.read_row_group(0, columns=layout.names).slice(0, rows)])
+    if not layout.named:
+        batch = layout.deliver(block)
+        return batch[0] if isinstance(batch, tuple) else batch
+    transform = getattr(import_trainer(spec["trainer"]), "transform", None)
+    ctx = TrainContext(params={}, num_epochs=1, seed=0, train=None, validation=None,  # type: ignore[arg-type]
+                       report_fn=lambda m, c: None, transform=transform)
+    batch = ctx.transformed(layout, block, None, 0) if transform is not None else layout.deliver(block)
+    return {k: v for k, v in batch.items() if isinstance(v, torch.Tensor) and k != data.label}
+
+
+class NamedInputs(torch.nn.Module):
+    """A model taking a dict batch, as one taking its tensors positionally (torch.export
+    and MLflow's pt2 format take positional tensors); `keys` names them, in order."""
+
+    def __init__(self, model: torch.nn.Module, keys: list[str]) -> None:
+        super().__init__()
+        self.model, self.keys = model, keys
+
+    def forward(self, *tensors: torch.Tensor) -> Any:
+        return self.model(dict(zip(self.keys, tensors, strict=True)))
 
 
 def _target(run_id: str) -> RecordedRun:
@@ -94,18 +120,23 @@ def register(run_id: str, name: str | None = None) -> Registered:
         raise UserInputError(f"run {recorded.run_id!r}: its checkpoint {checkpoint} is not on this machine")
     model = build_from_checkpoint(spec["trainer"], recorded.params, checkpoint)
     example = example_batch(recorded.record)
+    if isinstance(example, dict):
+        model, inputs = NamedInputs(model, list(example)), tuple(t.numpy() for t in example.values())
+        shown = {k: tuple(v.shape) for k, v in example.items()}
+        wanted = f"the batch dict {shown}"
+    else:
+        inputs, wanted = example.numpy(), f"the feature tensor x (shape {tuple(example.shape)}, {example.dtype})"
     try:
         with torch.no_grad():
-            model(example)
-    except Exception as exc:  # the model does not take the spec's feature matrix
+            model(*[torch.from_numpy(a) for a in (inputs if isinstance(inputs, tuple) else (inputs,))])
+    except Exception as exc:  # the model does not take what the trainer trained it on
         raise UserInputError(
-            f"trainer {spec['trainer']!r}: its model must take the float32 matrix of the spec's feature columns "
-            f"(shape {tuple(example.shape)}): {type(exc).__name__}: {exc}") from None
+            f"trainer {spec['trainer']!r}: its model must take {wanted}: {type(exc).__name__}: {exc}") from None
     mlflow.set_tracking_uri(tracking_uri())
     status = recorded.run.info.status
     with mlflow.start_run(run_id=recorded.run_id):
         # pt2 (torch.export): the graph and weights, no pickled Python objects to trust.
-        info = mlflow.pytorch.log_model(model, name="model", input_example=example.numpy(),
+        info = mlflow.pytorch.log_model(model, name="model", input_example=inputs,
                                         pip_requirements=[f"torch=={torch.__version__}"])
     client().set_terminated(recorded.run_id, status)
     version = mlflow.register_model(info.model_uri, name)

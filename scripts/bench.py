@@ -56,6 +56,7 @@ import torch
 
 from raysweep.config.spec import LightningSpec
 from raysweep.data.arrays import ArraySet
+from raysweep.data.columns import Layout
 from raysweep.data.examples import write_digits_parquet
 from raysweep.data.shards import train_batch_indices
 from raysweep.execution.context import TrainContext
@@ -89,9 +90,10 @@ class Bench:
 def load_digits_sets(root: Path) -> tuple[ArraySet, ArraySet]:
     write_digits_parquet(root)
     features = [f"px_{i}" for i in range(64)]
+    layout = Layout.scalars(features, "label", "int64")
     sets = []
     for split in ("train", "validation"):
-        sets.append(ArraySet.from_parquet([str(root / split / "part-0.parquet")], features, "label"))
+        sets.append(ArraySet.from_parquet([str(root / split / "part-0.parquet")], layout))
     return sets[0], sets[1]
 
 
@@ -489,7 +491,7 @@ def bench_ingest(bench: Bench, batch_size: int = 1024) -> dict[str, Any]:
     nbytes = rows * (64 * 4 + 8)
 
     def raysweep_reader() -> int:
-        train = ArraySet.from_parquet(files, features, "label")
+        train = ArraySet.from_parquet(files, Layout.scalars(features, "label", "int64"))
         ctx, _ = TrainContext.in_process(train, train, {}, num_epochs=1)
         return sum(min(len(x), len(y)) for x, y in ctx.train_batches(0, batch_size))
 

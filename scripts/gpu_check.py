@@ -43,6 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from raysweep.data.arrays import ArraySet  # noqa: E402
+from raysweep.data.columns import Layout  # noqa: E402
 from raysweep.data.shards import train_batch_indices  # noqa: E402
 from raysweep.execution.context import TrainContext  # noqa: E402
 from raysweep.testing.bench import Registry, md_table, run_entries  # noqa: E402
@@ -86,7 +87,7 @@ def synthetic(rows: int, seed: int = 0) -> ArraySet:
     rng = np.random.default_rng(seed)
     features = rng.random((rows, digits_mlp.NUM_FEATURES), dtype=np.float32)
     labels = (features[:, :10].argmax(axis=1)).astype(np.int64)  # learnable
-    return ArraySet(features, labels)
+    return ArraySet.from_matrix(features, labels)
 
 
 def sync(device: torch.device) -> None:
@@ -247,7 +248,7 @@ def bench_ingest(check: Check) -> dict[str, Any]:
         return count
 
     def raysweep_from_parquet() -> int:
-        loaded = ArraySet.from_parquet([str(path)], names, "label")
+        loaded = ArraySet.from_parquet([str(path)], Layout.scalars(names, "label", data.labels.dtype))
         ctx, _ = TrainContext.in_process(loaded, loaded, {}, num_epochs=1)
         ctx.device = device
         count = sum(len(y) for _, y in ctx.train_batches(0, batch))

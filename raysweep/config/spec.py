@@ -29,6 +29,22 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
+class ColumnOptionsSpec(_Section):
+    """Options of one column (`data.column_options.<name>`)."""
+
+    dtype: Literal["bool", "uint8", "int8", "int16", "int32", "int64", "float16", "float32",
+                   "float64"] | None = None
+    """Cast to this numpy dtype on the host; null: the column's own dtype (a uint8
+    image stays uint8: convert it on the device)."""
+    pad_value: float = 0
+    """Variable-length lists: the value padding each row to the batch's longest; must
+    fit the dtype."""
+    max_length: PositiveInt | None = None
+    """Variable-length lists: rows are cut to their first `max_length` values."""
+    shape: list[PositiveInt] | None = Field(default=None, min_length=1)
+    """A list column read as a tensor of this per-row shape."""
+
+
 class DataSpec(_Section):
     """Where the Parquet data lives and which columns the trainer reads."""
 
@@ -38,11 +54,27 @@ class DataSpec(_Section):
     `gs://` (credentials and endpoint from the standard environment, never here)."""
     validation: str
     """Same forms as `train`; evaluated exactly, every row once per evaluation."""
-    features: list[str] = Field(min_length=1)
-    """Feature column names; shell-style patterns such as `px_*` are expanded
-    against the files' schema, in the files' column order."""
-    label: str
-    """The label column."""
+    features: list[str] | None = Field(default=None, min_length=1)
+    """The tabular shorthand: feature column names; shell-style patterns such as `px_*`
+    are expanded against the files' schema, in the files' column order. Batches are
+    `(x, y)`: x the float32 matrix of these scalar columns, or the one tensor column
+    (fixed_size_list / fixed_shape_tensor) as is, in its own dtype. Give `features` or
+    `columns`, not both."""
+    label: str | None = None
+    """The label column (`y` of the tabular shorthand; with `columns` it joins the dict).
+    Optional: without one, tabular batches are `x` alone."""
+    columns: list[str] | None = Field(default=None, min_length=1)
+    """Named batches: these columns (names or patterns) as a dict per batch. Scalars,
+    tensors and dictionary codes become tensors in their own dtype; variable-length
+    number lists are padded to the batch's longest row with `<name>_lengths` beside
+    them; binary and string columns become Python lists (for the trainer's `transform`)."""
+    column_options: dict[str, ColumnOptionsSpec] = {}
+    """Per-column options by column name: `dtype` (cast on the host), `pad_value` and
+    `max_length` (variable-length list columns), `shape` (read a list column as a tensor
+    of this shape; every row must have exactly that many values)."""
+    transform_workers: PositiveInt = 2
+    """Background threads running the trainer module's `transform(batch, rng)`, if it
+    defines one (named batches only)."""
     loader: Literal["auto", "memory", "stream"] = "auto"
     """memory: the driver reads the used columns once into Ray's object store and every
     worker maps them; stream: each rank reads only its own (file, row group) units
@@ -55,6 +87,13 @@ class DataSpec(_Section):
     """Stream loader: decoded windows kept ready ahead of the trainer."""
     read_threads: PositiveInt = 2
     """Stream loader: background threads per worker reading and decoding windows."""
+
+    @model_validator(mode="after")
+    def _one_batch_form(self) -> DataSpec:
+        if (self.features is None) == (self.columns is None):
+            raise ValueError("give either features (tabular (x, y) batches) or columns (named batches), "
+                             "not both and not neither")
+        return self
 
 
 class FloatParam(_Section):

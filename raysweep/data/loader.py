@@ -37,8 +37,8 @@ def choose_loader(setting: str, data: ResolvedData, smallest_store: float | None
 
 def stream_sources(data: ResolvedData) -> tuple[StreamSource, StreamSource]:
     """What each rank of a stream-loader run reads from: files and their row groups."""
-    return (StreamSource(data.train_files, data.train_units, data.features, data.label),
-            StreamSource(data.validation_files, data.validation_units, data.features, data.label))
+    return (StreamSource(data.train_files, data.train_units, data.layout),
+            StreamSource(data.validation_files, data.validation_units, data.layout))
 
 
 def worker_data(loader: str, data: ResolvedData) -> Any:

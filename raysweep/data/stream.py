@@ -5,11 +5,11 @@ order, is `raysweep.data.shards`' pure math; this module reads them. Windows of
 `window_rows` rows are decoded by background threads (pyarrow releases the GIL),
 at most `prefetch_windows` ahead of the trainer, so a worker holds about
 
-    (prefetch_windows + 2) x 3 x window_rows x row_bytes   (windows decoded, as matrices, shuffled)
+    (prefetch_windows + 2) x 3 x window_rows x row_bytes   (windows decoded, as host blocks, shuffled)
   + (read_threads + 1) x (one decoded row group of the used columns)
 
-in memory, whatever the data set's size (row_bytes = 4 x features + the label's size;
-tests/unit/test_stream_memory.py measures it).
+in memory, whatever the data set's size (row_bytes: the used columns' host size per
+row, `Layout.row_bytes`; tests/unit/test_stream_memory.py measures it).
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
-from raysweep.data.arrays import Batch, label_dtype, to_matrix
+from raysweep.data.arrays import SplitBatches
+from raysweep.data.columns import Block, Layout, concat, slice_rows, take
+from raysweep.data.columns import block_rows as size_of
 from raysweep.data.shards import (
     Segment,
     StreamSettings,
@@ -52,26 +53,25 @@ class StreamSource:
 
     files: tuple[str, ...]
     units: tuple[StreamUnit, ...]
-    features: tuple[str, ...]
-    label: str
+    layout: Layout
 
     @property
     def num_rows(self) -> int:
         return sum(u[2] for u in self.units)
 
 
-class StreamSplit:
+class StreamSplit(SplitBatches):
     """A split read by each rank straight from storage (see the module docstring)."""
 
     def __init__(self, source: StreamSource, settings: StreamSettings | None = None) -> None:
         self.source, self.settings = source, settings or StreamSettings()
-        self._columns = [*source.features, source.label]
+        self.layout = source.layout
+        self._columns = source.layout.names
         self._pool: ThreadPoolExecutor | None = None
         self._cache: OrderedDict[tuple[int, int], pa.Table] = OrderedDict()
         self._loading: dict[tuple[int, int], Future[pa.Table]] = {}
         self._lock = threading.Lock()
         self._local = threading.local()
-        self._label_dtype: np.dtype | None = None
 
     def __len__(self) -> int:
         return self.source.num_rows
@@ -143,28 +143,16 @@ class StreamSplit:
         except (OSError, pa.ArrowException) as exc:
             raise DataReadError(f"{self.source.files[file]}: row group {group}: {_first_line(exc)}") from exc
 
-    def _read(self, pieces: list[Segment]) -> tuple[np.ndarray, np.ndarray]:
-        """The rows of `pieces`, in order, as a float32 feature matrix and labels."""
-        rows = sum(stop - start for _, _, start, stop in pieces)
-        features = np.empty((rows, len(self.source.features)), dtype=np.float32)
-        labels = np.empty(rows, dtype=self._labels_dtype())
-        offset = 0
-        for file, group, start, stop in pieces:
-            table = self._row_group(file, group).slice(start, stop - start)
-            offset = to_matrix(table, list(self.source.features), self.source.label, features, labels, offset)
-        return features, labels
+    def _read(self, pieces: list[Segment]) -> Block:
+        """The rows of `pieces`, in order, as one host block."""
+        tables = [self._row_group(file, group).slice(start, stop - start) for file, group, start, stop in pieces]
+        return self.layout.read(tables)
 
-    def _labels_dtype(self) -> np.dtype:
-        if self._label_dtype is None:
-            schema = self._file(self.source.units[0][0])[1].schema.to_arrow_schema()
-            self._label_dtype = label_dtype(schema, self.source.label)
-        return self._label_dtype
-
-    def _windows(self, load: list[tuple[int, int]], fetch) -> Iterator[tuple[np.ndarray, np.ndarray]]:  # noqa: ANN001
+    def _windows(self, load: list[tuple[int, int]], fetch) -> Iterator[Block]:  # noqa: ANN001
         """Windows decoded in the background, in order, at most `prefetch_windows` ahead."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.settings.read_threads, thread_name_prefix="raysweep-stream")
-        ahead: deque[Future[tuple[np.ndarray, np.ndarray]]] = deque()
+        ahead: deque[Future[Block]] = deque()
         todo = iter(load)
         try:
             while True:
@@ -182,8 +170,8 @@ class StreamSplit:
 
     # -- the DataSplit interface ---------------------------------------------------
 
-    def train_batches(self, rank: int, world_size: int, batch_size: int, seed: int, epoch: int,
-                      start_step: int = 0) -> Iterator[Batch]:
+    def train_blocks(self, rank: int, world_size: int, batch_size: int, seed: int, epoch: int,
+                     start_step: int = 0) -> Iterator[Block]:
         units = [self.source.units[i] for i in unit_order(len(self.source.units), seed, epoch)]
         lo, hi = contiguous_range(len(self), rank, world_size)
         bounds = batch_offsets(hi - lo, num_train_batches(len(self), world_size, batch_size))
@@ -192,58 +180,52 @@ class StreamSplit:
         window = self.settings.window_rows
         first = int(bounds[start_step]) // window
 
-        def fetch(index: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-            features, labels = self._read(segments(units, lo + index * window, lo + index * window + size))
-            order = window_permutation(size, seed, epoch, rank, index)
-            return np.take(features, order, axis=0), np.take(labels, order)
+        def fetch(index: int, size: int) -> Block:
+            block = self._read(segments(units, lo + index * window, lo + index * window + size))
+            return take(block, window_permutation(size, seed, epoch, rank, index))
 
         load = [(w, min(window, hi - lo - w * window)) for w in range(first, math.ceil((hi - lo) / window))]
         yield from _cut(self._windows(load, fetch), bounds, start_step, first * window)
 
-    def eval_batches(self, rank: int, world_size: int, batch_size: int) -> Iterator[Batch]:
+    def eval_blocks(self, rank: int, world_size: int, batch_size: int) -> Iterator[Block]:
         units = list(self.source.units)
         lo, hi = contiguous_range(len(self), rank, world_size)
         window = max(self.settings.window_rows // batch_size, 1) * batch_size
 
-        def fetch(index: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+        def fetch(index: int, size: int) -> Block:
             return self._read(segments(units, lo + index * window, lo + index * window + size))
 
         load = [(w, min(window, hi - lo - w * window)) for w in range(math.ceil((hi - lo) / window))]
-        for features, labels in self._windows(load, fetch):
-            for start in range(0, len(labels), batch_size):
-                end = start + batch_size
-                yield torch.from_numpy(features[start:end]), torch.from_numpy(labels[start:end])
+        for block in self._windows(load, fetch):
+            rows = size_of(block)
+            for start in range(0, rows, batch_size):
+                yield slice_rows(block, start, min(start + batch_size, rows))
 
     def local_rows(self, rank: int, world_size: int, train: bool) -> int:
         lo, hi = contiguous_range(len(self), rank, world_size)
         return hi - lo
 
 
-def _cut(windows: Iterator[tuple[np.ndarray, np.ndarray]], bounds: np.ndarray, start_step: int,
-         position: int) -> Iterator[Batch]:
+def _cut(windows: Iterator[Block], bounds: np.ndarray, start_step: int, position: int) -> Iterator[Block]:
     """Batches rows [bounds[s], bounds[s+1]) for s >= start_step out of consecutive
     windows whose first row is local row `position`."""
-    current: tuple[np.ndarray, np.ndarray] | None = None
+    current: Block | None = None
     used = 0  # rows of `current` already handed out
 
-    def take(count: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    def take_rows(count: int) -> list[Block]:
         nonlocal current, used
-        xs, ys = [], []
+        parts = []
         while count > 0:
-            if current is None or used == len(current[1]):
+            if current is None or used == size_of(current):
                 current, used = next(windows), 0
-            size = min(count, len(current[1]) - used)
-            xs.append(current[0][used:used + size])
-            ys.append(current[1][used:used + size])
+            size = min(count, size_of(current) - used)
+            parts.append(slice_rows(current, used, used + size))
             used, count = used + size, count - size
-        return xs, ys
+        return parts
 
-    take(int(bounds[start_step]) - position)  # a resume starts inside its window
+    take_rows(int(bounds[start_step]) - position)  # a resume starts inside its window
     for step in range(start_step, len(bounds) - 1):
-        xs, ys = take(int(bounds[step + 1] - bounds[step]))
-        x = xs[0] if len(xs) == 1 else np.concatenate(xs)
-        y = ys[0] if len(ys) == 1 else np.concatenate(ys)
-        yield torch.from_numpy(x), torch.from_numpy(y)
+        yield concat(take_rows(int(bounds[step + 1] - bounds[step])))
 
 
 def _first_line(exc: BaseException) -> str:

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from raysweep.data.arrays import ArraySet, Batch, DataSplit
+from raysweep.data.columns import Block, Layout
 from raysweep.data.shards import num_train_batches
 
 CURSOR = "cursor"
@@ -29,6 +33,20 @@ ReportFn = Callable[[dict[str, float], "dict[str, Any] | None"], None]
 
 class NonFiniteMetricError(RuntimeError):
     """A reported metric is NaN or infinite: the run stops and is marked FAILED."""
+
+
+class TransformError(RuntimeError):
+    """The trainer's `transform` raised or returned something other than tensors: the
+    run fails with this one line (which transform, which batch)."""
+
+
+Transform = Callable[[dict[str, Any], "np.random.Generator | None"], dict[str, Any]]
+
+
+def transform_rng(seed: int, epoch: int, step: int, rank: int) -> np.random.Generator:
+    """A training batch's transform randomness: a function of (seed, epoch, step, rank)
+    only, so an augmented run (and its resume) sees the same draws."""
+    return np.random.default_rng([seed % 2**32, epoch, step, rank])
 
 
 @dataclass
@@ -57,6 +75,14 @@ class TrainContext:
     checkpoint_every: int = 1
     checkpoint_every_steps: int | None = None
     runs_on_ray: bool = False
+    transform: Transform | None = None
+    """The trainer module's `transform(batch, rng)`, run on every named batch in
+    `transform_workers` background threads before it reaches the device. Training
+    batches get a numpy Generator seeded from (seed, epoch, step, rank); validation
+    batches get rng=None (decode, do not augment)."""
+    transform_name: str = "transform"
+    transform_workers: int = 2
+    _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
     _first_step_at: float | None = field(default=None, init=False, repr=False)
     _first_step_reported: bool = field(default=False, init=False, repr=False)
 
@@ -97,8 +123,8 @@ class TrainContext:
         start = self.start_step if epoch == self.start_epoch else 0
         every = self.checkpoint_every_steps if state is not None else None
         total = self.num_train_batches(batch_size)
-        batches = self.train.train_batches(self.rank, self.world_size, batch_size, self.seed, epoch, start)
-        for step, batch in enumerate(batches, start=start):
+        blocks = self.train.train_blocks(self.rank, self.world_size, batch_size, self.seed, epoch, start)
+        for step, batch in enumerate(self._batches(self.train.layout, blocks, epoch, start), start=start):
             if self._first_step_at is None:
                 self._first_step_at = time.time()
             yield self._to_device(batch)
@@ -114,15 +140,70 @@ class TrainContext:
 
     def validation_batches(self, batch_size: int) -> Iterator[Batch]:
         """This rank's block of the validation set; all blocks cover every row once."""
-        for batch in self.validation.eval_batches(self.rank, self.world_size, batch_size):
+        blocks = self.validation.eval_blocks(self.rank, self.world_size, batch_size)
+        for batch in self._batches(self.validation.layout, blocks, None, 0):
             yield self._to_device(batch)
 
+    def _batches(self, layout: Layout, blocks: Iterator[Block], epoch: int | None, first: int) -> Iterator[Batch]:
+        """Host blocks -> the trainer's batches; through `transform` in background
+        threads (in order, a few ahead) when the trainer defines one."""
+        if self.transform is None:
+            for block in blocks:
+                yield layout.deliver(block)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.transform_workers, thread_name_prefix="raysweep-transform")
+        ahead: deque[Future[Batch]] = deque()
+        step = first
+        try:
+            for block in blocks:
+                ahead.append(self._pool.submit(self.transformed, layout, block, epoch, step))
+                step += 1
+                if len(ahead) > self.transform_workers:
+                    yield ahead.popleft().result()
+            while ahead:
+                yield ahead.popleft().result()
+        finally:
+            for future in ahead:
+                future.cancel()
+
+    def transformed(self, layout: Layout, block: Block, epoch: int | None, step: int) -> Batch:
+        """`block` delivered and run through the transform (epoch None: a validation batch)."""
+        assert self.transform is not None
+        where = (f"epoch {epoch} batch {step}" if epoch is not None else f"validation batch {step}") + \
+            f" (rank {self.rank})"
+        rng = transform_rng(self.seed, epoch, step, self.rank) if epoch is not None else None
+        try:
+            out = self.transform(layout.deliver(block), rng)
+        except Exception as exc:  # the user's transform failed on this batch
+            text = str(exc).strip().splitlines()
+            raise TransformError(f"{self.transform_name} failed on {where}: {type(exc).__name__}: "
+                                 f"{text[0][:300] if text else ''}") from None
+        if not isinstance(out, dict):
+            raise TransformError(f"{self.transform_name} returned {type(out).__name__} on {where}; "
+                                 "it must return a dict of tensors")
+        batch = {}
+        for key, value in out.items():
+            if isinstance(value, np.ndarray) and value.dtype != object:
+                value = torch.from_numpy(value)
+            if not isinstance(value, torch.Tensor):
+                raise TransformError(f"{self.transform_name} returned {type(value).__name__} for {key!r} on {where}; "
+                                     "every value must be a tensor or numpy array")
+            batch[key] = value
+        return batch
+
     def _to_device(self, batch: Batch) -> Batch:
-        if self.device.type != "cuda":
-            return batch[0].to(self.device), batch[1].to(self.device)
-        # Pinned staging + non-blocking copies: the host prepares the next batch while
-        # the GPU still works on this one (a pageable copy would wait for the GPU).
-        return tuple(t.pin_memory().to(self.device, non_blocking=True) for t in batch)  # type: ignore[return-value]
+        if isinstance(batch, torch.Tensor):
+            if self.device.type != "cuda":
+                return batch.to(self.device)
+            # Pinned staging + non-blocking copies: the host prepares the next batch while
+            # the GPU still works on this one (a pageable copy would wait for the GPU).
+            return batch.pin_memory().to(self.device, non_blocking=True)
+        if isinstance(batch, tuple):
+            return tuple(self._to_device(t) for t in batch)
+        if isinstance(batch, dict):
+            return {k: self._to_device(v) for k, v in batch.items()}
+        return batch  # lists of bytes or strings stay on the host
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """Move to the device; wrap in DistributedDataParallel when world_size > 1."""
@@ -172,6 +253,7 @@ class TrainContext:
         num_epochs: int,
         seed: int = 0,
         checkpoint: dict[str, Any] | None = None,
+        transform: Transform | None = None,
     ) -> tuple[TrainContext, list[tuple[dict[str, float], dict[str, Any] | None]]]:
         """A one-worker context without Ray; returns it and the list `report` fills."""
         reports: list[tuple[dict[str, float], dict[str, Any] | None]] = []
@@ -183,5 +265,6 @@ class TrainContext:
             validation=validation,
             report_fn=lambda m, c: reports.append((m, c)),
             checkpoint=checkpoint,
+            transform=transform,
         )
         return context, reports

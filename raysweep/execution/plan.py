@@ -62,6 +62,7 @@ class RunPlan:
     """memory | stream (see DataSpec.loader)."""
     loader_reason: str = ""
     stream: StreamSettings = StreamSettings()
+    transform_workers: int = 2
     mode: ExecutionMode = ExecutionMode.WORKER_GROUP
     num_workers: int = 1
     cpus_per_worker: float = 1.0
@@ -91,6 +92,7 @@ class RunPlan:
             seed=spec.seed, storage_path=storage_path, arrays=arrays, mode=mode, loader=loader,
             loader_reason=loader_reason,
             stream=StreamSettings(data.shuffle_window_rows, data.prefetch_windows, data.read_threads),
+            transform_workers=data.transform_workers,
             checkpoint_every_steps=spec.checkpoint.every_n_steps,
             num_workers=spec.scaling.num_workers, cpus_per_worker=spec.scaling.cpus_per_worker,
             gpus_per_worker=spec.scaling.gpus_per_worker, checkpoint_every=spec.checkpoint.every_n_epochs,

@@ -8,16 +8,16 @@ A plain trainer defines `train(ctx)`; a Lightning trainer's module is built and 
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import sys
 from types import ModuleType
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from raysweep.config.spec import Spec
-from raysweep.data.arrays import ArraySet, Batch
-from raysweep.data.files import ResolvedData, table_to_columns
+from raysweep.data.arrays import Batch
+from raysweep.data.files import ResolvedData
+from raysweep.data.storage import open_parquet
 from raysweep.errors import UserInputError
 from raysweep.execution.plan import LightningSettings
 
@@ -37,6 +37,7 @@ def check_trainer(spec: Spec, data: ResolvedData, source: str) -> None:
         raise UserInputError(
             f"{source}: trainer: cannot import {spec.trainer!r}: {type(exc).__name__}: {exc}"
         ) from None
+    transformed = check_transform(spec, data, module, source)
     if callable(getattr(module, "train", None)):
         return
     # (lazy: Lightning is imported only when the trainer is a LightningModule)
@@ -53,7 +54,31 @@ def check_trainer(spec: Spec, data: ResolvedData, source: str) -> None:
             "LightningModule subclass (or build_module(params))"
         )
     settings = LightningSettings(spec.lightning.precision, spec.lightning.gradient_clip_val)
-    check_module(factory, sample_params(spec), sample_batch(data), settings, spec.scaling.use_gpu, source)
+    sample = transformed if transformed is not None else sample_batch(data)
+    check_module(factory, sample_params(spec), sample, settings, spec.scaling.use_gpu, source)
+
+
+def check_transform(spec: Spec, data: ResolvedData, module: ModuleType, source: str) -> Batch | None:
+    """The module's `transform(batch, rng)`, if any, run once on the first rows (as a
+    validation batch, rng=None): it must take named batches and return a dict of
+    tensors. Returns its output (None: no transform)."""
+    transform = getattr(module, "transform", None)
+    if transform is None:
+        return None
+    name = f"{spec.trainer}.transform"
+    if not callable(transform) or len(inspect.signature(transform).parameters) != 2:
+        raise UserInputError(f"{source}: trainer: {name} must be a function transform(batch, rng)")
+    if not data.layout.named:
+        raise UserInputError(f"{source}: data.features: {name} takes named batches; list the columns in "
+                             "data.columns instead of data.features/label")
+    from raysweep.execution.context import TrainContext, TransformError  # (torch: only with a transform)
+
+    ctx = TrainContext(params={}, num_epochs=1, seed=spec.seed, train=None, validation=None,  # type: ignore[arg-type]
+                       report_fn=lambda m, c: None, transform=transform, transform_name=name)
+    try:
+        return ctx.transformed(data.layout, _sample_block(data), None, 0)
+    except TransformError as exc:
+        raise UserInputError(f"{source}: trainer: {exc}, on the first rows of {data.train_files[0]}") from None
 
 
 def sample_params(spec: Spec) -> dict[str, Any]:
@@ -63,7 +88,16 @@ def sample_params(spec: Spec) -> dict[str, Any]:
     return {**spec.params, **picked}
 
 
+def _sample_block(data: ResolvedData, rows: int = 8) -> Any:
+    from raysweep.data.columns import ColumnDataError
+
+    table = open_parquet(data.train_files[0]).read_row_group(0, columns=data.columns).slice(0, rows)
+    try:
+        return data.layout.read([table])
+    except ColumnDataError as exc:
+        raise UserInputError(f"{data.train_files[0]}: {exc}") from None
+
+
 def sample_batch(data: ResolvedData, rows: int = 8) -> Batch:
-    table = pq.ParquetFile(data.train_files[0]).read_row_group(0, columns=data.columns).slice(0, rows)
-    arrays = table_to_columns(table, data.columns)
-    return ArraySet.from_columns(arrays, list(data.features), data.label).take(slice(0, rows))
+    """The first rows of the first training file, as the trainer gets them (before any transform)."""
+    return data.layout.deliver(_sample_block(data, rows))

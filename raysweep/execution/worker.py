@@ -79,10 +79,13 @@ def _train(plan: RunPlan, report_fn: Any, checkpoint: dict[str, Any] | None, **p
     assert train_fn is not None, f"{plan.trainer} was checked on the driver"
     use_deterministic_algorithms(plan.deterministic)
     train, validation = splits(plan)
+    transform = getattr(importlib.import_module(plan.trainer), "transform", None)
     ctx = TrainContext(params=plan.params, num_epochs=plan.num_epochs, seed=plan.seed, train=train,
                        validation=validation,
                        report_fn=report_fn, checkpoint=checkpoint, checkpoint_every=plan.checkpoint_every,
-                       checkpoint_every_steps=plan.checkpoint_every_steps, **placement)
+                       checkpoint_every_steps=plan.checkpoint_every_steps, transform=transform,
+                       transform_name=f"{plan.trainer}.transform", transform_workers=plan.transform_workers,
+                       **placement)
     train_fn(ctx)
 
 

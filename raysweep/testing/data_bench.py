@@ -128,15 +128,19 @@ def add_up(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def source_job(source: StreamSource) -> dict[str, Any]:
     """A StreamSource as JSON (for a child's command line)."""
+    layout = source.layout
+    assert layout.matrix and layout.label is not None, "the data benchmarks stream scalar features + a label"
     return {"files": list(source.files), "units": [list(u) for u in source.units],
-            "features": list(source.features), "label": source.label}
+            "features": list(layout.features), "label": layout.label,
+            "label_dtype": layout.columns[-1].dtype}
 
 
 def source_from_job(job: Mapping[str, Any]) -> StreamSource:
+    from raysweep.data.columns import Layout
     from raysweep.data.stream import StreamSource
 
     return StreamSource(tuple(job["files"]), tuple((int(a), int(b), int(c)) for a, b, c in job["units"]),
-                        tuple(job["features"]), job["label"])
+                        Layout.scalars(job["features"], job["label"], job["label_dtype"]))
 
 
 # ---------------------------------------------------------------- streaming

@@ -13,4 +13,4 @@ def digits() -> tuple[ArraySet, ArraySet]:
     d = load_digits()
     x = (d.data / 16.0).astype(np.float32)
     y = d.target.astype(np.int64)
-    return ArraySet(x[:1400], y[:1400]), ArraySet(x[1400:], y[1400:])
+    return ArraySet.from_matrix(x[:1400], y[:1400]), ArraySet.from_matrix(x[1400:], y[1400:])

@@ -47,11 +47,20 @@ def _write(path, table) -> None:
     pq.write_table(table, path)
 
 
-def test_non_numeric_column_names_file_and_type(tmp_path) -> None:
+def test_unsupported_column_type_names_file_column_type_and_the_supported_ones(tmp_path) -> None:
+    table = pa.table({"x0": pa.array([{"a": 1}, {"a": 2}]), "label": [0, 1]})
+    _write(tmp_path / "train" / "a.parquet", table)
+    _write(tmp_path / "validation" / "a.parquet", table)
+    with pytest.raises(UserInputError, match=r"a.parquet: column 'x0' \(data.features\): type struct<a: int64> "
+                                             r"is not supported \(supported: integer, float and bool scalars; "):
+        resolve_data(_spec(tmp_path, features=["x0"]), "s.yaml")
+
+
+def test_a_string_feature_in_the_tabular_shorthand_points_to_columns(tmp_path) -> None:
     table = pa.table({"x0": ["a", "b"], "label": [0, 1]})
     _write(tmp_path / "train" / "a.parquet", table)
     _write(tmp_path / "validation" / "a.parquet", table)
-    with pytest.raises(UserInputError, match=r"a.parquet: column 'x0' \(data.features\) must be numeric, got string"):
+    with pytest.raises(UserInputError, match=r"a.parquet: column 'x0' \(data.features\) is string: .* data.columns"):
         resolve_data(_spec(tmp_path, features=["x0"]), "s.yaml")
 
 

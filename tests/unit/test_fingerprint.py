@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from raysweep.data.columns import Layout
 from raysweep.data.files import ResolvedData
 from raysweep.testing.seaweed import S3Server
 from raysweep.tracking import record
@@ -36,7 +37,7 @@ def write(path: Path, change: float | None = None, rows: int = ROWS, **options: 
 
 
 def resolved(train: list[str], validation: list[str]) -> ResolvedData:
-    return ResolvedData(tuple(train), tuple(validation), ("x",), "y", 0, 0)
+    return ResolvedData(tuple(train), tuple(validation), Layout.scalars(["x"], "y", "int64"), 0, 0)
 
 
 def shift_mtime(path: Path, seconds: float) -> None:

@@ -29,7 +29,7 @@ def split(tmp_path):
     folder = write_rows(tmp_path)
     data = resolve_data(DataSpec(train=str(folder), validation=str(folder), features=["x0", "x1"], label="label"),
                         "spec.yaml")
-    source = StreamSource(data.train_files, data.train_units, data.features, data.label)
+    source = StreamSource(data.train_files, data.train_units, data.layout)
     return StreamSplit(source, StreamSettings(window_rows=50, prefetch_windows=2, read_threads=2))
 
 
@@ -80,7 +80,7 @@ def test_evaluation_blocks_cover_every_row_once_in_order(split):
 def test_a_deleted_file_fails_naming_it(tmp_path):
     folder = write_rows(tmp_path)
     data = resolve_data(DataSpec(train=str(folder), validation=str(folder), features=["x0"], label="label"), "s")
-    split = StreamSplit(StreamSource(data.train_files, data.train_units, data.features, data.label))
+    split = StreamSplit(StreamSource(data.train_files, data.train_units, data.layout))
     (folder / "part-1.parquet").unlink()
     with pytest.raises(DataReadError, match="part-1.parquet"):
         list(split.train_batches(0, 1, 64, 0, 0))

@@ -47,7 +47,7 @@ def test_resume_from_checkpoint_matches_an_uninterrupted_run(digits, tmp_path) -
 
 def test_non_finite_metric_stops_the_run(digits) -> None:
     train, validation = digits
-    poisoned = ArraySet(np.where(np.arange(64) == 3, np.inf, validation.features).astype(np.float32),
+    poisoned = ArraySet.from_matrix(np.where(np.arange(64) == 3, np.inf, validation.features).astype(np.float32),
                         validation.labels)
     ctx, reports = TrainContext.in_process(train, poisoned, params=PARAMS, num_epochs=3)
     with pytest.raises(NonFiniteMetricError, match="non-finite metric.*val_loss"):
