@@ -10,6 +10,7 @@ and the git commit.
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -62,25 +63,30 @@ def build_from_checkpoint(trainer: str, params: dict[str, Any], checkpoint_dir: 
 def example_batch(record: dict[str, Any], rows: int = 8) -> Any:
     """The first rows of the recorded validation data as the model sees them: the
     feature tensor `x` (tabular) or, for named batches, the batch's tensors after the
-    trainer's `transform` (as a validation batch) without the label."""
+    trainer's `transform` (as a validation batch, rng=None) without the label. Padded
+    sequence columns with a `max_length` are padded to it: torch.export fixes the
+    length axis, so the registered model takes inputs of that length."""
     from raysweep.config.spec import DataSpec
+    from raysweep.data.columns import Kind
     from raysweep.data.files import build_layout
     from raysweep.data.storage import open_parquet
-    from raysweep.execution.context import TrainContext
 
     spec = record["spec"]
     data = DataSpec(**spec["data"])
     first = record["data"]["files"]["validation"][0]["path"]
     parquet = open_parquet(first)
     layout = build_layout(data, parquet.schema_arrow, first, "record")
-    block = layout.read([parquet.read_row_group(0, columns=layout.names).slice(0, rows)])
+    batch = layout.deliver(layout.read([parquet.read_row_group(0, columns=layout.names).slice(0, rows)]))
     if not layout.named:
-        batch = layout.deliver(block)
         return batch[0] if isinstance(batch, tuple) else batch
+    for column in layout.columns:
+        size = column.options.max_length
+        if column.kind is Kind.SEQUENCE and size and batch[column.name].shape[1] < size:
+            batch[column.name] = torch.nn.functional.pad(batch[column.name], (0, size - batch[column.name].shape[1]),
+                                                         value=column.options.pad_value)
     transform = getattr(import_trainer(spec["trainer"]), "transform", None)
-    ctx = TrainContext(params={}, num_epochs=1, seed=0, train=None, validation=None,  # type: ignore[arg-type]
-                       report_fn=lambda m, c: None, transform=transform)
-    batch = ctx.transformed(layout, block, None, 0) if transform is not None else layout.deliver(block)
+    if transform is not None:
+        batch = transform(batch, None)
     return {k: v for k, v in batch.items() if isinstance(v, torch.Tensor) and k != data.label}
 
 
@@ -92,8 +98,22 @@ class NamedInputs(torch.nn.Module):
         super().__init__()
         self.model, self.keys = model, keys
 
-    def forward(self, *tensors: torch.Tensor) -> Any:
-        return self.model(dict(zip(self.keys, tensors, strict=True)))
+        def forward(*tensors: torch.Tensor) -> Any:
+            return self.model(dict(zip(self.keys, tensors, strict=True)))
+
+        # torch.export binds inputs by forward's signature: one named parameter per key.
+        forward.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            [inspect.Parameter(k, inspect.Parameter.POSITIONAL_OR_KEYWORD) for k in keys])
+        self.forward = forward
+
+
+def signature_of(example: dict[str, torch.Tensor]) -> Any:
+    """The MLflow signature of a named batch: one TensorSpec per key, batch axis free."""
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    return ModelSignature(inputs=Schema([TensorSpec(t.numpy().dtype, (-1, *t.shape[1:]), name=k)
+                                         for k, t in example.items()]))
 
 
 def _target(run_id: str) -> RecordedRun:
@@ -120,8 +140,10 @@ def register(run_id: str, name: str | None = None) -> Registered:
         raise UserInputError(f"run {recorded.run_id!r}: its checkpoint {checkpoint} is not on this machine")
     model = build_from_checkpoint(spec["trainer"], recorded.params, checkpoint)
     example = example_batch(recorded.record)
+    signature = None
     if isinstance(example, dict):
         model, inputs = NamedInputs(model, list(example)), tuple(t.numpy() for t in example.values())
+        signature = signature_of(example)
         shown = {k: tuple(v.shape) for k, v in example.items()}
         wanted = f"the batch dict {shown}"
     else:
@@ -136,7 +158,7 @@ def register(run_id: str, name: str | None = None) -> Registered:
     status = recorded.run.info.status
     with mlflow.start_run(run_id=recorded.run_id):
         # pt2 (torch.export): the graph and weights, no pickled Python objects to trust.
-        info = mlflow.pytorch.log_model(model, name="model", input_example=inputs,
+        info = mlflow.pytorch.log_model(model, name="model", input_example=inputs, signature=signature,
                                         pip_requirements=[f"torch=={torch.__version__}"])
     client().set_terminated(recorded.run_id, status)
     version = mlflow.register_model(info.model_uri, name)

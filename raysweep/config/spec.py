@@ -43,6 +43,10 @@ class ColumnOptionsSpec(_Section):
     """Variable-length lists: rows are cut to their first `max_length` values."""
     shape: list[PositiveInt] | None = Field(default=None, min_length=1)
     """A list column read as a tensor of this per-row shape."""
+    categories: list[Scalar] | None = Field(default=None, min_length=1)
+    """Dictionary-encoded columns (required for them): the values in code order; a row's
+    code is its value's position here, the same in every file (a value not listed
+    fails the run naming it)."""
 
 
 class DataSpec(_Section):

@@ -80,6 +80,7 @@ class ColumnOptions:
     pad_value: float = 0
     max_length: int | None = None
     shape: tuple[int, ...] | None = None
+    categories: tuple[str | int | float | bool, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -128,8 +129,15 @@ def classify(name: str, arrow_type: pa.DataType, options: ColumnOptions, where: 
         kind, value_type = Kind.SCALAR, arrow_type
     elif pa.types.is_dictionary(arrow_type):
         kind, value_type = Kind.CODES, arrow_type.index_type
+        if options.categories is None:
+            raise refuse(f"a dictionary column needs column_options.{name}.categories (its values in code "
+                         "order): each Parquet file and row group keeps a dictionary of its own, so their raw "
+                         "indices differ")
     elif (tensor := _tensor_shape(arrow_type)) is not None:
         kind, (shape, value_type) = Kind.TENSOR, tensor
+        permutation = getattr(arrow_type, "permutation", None)
+        if permutation is not None and list(permutation) != sorted(permutation):
+            raise refuse(f"a permuted {arrow_type} is not supported: write it with the identity permutation")
     elif pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
         kind, value_type = Kind.SEQUENCE, arrow_type.value_type
         if options.shape is not None:
@@ -146,6 +154,8 @@ def classify(name: str, arrow_type: pa.DataType, options: ColumnOptions, where: 
         return Column(name, kind, str(arrow_type))
     if not is_number(value_type):
         raise refuse(f"type {arrow_type}: the values must be numbers, got {value_type} (supported: {SUPPORTED})")
+    if options.categories is not None and kind is not Kind.CODES:
+        raise refuse(f"column_options.categories is for dictionary columns, not {arrow_type}")
     if options.shape is not None and kind is not Kind.TENSOR:
         raise refuse(f"column_options.shape is for list columns, not {arrow_type}")
     if options.shape is not None and tensor_shape_given(arrow_type):
@@ -171,7 +181,7 @@ def _check_pad(value: float, dtype: np.dtype, refuse: Any) -> None:
         info = np.iinfo(dtype)
         ok = float(value).is_integer() and info.min <= value <= info.max
     else:
-        ok = bool(np.isfinite(np.asarray(value, dtype=dtype))) or not np.isfinite(value)
+        ok = not np.isfinite(value) or abs(value) <= float(np.finfo(dtype).max)
     if not ok:
         raise refuse(f"column_options.pad_value: {value!r} does not fit the column's dtype {dtype.name}")
 
@@ -274,6 +284,20 @@ def _no_nulls(array: pa.Array, column: Column) -> None:
                               "tensor, list and bytes columns take none")
 
 
+def _codes(array: pa.DictionaryArray, column: Column) -> np.ndarray:
+    """Each row's position in `categories` (the same code for a value in every file)."""
+    import pyarrow.compute as pc
+
+    assert column.options.categories is not None
+    categories = pa.array(list(column.options.categories)).cast(array.dictionary.type)
+    mapping = column_to_numpy(pc.index_in(array.dictionary, value_set=categories).fill_null(-1)).astype(np.int64)
+    codes = mapping[column_to_numpy(array.indices).astype(np.int64)] if len(array) else np.zeros(0, np.int64)
+    if (codes < 0).any():
+        value = array.dictionary[int(array.indices[int(np.flatnonzero(codes < 0)[0])].as_py())].as_py()
+        raise ColumnDataError(f"column {column.name!r}: value {value!r} is not in column_options.categories")
+    return codes
+
+
 def _flat_list(array: pa.Array, column: Column) -> tuple[np.ndarray, np.ndarray]:
     """(values, offsets from 0) of a list or large_list array, nulls refused."""
     _no_nulls(array, column)
@@ -287,9 +311,11 @@ def to_array(array: pa.Array, column: Column) -> Array:
     """One column of a chunk as its host array (see the module docstring)."""
     kind = column.kind
     if kind is Kind.SCALAR:
+        _no_nulls(array, column)
         out = column_to_numpy(array)
     elif kind is Kind.CODES:
-        out = column_to_numpy(array.indices)
+        _no_nulls(array, column)
+        out = _codes(array, column)
     elif kind is Kind.TENSOR:
         _no_nulls(array, column)
         if isinstance(array, pa.ExtensionArray):
@@ -386,11 +412,14 @@ class Layout:
     def _read_matrix(self, tables: Sequence[pa.Table]) -> Block:
         rows = sum(t.num_rows for t in tables)
         x = np.empty((rows, len(self.features)), dtype=np.float32)
-        y = np.empty(rows, dtype=self._by_name[self.label].dtype) if self.label is not None else None
         offset = 0
         for table in tables:
-            offset = to_matrix(table, list(self.features), self.label, x, y, offset)
-        return {"x": x} if y is None else {"x": x, "y": y}
+            offset = to_matrix(table, list(self.features), None, x, None, offset)
+        if self.label is None:
+            return {"x": x}
+        label = self._by_name[self.label]
+        parts = [to_array(t.column(self.label).combine_chunks(), label) for t in tables]
+        return {"x": x, "y": concat([{"y": p} for p in parts])["y"] if parts else np.empty(0, label.dtype)}
 
     @classmethod
     def scalars(cls, features: Sequence[str], label: str | None, label_dtype: np.dtype | str | None) -> Layout:

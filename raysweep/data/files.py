@@ -120,7 +120,8 @@ def build_layout(data: DataSpec, schema: pa.Schema, file: str, source: str) -> L
     for name in used:
         spec = data.column_options.get(name)
         options = ColumnOptions() if spec is None else ColumnOptions(
-            spec.dtype, spec.pad_value, spec.max_length, tuple(spec.shape) if spec.shape else None)
+            spec.dtype, spec.pad_value, spec.max_length, tuple(spec.shape) if spec.shape else None,
+            tuple(spec.categories) if spec.categories else None)
         columns.append(classify(name, schema.field(name).type, options,
                                 f"{file}: column {name!r} ({_field_of(data, name)})"))
     if not named:
@@ -143,22 +144,43 @@ def build_layout(data: DataSpec, schema: pa.Schema, file: str, source: str) -> L
     return Layout(tuple(columns), named=named, features=() if named else names, label=data.label)
 
 
+def _leaves(arrow_type: pa.DataType) -> int:
+    """How many Parquet leaf columns an Arrow type is stored as."""
+    if isinstance(arrow_type, pa.ExtensionType):
+        return _leaves(arrow_type.storage_type)
+    if pa.types.is_struct(arrow_type):
+        return sum(_leaves(arrow_type.field(i).type) for i in range(arrow_type.num_fields))
+    if pa.types.is_map(arrow_type):
+        return _leaves(arrow_type.key_type) + _leaves(arrow_type.item_type)
+    if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type) or pa.types.is_fixed_size_list(arrow_type):
+        return _leaves(arrow_type.value_type)
+    return 1
+
+
+def leaf_columns(meta: pq.FileMetaData) -> list[str]:
+    """The top-level column each Parquet leaf column belongs to, by leaf index (column
+    names may contain dots, so `path_in_schema` alone cannot say)."""
+    schema = meta.schema.to_arrow_schema()
+    return [field.name for field in schema for _ in range(_leaves(field.type))]
+
+
 def check_no_nulls(file: str, meta: pq.FileMetaData, layout: Layout, data: DataSpec) -> None:
-    """Tensor and bytes columns with nulls, from the footer's statistics. (A list
-    column's statistics count empty rows as nulls too: its nulls are found when read.)"""
-    fixed = {c.name for c in layout.columns if c.kind in (Kind.TENSOR, Kind.BYTES, Kind.TEXT)
-             and c.options.shape is None}
+    """Columns with nulls, from the footer's statistics, for every kind but
+    variable-length lists (their statistics count empty rows as nulls too: their
+    nulls are found when read)."""
+    fixed = {c.name for c in layout.columns if c.kind is not Kind.SEQUENCE and c.options.shape is None}
     if not fixed:
         return
+    owners = leaf_columns(meta)
     for group in range(meta.num_row_groups):
         row_group = meta.row_group(group)
         for index in range(row_group.num_columns):
             chunk = row_group.column(index)
-            name = chunk.path_in_schema.split(".")[0]
+            name = owners[index]
             stats = chunk.statistics
             if name in fixed and stats is not None and stats.has_null_count and stats.null_count > 0:
                 raise UserInputError(f"{file}: column {name!r} ({_field_of(data, name)}) has null values "
-                                     f"(row group {group}); tensor and bytes columns take none")
+                                     f"(row group {group}); raysweep reads no nulls (fill or drop them)")
 
 
 def _decoded_bytes(layout: Layout, rows: int, metas: Iterable[pq.FileMetaData]) -> int:
@@ -170,10 +192,11 @@ def _decoded_bytes(layout: Layout, rows: int, metas: Iterable[pq.FileMetaData]) 
     if variable:
         total += rows * 8 * len(variable)
         for meta in metas:
+            owners = leaf_columns(meta)
             for group in range(meta.num_row_groups):
                 row_group = meta.row_group(group)
                 total += sum(row_group.column(i).total_uncompressed_size for i in range(row_group.num_columns)
-                             if row_group.column(i).path_in_schema.split(".")[0] in variable)
+                             if owners[i] in variable)
     return total
 
 

@@ -184,8 +184,12 @@ class TrainContext:
                                  "it must return a dict of tensors")
         batch = {}
         for key, value in out.items():
-            if isinstance(value, np.ndarray) and value.dtype != object:
-                value = torch.from_numpy(value)
+            if isinstance(value, np.ndarray):
+                try:  # (a flipped view has negative strides: copied into a contiguous array)
+                    value = torch.from_numpy(np.ascontiguousarray(value))
+                except TypeError:
+                    raise TransformError(f"{self.transform_name} returned a numpy {value.dtype} array for {key!r} "
+                                         f"on {where}; torch takes numbers and bools only") from None
             if not isinstance(value, torch.Tensor):
                 raise TransformError(f"{self.transform_name} returned {type(value).__name__} for {key!r} on {where}; "
                                      "every value must be a tensor or numpy array")
