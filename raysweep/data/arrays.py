@@ -14,6 +14,7 @@ import numpy as np
 
 from raysweep.data.columns import (  # noqa: F401  (re-exported for the benchmarks)
     Block,
+    ColumnDataError,
     Layout,
     block_nbytes,
     block_rows,
@@ -98,8 +99,18 @@ class ArraySet(SplitBatches):
 
     @classmethod
     def from_parquet(cls, files: Sequence[str], layout: Layout) -> ArraySet:
-        """Read `files` (paths or URIs): the used columns, each into one host array."""
-        return cls(layout.read([open_parquet(f).read(columns=layout.names) for f in files]), layout)
+        """Read `files` (paths or URIs): the used columns, each into one host array.
+        Data that breaks its schema's promise raises ColumnDataError naming the file."""
+        tables = [open_parquet(f).read(columns=layout.names) for f in files]
+        try:
+            return cls(layout.read(tables), layout)
+        except ColumnDataError:
+            for file, table in zip(files, tables, strict=True):
+                try:
+                    layout.read([table])
+                except ColumnDataError as exc:
+                    raise ColumnDataError(f"{file}: {exc}") from None
+            raise
 
     @property
     def features(self) -> np.ndarray:
@@ -141,6 +152,12 @@ class ArraySet(SplitBatches):
 
 
 def load_arrays(data: ResolvedData) -> tuple[ArraySet, ArraySet]:
-    """Training and validation columns, in file order, read on the driver."""
-    return (ArraySet.from_parquet(data.train_files, data.layout),
-            ArraySet.from_parquet(data.validation_files, data.layout))
+    """Training and validation columns, in file order, read on the driver, before any
+    run is recorded: data that breaks its schema's promise is the user's input (exit 2)."""
+    from raysweep.errors import UserInputError
+
+    try:
+        return (ArraySet.from_parquet(data.train_files, data.layout),
+                ArraySet.from_parquet(data.validation_files, data.layout))
+    except ColumnDataError as exc:
+        raise UserInputError(str(exc)) from None

@@ -281,7 +281,7 @@ def column_to_numpy(array: pa.Array) -> np.ndarray:
 def _no_nulls(array: pa.Array, column: Column) -> None:
     if array.null_count:
         raise ColumnDataError(f"column {column.name!r} ({column.arrow_type}) has {array.null_count} null row(s); "
-                              "tensor, list and bytes columns take none")
+                              "raysweep reads no nulls (fill or drop them)")
 
 
 def _codes(array: pa.DictionaryArray, column: Column) -> np.ndarray:

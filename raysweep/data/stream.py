@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raysweep.data.arrays import SplitBatches
-from raysweep.data.columns import Block, Layout, concat, slice_rows, take
+from raysweep.data.columns import Block, ColumnDataError, Layout, concat, slice_rows, take
 from raysweep.data.columns import block_rows as size_of
 from raysweep.data.shards import (
     Segment,
@@ -146,7 +146,15 @@ class StreamSplit(SplitBatches):
     def _read(self, pieces: list[Segment]) -> Block:
         """The rows of `pieces`, in order, as one host block."""
         tables = [self._row_group(file, group).slice(start, stop - start) for file, group, start, stop in pieces]
-        return self.layout.read(tables)
+        try:
+            return self.layout.read(tables)
+        except ColumnDataError:
+            for (file, group, _, _), table in zip(pieces, tables, strict=True):
+                try:
+                    self.layout.read([table])
+                except ColumnDataError as exc:
+                    raise ColumnDataError(f"{self.source.files[file]}: row group {group}: {exc}") from None
+            raise
 
     def _windows(self, load: list[tuple[int, int]], fetch) -> Iterator[Block]:  # noqa: ANN001
         """Windows decoded in the background, in order, at most `prefetch_windows` ahead."""
