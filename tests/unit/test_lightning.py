@@ -96,3 +96,49 @@ def test_precision_the_machine_cannot_do(capsys, write_spec) -> None:
     spec = write_spec(trainer="trainers.digits_mlp_lightning", lightning={"precision": "16-mixed"})
     assert main(["tune", str(spec)]) == 2
     assert "lightning.precision: '16-mixed' needs a GPU" in capsys.readouterr().err
+
+
+def test_a_lightning_module_trains_on_transformed_named_batches(tmp_path) -> None:
+    """Named batches (PNG bytes + label) through the trainer's transform reach a
+    LightningModule as dicts of tensors, in training and validation."""
+    import pytorch_lightning as pl
+    import torch
+
+    from raysweep.config.spec import DataSpec
+    from raysweep.data.arrays import ArraySet
+    from raysweep.data.examples import write_digits_png_parquet
+    from raysweep.data.files import resolve_data
+    from trainers.digits_png import build_model, transform
+
+    seen: list[tuple[str, str]] = []
+
+    class PngModule(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = build_model({})
+
+        def training_step(self, batch, batch_idx):
+            seen.append(("train", str(batch["image"].dtype)))
+            loss = torch.nn.functional.cross_entropy(self.model(batch), batch["label"])
+            self.log("train_loss", loss, on_epoch=True, batch_size=len(batch["label"]))
+            return loss
+
+        def validation_step(self, batch, batch_idx):
+            seen.append(("val", str(batch["image"].dtype)))
+            loss = torch.nn.functional.cross_entropy(self.model(batch), batch["label"])
+            self.log("val_loss", loss, on_epoch=True, batch_size=len(batch["label"]))
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=0.01)
+
+    write_digits_png_parquet(tmp_path)
+    data = resolve_data(DataSpec(train=str(tmp_path / "train"), validation=str(tmp_path / "validation"),
+                                 columns=["png", "label"]), "s.yaml")
+    train, validation = (ArraySet.from_parquet(files, data.layout)
+                         for files in (data.train_files, data.validation_files))
+    ctx, reports = TrainContext.in_process(train, validation, params={"batch_size": 128}, num_epochs=2,
+                                           transform=transform)
+    fit(ctx, lambda params: PngModule(), LightningSpec())
+    assert [m["epoch"] for m, _ in reports] == [0, 1]
+    assert reports[1][0]["val_loss"] < reports[0][0]["val_loss"]
+    assert {kind for kind, _ in seen} == {"train", "val"} and {d for _, d in seen} == {"torch.uint8"}
