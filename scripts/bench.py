@@ -30,6 +30,10 @@ Entries (medians over repeats; each names its baseline):
   the trials' own training time / concurrent trials).
 - tracking: a trial's training time with raysweep's MLflow logging against the
   same trial with logging off.
+- columns_memory, columns_transform, columns_padding: column shapes
+  (raysweep.testing.columns_bench): a uint8 image column's host bytes per row against
+  its Arrow size; PNG decoding in the trainer's transform, 2 transform workers against
+  1; padded token batches against hand-written pyarrow-to-torch pad loops.
 Each entry is registered with its target (raysweep.testing.bench); its JSON result
 records "target" and "met". Prints the Markdown tables, writes JSON to --out (and the
 tables to OUT.md), names the targets missed, and exits 1 when any was missed.
@@ -61,6 +65,7 @@ from raysweep.data.examples import write_digits_parquet
 from raysweep.data.shards import train_batch_indices
 from raysweep.execution.context import TrainContext
 from raysweep.execution.lightning import find_module_factory, fit
+from raysweep.testing import columns_bench
 from raysweep.testing.bench import Registry, md_table, run_entries
 from trainers import digits_mlp, digits_mlp_lightning
 
@@ -1008,6 +1013,17 @@ def bench_tracking(bench: Bench) -> dict[str, Any]:
     rows = [{"name": name, "training_s": statistics.median(v), "cost_pct": 100 * (statistics.median(v) / base - 1),
              "samples": [round(x, 3) for x in v]} for name, v in seconds.items()]
     return {"entry": "tracking", "baseline": "no tracking", "epochs": 10, "rows": rows}
+
+
+# ---------------------------------------------------------------- column shapes (raysweep.testing.columns_bench)
+
+
+ENTRIES.register("columns_memory", target="uint8 image column: host bytes/row == its Arrow bytes/row (ratio 1.0)",
+                 table=columns_bench.memory_table, met=columns_bench.memory_met)(columns_bench.bench_memory)
+ENTRIES.register("columns_transform", target="PNG decode epoch: transform_workers=2 >= 1.6x transform_workers=1",
+                 table=columns_bench.transform_table, met=columns_bench.transform_met)(columns_bench.bench_transform)
+ENTRIES.register("columns_padding", target="padded tokens + lengths >= 0.9x the hand-written pad loop's speed",
+                 table=columns_bench.padding_table, met=columns_bench.padding_met)(columns_bench.bench_padding)
 
 
 # ---------------------------------------------------------------- main

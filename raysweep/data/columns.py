@@ -210,6 +210,11 @@ class Ragged:
         starts, lengths = self.offsets[rows], self.lengths[rows]
         offsets = np.zeros(len(rows) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
+        if len(rows) and offsets[-1] > 64 * len(rows):
+            # Long rows (encoded images): one slice per row copies with memcpy, where
+            # an index per value would cost 8 bytes of index per value moved.
+            values = np.concatenate([self.values[a:a + n] for a, n in zip(starts, lengths, strict=True)])
+            return Ragged(values, offsets)
         # Position of each output value in `values`: its row's start + its index in the row.
         index = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1], dtype=np.int64)
         return Ragged(self.values[index], offsets)
@@ -233,7 +238,11 @@ class Ragged:
         width = int(lengths.max()) if len(lengths) else 0
         out = np.full((len(self), width), pad_value, dtype=self.values.dtype)
         mask = np.arange(width) < lengths[:, None]
-        out[mask] = self.values[(self.offsets[:-1, None] + np.arange(width))[mask]]
+        if max_length is None or width == int(self.lengths.max(initial=0)):
+            # No row cut: the filled cells, in row order, are exactly `values`.
+            out[mask] = self.values[self.offsets[0]:self.offsets[-1]]
+        else:
+            out[mask] = self.values[(self.offsets[:-1, None] + np.arange(width))[mask]]
         return out, lengths.astype(np.int64)
 
 

@@ -64,16 +64,20 @@ def layout_of(path: Path, **data: Any) -> Layout:
     return build_layout(spec, pq.read_schema(path), str(path), "bench")
 
 
-def best_of(readers: dict[str, Callable[[], int]], rounds: int, expected: int) -> dict[str, list[float]]:
+def best_of(readers: dict[str, Callable[[], int]], rounds: int, expected: int,
+            cpu: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
     """Seconds of each reader per round, the readers' order rotated every round; each
-    must return `expected` (rows or batches seen)."""
+    must return `expected` (rows or batches seen). With `cpu`, each round's process
+    CPU seconds / wall seconds (cores used) go there."""
     names = list(readers)
     seconds: dict[str, list[float]] = {name: [] for name in names}
     for round_ in range(rounds):
         for name in names[round_ % len(names):] + names[:round_ % len(names)]:
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             seen = readers[name]()
             seconds[name].append(time.perf_counter() - started)
+            if cpu is not None:
+                cpu.setdefault(name, []).append((time.process_time() - cpu_started) / seconds[name][-1])
             if seen != expected:
                 raise RuntimeError(f"{name}: saw {seen}, expected {expected}")
     return seconds
@@ -192,20 +196,20 @@ POOL_1, POOL_2 = "control: decode alone, 1 thread", "control: decode alone, 2 th
 
 
 def transform_table(r: dict[str, Any]) -> list[str]:
-    return [*md_table(["reader", "epoch s (best)", "images/s", "speed-up", "samples s"],
-                      [[x["name"], x["epoch_s"], f"{x['images_per_s']:.4g}", x.get("speedup", "-"),
+    return [*md_table(["reader", "epoch s (best)", "images/s", "speed-up", "cores used", "samples s"],
+                      [[x["name"], x["epoch_s"], f"{x['images_per_s']:.4g}", x.get("speedup", "-"), x["cores_used"],
                         ", ".join(f"{s:.3f}" for s in x["samples"])] for x in r["rows"]]),
             f"{r['data_rows']} rows ({r['distinct_images']} distinct {r['side']}x{r['side']} RGB PNG images, "
             f"{r['png_bytes_per_image']:.0f} B each on average, {r['decoded_bytes_per_image']} B decoded) in a "
             f"binary column; named layout [png]; one training epoch of ctx.train_batches(0, {r['batch_size']}) "
             "with the transform decode_png (Pillow Image.open + np.asarray + np.stack). Speed-up: against the "
-            "same reader with 1 thread. Controls: the host side without a transform (the context's main thread), "
-            "and decode_png mapped over the same delivered batches by a ThreadPoolExecutor (what the machine "
-            f"allows). Best of {r['repeats']}, alternating; {r['cpus']} CPUs (shared with other work; load "
-            f"average {r['load_before']} before, {r['load_after']} after). The host side alone is "
-            f"{r['host_share']:.0%} of the 1-worker epoch (its shuffle, Ragged.take, runs on the context's main "
-            f"thread whatever transform_workers is). Decoded epoch equals the source pixels: {r['decoded_equal']}.",
-            ""]
+            "same reader with 1 thread; cores used: the process's CPU time / wall time in that epoch. Controls: "
+            "the host side without a transform (the context's main thread), and decode_png mapped over the same "
+            f"delivered batches by a ThreadPoolExecutor (what the machine allows). Best of {r['repeats']}, "
+            f"alternating; {r['cpus']} CPUs (shared with other work; load average {r['load_before']} before, "
+            f"{r['load_after']} after). The host side alone is {r['host_share']:.0%} of the 1-worker epoch (its "
+            "shuffle, Ragged.take, runs on the context's main thread whatever transform_workers is). Decoded "
+            f"epoch equals the source pixels: {r['decoded_equal']}.", ""]
 
 
 def transform_met(r: dict[str, Any]) -> bool | None:
@@ -255,12 +259,14 @@ def bench_transform(bench: Any) -> dict[str, Any]:
                POOL_1: pool(1), POOL_2: pool(2)}
     for reader in readers.values():  # warm-up (imports, first-use costs), untimed
         reader()
-    seconds = best_of(readers, rounds, count)
+    cores: dict[str, list[float]] = {}
+    seconds = best_of(readers, rounds, count, cores)
     single = {TRANSFORM_2: TRANSFORM_1, TRANSFORM_1: TRANSFORM_1, POOL_2: POOL_1, POOL_1: POOL_1}
     out = []
     for name, values in seconds.items():
-        row: dict[str, Any] = {"name": name, "epoch_s": min(values), "images_per_s": count / min(values),
-                               "samples": [round(v, 4) for v in values]}
+        best = values.index(min(values))
+        row: dict[str, Any] = {"name": name, "epoch_s": values[best], "images_per_s": count / values[best],
+                               "cores_used": cores[name][best], "samples": [round(v, 4) for v in values]}
         if name in single:
             row["speedup"] = min(seconds[single[name]]) / min(values)
         out.append(row)
