@@ -17,6 +17,7 @@ from raysweep.config.profile import ClusterProfile, check_storage, load_profile
 from raysweep.config.spec import Spec
 from raysweep.data.files import ResolvedData, resolve_data
 from raysweep.errors import UserInputError
+from raysweep.execution.plan import max_concurrent_trials
 from raysweep.execution.preflight import check_trainer
 
 
@@ -56,4 +57,11 @@ def prepare(spec: str | Path | Spec, overrides: tuple[str, ...] | list[str] = ()
             f"{source}: scaling.num_workers: {spec.scaling.num_workers} workers need at least "
             f"as many training rows, got {data.num_train_rows}"
         )
+    if profile.node_types:  # an autoscaling cluster: whether one trial fits is known now
+        capacity = profile.max_capacity()
+        try:
+            max_concurrent_trials(spec.scaling, spec.budget, capacity["CPU"], capacity["GPU"])
+        except UserInputError as exc:
+            raise UserInputError(f"{source}: {exc} (cluster {cluster}: its node types at their maximum "
+                                 "counts)") from None
     return Prepared(spec, data, profile, source, tuple(overrides), address, cluster)

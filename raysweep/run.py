@@ -21,12 +21,13 @@ from typing import Any
 import yaml
 
 from raysweep.cluster.connect import cluster_capacity, connected, smallest_object_store
+from raysweep.config.profile import ClusterProfile
 from raysweep.config.spec import Spec
 from raysweep.data.loader import choose_loader, worker_data
 from raysweep.errors import RunFailedError, UserInputError
 from raysweep.execution.driver import TrainMetricsCallback, build_trainer, storage_root
-from raysweep.execution.plan import ExecutionMode, RunPlan, execution_mode
-from raysweep.execution.sweep import find_sweep_to_resume, max_concurrent_trials, run_sweep
+from raysweep.execution.plan import ExecutionMode, RunPlan, execution_mode, max_concurrent_trials
+from raysweep.execution.sweep import find_sweep_to_resume, run_sweep
 from raysweep.prepare import Prepared, prepare
 from raysweep.tracking import tags as tag
 from raysweep.tracking.callbacks import SweepTracker
@@ -94,6 +95,19 @@ def _plan(run: Prepared, mode: ExecutionMode, echo: bool = True) -> RunPlan:
     arrays = worker_data(loader, run.data)
     return RunPlan.from_spec(run.spec, storage_root(run.spec.storage_path, run.spec.name), arrays, mode, loader,
                              reason)
+
+
+def sweep_capacity(profile: ClusterProfile, echo: bool = False) -> tuple[float, float]:
+    """(CPUs, GPUs) a sweep sizes its concurrency by: an autoscaling profile's node
+    types at their maximum counts (its worker nodes may all be down now: pending
+    trials make the autoscaler add them), else what the connected cluster has."""
+    if not profile.node_types:
+        return cluster_capacity()
+    capacity = profile.max_capacity()
+    if echo:
+        print(f"cluster: autoscaling {profile.name}: sized for its node types at their maximum counts "
+              f"({capacity['CPU']:g} CPUs, {capacity['GPU']:g} GPUs)", flush=True)
+    return capacity["CPU"], capacity["GPU"]
 
 
 def _record(kind: str, run: Prepared, plan: RunPlan, name: str, store: RunStore, run_id: str, folder: str,
@@ -205,7 +219,7 @@ def tune(spec: SpecLike, overrides: list[str] | tuple[str, ...] = (), *, cluster
     sweep_id = resumed or new_sweep_id(storage_root(run.spec.storage_path, run.spec.name), run.spec.name)
     driver_resources = run.profile.trial_driver_resources
     with connected(run.profile, run.address):
-        concurrency = max_concurrent_trials(run.spec.scaling, run.spec.budget, *cluster_capacity())
+        concurrency = max_concurrent_trials(run.spec.scaling, run.spec.budget, *sweep_capacity(run.profile, echo))
         plan = _plan(run, execution_mode(run.spec.scaling, driver_resources), echo)
         store = store or RunStore(tracking_uri(), run.spec.name)
         parent_id = store.open(f"sweep/{sweep_id}", sweep_id, params=sweep_params(run.spec))

@@ -18,6 +18,7 @@ from pathlib import Path
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from raysweep._ray_compat import use_token_auth, walk_upload
+from raysweep.cluster import cloud
 from raysweep.cluster.local import ClusterState
 from raysweep.config.profile import load_profile
 from raysweep.errors import RunFailedError, UserInputError
@@ -121,6 +122,16 @@ def _first_line(exc: Exception) -> str:
 
 def submit_to_cluster(spec_path: str, overrides: list[str], profile_path: str, timeout_s: float | None) -> int:
     """`raysweep submit SPEC --cluster PROFILE` to a cluster `raysweep cluster up` started."""
+    if cloud.is_cloud_profile(profile_path):
+        # A launcher config: the job API through `ray dashboard PROFILE`'s tunnel, and the
+        # token file `raysweep cluster up` made for that cluster (RAY_AUTH_TOKEN would
+        # outrank it). The job's driver runs on the head and joins it (`auto`); --cluster
+        # tells it the node types the sweep sizes its concurrency by.
+        dashboard, token = cloud.job_api(profile_path)
+        os.environ.pop("RAY_AUTH_TOKEN", None)
+        os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
+        use_token_auth()
+        return submit(dashboard, spec_path, overrides, Path.cwd(), timeout_s, profile_path)
     profile = load_profile(profile_path)
     state = ClusterState.load(profile.name)
     if state is None:

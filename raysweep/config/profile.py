@@ -24,6 +24,18 @@ class WorkerNode(_Section):
     """Custom resources, e.g. {preemptible: 1}."""
 
 
+class NodeType(_Section):
+    """One worker node type of an autoscaling cluster (a launcher config's
+    `available_node_types` entry)."""
+
+    resources: dict[str, float] = Field(default_factory=dict)
+    """What one node of this type offers, CPU and GPU included (set them explicitly in
+    the launcher config: they size a sweep before any node is up)."""
+    min_workers: int = Field(default=0, ge=0)
+    max_workers: int = Field(default=0, ge=0)
+    """The most nodes of this type the autoscaler starts."""
+
+
 class ClusterProfile(_Section):
     """Where runs go: a Ray cluster started here, or one to join."""
 
@@ -53,9 +65,32 @@ class ClusterProfile(_Section):
     drivers (and Train's controllers) off preemptible nodes that lack them."""
     shared_paths: list[str] = Field(default_factory=list)
     """Local paths every node of a joined cluster sees (an NFS mount, say)."""
+    node_types: dict[str, NodeType] = Field(default_factory=dict)
+    """An autoscaling cluster's worker node types (from a launcher config): a sweep's
+    concurrency is what their maximum counts can hold, not what is up when it starts."""
+    max_workers: int | None = Field(default=None, ge=0)
+    """An autoscaling cluster's limit on worker nodes of all types together."""
+    launcher: bool = False
+    """Derived from a Ray cluster launcher config (a cloud cluster: it spans hosts)."""
+
+    def max_capacity(self) -> dict[str, float]:
+        """Resources with every node type at its maximum count (the global
+        `max_workers` spent on the types in the order given), plus the head's."""
+        total: dict[str, float] = {"CPU": float(self.num_cpus or 0), "GPU": float(self.num_gpus or 0),
+                                   **self.resources}
+        types = self.node_types.values()
+        left = self.max_workers if self.max_workers is not None else sum(t.max_workers for t in types)
+        for node_type in types:
+            count = min(node_type.max_workers, left)
+            left -= count
+            for name, amount in node_type.resources.items():
+                total[name] = total.get(name, 0.0) + count * amount
+        return total
 
     def spans_hosts(self) -> bool:
         """Whether nodes may sit on other machines (a joined, non-loopback cluster)."""
+        if self.launcher:
+            return True
         if self.address is None or self.address == "auto":
             return False
         host = self.address.split("://")[-1].rpartition(":")[0]
@@ -98,11 +133,34 @@ def validate_launcher_config(raw: dict, path: str | Path) -> None:
 DEFAULT_PROFILE = ClusterProfile(name="local")
 
 
+def profile_from_launcher(raw: dict, path: str | Path) -> ClusterProfile:
+    """A launcher config as a profile: runs join the cluster they run in (`auto`: a job
+    on its head), sized by its node types' maximum counts."""
+    validate_launcher_config(raw, path)
+    types = raw.get("available_node_types", {})
+    head = types.get(raw.get("head_node_type"), {})
+    head_resources = dict(head.get("resources", {}))
+    try:
+        return ClusterProfile(
+            name=raw["cluster_name"], address="auto", launcher=True,
+            num_cpus=int(head_resources.pop("CPU")) if "CPU" in head_resources else None,
+            num_gpus=int(head_resources.pop("GPU")) if "GPU" in head_resources else None,
+            resources=head_resources, max_workers=raw.get("max_workers"),
+            node_types={name: NodeType(resources=t.get("resources", {}), min_workers=t.get("min_workers", 0),
+                                       max_workers=t.get("max_workers", 0))
+                        for name, t in types.items() if name != raw.get("head_node_type")})
+    except ValidationError as exc:
+        raise UserInputError(f"{path}: {describe_error(exc.errors()[0])}") from None
+
+
 def load_profile(path: str | Path | None) -> ClusterProfile:
-    """The profile at `path` (validated like a spec), or the embedded local default."""
+    """The profile at `path` (validated like a spec; a launcher config becomes one,
+    see profile_from_launcher), or the embedded local default."""
     if path is None:
         return DEFAULT_PROFILE
     raw = read_spec_file(path, what="profile")
+    if is_launcher_config(raw):
+        return profile_from_launcher(raw, path)
     try:
         return ClusterProfile.model_validate(raw)
     except ValidationError as exc:

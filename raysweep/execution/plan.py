@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from raysweep.data.shards import StreamSettings
+from raysweep.errors import UserInputError
 
 if TYPE_CHECKING:
-    from raysweep.config.spec import ScalingSpec, Spec
+    from raysweep.config.spec import BudgetSpec, ScalingSpec, Spec
 
 
 class ExecutionMode(enum.Enum):
@@ -34,6 +36,21 @@ def execution_mode(scaling: ScalingSpec, driver_resources: dict[str, float] | No
     if scaling.num_workers == 1 and scaling.worker_group == "auto" and not driver_resources:
         return ExecutionMode.IN_TRIAL
     return ExecutionMode.WORKER_GROUP
+
+
+def max_concurrent_trials(scaling: ScalingSpec, budget: BudgetSpec, cpus: float, gpus: float) -> int:
+    """How many trials fit on the cluster at once, each with all its workers."""
+    need_cpu = scaling.num_workers * scaling.cpus_per_worker
+    need_gpu = scaling.num_workers * scaling.gpus_per_worker
+    fits = math.floor(cpus / need_cpu + 1e-9)
+    if need_gpu:
+        fits = min(fits, math.floor(gpus / need_gpu + 1e-9))
+    if fits < 1:
+        raise UserInputError(
+            f"scaling: one trial needs {need_cpu:g} CPUs and {need_gpu:g} GPUs, "
+            f"but the cluster has {cpus:g} CPUs and {gpus:g} GPUs"
+        )
+    return max(1, min(fits, budget.max_concurrent_trials or fits, budget.num_trials))
 
 
 @dataclass(frozen=True)

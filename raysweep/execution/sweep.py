@@ -10,7 +10,6 @@ derived from the cluster's CPUs/GPUs (`max_concurrent_trials`), before any run.
 from __future__ import annotations
 
 import functools
-import math
 import os
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from raysweep._ray_compat import replace_tuner_callbacks, set_ray_env_defaults
 from raysweep.config.space import to_optuna_space
-from raysweep.config.spec import BudgetSpec, SamplerSpec, ScalingSpec, SchedulerSpec, Spec
+from raysweep.config.spec import SamplerSpec, SchedulerSpec, Spec
 from raysweep.errors import UserInputError
 from raysweep.execution.driver import build_trainer
 from raysweep.execution.plan import ExecutionMode, RunPlan
@@ -129,21 +128,6 @@ def make_scheduler(scheduler: SchedulerSpec) -> TrialScheduler:
         grace_period=scheduler.grace_period,
         reduction_factor=scheduler.reduction_factor,
     )
-
-
-def max_concurrent_trials(scaling: ScalingSpec, budget: BudgetSpec, cpus: float, gpus: float) -> int:
-    """How many trials fit on the cluster at once, each with all its workers."""
-    need_cpu = scaling.num_workers * scaling.cpus_per_worker
-    need_gpu = scaling.num_workers * scaling.gpus_per_worker
-    fits = math.floor(cpus / need_cpu + 1e-9)
-    if need_gpu:
-        fits = min(fits, math.floor(gpus / need_gpu + 1e-9))
-    if fits < 1:
-        raise UserInputError(
-            f"scaling: one trial needs {need_cpu:g} CPUs and {need_gpu:g} GPUs, "
-            f"but the cluster has {cpus:g} CPUs and {gpus:g} GPUs"
-        )
-    return max(1, min(fits, budget.max_concurrent_trials or fits, budget.num_trials))
 
 
 def find_sweep_to_resume(root: str, name: str, sweep_id: str | None) -> str:

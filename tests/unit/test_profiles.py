@@ -63,7 +63,37 @@ def test_kuberay_manifest_structure() -> None:
 
 def test_cloud_cluster_up_hands_over_to_ray_up(capsys) -> None:
     assert main(["cluster", "up", str(REPO / "cluster" / "aws.yaml"), "--dry-run"]) == 0
-    assert capsys.readouterr().out.strip().endswith(f"ray up -y {REPO / 'cluster' / 'aws.yaml'}")
+    from raysweep.cluster import cloud
+
+    assert capsys.readouterr().out.strip().endswith(f"ray up -y {cloud.cluster_dir('raysweep-aws') / 'launcher.yaml'}")
+
+
+def test_a_launcher_config_is_a_profile_sized_by_its_node_types() -> None:
+    from raysweep.config.profile import load_profile
+
+    aws = load_profile(REPO / "cluster" / "aws.yaml")
+    assert aws.name == "raysweep-aws" and aws.address == "auto" and aws.spans_hosts()
+    assert aws.num_cpus == 0 and set(aws.node_types) == {"gpu_worker", "gpu_worker_on_demand"}
+    # max_workers 8 in all: the 8 spot nodes first (the order given), no on-demand one left.
+    assert aws.max_capacity() == {"CPU": 32.0, "GPU": 8.0, "preemptible": 8.0, "trial_driver": 0.0}
+    gcp = load_profile(REPO / "cluster" / "gcp.yaml")
+    assert gcp.max_capacity()["GPU"] == 8.0 and gcp.max_capacity()["CPU"] == 64.0
+
+
+def test_check_against_a_cloud_profile_before_any_node_is_up(capsys, write_spec) -> None:
+    """`raysweep check SPEC --cluster cluster/aws.yaml`: run storage must be shared, and
+    a trial must fit the node types at their maximum counts; neither needs the cluster."""
+    aws = str(REPO / "cluster" / "aws.yaml")
+    spec = write_spec(scaling={"num_workers": 2, "cpus_per_worker": 2, "gpus_per_worker": 1})
+    assert main(["check", str(spec), "--cluster", aws]) == 2
+    assert "storage_path" in capsys.readouterr().err
+    assert main(["check", str(spec), "--cluster", aws, "--set", "storage_path=s3://bucket/runs"]) == 0
+    capsys.readouterr()
+    too_big = ["--set", "storage_path=s3://bucket/runs", "--set", "scaling.num_workers=9"]
+    assert main(["check", str(spec), "--cluster", aws, *too_big]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "needs 18 CPUs and 9 GPUs, but the cluster has 32 CPUs and 8 GPUs" in err, err
+    assert "its node types at their maximum counts" in err
 
 
 def test_unreachable_address_fails_within_seconds(capsys, write_spec, tmp_path, monkeypatch) -> None:
