@@ -32,6 +32,7 @@ class NodeType(_Section):
     """What one node of this type offers, CPU and GPU included (set them explicitly in
     the launcher config: they size a sweep before any node is up)."""
     min_workers: int = Field(default=0, ge=0)
+    """Nodes of this type kept up even when idle."""
     max_workers: int = Field(default=0, ge=0)
     """The most nodes of this type the autoscaler starts."""
 

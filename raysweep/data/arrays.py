@@ -101,13 +101,15 @@ class ArraySet(SplitBatches):
     def from_parquet(cls, files: Sequence[str], layout: Layout) -> ArraySet:
         """Read `files` (paths or URIs): the used columns, each into one host array.
         Data that breaks its schema's promise raises ColumnDataError naming the file."""
-        tables = [open_parquet(f).read(columns=layout.names) for f in files]
+        parquet = [open_parquet(f) for f in files]
+        # One file's table at a time (the tabular matrix is filled as each is read).
+        tables = (p.read(columns=layout.names) for p in parquet)
         try:
-            return cls(layout.read(tables), layout)
+            return cls(layout.read(tables, rows=sum(p.metadata.num_rows for p in parquet)), layout)
         except ColumnDataError:
-            for file, table in zip(files, tables, strict=True):
+            for file, p in zip(files, parquet, strict=True):
                 try:
-                    layout.read([table])
+                    layout.read([p.read(columns=layout.names)])
                 except ColumnDataError as exc:
                     raise ColumnDataError(f"{file}: {exc}") from None
             raise

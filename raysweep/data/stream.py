@@ -145,13 +145,13 @@ class StreamSplit(SplitBatches):
 
     def _read(self, pieces: list[Segment]) -> Block:
         """The rows of `pieces`, in order, as one host block."""
-        tables = [self._row_group(file, group).slice(start, stop - start) for file, group, start, stop in pieces]
+        tables = (self._row_group(file, group).slice(start, stop - start) for file, group, start, stop in pieces)
         try:
-            return self.layout.read(tables)
+            return self.layout.read(tables, rows=sum(stop - start for _, _, start, stop in pieces))
         except ColumnDataError:
-            for (file, group, _, _), table in zip(pieces, tables, strict=True):
+            for file, group, start, stop in pieces:
                 try:
-                    self.layout.read([table])
+                    self.layout.read([self._row_group(file, group).slice(start, stop - start)])
                 except ColumnDataError as exc:
                     raise ColumnDataError(f"{self.source.files[file]}: row group {group}: {exc}") from None
             raise
