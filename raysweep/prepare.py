@@ -57,6 +57,14 @@ def prepare(spec: str | Path | Spec, overrides: tuple[str, ...] | list[str] = ()
             f"{source}: scaling.num_workers: {spec.scaling.num_workers} workers need at least "
             f"as many training rows, got {data.num_train_rows}"
         )
+    if spec.sampler.warm_start:
+        from raysweep.config.load import storage_root
+        from raysweep.tracking.study import study_exists  # (Optuna: only for a warm start)
+
+        root = storage_root(spec.storage_path, spec.name)
+        if not study_exists(f"{root}/{spec.sampler.warm_start}", spec.name):
+            raise UserInputError(f"{source}: sampler.warm_start: no sweep {spec.sampler.warm_start!r} with an "
+                                 f"Optuna study under {root}")
     if profile.node_types:  # an autoscaling cluster: whether one trial fits is known now
         capacity = profile.max_capacity()
         try:

@@ -21,11 +21,12 @@ from typing import Any
 import yaml
 
 from raysweep.cluster.connect import cluster_capacity, connected, smallest_object_store
+from raysweep.config.load import storage_root
 from raysweep.config.profile import ClusterProfile
 from raysweep.config.spec import Spec
 from raysweep.data.loader import choose_loader, worker_data
 from raysweep.errors import RunFailedError, UserInputError
-from raysweep.execution.driver import TrainMetricsCallback, build_trainer, storage_root
+from raysweep.execution.driver import TrainMetricsCallback, build_trainer
 from raysweep.execution.plan import ExecutionMode, RunPlan, execution_mode, max_concurrent_trials
 from raysweep.execution.sweep import find_sweep_to_resume, run_sweep
 from raysweep.prepare import Prepared, prepare
@@ -182,7 +183,7 @@ def resume_target(run: Prepared, resume: bool | str | None) -> str | None:
     root = storage_root(run.spec.storage_path, run.spec.name)
     sweep_id = find_sweep_to_resume(root, run.spec.name, None if resume is True else str(resume))
     record_file = Path(root) / sweep_id / RECORD_FILE
-    if record_file.is_file():
+    if "://" not in root and record_file.is_file():
         recorded = json.loads(record_file.read_text())["spec"]
         now = run.spec.model_dump(mode="json")
         changed = sorted(k for k in set(recorded) | set(now) if recorded.get(k) != now.get(k))

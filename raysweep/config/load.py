@@ -124,3 +124,10 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> Spec:
     """Read, override and validate a spec file. Raises UserInputError."""
     raw = apply_overrides(read_spec_file(path), overrides or [])
     return validate_spec(raw, str(path))
+
+
+def storage_root(storage_path: str, experiment: str) -> str:
+    """The experiment's run folder: an absolute local path, or the URI as given."""
+    if "://" in storage_path:
+        return f"{storage_path.rstrip('/')}/{experiment}"
+    return str(Path(resolve_path(storage_path)).resolve() / experiment)

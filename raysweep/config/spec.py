@@ -178,6 +178,13 @@ class SamplerSpec(_Section):
     """Seed of the sampler's own random draws; independent of the top-level `seed`."""
     n_startup_trials: PositiveInt | None = None
     """TPE's random warm-up trials; null: Optuna's default (10). Ignored by random."""
+    warm_start: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    """An earlier sweep of this experiment (its sweep id, under the same storage_path):
+    its finished trials whose params lie in this space join this sweep's study before
+    the first trial, so the sampler starts from what that sweep learned."""
+    warm_start_top_k: int = Field(default=0, ge=0)
+    """With warm_start: the earlier sweep's best K configs run first, as this sweep's
+    first trials."""
 
 
 class SchedulerSpec(_Section):

@@ -5,7 +5,6 @@ Used by `raysweep train` and by each ExecutionMode.WORKER_GROUP trial.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -13,17 +12,9 @@ from ray.train.torch import TorchTrainer
 from ray.train.v2.api.callback import UserCallback
 
 from raysweep._ray_compat import set_ray_env_defaults
-from raysweep.config.load import resolve_path
 from raysweep.execution.plan import RunPlan
 from raysweep.execution.worker import train_in_worker_group
 from raysweep.tracking.store import MID_EPOCH, RunStore, epoch_metrics
-
-
-def storage_root(storage_path: str, experiment: str) -> str:
-    """The experiment's run folder: an absolute local path, or the URI as given."""
-    if "://" in storage_path:
-        return f"{storage_path.rstrip('/')}/{experiment}"
-    return str(Path(resolve_path(storage_path)).resolve() / experiment)
 
 
 def checkpoint_config(plan: RunPlan) -> CheckpointConfig:

@@ -32,7 +32,7 @@ from raysweep.execution.driver import build_trainer
 from raysweep.execution.plan import ExecutionMode, RunPlan
 from raysweep.execution.worker import train_in_trial
 from raysweep.tracking.callbacks import SweepTracker
-from raysweep.tracking.study import fail_stale_trials, study_dir, study_storage
+from raysweep.tracking.study import fail_stale_trials, pull_study, push_study, seed_study, study_dir, study_storage
 
 TUNE_DIR = "tune"
 DRIVER_NODE_FILE = "driver_node"
@@ -132,12 +132,22 @@ def make_scheduler(scheduler: SchedulerSpec) -> TrialScheduler:
 
 def find_sweep_to_resume(root: str, name: str, sweep_id: str | None) -> str:
     """The sweep id to resume: the one given, else the newest sweep of this spec
-    with Tune state under the experiment's run folder."""
-    base = Path(root)
-    candidates = sorted(p.name for p in base.glob(f"{name}-*") if (p / TUNE_DIR).is_dir()) if base.is_dir() else []
+    with Tune state under the experiment's run folder (local, or s3:// / gs://)."""
+    import pyarrow.fs as pafs
+
+    from raysweep.data.storage import filesystem
+
+    fs, base = filesystem(root)
+    try:
+        found = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+    except OSError as exc:
+        raise UserInputError(f"{root}: cannot list the sweeps to resume: {exc}") from None
+    names = [f.base_name for f in found if f.type == pafs.FileType.Directory and f.base_name.startswith(f"{name}-")]
+    candidates = sorted(n for n in names
+                        if fs.get_file_info(f"{base.rstrip('/')}/{n}/{TUNE_DIR}").type == pafs.FileType.Directory)
     if sweep_id is None and candidates:
         return candidates[-1]
-    if sweep_id in candidates:
+    if sweep_id is not None and sweep_id in candidates:
         return sweep_id
     known = ", ".join(candidates[-5:]) or "none"
     raise UserInputError(f"{root}: no sweep {sweep_id or name + '-*'} with Tune state to resume (found: {known})")
@@ -161,6 +171,19 @@ class TrackerCallback(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.tracker.trial_failed(trial.trial_id, trial.config, error_summary(getattr(trial, "error_file", None)))
+
+
+class StudyMirror(tune.Callback):
+    """A sweep on object storage: its Optuna journal copied up beside the sweep at every
+    trial start and end (see raysweep.tracking.study.push_study)."""
+
+    def __init__(self, sweep_dir: str, study_name: str) -> None:
+        self.sweep_dir, self.study_name = sweep_dir, study_name
+
+    def _push(self, *args: Any, **info: Any) -> None:
+        push_study(self.sweep_dir, self.study_name)
+
+    on_trial_start = on_trial_complete = on_trial_error = _push
 
 
 def error_summary(error_file: str | None) -> str:
@@ -198,11 +221,21 @@ def run_sweep(spec: Spec, plan: RunPlan, sweep_id: str, tracker: SweepTracker, c
     function = functools.partial(strategy.run, plan=plan, trials_dir=f"{sweep_dir}/trials")
     trainable = tune.with_resources(function, {**strategy.resources(plan), **(driver_resources or {})})
     callbacks: list[tune.Callback] = [TrackerCallback(tracker)]
+    if "://" in sweep_dir:
+        callbacks.append(StudyMirror(sweep_dir, spec.name))
     if resume:
+        pull_study(sweep_dir, spec.name)  # the bucket's journal, on a driver that lost (or never had) its copy
         tuner = tune.Tuner.restore(f"{sweep_dir}/{TUNE_DIR}", trainable, resume_unfinished=True,
                                    resume_errored=False, restart_errored=False)
         replace_tuner_callbacks(tuner, callbacks)
     else:
+        warm = spec.sampler.warm_start
+        if warm:
+            added, queued = seed_study(sweep_dir, spec.name, f"{plan.storage_path}/{warm}", warm,
+                                       to_optuna_space(spec.space), spec.scheduler.mode == "max",
+                                       spec.sampler.warm_start_top_k)
+            print(f"warm start: {added} finished trial(s) of sweep {warm} in the study; its best {queued} run first",
+                  flush=True)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
@@ -229,6 +262,7 @@ def run_sweep(spec: Spec, plan: RunPlan, sweep_id: str, tracker: SweepTracker, c
     started = time.perf_counter()
     tuner.fit()
     lost = fail_stale_trials(sweep_dir, spec.name)
+    push_study(sweep_dir, spec.name)
     if lost:
         print(f"{lost} Optuna trial(s) lost with an earlier driver marked FAIL", flush=True)
     return SweepOutcome(sweep_id, sweep_dir, tracker, time.perf_counter() - started)

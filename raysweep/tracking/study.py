@@ -23,6 +23,59 @@ def study_dir(sweep_dir: str, study_name: str) -> str:
     return resolve_path(f"results/{study_name}/{sweep_dir.rstrip('/').rsplit('/', 1)[-1]}")
 
 
+def _remote_journal(sweep_dir: str) -> tuple[object, str]:
+    from raysweep.data.storage import filesystem  # (pyarrow's object stores: only for URI sweeps)
+
+    return filesystem(f"{sweep_dir.rstrip('/')}/{STUDY_FILE}")
+
+
+def push_study(sweep_dir: str, study_name: str) -> None:
+    """A sweep on object storage: copy the driver's journal up beside the sweep (after
+    every trial event), so the study outlives the driver's disk (a lost head node or
+    pod). Local sweeps keep the journal in their folder already."""
+    if "://" not in sweep_dir:
+        return
+    local = Path(study_dir(sweep_dir, study_name)) / STUDY_FILE
+    if not local.is_file():
+        return
+    fs, path = _remote_journal(sweep_dir)
+    with fs.open_output_stream(path) as out:  # type: ignore[attr-defined]
+        out.write(local.read_bytes())
+
+
+def pull_study(sweep_dir: str, study_name: str) -> bool:
+    """A resumed sweep on object storage: the bucket's journal, when it is longer than
+    the driver's copy (journals only grow; a new machine has none). Returns whether
+    it was fetched."""
+    if "://" not in sweep_dir:
+        return False
+    local = Path(study_dir(sweep_dir, study_name)) / STUDY_FILE
+    fs, path = _remote_journal(sweep_dir)
+    try:
+        with fs.open_input_stream(path) as stream:  # type: ignore[attr-defined]
+            remote = stream.read()
+    except FileNotFoundError:
+        return False
+    if local.is_file() and local.stat().st_size >= len(remote):
+        return False
+    local.parent.mkdir(parents=True, exist_ok=True)
+    tmp = local.with_suffix(".tmp")
+    tmp.write_bytes(remote)
+    tmp.replace(local)
+    return True
+
+
+def study_exists(sweep_dir: str, study_name: str) -> bool:
+    """Whether the sweep in `sweep_dir` left a study (its journal locally or, for a
+    sweep on object storage, in the bucket)."""
+    if (Path(study_dir(sweep_dir, study_name)) / STUDY_FILE).is_file():
+        return True
+    if "://" not in sweep_dir:
+        return False
+    fs, path = _remote_journal(sweep_dir)
+    return fs.get_file_info(path).is_file  # type: ignore[attr-defined]
+
+
 def study_storage(sweep_dir: str) -> JournalStorage:
     """The durable Optuna storage of a sweep: a journal file in its folder."""
     path = Path(sweep_dir) / STUDY_FILE
@@ -42,3 +95,28 @@ def fail_stale_trials(sweep_dir: str, study_name: str) -> int:
     for trial in stale:
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
     return len(stale)
+
+
+WARM_START_ATTR = "raysweep.warm_start_from"
+
+
+def seed_study(sweep_dir: str, study_name: str, source_dir: str, source_id: str, space: dict,
+               maximize: bool, top_k: int) -> tuple[int, int]:
+    """Warm start: the finished trials of the sweep in `source_dir` whose params lie in
+    `space` (Optuna distributions) added to this sweep's study (marked with
+    WARM_START_ATTR), and its best `top_k` configs enqueued to run first. Returns
+    (trials added, configs enqueued)."""
+    pull_study(source_dir, study_name)
+    source = load_study(study_dir(source_dir, study_name), study_name)
+    finished = [t for t in source.trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None
+                and set(t.params) == set(space)
+                and all(space[k]._contains(space[k].to_internal_repr(v)) for k, v in t.params.items())]
+    study = optuna.create_study(storage=study_storage(study_dir(sweep_dir, study_name)), study_name=study_name,
+                                direction="maximize" if maximize else "minimize", load_if_exists=True)
+    study.add_trials([optuna.trial.create_trial(params=t.params, distributions=space, value=t.value,
+                                                user_attrs={WARM_START_ATTR: source_id})
+                      for t in finished])
+    best = sorted(finished, key=lambda t: float(t.value or 0.0), reverse=maximize)[:top_k]
+    for trial in best:
+        study.enqueue_trial(trial.params, user_attrs={WARM_START_ATTR: f"{source_id} (enqueued)"})
+    return len(finished), len(best)

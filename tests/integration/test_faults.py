@@ -193,13 +193,18 @@ def test_killed_train_driver_resumes_from_checkpoint(ray_cluster, mlflow_uri, wr
                   metric_change=change, recovery_s=time.time() - killed_at)
 
 
+@pytest.mark.parametrize("storage", ["local", "s3"])
 def test_killed_sweep_driver_resumes_without_rerunning_trials(ray_cluster, mlflow_uri, write_spec, tmp_path,
-                                                               fault_figures, own_ray_tmpdir):
+                                                               fault_figures, own_ray_tmpdir, s3_server, storage):
     """Case 5: SIGKILL `raysweep tune` after two trials finished, then `--resume`: no
     finished trial runs again, 4 trials in all, the study has no stale RUNNING trial,
-    MLflow has one parent and one child per trial, none RUNNING."""
+    MLflow has one parent and one child per trial, none RUNNING. With the sweep on
+    `s3://`, the driver's local folder (its copy of the Optuna journal) is deleted
+    before the resume: the study comes back from the bucket."""
+    storage_path = f"s3://data/runs-{tmp_path.name}" if storage == "s3" else str(tmp_path / "results")
     spec = write_spec(params=probe_params(tmp_path, pause_epoch=1, pause_after_done=2), budget={
-        "num_trials": 4, "max_concurrent_trials": 1}, sampler={"type": "random", "seed": 0})
+        "num_trials": 4, "max_concurrent_trials": 1}, sampler={"type": "random", "seed": 0},
+        storage_path=storage_path)
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, "RAYSWEEP_BASE_DIR": str(tmp_path),
            "RAY_TMPDIR": own_ray_tmpdir}
     driver = _driver(["tune", str(spec)], env, tmp_path / "first.log")
@@ -209,6 +214,10 @@ def test_killed_sweep_driver_resumes_without_rerunning_trials(ray_cluster, mlflo
     fault_figures(faults_injected=1)
     finished_before = sorted(p.name for p in (tmp_path / "probe").glob("done-*"))
     assert len(finished_before) == 2
+    if storage == "s3":  # the driver's disk is gone (a lost head node or pod)
+        local = tmp_path / "results"
+        assert (local / "probe").is_dir(), "the journal's local copy was there"
+        shutil.rmtree(local)
     again = subprocess.run([sys.executable, "-m", "raysweep", "tune", str(spec), "--resume"], cwd=REPO, env=env,
                            capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
@@ -220,6 +229,12 @@ def test_killed_sweep_driver_resumes_without_rerunning_trials(ray_cluster, mlflo
     assert len(parents) == 1 and len(runs) == 5, [r.info.run_name for r in runs]
     assert all(r.info.status == "FINISHED" for r in runs), [(r.info.run_name, r.info.status) for r in runs]
     (sweep_dir,) = [p for p in (tmp_path / "results" / "probe").iterdir() if p.is_dir()]
+    if storage == "s3":  # the bucket's journal is the whole study, as the driver's copy
+        from raysweep.data.storage import filesystem
+
+        fs, path = filesystem(f"{storage_path}/probe/{sweep_dir.name}/optuna.journal")
+        with fs.open_input_stream(path) as remote:
+            assert remote.read() == (sweep_dir / "optuna.journal").read_bytes()
     study = load_study(str(sweep_dir), "probe")
     states = [t.state for t in study.trials]
     assert states == [optuna.trial.TrialState.COMPLETE] * 4, states

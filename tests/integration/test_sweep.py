@@ -119,3 +119,33 @@ def test_sweep_leaves_parent_children_and_study(ray_cluster, mlflow_uri, write_s
         assert torch.allclose(loaded(batch), original(batch), rtol=1e-6, atol=1e-7)
         torch.manual_seed(0)  # the probe trainer's initial weights (seed 0)
         assert not torch.allclose(original(batch), build_model({})(batch)), "weights are the trained ones"
+
+
+def test_warm_start_seeds_the_study_and_runs_the_best_config_first(ray_cluster, mlflow_uri, write_spec, tmp_path,
+                                                                   capsys):
+    """`sampler.warm_start: SWEEP`: the earlier sweep's finished trials join the new
+    study (marked), and with warm_start_top_k its best config runs first."""
+    spec = write_spec(budget={"num_trials": 3})
+    assert main(["tune", str(spec)]) == 0
+    (first_dir,) = [p for p in (tmp_path / "results" / "probe").iterdir() if p.is_dir()]
+    earlier = load_study(str(first_dir), "probe")
+    best = min((t for t in earlier.trials if t.value is not None), key=lambda t: t.value)
+
+    capsys.readouterr()
+    missing = ["--set", "sampler.warm_start=probe-19990101-000000"]
+    assert main(["check", str(spec), *missing]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "sampler.warm_start: no sweep 'probe-19990101-000000'" in err, err
+
+    warm = ["--set", f"sampler.warm_start={first_dir.name}", "--set", "sampler.warm_start_top_k=1",
+            "--set", "budget.num_trials=2", "--set", "sampler.seed=7"]
+    assert main(["tune", str(spec), *warm]) == 0
+    assert f"warm start: 3 finished trial(s) of sweep {first_dir.name} in the study; its best 1 run first" in \
+        capsys.readouterr().out
+    (second_dir,) = [p for p in (tmp_path / "results" / "probe").iterdir() if p.is_dir() and p != first_dir]
+    trials = load_study(str(second_dir), "probe").trials
+    assert len(trials) == 5 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    marks = [t.user_attrs.get("raysweep.warm_start_from") for t in trials]
+    assert marks[:3] == [first_dir.name] * 3 and marks[3] == f"{first_dir.name} (enqueued)" and marks[4] is None
+    assert [t.params for t in trials[:3]] == [t.params for t in earlier.trials]
+    assert trials[3].params == best.params, "the earlier best config ran first"
