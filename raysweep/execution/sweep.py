@@ -175,7 +175,9 @@ class TrackerCallback(tune.Callback):
 
 class StudyMirror(tune.Callback):
     """A sweep on object storage: its Optuna journal copied up beside the sweep at every
-    trial start and end (see raysweep.tracking.study.push_study)."""
+    trial event, results included (the searcher writes each epoch's value to it, and
+    Tune's own state in the bucket, synced as often, may refer to them; see
+    raysweep.tracking.study.push_study)."""
 
     def __init__(self, sweep_dir: str, study_name: str) -> None:
         self.sweep_dir, self.study_name = sweep_dir, study_name
@@ -183,7 +185,7 @@ class StudyMirror(tune.Callback):
     def _push(self, *args: Any, **info: Any) -> None:
         push_study(self.sweep_dir, self.study_name)
 
-    on_trial_start = on_trial_complete = on_trial_error = _push
+    on_trial_start = on_trial_result = on_trial_complete = on_trial_error = _push
 
 
 def error_summary(error_file: str | None) -> str:
