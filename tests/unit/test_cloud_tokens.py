@@ -101,7 +101,8 @@ def test_token_file_is_private_made_once_per_cluster_name(state, tmp_path) -> No
     assert other_token.read_text() != first
     _, gcp_config, _ = _up(REPO / "cluster" / "gcp.yaml")
     assert cloud.token_file(gcp_config["cluster_name"]).read_text() not in (first, other_token.read_text())
-    assert not (Path.home() / ".ray").exists(), "the user's own ~/.ray/auth_token is never made or used"
+    temporary_home = state.parent / "home"  # (the fixture's HOME)
+    assert not (temporary_home / ".ray").exists(), "Ray's own auth_token file is never made or used"
 
 
 def test_token_value_is_in_no_config_and_no_printed_command(state, capsys) -> None:
