@@ -60,14 +60,18 @@ def set_deterministic_cublas() -> None:
 
 
 def use_token_auth() -> None:
-    """Make this process send the cluster token: Ray's clients add it when the mode is
-    token, and read the mode once into `ray._raylet.Config`, so re-read it."""
+    """Make this process send the token RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH name now:
+    Ray's clients add it when the mode is token, and read the mode once into
+    `ray._raylet.Config`, so re-read it."""
     if os.environ.get("RAY_AUTH_MODE") == "disabled":
         return
-    from ray._raylet import Config  # type: ignore[attr-defined]  # (a Cython module mypy cannot see into)
+    from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]  # (Cython)
 
     os.environ["RAY_AUTH_MODE"] = "token"
     Config.initialize("")
+    # The loader caches the first token it read; this process may talk to another
+    # cluster (another token) now.
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 def generate_token() -> str:

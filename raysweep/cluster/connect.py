@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -12,7 +13,9 @@ import ray
 
 from raysweep._ray_compat import record_cluster_address, set_ray_env_defaults, use_token_auth
 from raysweep.cluster.address import check_reachable
-from raysweep.cluster.auth import token_available
+from raysweep.cluster.auth import token_available, token_env, token_file
+from raysweep.cluster.isolation import PrivatePlace, loopback_only
+from raysweep.cluster.local import cluster_at
 from raysweep.config.profile import DEFAULT_PROFILE, ClusterProfile
 from raysweep.errors import UserInputError
 
@@ -21,10 +24,12 @@ def connect(profile: ClusterProfile = DEFAULT_PROFILE, address: str | None = Non
     """Join the cluster at `address`, RAY_ADDRESS or the profile's address; else
     start a local one as the profile says.
 
-    A local cluster binds to 127.0.0.1, dashboard included, and Ray 2.60 turns on
-    token auth for it. The dashboard cannot be left out: Train V2's placement-group
-    cleaner asks its state API whether a controller is alive, and without it the
-    workers' CPUs of a trial that Tune stopped early are never given back.
+    A local cluster listens on 127.0.0.1 only (every socket: `isolation`), has its
+    own Ray temp folder and its own token (a 0600 file in that folder; a user-set
+    RAY_AUTH_TOKEN wins), and token auth on. The dashboard cannot be left out: Train
+    V2's placement-group cleaner asks its state API whether a controller is alive, and
+    without it the workers' CPUs of a trial that Tune stopped early are never given
+    back.
 
     Returns True when this call initialised Ray (the caller then shuts it down).
     """
@@ -35,6 +40,9 @@ def connect(profile: ClusterProfile = DEFAULT_PROFILE, address: str | None = Non
     common: dict[str, Any] = dict(logging_level=logging.WARNING, log_to_driver=False, configure_logging=True)
     if address:
         check_reachable(address)
+        own = cluster_at(address)
+        if own is not None and not os.environ.get("RAY_AUTH_TOKEN"):
+            os.environ.update(token_env(token_file(own.name)))  # a cluster `raysweep cluster up` started
         if token_available():
             use_token_auth()
         try:
@@ -45,11 +53,39 @@ def connect(profile: ClusterProfile = DEFAULT_PROFILE, address: str | None = Non
                 "RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to its token (`ray get-auth-token` on its head prints it)"
             ) from None
     else:
-        # address="local": always a new cluster, even when `ray start` left one running.
-        ray.init(address="local", num_cpus=profile.num_cpus, num_gpus=profile.num_gpus, dashboard_host=profile.host,
-                 _node_ip_address=profile.host, **common)
+        global _place
+        _place = PrivatePlace()
+        _place.enter()
+        use_token_auth()
+        try:
+            # address="local": always a new cluster, even when `ray start` left one running.
+            with loopback_only():
+                ray.init(address="local", num_cpus=profile.num_cpus, num_gpus=profile.num_gpus,
+                         dashboard_host=profile.host, _node_ip_address=profile.host, **common)
+        except BaseException:
+            _leave_place()
+            raise
         record_cluster_address(ray.get_runtime_context().gcs_address)
     return True
+
+
+_place: PrivatePlace | None = None
+
+
+def _leave_place() -> None:
+    global _place
+    if _place is not None:
+        _place.leave()
+        _place = None
+
+
+def disconnect() -> None:
+    """Shut Ray down; an in-process cluster's private folder and token go with it."""
+    ray.shutdown()
+    _leave_place()
+
+
+atexit.register(_leave_place)
 
 
 @contextlib.contextmanager
@@ -60,7 +96,7 @@ def connected(profile: ClusterProfile = DEFAULT_PROFILE, address: str | None = N
         yield
     finally:
         if started:
-            ray.shutdown()
+            disconnect()
 
 
 def cluster_capacity() -> tuple[float, float]:

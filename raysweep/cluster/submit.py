@@ -10,10 +10,13 @@ the way Ray's client sends it (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import os
+import re
 import shlex
 import time
-from pathlib import Path
+from pathlib import Path, PurePath
+from urllib.parse import unquote_plus, urlsplit
 
 from ray.job_submission import JobStatus, JobSubmissionClient
 
@@ -26,7 +29,19 @@ from raysweep.tracking.store import tracking_uri
 
 # Ray refuses working dirs above this (docs: runtime environments, working_dir).
 UPLOAD_LIMIT_BYTES = 100 * 1024**2
+# A job's env_vars are readable by everyone holding the cluster's token (`ray job list`,
+# the dashboard): no credential is forwarded (MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN,
+# AWS_*, RAY_AUTH_TOKEN stay home; the cluster's nodes carry their own).
 JOB_ENV_KEYS = ("RAY_TRAIN_V2_ENABLED", "MLFLOW_TRACKING_URI", "RAYSWEEP_BASE_DIR")
+# Secret-looking names, kept home by the repo's .rayignore; `submit` refuses an upload
+# that still holds one at any depth (an edited .rayignore, a `!` rule re-including one).
+# Matched case-insensitively: file names, and folders whose whole content is secret.
+SECRET_FILES = (".env", ".env.*", "*.pem", "*.key", ".netrc", ".git-credentials", "credentials.json",
+                "*service-account*.json", "id_rsa*", "id_ed25519*", "*.p12", ".pgpass")
+SECRET_DIRS = (".aws", ".kube", ".config/gcloud")
+# Query (or fragment) parameters of a tracking URI that carry a credential.
+_SECRET_PARAM = re.compile(r"token|passw|pwd|secret|api[-_]?key|access[-_]?key|signature|credential|^sig$|^auth",
+                           re.IGNORECASE)
 
 
 def upload_files(root: Path) -> list[tuple[Path, int]]:
@@ -41,9 +56,41 @@ def upload_files(root: Path) -> list[tuple[Path, int]]:
     return found
 
 
+def secret_match(relative: PurePath) -> str | None:
+    """The secret-looking pattern a path (relative to the upload root) matches by name:
+    its file name (SECRET_FILES) or a folder it is in (SECRET_DIRS); None if none."""
+    parts = [part.lower() for part in relative.parts]
+    if not parts:
+        return None
+    for pattern in SECRET_FILES:
+        if fnmatch.fnmatchcase(parts[-1], pattern):
+            return pattern
+    folders = parts[:-1]
+    for pattern in SECRET_DIRS:
+        want = pattern.split("/")
+        if any(folders[i:i + len(want)] == want for i in range(len(folders) - len(want) + 1)):
+            return pattern + "/"
+    return None
+
+
+def check_secrets(root: Path, files: list[tuple[Path, int]]) -> None:
+    """UserInputError naming the first secret-looking files of an upload, if any."""
+    found = sorted((path.relative_to(root).as_posix(), pattern) for path, _ in files
+                   if (pattern := secret_match(path.relative_to(root))) is not None)
+    if not found:
+        return
+    shown = ", ".join(f"{_printable(path)} (matches {pattern})" for path, pattern in found[:3])
+    more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+    raise UserInputError(
+        f"{root}: the working dir upload would hold secret-looking file(s): {shown}{more}; add them to "
+        f".rayignore or move them out of {root} (nothing was submitted)")
+
+
 def check_upload(root: Path, limit: int = UPLOAD_LIMIT_BYTES) -> int:
-    """Total upload size; UserInputError naming the largest files when over `limit`."""
+    """Total upload size; UserInputError naming the first secret-looking files in it,
+    or the largest files when over `limit`."""
     files = upload_files(root)
+    check_secrets(root, files)
     total = sum(size for _, size in files)
     if total > limit:
         largest = sorted(files, key=lambda f: -f[1])[:3]
@@ -56,19 +103,77 @@ def check_upload(root: Path, limit: int = UPLOAD_LIMIT_BYTES) -> int:
 
 
 def job_env(base_dir: Path) -> dict[str, str]:
-    """The job's environment: Train V2, and absolute places for results and data."""
+    """The job's environment: Train V2, and absolute places for results and data. No
+    credentials: a tracking URI carrying one is refused (check_tracking_uri)."""
     env = {k: os.environ[k] for k in JOB_ENV_KEYS if k in os.environ}
     env.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     env.setdefault("MLFLOW_TRACKING_URI", tracking_uri())
     env.setdefault("RAYSWEEP_BASE_DIR", str(base_dir))
+    check_tracking_uri(env["MLFLOW_TRACKING_URI"])
     return env
+
+
+def check_tracking_uri(uri: str) -> None:
+    """UserInputError when the tracking URI a job gets carries a credential: a password
+    (`user:password@`), a user name on an http(s) URI (basic auth: often a token), or a
+    token/password query parameter. The message shows the URI with them redacted."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:  # not a URI MLflow could use either; show none of it
+        if "@" in uri or _SECRET_PARAM.search(uri):
+            raise UserInputError(_uri_refusal("(not shown: unparsable)", "what may be credentials", True)) from None
+        return
+    userinfo, at, host = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    web = parts.scheme.lower() in ("http", "https")
+    found = []
+    netloc = parts.netloc
+    if password:
+        found.append("a password in user:password@")
+        netloc = f"{user}:***@{host}"
+    elif at and web:
+        found.append("a user name in user@, for basic auth often a token")
+        netloc = f"***@{host}"
+    query, query_found = _redact_params(parts.query)
+    fragment, fragment_found = _redact_params(parts.fragment)
+    found += [f"the parameter {name}=" for name in query_found + fragment_found]
+    if found:
+        shown = parts._replace(netloc=netloc, query=query, fragment=fragment).geturl()
+        raise UserInputError(_uri_refusal(_printable(shown), " and ".join(found), web))
+
+
+def _redact_params(text: str) -> tuple[str, list[str]]:
+    """`k=v&...` with the values of credential-looking keys replaced by ***, and those keys."""
+    kept, names = [], []
+    for item in text.split("&") if text else []:
+        key = item.partition("=")[0]
+        if _SECRET_PARAM.search(unquote_plus(key)):
+            names.append(_printable(unquote_plus(key)))
+            item = f"{key}=***"
+        kept.append(item)
+    return "&".join(kept), names
+
+
+def _uri_refusal(shown: str, what: str, web: bool) -> str:
+    database = "" if web else " (a database store: its client's own password file, e.g. ~/.pgpass, on the nodes)"
+    return (f"MLFLOW_TRACKING_URI {shown}: carries credentials ({what}), and a job's env vars are readable by "
+            "everyone holding the cluster's token; take them out of the URI and set MLFLOW_TRACKING_USERNAME/"
+            f"MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the cluster nodes' environment instead{database} "
+            "(nothing was submitted)")
+
+
+def _printable(text: str) -> str:
+    """`text` itself, or its repr when it holds a newline or other unprintable character."""
+    return text if text.isprintable() else repr(text)
 
 
 def submit(dashboard: str, spec_path: str, overrides: list[str], root: Path,
            timeout_s: float | None = None, profile_path: str | None = None) -> int:
     """Submit `raysweep tune SPEC [--cluster PROFILE]` as a job, stream its logs,
-    return its exit status."""
+    return its exit status. Refused before anything is sent: an upload holding a
+    secret-looking file, or a tracking URI carrying credentials."""
     check_upload(root)
+    env = job_env(root)
     args = [spec_path]
     for item in overrides:
         args += ["--set", item]
@@ -79,7 +184,7 @@ def submit(dashboard: str, spec_path: str, overrides: list[str], root: Path,
         client = JobSubmissionClient(dashboard)
     except Exception as exc:
         raise RunFailedError(f"cannot reach the job API at {dashboard}: {_first_line(exc)}") from None
-    job_id = _submit_with_retry(client, entrypoint, {"working_dir": str(root), "env_vars": job_env(root)})
+    job_id = _submit_with_retry(client, entrypoint, {"working_dir": str(root), "env_vars": env})
     print(f"submitted job {job_id} to {dashboard}: {entrypoint}", flush=True)
     asyncio.run(_follow(client, job_id))
     deadline = None if timeout_s is None else time.monotonic() + timeout_s

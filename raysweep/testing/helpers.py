@@ -10,7 +10,6 @@ them, so a script that only lists sockets stays quick to start.
 from __future__ import annotations
 
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -34,40 +33,24 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def is_loopback(host: str) -> bool:
-    """Whether a bind address (as `ss` prints it, brackets stripped) is loopback only:
-    127.0.0.0/8, ::1 or an IPv4-mapped 127.x address."""
-    host = host.strip("[]").split("%", 1)[0]
-    return host.startswith(("127.", "::ffff:127.")) or host == "::1"
-
-
 def listening_sockets(groups: Mapping[int, str] | Iterable[int]) -> list[dict[str, Any]]:
-    """Every listening TCP socket of processes in the given process groups, from
-    `ss -ltnpH` (Linux; sees other users' processes only as root).
+    """Every listening TCP socket of processes in the given process groups (and their
+    children), read from /proc (`raysweep.cluster.sockets`).
 
     `groups` maps a process group id to a label naming who started it (a plain
-    iterable of group ids labels them ""). Each socket is a dict: `bind` (address:port
-    as ss prints it), `process` (its command name), `started_by` (the group's label)
+    iterable of group ids labels them ""). Each socket is a dict: `bind`
+    (address:port), `process` (its command name), `started_by` (the group's label)
     and `loopback_only`. Sorted by label, then address; a socket that several
     processes of one group share is listed once.
     """
+    from raysweep.cluster.sockets import in_groups, listening
+
     labels = dict(groups) if isinstance(groups, Mapping) else dict.fromkeys(groups, "")
-    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
     found: list[dict[str, Any]] = []
-    for line in out.splitlines():
-        fields = line.split()
-        if len(fields) < 4:
-            continue
-        local = fields[3]
-        for name, pid in re.findall(r'\("([^"]+)",pid=(\d+)', line):
-            try:
-                group = os.getpgid(int(pid))
-            except ProcessLookupError:
-                continue
-            if group not in labels:
-                continue
-            entry = {"bind": local, "process": name, "started_by": labels[group],
-                     "loopback_only": is_loopback(local.rsplit(":", 1)[0])}
+    for group, label in labels.items():
+        for item in listening(in_groups([group])):
+            entry = {"bind": item.bind, "process": item.process, "started_by": label,
+                     "loopback_only": item.loopback}
             if entry not in found:
                 found.append(entry)
     return sorted(found, key=lambda s: (s["started_by"], s["bind"], s["process"]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import ray
 
-from raysweep.cluster.connect import connect
+from raysweep.cluster.connect import connect, disconnect
 from raysweep.config.profile import ClusterProfile
 
 
@@ -16,7 +16,7 @@ def ray_cluster(isolated_home, s3_server):
     started = connect(ClusterProfile(name="tests", num_cpus=2))
     yield ray.cluster_resources()
     if started:
-        ray.shutdown()
+        disconnect()
 
 
 @pytest.fixture

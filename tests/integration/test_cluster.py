@@ -22,13 +22,14 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from raysweep.cluster.auth import token_path
+from raysweep.cluster.auth import token_file
 from raysweep.cluster.local import ClusterState
 from raysweep.cluster.submit import upload_files
 from raysweep.testing.helpers import experiment_runs, free_port, raysweep_cli
 from raysweep.tracking.study import load_study
 
 REPO = Path(__file__).resolve().parents[2]
+NAME = "two-nodes"
 
 
 def _raysweep(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -63,9 +64,9 @@ def cluster(tmp_path_factory, s3_server):
 def test_up_prints_address_and_how_to_submit_without_the_token(cluster):
     profile, state, out = cluster
     assert state.address.startswith("127.0.0.1:") and "raysweep submit" in out and "ray job submit" in out
-    token = token_path().read_text().strip()
+    token = token_file(NAME).read_text().strip()
     assert token not in out
-    assert oct(token_path().stat().st_mode & 0o777) == "0o600"
+    assert oct(token_file(NAME).stat().st_mode & 0o777) == "0o600"
 
 
 def test_starting_twice_is_a_clear_error(cluster):
@@ -91,7 +92,7 @@ def test_job_api_refuses_requests_without_the_token(cluster):
         urllib.request.urlopen(f"{state.dashboard}/api/jobs/", timeout=10)
     assert refused.value.code == 401
     request = urllib.request.Request(f"{state.dashboard}/api/jobs/",
-                                     headers={"Authorization": f"Bearer {token_path().read_text().strip()}"})
+                                     headers={"Authorization": f"Bearer {token_file(NAME).read_text().strip()}"})
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 200
 
@@ -140,20 +141,20 @@ def test_raysweep_submit_runs_a_sweep_as_a_job(cluster, write_spec, tmp_path):
                     env={**os.environ, "MLFLOW_TRACKING_URI": uri})
     out = job.stdout + job.stderr
     assert job.returncode == 0, out[-3000:]
-    assert "SUCCEEDED" in out and token_path().read_text().strip() not in out
+    assert "SUCCEEDED" in out and token_file(NAME).read_text().strip() not in out
     _check_sweep(uri, tmp_path / "results", trials=2)
     status = _raysweep("cluster", "status", str(profile)).stdout
     (head,) = [line.split()[1] for line in status.splitlines() if "on_demand=4" in line]
     drivers = {p.read_text()[:12] for p in (tmp_path / "results").glob("probe/*/trials/*/driver_node")}
     assert drivers == {head}, "trial drivers were not pinned to the on-demand node"
     client = MlflowClient(uri)
-    token = token_path().read_text().strip()
+    token = token_file(NAME).read_text().strip()
     for run in client.search_runs([e.experiment_id for e in client.search_experiments()]):
         assert token not in str(run.data.params) + str(run.data.tags), "token leaked into MLflow"
 
 
 def test_token_stays_out_of_raysweep_logs(cluster):
-    token = token_path().read_text().strip()
+    token = token_file(NAME).read_text().strip()
     for log in cluster[1].logs:
         assert token not in Path(log).read_text(errors="replace")
 
@@ -177,7 +178,9 @@ def test_plain_ray_job_submit(cluster, write_spec, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     runtime_env = yaml.safe_dump({"env_vars": {"MLFLOW_TRACKING_URI": uri, "RAY_TRAIN_V2_ENABLED": "1"}})
     (tmp_path / "runtime_env.yaml").write_text(runtime_env)
-    env = {**os.environ, "RAY_ADDRESS": state.dashboard, "RAY_AUTH_MODE": "token"}
+    # As `cluster up` prints it: the cluster's own token file.
+    env = {**os.environ, "RAY_ADDRESS": state.dashboard, "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN_PATH": str(token_file(NAME))}
     ray_cli = str(Path(sys.executable).with_name("ray"))
     for _ in range(20):  # job agents register a little after the nodes come up
         job = subprocess.run(

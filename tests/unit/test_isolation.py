@@ -24,3 +24,30 @@ def test_started_processes_inherit_it(isolated_home: Path) -> None:
     child = subprocess.run([sys.executable, "-c", "import pathlib; print(pathlib.Path.home())"],
                            capture_output=True, text=True, check=True)
     assert child.stdout.strip() == str(isolated_home)
+
+
+def test_a_cluster_token_is_its_own_and_a_user_token_wins(monkeypatch) -> None:
+    from raysweep.cluster.auth import ensure_cluster_token, token_env, token_file
+
+    first, second = ensure_cluster_token("one"), ensure_cluster_token("two")
+    assert first == token_file("one") and first.read_text() != second.read_text()
+    assert ensure_cluster_token("one").read_text() == first.read_text(), "a second `up` made a new token"
+    assert oct(first.stat().st_mode & 0o777) == "0o600" and oct(first.parent.stat().st_mode & 0o777) == "0o700"
+    assert token_env(first) == {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(first)}
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "the-users-own")
+    assert token_env(first) == {"RAY_AUTH_MODE": "token"}
+
+
+def test_a_private_place_is_private_and_goes_away(monkeypatch) -> None:
+    from raysweep.cluster.isolation import PrivatePlace
+
+    monkeypatch.delenv("RAY_TMPDIR", raising=False)
+    place = PrivatePlace()
+    place.enter()
+    assert os.environ["RAY_TMPDIR"] == str(place.root) and os.environ["RAY_AUTH_TOKEN_PATH"] == str(place.token)
+    assert oct(place.root.stat().st_mode & 0o777) == "0o700" and oct(place.token.stat().st_mode & 0o777) == "0o600"
+    assert len(str(place.root)) < 40, "Ray's Unix socket paths live under it"
+    ports = {os.environ["AUTOSCALER_METRIC_PORT"], os.environ["DASHBOARD_METRIC_PORT"]}
+    assert "44217" not in ports and "44227" not in ports
+    place.leave()
+    assert "RAY_TMPDIR" not in os.environ and "RAY_AUTH_TOKEN_PATH" not in os.environ and not place.root.exists()
