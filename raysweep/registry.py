@@ -6,12 +6,23 @@ The model is rebuilt from the run's latest checkpoint with the trainer module's
 `mlflow.pytorch.log_model` into the run that trained it, and registered. The version
 carries tags linking the sweep's parent run, the trial's run, the data fingerprint
 and the git commit.
+
+What a run recorded is not trusted: its trainer name must be a dotted module name that
+resolves, without running any code, to a module file importable from the repo root or
+installed, before it is imported; the model is logged in the pt2 (torch.export) format
+explicitly (MLflow's default turns to pickle on a Databricks tracking URI), so it loads
+with MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false.
 """
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import inspect
+import keyword
 import os
+import re
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +37,11 @@ from raysweep.tracking import tags as tag
 from raysweep.tracking.lookup import RecordedRun, client, get_run, how_to_list, load_recorded
 from raysweep.tracking.store import tracking_uri
 
+# A trainer name a spec may give (config.spec.Spec.trainer), in ASCII: dotted identifiers.
+TRAINER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+# MLflow's graph format (torch.export): weights and graph, no pickled Python objects.
+SERIALIZATION_FORMAT = "pt2"
+
 
 @dataclass
 class Registered:
@@ -37,6 +53,44 @@ class Registered:
     def summary(self) -> str:
         return (f"registered model {self.name!r} version {self.version} from run {self.run_id} "
                 f"(load: mlflow.pytorch.load_model('models:/{self.name}/{self.version}'))")
+
+
+def check_trainer_name(run_id: str, trainer: Any) -> str:
+    """The recorded trainer name, checked before anything imports it: a dotted module
+    name (TRAINER_NAME, no keywords) that resolves, without running any module code, to
+    a module file `import_trainer` would load (from the repo root, the job's working dir,
+    or installed). UserInputError naming the run and the record's field otherwise."""
+    where = f"run {run_id!r}: its recorded trainer (record.json spec.trainer)"
+    if not isinstance(trainer, str) or len(trainer) > 200 or not TRAINER_NAME.fullmatch(trainer) \
+            or any(keyword.iskeyword(part) for part in trainer.split(".")):
+        shown = repr(trainer[:200] if isinstance(trainer, str) else trainer)
+        raise UserInputError(f"{where} {shown} is not a dotted Python module name (letters, digits, _ and dots); "
+                             "not imported")
+    if module_file(trainer) is None:
+        raise UserInputError(f"{where} {trainer!r} is no module file under {os.getcwd()} or among the installed "
+                             "packages; not imported (run `raysweep register` from the repo the run trained from)")
+    return trainer
+
+
+def module_file(name: str) -> str | None:
+    """The file `import_trainer(name)` would load, found by the import system's finders
+    alone (no package's __init__ runs); None when there is none (built-in and frozen
+    modules, namespace packages, and names that do not resolve)."""
+    if os.getcwd() not in sys.path:  # as import_trainer does
+        sys.path.insert(0, os.getcwd())
+    top, *rest = name.split(".")
+    try:
+        spec = importlib.util.find_spec(top)  # a top-level name: finders only, nothing executed
+    except (ImportError, ValueError):
+        return None
+    for i in range(len(rest)):
+        if spec is None or spec.submodule_search_locations is None:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(".".join([top, *rest[:i + 1]]),
+                                                         list(spec.submodule_search_locations))
+    if spec is None or not spec.has_location or not spec.origin or not os.path.isfile(spec.origin):
+        return None
+    return spec.origin
 
 
 def build_from_checkpoint(trainer: str, params: dict[str, Any], checkpoint_dir: str) -> torch.nn.Module:
@@ -134,6 +188,7 @@ def _target(run_id: str) -> RecordedRun:
 def register(run_id: str, name: str | None = None) -> Registered:
     recorded = _target(run_id)
     spec = recorded.record["spec"]
+    check_trainer_name(recorded.run_id, spec.get("trainer"))
     name = name or spec["name"]
     checkpoint = recorded.run.data.tags[tag.CHECKPOINT]
     if not os.path.isdir(checkpoint):
@@ -157,8 +212,10 @@ def register(run_id: str, name: str | None = None) -> Registered:
     mlflow.set_tracking_uri(tracking_uri())
     status = recorded.run.info.status
     with mlflow.start_run(run_id=recorded.run_id):
-        # pt2 (torch.export): the graph and weights, no pickled Python objects to trust.
+        # pt2 (torch.export): the graph and weights, no pickled Python objects to trust. Said
+        # explicitly: MLflow's default is pickle when the tracking URI is Databricks.
         info = mlflow.pytorch.log_model(model, name="model", input_example=inputs, signature=signature,
+                                        serialization_format=SERIALIZATION_FORMAT,
                                         pip_requirements=[f"torch=={torch.__version__}"])
     client().set_terminated(recorded.run_id, status)
     version = mlflow.register_model(info.model_uri, name)
