@@ -21,6 +21,7 @@ from raysweep.errors import UserInputError
 REPO = Path(__file__).resolve().parents[2]
 CLOUD = ["aws.yaml", "gcp.yaml"]
 SECRET = "raysweep-ray-token"
+GROUP = "sg-0123456789abcdef0"
 
 
 @pytest.fixture
@@ -31,6 +32,17 @@ def state(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("RAYSWEEP_STATE_DIR", str(tmp_path / "state"))
     return tmp_path / "state"
+
+
+def _configured(name: str, folder: Path) -> Path:
+    """A shipped profile as its user sets it up: `up` refuses aws.yaml until its
+    placeholder security group is a group id (test_cloud_perimeter); gcp.yaml goes as is."""
+    shipped = REPO / "cluster" / name
+    if name != "aws.yaml":
+        return shipped
+    copy = folder / name
+    copy.write_text(shipped.read_text().replace("sg-YOUR-GROUP-ID", GROUP))
+    return copy
 
 
 def _up(profile: Path | str) -> tuple[list[str], dict, str]:
@@ -47,8 +59,8 @@ def _start_commands(config: dict, node_type: str) -> list[str]:
 
 
 @pytest.mark.parametrize("name", CLOUD)
-def test_generated_config_passes_rays_validation_and_every_node_type_gets_the_token(state, name) -> None:
-    command, config, _ = _up(REPO / "cluster" / name)
+def test_generated_config_passes_rays_validation_and_every_node_type_gets_the_token(state, tmp_path, name) -> None:
+    command, config, _ = _up(_configured(name, tmp_path))
     generated = Path(command[-1])
     assert command[-3:-1] == ["up", "-y"] and generated.is_relative_to(state)
     validate_launcher_config(config, generated)  # prepare_config + validate_config, as `ray up`
@@ -81,7 +93,7 @@ def test_shipped_config_mounts_the_token_where_its_commands_read_it(name) -> Non
 
 
 def test_token_file_is_private_made_once_per_cluster_name(state, tmp_path) -> None:
-    aws = REPO / "cluster" / "aws.yaml"
+    aws = _configured("aws.yaml", tmp_path)
     _, config, _ = _up(aws)
     token = cloud.token_file(config["cluster_name"])
     assert stat.S_IMODE(token.stat().st_mode) == 0o600
@@ -105,8 +117,8 @@ def test_token_file_is_private_made_once_per_cluster_name(state, tmp_path) -> No
     assert not (temporary_home / ".ray").exists(), "Ray's own auth_token file is never made or used"
 
 
-def test_token_value_is_in_no_config_and_no_printed_command(state, capsys) -> None:
-    aws = REPO / "cluster" / "aws.yaml"
+def test_token_value_is_in_no_config_and_no_printed_command(state, tmp_path, capsys) -> None:
+    aws = _configured("aws.yaml", tmp_path)
     assert main(["cluster", "up", str(aws), "--dry-run"]) == 0
     out = capsys.readouterr().out
     _, config, text = _up(aws)
@@ -142,8 +154,8 @@ def test_cluster_name_that_is_no_file_name_is_refused(state, tmp_path) -> None:
     assert not (tmp_path / "escape").exists()
 
 
-def test_submit_to_a_cloud_cluster_sends_that_clusters_token(state, monkeypatch) -> None:
-    aws = str(REPO / "cluster" / "aws.yaml")
+def test_submit_to_a_cloud_cluster_sends_that_clusters_token(state, tmp_path, monkeypatch) -> None:
+    aws = str(_configured("aws.yaml", tmp_path))
     for key, value in {"RAY_AUTH_TOKEN": "a-stale-token", "RAY_AUTH_TOKEN_PATH": "/elsewhere",
                        "RAY_AUTH_MODE": "token", "RAY_ADDRESS": ""}.items():
         monkeypatch.setenv(key, value)  # (restored after the test)
@@ -171,7 +183,7 @@ def test_submit_to_a_cloud_cluster_sends_that_clusters_token(state, monkeypatch)
 
 def test_kuberay_every_container_gets_the_token_from_the_secret() -> None:
     text = (REPO / "cluster" / "kuberay.yaml").read_text()
-    job = yaml.safe_load(text)
+    (job,) = [doc for doc in yaml.safe_load_all(text) if doc["kind"] == "RayJob"]  # (after its NetworkPolicies)
     cluster = job["spec"]["rayClusterSpec"]
     assert cluster["authOptions"] == {"mode": "token", "secretName": SECRET}
     pods = [cluster["headGroupSpec"]["template"], *(g["template"] for g in cluster["workerGroupSpecs"]),
@@ -188,4 +200,4 @@ def test_kuberay_every_container_gets_the_token_from_the_secret() -> None:
     assert "--from-literal" not in text and "get-auth-token" not in text
     head = cluster["headGroupSpec"]
     assert head["serviceType"] == "ClusterIP" and not head.get("enableIngress")
-    assert head["rayStartParams"]["dashboard-host"] == "0.0.0.0"  # pod network only, as before
+    assert head["rayStartParams"]["dashboard-host"] == "$RAYSWEEP_POD_IP"  # the pod's IP (test_cloud_perimeter)

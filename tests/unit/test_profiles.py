@@ -46,7 +46,7 @@ def test_kuberay_manifest_structure() -> None:
     """No RayJob CRD schema is available offline; this checks, by name: kind and API
     version, the entrypoint runs a sweep, a GPU worker group, token auth from a Secret
     on head, workers and the job submitter, and a ClusterIP (not exposed) head."""
-    job = yaml.safe_load((REPO / "cluster" / "kuberay.yaml").read_text())
+    (job,) = [d for d in yaml.safe_load_all((REPO / "cluster" / "kuberay.yaml").read_text()) if d["kind"] == "RayJob"]
     assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
     assert job["spec"]["entrypoint"].startswith("python -m raysweep tune ")
     cluster = job["spec"]["rayClusterSpec"]
@@ -61,8 +61,10 @@ def test_kuberay_manifest_structure() -> None:
         assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "raysweep-ray-token"
 
 
-def test_cloud_cluster_up_hands_over_to_ray_up(capsys) -> None:
-    assert main(["cluster", "up", str(REPO / "cluster" / "aws.yaml"), "--dry-run"]) == 0
+def test_cloud_cluster_up_hands_over_to_ray_up(capsys, tmp_path) -> None:
+    aws = tmp_path / "aws.yaml"  # with a security group id for the shipped placeholder (test_cloud_perimeter)
+    aws.write_text((REPO / "cluster" / "aws.yaml").read_text().replace("sg-YOUR-GROUP-ID", "sg-0123456789abcdef0"))
+    assert main(["cluster", "up", str(aws), "--dry-run"]) == 0
     from raysweep.cluster import cloud
 
     assert capsys.readouterr().out.strip().endswith(f"ray up -y {cloud.cluster_dir('raysweep-aws') / 'launcher.yaml'}")
