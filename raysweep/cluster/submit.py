@@ -2,9 +2,9 @@
 
 Wraps Ray's JobSubmissionClient: uploads the repo as the working dir (what
 `.gitignore` and `.rayignore` exclude stays home), passes the environment the job
-needs, follows the job's logs and exits with the job's outcome. The token is sent
-the way Ray's client sends it (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or
-~/.ray/auth_token) and is never printed.
+needs, follows the job's logs and exits with the job's outcome. The token sent is
+the cluster's own (its file in the cluster's state folder; a RAY_AUTH_TOKEN the user
+set wins) and is never printed.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 
 from raysweep._ray_compat import use_token_auth, walk_upload
 from raysweep.cluster import cloud
+from raysweep.cluster.auth import token_env, token_file
 from raysweep.cluster.local import ClusterState
 from raysweep.config.profile import load_profile
 from raysweep.errors import RunFailedError, UserInputError
@@ -241,5 +242,7 @@ def submit_to_cluster(spec_path: str, overrides: list[str], profile_path: str, t
     state = ClusterState.load(profile.name)
     if state is None:
         raise UserInputError(f"{profile_path}: cluster {profile.name!r} is not up (raysweep cluster up {profile_path})")
+    # That cluster's own token (RAY_AUTH_TOKEN, set by the user, still wins).
+    os.environ.update(token_env(token_file(profile.name)))
     use_token_auth()
     return submit(state.dashboard, spec_path, overrides, Path.cwd(), timeout_s, profile_path)
