@@ -3,7 +3,8 @@
 #   scripts/faults.sh [OUT.json]     (default: faults.json)
 # Runs the fault cases of the test suite (real SIGKILLs of workers, drivers and a
 # node; torn and unsafe checkpoints; out-of-memory and NaN trials; the hostile-input
-# corpus; the exposure report), then sums the figures every case recorded.
+# corpus; the exposure report; the loopback-only socket tables of single-node
+# clusters), then sums the figures every case recorded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-faults.json}"
@@ -13,6 +14,6 @@ scripts/setup_env.sh >/dev/null
 status=0
 RAYSWEEP_FAULTS_OUT="$lines" .venv/bin/python -m pytest -q -p no:cacheprovider \
   tests/unit/test_hostile_input.py tests/unit/test_trainer.py tests/integration/test_faults.py \
-  tests/integration/test_cluster_faults.py || status=$?
+  tests/integration/test_cluster_faults.py tests/integration/test_cluster_isolation.py || status=$?
 .venv/bin/python scripts/fault_figures.py "$lines" "$out" "$status"
 exit "$status"
