@@ -85,9 +85,9 @@ def test_single_node_clusters_listen_on_loopback_only(pair, fault_figures):
     for name, (_, state, out) in pair.items():
         listeners = sockets(state)
         beyond = beyond_loopback(listeners)
-        fault_figures(sockets=[item.as_dict() | {"started_by": f"raysweep cluster up ({name})"}
-                               for item in listeners],
-                      beyond_loopback=len(beyond))
+        fault_figures(single_node_sockets=[item.as_dict() | {"started_by": f"raysweep cluster up ({name})"}
+                                           for item in listeners],
+                      single_node_beyond_loopback=len(beyond))
         assert {"gcs_server", "raylet"} <= {item.process for item in listeners}
         assert not beyond, f"{name}: {[f'{b.bind} ({b.process})' for b in beyond]}"
         assert state.exposed == [] and "every socket of the cluster listens on loopback only" in out
