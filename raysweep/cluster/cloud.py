@@ -34,7 +34,6 @@ import fnmatch
 import ipaddress
 import os
 import re
-import stat
 import subprocess
 import sys
 from pathlib import Path, PurePosixPath
@@ -42,8 +41,7 @@ from typing import Any
 
 import yaml
 
-from raysweep._ray_compat import generate_token
-from raysweep.cluster.local import state_dir
+from raysweep.cluster.auth import cluster_dir, ensure_cluster_token, token_file
 from raysweep.config.load import read_spec_file
 from raysweep.config.profile import is_launcher_config, validate_launcher_config
 from raysweep.errors import UserInputError
@@ -75,15 +73,6 @@ def is_cloud_profile(path: str) -> bool:
     return is_launcher_config(read_spec_file(path, what="profile"))
 
 
-def cluster_dir(name: str) -> Path:
-    """This machine's files for cloud cluster `name`: its token and the config `ray` gets."""
-    return state_dir() / "clusters" / name
-
-
-def token_file(name: str) -> Path:
-    return cluster_dir(name) / "auth_token"
-
-
 def cluster_name(raw: dict[str, Any], profile_path: str) -> str:
     name = raw.get("cluster_name")
     if not isinstance(name, str) or not _NAME.match(name):
@@ -92,29 +81,6 @@ def cluster_name(raw: dict[str, Any], profile_path: str) -> str:
             "(it names the cluster's token file)"
         )
     return name
-
-
-def ensure_cluster_token(name: str) -> Path:
-    """The token file of cluster `name`, readable by the user only; made the first time,
-    the same file (and token) afterwards."""
-    path = token_file(name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(path.parent, stat.S_IRWXU)
-    if not path.is_file():
-        tmp = path.with_name(f".auth_token.{os.getpid()}")
-        tmp.unlink(missing_ok=True)  # (left by a run that died with this pid)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(generate_token())
-            try:
-                os.link(tmp, path)  # all or nothing
-            except FileExistsError:
-                pass  # a concurrent `up` made it first: that token is the cluster's
-        finally:
-            tmp.unlink(missing_ok=True)
-    os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
-    return path
 
 
 def _check_start_commands(raw: dict[str, Any], profile_path: str) -> None:
