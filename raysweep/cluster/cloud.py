@@ -30,7 +30,6 @@ secret is refused.
 from __future__ import annotations
 
 import copy
-import fnmatch
 import ipaddress
 import os
 import re
@@ -42,6 +41,7 @@ from typing import Any
 import yaml
 
 from raysweep.cluster.auth import cluster_dir, ensure_cluster_token, token_file
+from raysweep.cluster.secrets import RSYNC_EXCLUDES, secret_match
 from raysweep.config.load import read_spec_file
 from raysweep.config.profile import is_launcher_config, validate_launcher_config
 from raysweep.errors import UserInputError
@@ -56,14 +56,10 @@ STATUS_COMMAND = f"RAY_AUTH_MODE=token {TOKEN_ENV} ray status"
 JOB_API = "http://127.0.0.1:8265"
 """The head's dashboard (and job API) as `ray dashboard CONFIG` forwards it here over SSH."""
 START_COMMANDS = ("head_start_ray_commands", "worker_start_ray_commands")
-SECRET_EXCLUDES = (
-    ".env*", "*.pem", "*.key", "*.p12", ".netrc", ".pgpass", ".git-credentials", "credentials.json",
-    "*service-account*.json", "id_rsa*", "id_ed25519*", "id_ecdsa*", ".aws/", ".ssh/", ".kube/",
-    ".config/gcloud/",
-)
-"""rsync --exclude patterns (a name anywhere in the tree; `dir/`: a folder) every launcher
-copy carries, so neither `ray up`'s upload of file mounts (the repo: "~/raysweep": ".")
-nor the head's sync on to the workers sends them."""
+SECRET_EXCLUDES = RSYNC_EXCLUDES
+"""rsync --exclude patterns every launcher copy carries, so neither `ray up`'s upload of
+file mounts (the repo: "~/raysweep": ".") nor the head's sync on to the workers sends
+them (`secrets`: the same list as the job upload check)."""
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _SECURITY_GROUP_ID = re.compile(r"^sg-(?:[0-9a-f]{8}|[0-9a-f]{17})$")
 
@@ -196,15 +192,10 @@ def check_perimeter(raw: dict[str, Any], profile_path: str) -> None:
 
 
 def secret_pattern(path: str) -> str | None:
-    """The SECRET_EXCLUDES pattern a local path matches (by a name in it, or a run of
-    names for `a/b/`), or None."""
-    parts = PurePosixPath(os.path.expanduser(path)).parts
-    for pattern in SECRET_EXCLUDES:
-        want = pattern.rstrip("/").split("/")
-        for i in range(len(parts) - len(want) + 1):
-            if all(fnmatch.fnmatchcase(part, w) for part, w in zip(parts[i:i + len(want)], want, strict=True)):
-                return pattern
-    return None
+    """The secret pattern a local path (a file, or a folder: every file in it) matches
+    by a name in it, or None."""
+    local = PurePosixPath(os.path.expanduser(path))
+    return secret_match(local) or secret_match(local / "any")
 
 
 def _check_mount_sources(raw: dict[str, Any], profile_path: str) -> None:

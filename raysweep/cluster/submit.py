@@ -10,12 +10,11 @@ set wins) and is never printed.
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import os
 import re
 import shlex
 import time
-from pathlib import Path, PurePath
+from pathlib import Path
 from urllib.parse import unquote_plus, urlsplit
 
 from ray.job_submission import JobStatus, JobSubmissionClient
@@ -24,6 +23,7 @@ from raysweep._ray_compat import use_token_auth, walk_upload
 from raysweep.cluster import cloud
 from raysweep.cluster.auth import token_env, token_file
 from raysweep.cluster.local import ClusterState
+from raysweep.cluster.secrets import SECRET_DIRS, SECRET_FILES, secret_match  # noqa: F401  (re-exported)
 from raysweep.config.profile import load_profile
 from raysweep.errors import RunFailedError, UserInputError
 from raysweep.tracking.store import tracking_uri
@@ -34,12 +34,9 @@ UPLOAD_LIMIT_BYTES = 100 * 1024**2
 # the dashboard): no credential is forwarded (MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN,
 # AWS_*, RAY_AUTH_TOKEN stay home; the cluster's nodes carry their own).
 JOB_ENV_KEYS = ("RAY_TRAIN_V2_ENABLED", "MLFLOW_TRACKING_URI", "RAYSWEEP_BASE_DIR")
-# Secret-looking names, kept home by the repo's .rayignore; `submit` refuses an upload
-# that still holds one at any depth (an edited .rayignore, a `!` rule re-including one).
-# Matched case-insensitively: file names, and folders whose whole content is secret.
-SECRET_FILES = (".env", ".env.*", "*.pem", "*.key", ".netrc", ".git-credentials", "credentials.json",
-                "*service-account*.json", "id_rsa*", "id_ed25519*", "*.p12", ".pgpass")
-SECRET_DIRS = (".aws", ".kube", ".config/gcloud")
+# Secret-looking names (`secrets`), kept home by the repo's .rayignore; `submit` refuses
+# an upload that still holds one at any depth (an edited .rayignore, a `!` rule
+# re-including one).
 # Query (or fragment) parameters of a tracking URI that carry a credential.
 _SECRET_PARAM = re.compile(r"token|passw|pwd|secret|api[-_]?key|access[-_]?key|signature|credential|^sig$|^auth",
                            re.IGNORECASE)
@@ -55,23 +52,6 @@ def upload_files(root: Path) -> list[tuple[Path, int]]:
 
     walk_upload(root, handle)
     return found
-
-
-def secret_match(relative: PurePath) -> str | None:
-    """The secret-looking pattern a path (relative to the upload root) matches by name:
-    its file name (SECRET_FILES) or a folder it is in (SECRET_DIRS); None if none."""
-    parts = [part.lower() for part in relative.parts]
-    if not parts:
-        return None
-    for pattern in SECRET_FILES:
-        if fnmatch.fnmatchcase(parts[-1], pattern):
-            return pattern
-    folders = parts[:-1]
-    for pattern in SECRET_DIRS:
-        want = pattern.split("/")
-        if any(folders[i:i + len(want)] == want for i in range(len(folders) - len(want) + 1)):
-            return pattern + "/"
-    return None
 
 
 def check_secrets(root: Path, files: list[tuple[Path, int]]) -> None:

@@ -380,7 +380,7 @@ def test_launcher_copy_carries_the_secret_excludes_the_profile_lacks(state, tmp_
 
 
 @pytest.mark.parametrize("source,pattern", [("~/.aws/credentials", ".aws/"), ("~/.ssh/id_ed25519", "id_ed25519*"),
-                                            ("./.env", ".env*"), ("/etc/tls/site.key", "*.key"),
+                                            ("./.env", ".env"), ("/etc/tls/site.key", "*.key"),
                                             ("~/.config/gcloud", ".config/gcloud/")])
 def test_file_mount_of_a_secret_is_refused(state, tmp_path, capsys, source, pattern) -> None:
     raw = _aws()

@@ -43,6 +43,8 @@ PLANTED = {
     "*.p12": "cert.p12",
     ".pgpass": ".pgpass",
     ".kube/": ".kube/config",
+    "id_ecdsa*": "deploy/id_ecdsa",
+    ".ssh/": ".ssh/known_hosts",
 }
 SECRET = "hunter2-Zq9"  # a password no message may show
 
