@@ -7,6 +7,7 @@ talks to it runs in a subprocess or over HTTP.
 
 from __future__ import annotations
 
+import http.client
 import os
 import socket
 import subprocess
@@ -23,7 +24,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from raysweep.cluster.auth import token_file
-from raysweep.cluster.local import ClusterState
+from raysweep.cluster.local import ClusterState, sockets
+from raysweep.cluster.sockets import beyond_loopback
 from raysweep.cluster.submit import upload_files
 from raysweep.testing.helpers import experiment_runs, free_port, raysweep_cli
 from raysweep.tracking.study import load_study
@@ -196,3 +198,28 @@ def test_plain_ray_job_submit(cluster, write_spec, tmp_path):
     parents = [r for r in client.search_runs([e.experiment_id for e in client.search_experiments()])
                if r.data.tags.get("raysweep.kind") == "sweep"]
     assert [p.data.tags["raysweep.data.loader"] for p in parents] == ["stream"]
+
+
+def _http_status(host: str, port: int) -> int | None:
+    """The HTTP status a request without the token gets (None: no HTTP answer, e.g. gRPC)."""
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/", timeout=3) as response:
+            return response.status
+    except urllib.error.HTTPError as refused:
+        return refused.code
+    except (OSError, ValueError, http.client.HTTPException):
+        return None
+
+
+def test_multi_node_names_what_it_binds_beyond_loopback(cluster):
+    """A worker node cannot keep to loopback (it reaches the head at the machine's
+    address): `up` names each socket that listens beyond it, and of those only the
+    head's two Prometheus ports answer without the token (README, Security)."""
+    _, state, out = cluster
+    assert state.exposed and all(item in out for item in state.exposed)
+    codes = {}
+    for item in beyond_loopback(sockets(state)):
+        host = "127.0.0.1" if item.host in ("0.0.0.0", "::") else item.host.removeprefix("::ffff:")
+        codes[item.port] = _http_status(f"[{host}]" if ":" in host else host, item.port)
+    open_without_token = sorted(port for port, code in codes.items() if code is not None and code < 400)
+    assert open_without_token == sorted(int(p) for p in state.metric_ports.values()), codes
