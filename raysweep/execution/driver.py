@@ -12,6 +12,7 @@ from ray.train.torch import TorchTrainer
 from ray.train.v2.api.callback import UserCallback
 
 from raysweep._ray_compat import set_ray_env_defaults
+from raysweep.execution import pg_cleaner
 from raysweep.execution.plan import RunPlan
 from raysweep.execution.worker import train_in_worker_group
 from raysweep.tracking.store import MID_EPOCH, RunStore, epoch_metrics
@@ -20,6 +21,14 @@ from raysweep.tracking.store import MID_EPOCH, RunStore, epoch_metrics
 def checkpoint_config(plan: RunPlan) -> CheckpointConfig:
     return CheckpointConfig(num_to_keep=plan.num_to_keep, checkpoint_score_attribute=plan.score_metric,
                             checkpoint_score_order=plan.score_mode)
+
+
+class RaysweepTorchTrainer(TorchTrainer):
+    """TorchTrainer with Ray's placement-group cleaner swapped for one that never
+    removes a live run's group and stops at once (`pg_cleaner`)."""
+
+    def _create_default_callbacks(self) -> list[Any]:
+        return pg_cleaner.install(super()._create_default_callbacks())  # type: ignore[misc]  # (V2's method)
 
 
 def build_trainer(plan: RunPlan, run_name: str, callbacks: list[Any], storage_path: str | None = None) -> TorchTrainer:
@@ -32,7 +41,7 @@ def build_trainer(plan: RunPlan, run_name: str, callbacks: list[Any], storage_pa
     resources = {"CPU": plan.cpus_per_worker}
     if plan.use_gpu:
         resources["GPU"] = plan.gpus_per_worker
-    return TorchTrainer(
+    return RaysweepTorchTrainer(
         train_in_worker_group,
         train_loop_config={"plan": plan},
         scaling_config=ScalingConfig(num_workers=plan.num_workers, use_gpu=plan.use_gpu,

@@ -1,0 +1,134 @@
+"""Issue 17: Ray Train's placement-group cleaner, as raysweep runs it
+(`raysweep/execution/pg_cleaner.py`), on the shared cluster.
+
+- It still does its job: SIGKILL a controller and its placement group is removed.
+- It never removes a live run's group, even when the state API (which Ray's own
+  cleaner asks) answers from another cluster: Ray's cleaner, in the same situation,
+  removes it (the bug, reproduced here; docs/ray-pg-cleaner-bug.md).
+- It stops at once (Ray's waits out a 12 s join), and worker-group runs use it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import ray
+import yaml
+from ray.exceptions import RayActorError
+from ray.train.v2._internal.execution.controller.placement_group_cleaner import PlacementGroupCleaner
+from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
+
+from raysweep.cli import main
+from raysweep.cluster.local import ClusterState
+from raysweep.execution.pg_cleaner import LivePlacementGroupCleaner
+from raysweep.testing.helpers import free_port, raysweep_cli
+
+
+@ray.remote(num_cpus=0)
+class Controller:
+    """Stands in for a Train controller: an actor the cleaner watches."""
+
+    def whoami(self) -> tuple[int, str]:
+        return os.getpid(), ray.get_runtime_context().get_actor_id()
+
+
+def _group_state(group) -> str:
+    return placement_group_table(group).get("state", "REMOVED")
+
+
+def _wait_for(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return predicate()
+
+
+def _watch(cleaner_class, controller_id: str, group, env: dict[str, str] | None = None):
+    options = {"lifetime": "detached", "runtime_env": {"env_vars": env}} if env else {"lifetime": "detached"}
+    cleaner = ray.remote(num_cpus=0)(cleaner_class).options(**options).remote(
+        controller_actor_id=controller_id, check_interval_s=0.2, get_actor_timeout_s=5, stop_timeout=12)
+    ray.get(cleaner.register_placement_group.remote(group))
+    ray.get(cleaner.start_monitoring.remote())
+    return cleaner
+
+
+def _group():
+    group = placement_group([{"CPU": 0.01}])
+    ray.get(group.ready(), timeout=60)
+    return group
+
+
+def test_a_killed_controllers_group_is_removed(ray_cluster):
+    controller = Controller.remote()
+    pid, controller_id = ray.get(controller.whoami.remote())
+    group = _group()
+    _watch(LivePlacementGroupCleaner, controller_id, group)
+    time.sleep(1.5)
+    assert _group_state(group) == "CREATED", "removed while its controller lived"
+    os.kill(pid, signal.SIGKILL)
+    assert _wait_for(lambda: _group_state(group) == "REMOVED", 30), "a dead controller's group was left"
+
+
+def test_stop_returns_at_once(ray_cluster):
+    controller = Controller.remote()
+    _, controller_id = ray.get(controller.whoami.remote())
+    group = _group()
+    cleaner = _watch(LivePlacementGroupCleaner, controller_id, group)
+    with pytest.raises(RayActorError):  # it exits; Ray's joins its thread for up to 12 s first
+        ray.get(cleaner.stop.remote(), timeout=5)
+    time.sleep(1)
+    assert _group_state(group) == "CREATED", "stop removed the group"
+    remove_placement_group(group)
+
+
+@pytest.fixture(scope="module")
+def other_cluster(ray_cluster, tmp_path_factory):
+    """Another Ray cluster on the machine (`raysweep cluster up`, one node) with the
+    same token as the shared one: as every cluster had when they all used
+    ~/.ray/auth_token (a user's RAY_AUTH_TOKEN still does that)."""
+    profile = tmp_path_factory.mktemp("other") / "other.yaml"
+    profile.write_text(yaml.safe_dump({"name": "other", "host": "127.0.0.1", "port": free_port(),
+                                       "dashboard_port": free_port(), "num_cpus": 1}))
+    same_token = {**os.environ, "RAY_AUTH_TOKEN": Path(os.environ["RAY_AUTH_TOKEN_PATH"]).read_text().strip()}
+    up = raysweep_cli("cluster", "up", str(profile), env=same_token)
+    assert up.returncode == 0, up.stderr[-2000:]
+    yield ClusterState.load("other")
+    raysweep_cli("cluster", "down", str(profile))
+
+
+def test_a_live_group_survives_a_state_api_that_looks_elsewhere(ray_cluster, other_cluster):
+    """The state API finds "the cluster" by process-wide settings (RAY_ADDRESS here; the
+    machine-wide ray_current_cluster file in the field), not by the caller's own
+    connection. Pointed at another cluster it answers "no such actor": Ray's cleaner
+    takes that for a dead controller and removes the live run's group; ours asks its
+    own GCS and keeps it."""
+    controller = Controller.remote()
+    _, controller_id = ray.get(controller.whoami.remote())
+    elsewhere = {"RAY_ADDRESS": other_cluster.address}
+    ours, theirs = _group(), _group()
+    _watch(LivePlacementGroupCleaner, controller_id, ours, env=elsewhere)
+    _watch(PlacementGroupCleaner, controller_id, theirs, env=elsewhere)
+    removed = _wait_for(lambda: _group_state(theirs) == "REMOVED", 40)
+    assert _group_state(ours) == "CREATED", "raysweep's cleaner removed a live run's group"
+    assert ray.get(controller.whoami.remote())[1] == controller_id, "the controller died"
+    assert removed, "Ray's cleaner kept the group: the upstream bug may be fixed (see pg_cleaner.py)"
+    remove_placement_group(ours)
+
+
+def test_worker_group_runs_use_it_and_leave_nothing(ray_cluster, mlflow_uri, write_spec):
+    from ray._private import state
+
+    before = set(placement_group_table())
+    assert main(["train", str(write_spec()), "--set", "scaling.num_workers=2", "--set",
+                 "scheduler.max_epochs=1"]) == 0
+    cleaners = [a for a in state.actors().values() if a["ActorClassName"].endswith("LivePlacementGroupCleaner")]
+    assert cleaners, "the run did not use raysweep's cleaner"
+    assert _wait_for(lambda: all(state.actors(actor_id=a["ActorID"])["State"] == "DEAD" for a in cleaners), 10)
+    live = [g for key, g in placement_group_table().items() if key not in before and g["state"] != "REMOVED"]
+    assert not live, f"placement groups left: {live}"
