@@ -190,7 +190,7 @@ def bare_loop(config: dict[str, Any]) -> None:
         if rank == 0:
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, f"{tmp}/state.pt")
         checkpoint = ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None
-        ray.train.report({"first_step_unix": first, "epoch": 0}, checkpoint=checkpoint)
+        ray.train.report({"first_step_unix": first, "epoch": 0, "report_unix": time.time()}, checkpoint=checkpoint)
 
 
 def bare_trial(config: dict[str, Any], *, arrays: Any, workers: int, storage: str) -> None:
@@ -207,8 +207,9 @@ def bare_trial(config: dict[str, Any], *, arrays: Any, workers: int, storage: st
     ).fit()
 
 
-def bare_sweep(arrays: Any, workers: int, trials: int, storage: str) -> list[float]:
-    """Start-up of each trial of a Tune run of bare TorchTrainer trials."""
+def bare_sweep(arrays: Any, workers: int, trials: int, storage: str) -> list[tuple[float, float]]:
+    """(start-up, teardown) of each trial of a Tune run of bare TorchTrainer trials:
+    trial start -> first step, and the worker's last report -> trial end."""
     import functools
 
     from ray import tune
@@ -217,6 +218,8 @@ def bare_sweep(arrays: Any, workers: int, trials: int, storage: str) -> list[flo
 
     started: dict[str, float] = {}
     first: dict[str, float] = {}
+    last: dict[str, float] = {}
+    ended: dict[str, float] = {}
 
     class Clock(tune.Callback):
         def on_trial_start(self, iteration, trials, trial, **info):
@@ -224,6 +227,10 @@ def bare_sweep(arrays: Any, workers: int, trials: int, storage: str) -> list[flo
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             first.setdefault(trial.trial_id, result["first_step_unix"])
+            last[trial.trial_id] = result["report_unix"]
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            ended[trial.trial_id] = time.time()
 
     driver = functools.partial(bare_trial, arrays=arrays, workers=workers, storage=storage)
     tune.Tuner(
@@ -232,21 +239,23 @@ def bare_sweep(arrays: Any, workers: int, trials: int, storage: str) -> list[flo
         run_config=tune.RunConfig(name=f"bare-{time.time_ns()}", storage_path=storage, callbacks=[Clock()],
                                   verbose=0),
     ).fit()
-    return [first[t] - started[t] for t in started]
+    return [(first[t] - started[t], ended[t] - last[t]) for t in started]
 
 
 def overhead_table(r: dict[str, Any]) -> list[str]:
-    return md_table(["trial", "start-up s (median)", "ratio", "first trial of a sweep s"],
-                    [[x["name"], x["startup_s"], x["ratio"], x.get("first_trial_of_sweep_s", "-")] for x in r["rows"]])
+    return md_table(["trial", "start-up s (median)", "ratio", "teardown s (median)", "fixed cost s", "fixed ratio",
+                     "first trial of a sweep s"],
+                    [[x["name"], x["startup_s"], x["ratio"], x["teardown_s"], x["fixed_s"], x["fixed_ratio"],
+                      x.get("first_trial_of_sweep_s", "-")] for x in r["rows"]])
 
 
 def overhead_met(r: dict[str, Any]) -> bool:
-    ratio = {x["workers"]: x["ratio"] for x in r["rows"] if x["path"] == "raysweep"}
-    return ratio[1] <= 0.25 and ratio[2] < 1
+    rows = {x["workers"]: x for x in r["rows"] if x["path"] == "raysweep"}
+    return rows[1]["ratio"] <= 0.25 and rows[2]["fixed_ratio"] <= 0.5
 
 
-@ENTRIES.register("overhead", target="one-worker trial <= 0.25x bare start-up; two-worker trial < 1x",
-                  table=overhead_table, met=overhead_met)
+@ENTRIES.register("overhead", target="one-worker trial <= 0.25x bare start-up; two-worker trial's fixed cost "
+                  "(start-up + last report -> trial end) <= 0.5x bare", table=overhead_table, met=overhead_met)
 def bench_overhead(bench: Bench, trials: int = 2) -> dict[str, Any]:
     import ray
 
@@ -263,18 +272,22 @@ def bench_overhead(bench: Bench, trials: int = 2) -> dict[str, Any]:
             "scheduler.grace_period": 1, "budget.num_trials": trials, "budget.max_concurrent_trials": 1,
             **{f"params.{k}": v for k, v in PARAMS.items()}})
         arrays = ray.put(load_arrays(resolve_data(spec.data, "bench")))
-        samples: dict[str, list[float]] = {"bare TorchTrainer.fit": [], "raysweep": []}
+        samples: dict[str, list[tuple[float, float]]] = {"bare TorchTrainer.fit": [], "raysweep": []}
         cold: list[float] = []
         for _ in range(repeats):
             samples["bare TorchTrainer.fit"] += bare_sweep(arrays, workers, trials, str(storage))
-            startups = [t.startup_s for t in trials_in_order(sweep(spec))]
-            samples["raysweep"] += startups
-            cold.append(startups[0])
-        base = statistics.median(samples["bare TorchTrainer.fit"])
+            ours = [(t.startup_s, t.ended - t.last_report_unix) for t in trials_in_order(sweep(spec))]
+            samples["raysweep"] += ours
+            cold.append(ours[0][0])
+        base = statistics.median(s for s, _ in samples["bare TorchTrainer.fit"])
+        base_fixed = statistics.median(s + t for s, t in samples["bare TorchTrainer.fit"])
         for name, values in samples.items():
-            median = statistics.median(values)
+            median = statistics.median(s for s, _ in values)
+            fixed = statistics.median(s + t for s, t in values)
             row = {"name": f"{name}, {workers} worker(s)", "path": name, "workers": workers, "startup_s": median,
-                   "ratio": median / base, "samples": [round(v, 3) for v in values]}
+                   "ratio": median / base, "teardown_s": statistics.median(t for _, t in values),
+                   "fixed_s": fixed, "fixed_ratio": fixed / base_fixed,
+                   "samples": [[round(s, 3), round(t, 3)] for s, t in values]}
             if name == "raysweep":
                 row["first_trial_of_sweep_s"] = statistics.median(cold)
             rows.append(row)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -25,7 +27,8 @@ from ray.util.placement_group import placement_group, placement_group_table, rem
 from raysweep.cli import main
 from raysweep.cluster.local import ClusterState
 from raysweep.execution.pg_cleaner import LivePlacementGroupCleaner
-from raysweep.testing.helpers import free_port, raysweep_cli
+from raysweep.testing.helpers import experiment_runs, free_port, raysweep_cli
+from raysweep.tracking import tags as tag
 
 
 @ray.remote(num_cpus=0)
@@ -132,3 +135,41 @@ def test_worker_group_runs_use_it_and_leave_nothing(ray_cluster, mlflow_uri, wri
     assert _wait_for(lambda: all(state.actors(actor_id=a["ActorID"])["State"] == "DEAD" for a in cleaners), 10)
     live = [g for key, g in placement_group_table().items() if key not in before and g["state"] != "REMOVED"]
     assert not live, f"placement groups left: {live}"
+
+
+HOG = """
+import multiprocessing, time
+def spin(until):
+    while time.time() < until:
+        pass
+if __name__ == "__main__":
+    until = time.time() + {seconds}
+    procs = [multiprocessing.Process(target=spin, args=(until,)) for _ in range(2)]
+    [p.start() for p in procs]
+    [p.join() for p in procs]
+"""
+
+
+@pytest.mark.slow
+def test_twenty_two_worker_trials_beside_a_cpu_hog_lose_none(ray_cluster, mlflow_uri, write_spec, fault_figures):
+    """The stress case (scripts/faults.sh): 20 two-worker trials, two at a time, while
+    two processes spin on the machine's two cores (bounded: 15 minutes at most); no
+    trial may be lost, to placement-group removal or anything else."""
+    spec = write_spec(budget={"num_trials": 20, "max_concurrent_trials": 2},
+                      scaling={"num_workers": 2, "cpus_per_worker": 0.5},
+                      scheduler={"type": "fifo", "metric": "val_loss", "mode": "min", "max_epochs": 1})
+    hog = subprocess.Popen([sys.executable, "-c", HOG.format(seconds=900)], start_new_session=True)
+    try:
+        code = main(["tune", str(spec)])
+    finally:
+        os.killpg(hog.pid, signal.SIGKILL)
+        hog.wait(timeout=30)
+    trials = [r for r in experiment_runs(mlflow_uri) if "mlflow.parentRunId" in r.data.tags]
+    errors = [r.data.tags.get(tag.ERROR, "") for r in trials]
+    lost_to_removal = sum("placement group was removed" in e for e in errors)
+    not_finished = sum(r.info.status != "FINISHED" for r in trials)
+    fault_figures(faults_injected=1, stress_trials=len(trials), trials_lost_to_pg_removal=lost_to_removal,
+                  trials_not_finished=not_finished)
+    assert code == 0 and len(trials) == 20, (code, len(trials), [e for e in errors if e][:3])
+    assert lost_to_removal == 0 and not_finished == 0, [e for e in errors if e][:3]
+    fault_figures(faults_survived=1)
