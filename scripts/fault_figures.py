@@ -1,6 +1,9 @@
 """Sum the per-case fault figures (JSON lines) into one JSON file and print it.
 
     python scripts/fault_figures.py LINES.jsonl OUT.json PYTEST_EXIT_STATUS
+
+A case writes several lines (its fault when injected, its measured evidence, then
+what it survived): they are merged into one entry per case, counts added up.
 """
 
 from __future__ import annotations
@@ -9,14 +12,33 @@ import json
 import sys
 from pathlib import Path
 
-COUNTS = ("faults_injected", "faults_survived", "handled_as_expected", "checkpoints_lost", "trials_rerun",
-          "mlflow_running", "duplicate_runs", "torn_checkpoints_loaded", "unsafe_payloads_run", "bad_inputs_tried",
-          "bad_inputs_wrong", "unauthenticated_job_apis")
+COUNTS = ("faults_injected", "faults_survived", "handled_as_expected", "checkpoints_reported", "checkpoints_lost",
+          "checkpoints_unreported", "trials_rerun", "mlflow_running", "duplicate_runs", "rows_repeated", "rows_missed",
+          "torn_checkpoints_loaded", "unsafe_payloads_run", "bad_inputs_tried", "bad_inputs_wrong",
+          "job_apis_tried", "unauthenticated_job_apis")
+
+
+def merge(records: list[dict]) -> list[dict]:
+    """One entry per case, in the order cases first wrote: counts (ints) added up,
+    lists joined, any other field the last one written."""
+    cases: dict[str, dict] = {}
+    for record in records:
+        case = cases.setdefault(record["case"], {"case": record["case"]})
+        for key, value in record.items():
+            if key == "case":
+                continue
+            if isinstance(value, int) and not isinstance(value, bool) and isinstance(case.get(key, 0), int):
+                case[key] = case.get(key, 0) + value
+            elif isinstance(value, list) and isinstance(case.get(key), list):
+                case[key] = case[key] + value
+            else:
+                case[key] = value
+    return list(cases.values())
 
 
 def main() -> None:
     lines, out, status = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
-    cases = [json.loads(line) for line in lines.read_text().splitlines() if line.strip()]
+    cases = merge([json.loads(line) for line in lines.read_text().splitlines() if line.strip()])
     summary: dict = {k: sum(int(c.get(k, 0)) for c in cases) for k in COUNTS}
     # Faults a run is meant to die of (the retry budget exceeded) count as handled, not survived;
     # a case that fails after injecting its fault adds to injected but not to survived/handled.

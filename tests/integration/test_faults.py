@@ -4,7 +4,10 @@ The probe trainer (raysweep.testing.probe) pauses mid-epoch at `params.pause_epo
 writes its pid to PROBE/pause.pid; the test kills that process (a training worker)
 or the driver, and checks that the run or sweep resumes from its last checkpoint,
 ends with the metrics of an uninterrupted run, and leaves MLflow and the Optuna
-study telling the truth. Every case writes its figures through `fault_figures`.
+study telling the truth. Every case writes its figures through `fault_figures`,
+each measured (raysweep.testing.evidence: checkpoints on disk against the ones the run
+reported, rows the probe trained on, MLflow runs read back) and recorded before the
+assertions that check it, so a failing case still leaves its true figures.
 """
 
 from __future__ import annotations
@@ -24,6 +27,14 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from raysweep.cli import main
+from raysweep.testing.evidence import (
+    checkpoint_epochs,
+    checkpoint_evidence,
+    first_steps,
+    mlflow_evidence,
+    probe_row_ids,
+    run_figures,
+)
 from raysweep.testing.helpers import (
     experiment_runs,
     max_rel_change,
@@ -39,6 +50,11 @@ from raysweep.tracking.study import load_study
 REPO = Path(__file__).resolve().parents[2]
 
 
+def train_folder(tmp_path: Path) -> Path:
+    """Where `raysweep train` of the probe spec keeps its run (and checkpoints)."""
+    return tmp_path / "results" / "probe" / "probe-train"
+
+
 def in_thread(argv: list[str]) -> tuple[threading.Thread, dict[str, int]]:
     result: dict[str, int] = {}
     thread = threading.Thread(target=lambda: result.setdefault("code", main(argv)), daemon=True)
@@ -46,7 +62,8 @@ def in_thread(argv: list[str]) -> tuple[threading.Thread, dict[str, int]]:
     return thread, result
 
 
-def test_killed_worker_resumes_from_its_checkpoint(ray_cluster, mlflow_uri, write_spec, tmp_path, fault_figures):
+def test_killed_worker_resumes_from_its_checkpoint(ray_cluster, mlflow_uri, write_spec, tmp_path, fault_figures,
+                                                   probe_data):
     """Case 1: SIGKILL a training worker mid-epoch; max_failures=1 restarts it from the
     last checkpoint; final metrics equal an uninterrupted run's (relative 1e-6)."""
     spec = write_spec(params=probe_params(tmp_path, pause_epoch=1), failure={"max_failures": 1},
@@ -58,17 +75,20 @@ def test_killed_worker_resumes_from_its_checkpoint(ray_cluster, mlflow_uri, writ
     os.kill(pid, signal.SIGKILL)
     killed_at = time.time()
     fault_figures(faults_injected=1)  # counted now: a case that then fails shows as not survived
+    at_kill = checkpoint_evidence(train_folder(tmp_path), mlflow_uri)
     thread.join(timeout=300)
+    fault_figures(**run_figures(mlflow_uri, train_folder(tmp_path), earlier=[at_kill], probe=tmp_path / "probe",
+                                epochs=range(3), expected=probe_row_ids(probe_data / "train")))
     assert result.get("code") == 0
     run = only_run(mlflow_uri)
     assert run.info.status == "FINISHED"
     change = max_rel_change(mlflow_uri, run.info.run_id, reference(spec, 3, tmp_path))
+    fault_figures(metric_change=change)
     assert change <= 1e-6
     assert (tmp_path / "probe" / "train-rank0-epoch0.npy").stat().st_mtime_ns == epoch0, "epoch 0 ran again"
     resumed = min(m.timestamp for m in MlflowClient(mlflow_uri).get_metric_history(run.info.run_id, "val_loss")
                   if m.step == 1) / 1000
-    fault_figures(faults_survived=1, checkpoints_lost=0, mlflow_running=0, duplicate_runs=0,
-                  metric_change=change, recovery_s=resumed - killed_at)
+    fault_figures(faults_survived=1, recovery_s=resumed - killed_at)
 
 
 def test_retry_budget_exceeded_fails_naming_the_restore_path(ray_cluster, mlflow_uri, write_spec, tmp_path, capsys,
@@ -78,18 +98,21 @@ def test_retry_budget_exceeded_fails_naming_the_restore_path(ray_cluster, mlflow
     spec = write_spec(params=probe_params(tmp_path, pause_epoch=1, pause_once=False), failure={"max_failures": 1})
     thread, result = in_thread(["train", str(spec)])
     previous = None
+    kills = 0
     for _ in range(2):
         pid = wait_for_pid(tmp_path / "probe" / "pause.pid", other_than=previous)
         previous = str(pid)
         os.kill(pid, signal.SIGKILL)
+        kills += 1
         fault_figures(faults_injected=1, expected_failure=True)
     thread.join(timeout=300)
+    fault_figures(**run_figures(mlflow_uri, train_folder(tmp_path)))
     assert result.get("code") == 1
     err = capsys.readouterr().err
     folder = tmp_path / "results" / "probe" / "probe-train"
     assert f"checkpoints in {folder}" in err and "re-run" in err
     assert only_run(mlflow_uri).info.status == "FAILED"
-    fault_figures(handled_as_expected=2, checkpoints_lost=0, mlflow_running=0, duplicate_runs=0)
+    fault_figures(handled_as_expected=kills)
 
 
 def test_torn_checkpoint_is_never_loaded(ray_cluster, mlflow_uri, write_spec, tmp_path, capsys, fault_figures):
@@ -98,18 +121,26 @@ def test_torn_checkpoint_is_never_loaded(ray_cluster, mlflow_uri, write_spec, tm
     and does not start from scratch."""
     spec = write_spec()
     assert main(["train", str(spec)]) == 0
-    checkpoints = sorted(p for p in (tmp_path / "results" / "probe" / "probe-train").glob("checkpoint_*") if p.is_dir())
+    checkpoints = sorted(p for p in train_folder(tmp_path).glob("checkpoint_*") if p.is_dir())
+    torn_epoch = checkpoint_epochs(train_folder(tmp_path))[checkpoints[-1].resolve()]
     state = checkpoints[-1] / "state.pt"
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
     fault_figures(faults_injected=1)
+    before = set(first_steps(tmp_path / "probe", 0))
     epoch0 = (tmp_path / "probe" / "train-rank0-epoch0.npy").stat().st_mtime_ns
     capsys.readouterr()
-    assert main(["train", str(spec), "--set", "scheduler.max_epochs=3"]) == 1
+    code = main(["train", str(spec), "--set", "scheduler.max_epochs=3"])
+    # An attempt that loaded the torn checkpoint would start right after its epoch.
+    loaded = sum(start == (torn_epoch + 1, 0) for pid, start in first_steps(tmp_path / "probe", 0).items()
+                 if pid not in before)
+    fault_figures(torn_checkpoints_loaded=loaded,
+                  **run_figures(mlflow_uri, train_folder(tmp_path), planted=[checkpoints[-1]]))
+    assert code == 1
     err = capsys.readouterr().err
     assert "incomplete" in err and str(checkpoints[-1]) in err
     assert (tmp_path / "probe" / "train-rank0-epoch0.npy").stat().st_mtime_ns == epoch0, "started from scratch"
     assert not (tmp_path / "probe" / "train-rank0-epoch2.npy").exists()
-    fault_figures(faults_survived=1, torn_checkpoints_loaded=0, checkpoints_lost=0)
+    fault_figures(faults_survived=1)
 
 
 def test_oom_and_nan_trials_fail_alone(ray_cluster, mlflow_uri, write_spec, tmp_path, capsys, fault_figures):
@@ -118,12 +149,16 @@ def test_oom_and_nan_trials_fail_alone(ray_cluster, mlflow_uri, write_spec, tmp_
     space = {"fault": {"type": "categorical", "choices": ["none", "nan", "oom"]}}
     spec = write_spec(space=space, budget={"num_trials": 4}, sampler={"type": "random", "seed": 1},
                       params=probe_params(tmp_path))
-    assert main(["tune", str(spec)]) == 0
+    code = main(["tune", str(spec)])
     out = capsys.readouterr().out
     _, children = sweep_runs(mlflow_uri)
     by_fault: dict[str, list] = {}
     for child in children:
-        by_fault.setdefault(child.data.params["fault"], []).append(child)
+        by_fault.setdefault(child.data.params.get("fault"), []).append(child)
+    faulted = len(by_fault.get("oom", [])) + len(by_fault.get("nan", []))
+    runs = mlflow_evidence(mlflow_uri)  # trials may share parameters here: one run per trial key
+    fault_figures(faults_injected=faulted, mlflow_running=len(runs.running), duplicate_runs=runs.duplicates)
+    assert code == 0
     assert set(by_fault) == {"none", "nan", "oom"}, "seed 1 should sample every fault"
     for run in by_fault["oom"]:
         assert run.info.status == "FAILED" and "MemoryError" in run.data.tags["raysweep.error"]
@@ -131,8 +166,7 @@ def test_oom_and_nan_trials_fail_alone(ray_cluster, mlflow_uri, write_spec, tmp_
     for run in by_fault["nan"]:
         assert run.info.status == "FAILED" and "non-finite" in run.data.tags["raysweep.error"]
     assert all(r.info.status == "FINISHED" for r in by_fault["none"])
-    fault_figures(faults_injected=len(by_fault["oom"]) + len(by_fault["nan"]),
-                  faults_survived=len(by_fault["oom"]) + len(by_fault["nan"]), mlflow_running=0, duplicate_runs=0)
+    fault_figures(faults_survived=faulted)
 
 
 @pytest.fixture
@@ -164,7 +198,7 @@ def _crash(driver: subprocess.Popen) -> None:
 
 
 def test_killed_train_driver_resumes_from_checkpoint(ray_cluster, mlflow_uri, write_spec, tmp_path, fault_figures,
-                                                     own_ray_tmpdir):
+                                                     own_ray_tmpdir, probe_data):
     """Case 4: SIGKILL `raysweep train` after checkpoint 1; the same command again
     starts from it, ends with the uninterrupted metrics, in the same MLflow run."""
     spec = write_spec(params=probe_params(tmp_path, pause_epoch=2),
@@ -178,9 +212,12 @@ def test_killed_train_driver_resumes_from_checkpoint(ray_cluster, mlflow_uri, wr
     _crash(driver)
     killed_at = time.time()
     fault_figures(faults_injected=1)
+    at_kill = checkpoint_evidence(train_folder(tmp_path), mlflow_uri)
     assert only_run(mlflow_uri).info.status == "RUNNING", "the crash left the run RUNNING"
     again = subprocess.run([sys.executable, "-m", "raysweep", "train", str(spec)], cwd=REPO, env=env,
                            capture_output=True, text=True, timeout=600)
+    fault_figures(**run_figures(mlflow_uri, train_folder(tmp_path), earlier=[at_kill], probe=tmp_path / "probe",
+                                epochs=range(4), expected=probe_row_ids(probe_data / "train")))
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     for epoch, mtime in done.items():
         assert (tmp_path / "probe" / f"train-rank0-epoch{epoch}.npy").stat().st_mtime_ns == mtime, \
@@ -188,9 +225,9 @@ def test_killed_train_driver_resumes_from_checkpoint(ray_cluster, mlflow_uri, wr
     run = only_run(mlflow_uri)
     assert run.info.status == "FINISHED"
     change = max_rel_change(mlflow_uri, run.info.run_id, reference(spec, 4, tmp_path))
+    fault_figures(metric_change=change)
     assert change <= 1e-6
-    fault_figures(faults_survived=1, checkpoints_lost=0, mlflow_running=0, duplicate_runs=0,
-                  metric_change=change, recovery_s=time.time() - killed_at)
+    fault_figures(faults_survived=1, recovery_s=time.time() - killed_at)
 
 
 # "s3" (the sweep on the SeaweedFS bucket, the local run folder deleted before the
@@ -215,6 +252,7 @@ def test_killed_sweep_driver_resumes_without_rerunning_trials(ray_cluster, mlflo
     _crash(driver)
     killed_at = time.time()
     fault_figures(faults_injected=1)
+    at_kill = checkpoint_evidence(tmp_path / "results", mlflow_uri)
     finished_before = sorted(p.name for p in (tmp_path / "probe").glob("done-*"))
     assert len(finished_before) == 2
     if storage == "s3":  # the driver's disk is gone (a lost head node or pod)
@@ -223,9 +261,12 @@ def test_killed_sweep_driver_resumes_without_rerunning_trials(ray_cluster, mlflo
         shutil.rmtree(local)
     again = subprocess.run([sys.executable, "-m", "raysweep", "tune", str(spec), "--resume"], cwd=REPO, env=env,
                            capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     done = {p.name: p.read_text().count("\n") for p in (tmp_path / "probe").glob("done-*")}
     reruns = sum(count - 1 for count in done.values())
+    # The log-uniform lr never repeats: a trial run again under a new id shows as a duplicate too.
+    fault_figures(trials_rerun=reruns, **run_figures(mlflow_uri, tmp_path / "results", earlier=[at_kill],
+                                                     trials_by="params"))
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert len(done) == 4 and reruns == 0, done
     runs = experiment_runs(mlflow_uri)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
@@ -241,8 +282,7 @@ def test_killed_sweep_driver_resumes_without_rerunning_trials(ray_cluster, mlflo
     study = load_study(str(sweep_dir), "probe")
     states = [t.state for t in study.trials]
     assert states == [optuna.trial.TrialState.COMPLETE] * 4, states
-    fault_figures(faults_survived=1, trials_rerun=reruns, mlflow_running=0,
-                  duplicate_runs=len(runs) - 5, recovery_s=time.time() - killed_at)
+    fault_figures(faults_survived=1, recovery_s=time.time() - killed_at)
 
 
 @pytest.fixture(autouse=True)

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from raysweep.cli import main
+from raysweep.testing.evidence import run_figures
 from raysweep.testing.helpers import free_port, only_run, probe_params, sweep_runs, wait_for_pid
 
 REPO = Path(__file__).resolve().parents[2]
@@ -119,7 +120,10 @@ def test_an_object_deleted_mid_run_fails_naming_it_and_the_rerun_resumes(ray_clu
         with fs.open_output_stream(f"data/small-groups/train/{part}") as handle:
             handle.write(content)
     epoch0 = (tmp_path / "probe" / "train-rank0-epoch0.npy").stat().st_mtime_ns
-    assert main(["train", str(spec)]) == 0
+    code = main(["train", str(spec)])
+    fault_figures(**run_figures(mlflow_uri, tmp_path / "results" / "probe" / "probe-train", probe=tmp_path / "probe",
+                                epochs=(0, 1), expected=TRAIN_IDS))
+    assert code == 0
     assert (tmp_path / "probe" / "train-rank0-epoch0.npy").stat().st_mtime_ns == epoch0, "resumed, not restarted"
     assert only_run(mlflow_uri).info.status == "FINISHED"
     fault_figures(faults_survived=1)
