@@ -25,7 +25,7 @@ from raysweep.config.load import storage_root
 from raysweep.config.profile import ClusterProfile
 from raysweep.config.spec import Spec
 from raysweep.data.loader import choose_loader, worker_data
-from raysweep.errors import RunFailedError, UserInputError
+from raysweep.errors import RunFailedError, UserInputError, one_line_cause
 from raysweep.execution.driver import TrainMetricsCallback, build_trainer
 from raysweep.execution.plan import ExecutionMode, RunPlan, execution_mode, max_concurrent_trials
 from raysweep.execution.sweep import find_sweep_to_resume, run_sweep
@@ -123,16 +123,11 @@ def _record(kind: str, run: Prepared, plan: RunPlan, name: str, store: RunStore,
 
 
 def root_cause(exc: BaseException) -> str:
-    """One line: the innermost error's last 'SomethingError: message' line (Ray wraps
-    worker errors with tracebacks)."""
+    """One line: the innermost error's root cause (errors.one_line_cause: Ray wraps
+    worker errors with tracebacks and per-rank snippets)."""
     while exc.__cause__ is not None:
         exc = exc.__cause__
-    lines = [ln.strip() for ln in f"{type(exc).__name__}: {exc}".splitlines() if ln.strip()]
-    for line in reversed(lines):
-        head = line.split(":", 1)[0]
-        if head.endswith(("Error", "Exception")) and " " not in head:
-            return line
-    return lines[0] if lines else type(exc).__name__
+    return one_line_cause(f"{type(exc).__name__}: {exc}")
 
 
 def train(spec: SpecLike, overrides: list[str] | tuple[str, ...] = (), *, cluster: str | None = None,

@@ -27,7 +27,7 @@ from ray.tune.search.optuna import OptunaSearch
 from raysweep._ray_compat import replace_tuner_callbacks, set_ray_env_defaults
 from raysweep.config.space import to_optuna_space
 from raysweep.config.spec import SamplerSpec, SchedulerSpec, Spec
-from raysweep.errors import UserInputError
+from raysweep.errors import UserInputError, one_line_cause
 from raysweep.execution.driver import build_trainer
 from raysweep.execution.plan import ExecutionMode, RunPlan
 from raysweep.execution.worker import train_in_trial
@@ -189,13 +189,9 @@ class StudyMirror(tune.Callback):
 
 
 def error_summary(error_file: str | None) -> str:
-    """The last line of a trial's error (the cause a user needs), not a traceback."""
+    """A trial's root cause in one line (errors.one_line_cause), not a traceback."""
     text = Path(error_file).read_text(errors="replace") if error_file and os.path.exists(error_file) else ""
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    for line in reversed(lines):
-        if "Error" in line or "Exception" in line:
-            return line
-    return lines[-1] if lines else "unknown error"
+    return one_line_cause(text) if text.strip() else "unknown error"
 
 
 @dataclass

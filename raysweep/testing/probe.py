@@ -130,6 +130,8 @@ def train(ctx: TrainContext) -> None:
         total, count = 0.0, 0.0
         if ctx.params.get("fault") == "oom":
             _run_out_of_memory()
+        if ctx.params.get("fault") == "raise" and ctx.rank == int(ctx.params.get("fault_rank", 0)):
+            raise ValueError(f"planted failure on rank {ctx.rank}")
         snapshot = lambda: {"model": model.state_dict(), "optimizer": optimizer.state_dict()}  # noqa: E731
         first = ctx.start_step if epoch == ctx.start_epoch else 0
         steps = open(probe / f"steps-rank{ctx.rank}.log", "a")  # noqa: SIM115  (closed after the epoch)

@@ -14,20 +14,22 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import ray
 import yaml
+from ray import PlacementGroupID
 from ray.exceptions import RayActorError
 from ray.train.v2._internal.execution.controller.placement_group_cleaner import PlacementGroupCleaner
-from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
+from ray.util.placement_group import PlacementGroup, placement_group, placement_group_table, remove_placement_group
 
 from raysweep.cli import main
 from raysweep.cluster.local import ClusterState
 from raysweep.execution.pg_cleaner import LivePlacementGroupCleaner
-from raysweep.testing.helpers import experiment_runs, free_port, raysweep_cli
+from raysweep.testing.helpers import experiment_runs, free_port, probe_params, raysweep_cli, wait_for_pid
 from raysweep.tracking import tags as tag
 
 
@@ -173,3 +175,46 @@ def test_twenty_two_worker_trials_beside_a_cpu_hog_lose_none(ray_cluster, mlflow
     assert code == 0 and len(trials) == 20, (code, len(trials), [e for e in errors if e][:3])
     assert lost_to_removal == 0 and not_finished == 0, [e for e in errors if e][:3]
     fault_figures(faults_survived=1)
+
+
+def test_a_failed_trials_cause_is_one_line(ray_cluster, mlflow_uri, write_spec, tmp_path, capsys):
+    """A 2-worker trial whose rank 1 raises: the console line, the MLflow error tag
+    and the report name the rank and its exception, in one line."""
+    spec = write_spec(budget={"num_trials": 1}, scaling={"num_workers": 2, "cpus_per_worker": 0.5},
+                      params=probe_params(tmp_path, fault="raise", fault_rank=1))
+    assert main(["tune", str(spec)]) == 1
+    want = "rank 1: ValueError: planted failure on rank 1"
+    out = capsys.readouterr().out
+    assert f"FAILED: {want}\n" in out
+    (trial,) = [r for r in experiment_runs(mlflow_uri) if "mlflow.parentRunId" in r.data.tags]
+    assert trial.data.tags[tag.ERROR] == want
+    (report,) = (tmp_path / "results" / "probe").glob("*/report/report.html")
+    assert want in report.read_text()
+
+
+def test_a_destroyed_workers_cause_is_one_line(ray_cluster, mlflow_uri, write_spec, tmp_path):
+    """Ray destroys a run's workers when their placement group goes: the run's error
+    says so, with Ray's exit detail, in one line."""
+    spec = write_spec(scaling={"num_workers": 2, "cpus_per_worker": 0.5},
+                      params=probe_params(tmp_path, pause_epoch=0))
+    before = set(placement_group_table())
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        from raysweep.run import train
+
+        try:
+            train(str(spec))
+        except BaseException as exc:  # noqa: BLE001  (the test reads it)
+            failed.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    wait_for_pid(tmp_path / "probe" / "pause.pid")
+    (group,) = [g for key, g in placement_group_table().items() if key not in before and g["state"] == "CREATED"]
+    remove_placement_group(PlacementGroup(PlacementGroupID.from_hex(group["placement_group_id"])))
+    thread.join(timeout=300)
+    assert failed, "the run did not fail"
+    message = str(failed[0])
+    assert "\n" not in message and "worker destroyed: Destroying worker since its placement group was removed" \
+        in message, message

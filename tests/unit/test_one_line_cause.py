@@ -1,0 +1,68 @@
+"""A failed trial's cause in one line (issue 17): the first failing rank's exception,
+or the exit detail of a worker Ray destroyed, never "[Rank 1 Error Snippet]:"."""
+
+from __future__ import annotations
+
+from raysweep.errors import one_line_cause
+from raysweep.run import root_cause
+
+# A trial's error.txt as Ray 2.60 wrote it for a 2-worker run whose rank 1 raised
+# (tests/integration/test_worker_groups.py makes the same failure for real).
+WORKER_GROUP_ERROR = """Failure # 1 (occurred at 2026-11-27_20-09-12)
+\x1b[36mray::ImplicitFunc.train()\x1b[39m (pid=13802, ip=127.0.0.1, actor_id=8a7d44b0, repr=func)
+  File "/venv/lib/python3.11/site-packages/ray/train/v2/api/data_parallel_trainer.py", line 195, in fit
+    raise result.error
+ray.train.WorkerGroupError: Training failed due to worker errors:
+[Rank 1 Error Snippet]:
+\x1b[36mray::ImplicitFunc.train()\x1b[39m (pid=13802, ip=127.0.0.1, actor_id=8a7d44b0, repr=func)
+  File "/work/main/raysweep/execution/worker.py", line 89, in _train
+    train_fn(ctx)
+  File "/work/main/raysweep/testing/probe.py", line 134, in train
+    raise ValueError(f"planted failure on rank {ctx.rank}")
+ValueError: planted failure on rank 1
+"""
+
+# Ray's ActorDiedError text (ray/exceptions.py) for a worker whose placement group was removed.
+DESTROYED = """ray.train.WorkerGroupError: Training failed due to worker errors:
+[Rank 0,1 Error Snippet]:
+The actor died unexpectedly before finishing this task.
+\tclass_name: RayTrainWorker
+\tactor_id: 5e1f
+\tpid: 4242
+\tnamespace: 7c0e
+\tip: 127.0.0.1
+The actor is dead because its worker process has died. Worker exit type: SYSTEM_ERROR Worker exit detail: \
+Destroying worker since its placement group was removed.
+"""
+
+
+def test_the_failing_ranks_exception() -> None:
+    assert one_line_cause(WORKER_GROUP_ERROR) == "rank 1: ValueError: planted failure on rank 1"
+
+
+def test_a_destroyed_worker_says_why() -> None:
+    assert one_line_cause(DESTROYED) == ("ranks 0,1: worker destroyed: Destroying worker since its placement "
+                                         "group was removed")
+
+
+def test_the_first_of_several_ranks() -> None:
+    two = WORKER_GROUP_ERROR + "[Rank 0 Error Snippet]:\nRuntimeError: gloo: connection reset\n"
+    assert one_line_cause(two) == "rank 1: ValueError: planted failure on rank 1"
+
+
+def test_a_plain_traceback_gives_its_innermost_exception() -> None:
+    text = 'Traceback (most recent call last):\n  File "x.py", line 1\nKeyError: \'lr\'\n\nDuring handling...\n' \
+           "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n"
+    assert one_line_cause(text) == "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+
+
+def test_a_run_failure_is_one_line() -> None:
+    try:
+        try:
+            raise ValueError("planted")
+        except ValueError as inner:
+            raise RuntimeError(WORKER_GROUP_ERROR) from inner
+    except RuntimeError as exc:
+        assert root_cause(exc) == "ValueError: planted"
+    assert root_cause(RuntimeError(WORKER_GROUP_ERROR)) == "rank 1: ValueError: planted failure on rank 1"
+    assert "\n" not in one_line_cause("no exception here\njust text")
