@@ -15,7 +15,8 @@ from pathlib import Path
 COUNTS = ("faults_injected", "faults_survived", "handled_as_expected", "checkpoints_reported", "checkpoints_lost",
           "checkpoints_unreported", "trials_rerun", "mlflow_running", "duplicate_runs", "rows_repeated", "rows_missed",
           "torn_checkpoints_loaded", "unsafe_payloads_run", "bad_inputs_tried", "bad_inputs_wrong",
-          "job_apis_tried", "unauthenticated_job_apis")
+          "job_apis_tried", "unauthenticated_job_apis", "single_node_beyond_loopback", "in_process_sockets",
+          "in_process_beyond_loopback", "stress_trials", "trials_lost_to_pg_removal", "trials_not_finished")
 
 
 def merge(records: list[dict]) -> list[dict]:
@@ -49,13 +50,17 @@ def main() -> None:
     recoveries = {c["case"]: round(c["recovery_s"], 1) for c in cases if "recovery_s" in c}
     summary["recovery_s"] = recoveries
     sockets = [s for c in cases for s in c.get("sockets", [])]
-    summary["listening_sockets"] = sockets
+    summary["listening_sockets"] = sockets  # the multi-node exposure case (case 10)
+    single = [s for c in cases for s in c.get("single_node_sockets", [])]
+    summary["single_node_sockets"] = single  # `cluster up` single-node clusters: expected all loopback
     summary["cases_recorded"] = len(cases)
     summary["pytest_exit_status"] = status
     summary["cases"] = cases
     out.write_text(json.dumps(summary, indent=2))
-    print(json.dumps({k: v for k, v in summary.items() if k not in ("cases", "listening_sockets")}, indent=2))
-    print(f"{len(sockets)} listening sockets listed; all figures in {out}")
+    tables = ("cases", "listening_sockets", "single_node_sockets")
+    print(json.dumps({k: v for k, v in summary.items() if k not in tables}, indent=2))
+    print(f"{len(sockets)} listening sockets of the multi-node cluster and {len(single)} of single-node clusters "
+          f"({sum(not s['loopback_only'] for s in single)} beyond loopback) listed; all figures in {out}")
 
 
 if __name__ == "__main__":
