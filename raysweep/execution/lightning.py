@@ -1,10 +1,11 @@
 """Running a LightningModule through a TrainContext, data-parallel on Ray Train.
 
 The trainer module provides a `LightningModule` subclass (built as `Cls(**params)`
-with the params it accepts) or a `build_module(params)` factory. raysweep builds a
-`pytorch_lightning.Trainer` (RayDDPStrategy + RayLightningEnvironment +
-prepare_trainer under Ray), feeds it the context's shards and reports every epoch
-through `ReportCallback`:
+with the params it accepts) or a `build_module(params)` factory, written against
+`lightning.pytorch` or `pytorch_lightning`. raysweep builds a Trainer of the module's
+own namespace (RayDDPStrategy + RayLightningEnvironment + prepare_trainer under Ray,
+of that namespace too: see lightning_compat), feeds it the context's shards and
+reports every epoch through `ReportCallback`:
 
 - metrics: whatever the module logs with `self.log(..., on_epoch=True)`, each rank's
   epoch mean combined across ranks weighted by that rank's row count, so `val_*`
@@ -14,12 +15,15 @@ through `ReportCallback`:
   `checkpoint.every_n_epochs`; a re-run resumes from it via `ckpt_path`, loaded
   with `weights_only=True`.
 
-Uses the `pytorch_lightning` namespace only (mixing in `lightning` breaks Ray's
-strategy checks).
+The two namespaces' classes do not mix (a `pytorch_lightning.Trainer` refuses a
+`lightning.pytorch` strategy), so neither is imported up front: each piece comes from
+the namespace the module's class subclasses.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 import inspect
 import math
 import tempfile
@@ -30,15 +34,16 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 
 from raysweep.data.arrays import Batch
 from raysweep.errors import UserInputError
 from raysweep.execution.context import TrainContext
+from raysweep.execution.lightning_compat import NAMESPACES, namespace_of, ray_pieces
 from raysweep.execution.plan import LightningSettings
 
-ModuleFactory = Callable[[dict[str, Any]], pl.LightningModule]
+ModuleFactory = Callable[[dict[str, Any]], Any]
+"""params -> a LightningModule (of `lightning.pytorch` or `pytorch_lightning`)."""
 
 
 def find_module_factory(module: ModuleType) -> ModuleFactory | None:
@@ -48,14 +53,14 @@ def find_module_factory(module: ModuleType) -> ModuleFactory | None:
         return factory
     classes = [
         obj for obj in vars(module).values()
-        if inspect.isclass(obj) and issubclass(obj, pl.LightningModule)
+        if inspect.isclass(obj) and namespace_of(obj) is not None
         and obj.__module__ == module.__name__
     ]
     if len(classes) != 1:
         return None
     cls = classes[0]
 
-    def build(params: dict[str, Any]) -> pl.LightningModule:
+    def build(params: dict[str, Any]) -> Any:
         accepted = inspect.signature(cls.__init__).parameters
         if any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
             return cls(**params)
@@ -88,21 +93,24 @@ class _ValidationLoader:
         return math.ceil(self.ctx.local_rows(train=False) / self.batch_size)
 
 
-class ReportCallback(pl.Callback):
-    """Reports each epoch's metrics (exact across ranks) and checkpoints to the context."""
+class ReportCallback:
+    """Reports each epoch's metrics (exact across ranks) and checkpoints to the context.
+
+    A Lightning Callback once combined with a namespace's `Callback` class:
+    build it with `report_callback(namespace, ctx, loader)`."""
 
     def __init__(self, ctx: TrainContext, loader: _TrainLoader) -> None:
         self.ctx, self.loader = ctx, loader
         self._started = self._last_step = 0.0
 
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         self.loader.epoch = trainer.current_epoch
         self._started = time.perf_counter()
 
-    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+    def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
         self._last_step = time.perf_counter()
 
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         epoch = trainer.current_epoch
         elapsed = self._last_step - self._started  # training steps only, as the plain trainer
         metrics = self._exact_means(trainer.callback_metrics)
@@ -121,7 +129,21 @@ class ReportCallback(pl.Callback):
         return {n: totals[i] / totals[len(names) + i] for i, n in enumerate(names)}
 
 
-def build_trainer(ctx: TrainContext, settings: LightningSettings, callback: ReportCallback) -> pl.Trainer:
+@functools.cache
+def _callback_class(namespace: str) -> type[ReportCallback]:
+    base = importlib.import_module(namespace).Callback
+    return type("ReportCallback", (ReportCallback, base), {"__module__": __name__, "__doc__": ReportCallback.__doc__})
+
+
+def report_callback(namespace: ModuleType, ctx: TrainContext, loader: _TrainLoader) -> ReportCallback:
+    """A ReportCallback that is a `namespace.Callback`."""
+    return _callback_class(namespace.__name__)(ctx, loader)
+
+
+def build_trainer(ctx: TrainContext, settings: LightningSettings, callback: ReportCallback,
+                  namespace: ModuleType) -> Any:
+    """A `namespace.Trainer` (`lightning.pytorch` or `pytorch_lightning`: the module's);
+    under Ray with RayDDPStrategy and RayLightningEnvironment of that namespace."""
     common: dict[str, Any] = dict(
         max_epochs=ctx.num_epochs,
         precision=settings.precision,
@@ -136,22 +158,20 @@ def build_trainer(ctx: TrainContext, settings: LightningSettings, callback: Repo
         accelerator="gpu" if ctx.device.type == "cuda" else "cpu",
     )
     if not ctx.runs_on_ray:
-        return pl.Trainer(devices=1, **common)
-    # (lazy: Ray Train's Lightning integration only in worker-group runs)
-    from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment, prepare_trainer
-
-    trainer = pl.Trainer(devices="auto", strategy=RayDDPStrategy(),
-                         plugins=[RayLightningEnvironment()], **common)
-    return prepare_trainer(trainer)
+        return namespace.Trainer(devices=1, **common)
+    pieces = ray_pieces(namespace)  # (Ray Train's Lightning integration only in worker-group runs)
+    trainer = namespace.Trainer(devices="auto", strategy=pieces.strategy(), plugins=[pieces.environment()], **common)
+    return pieces.prepare_trainer(trainer)
 
 
 def fit(ctx: TrainContext, factory: ModuleFactory, settings: LightningSettings) -> None:
     """`train(ctx)` for a LightningModule."""
     torch.manual_seed(ctx.seed)
     module = factory(ctx.params)
+    namespace = _namespace(module, "")
     batch_size = int(ctx.params.get("batch_size", 64))
     loader = _TrainLoader(ctx, batch_size)
-    trainer = build_trainer(ctx, settings, ReportCallback(ctx, loader))
+    trainer = build_trainer(ctx, settings, report_callback(namespace, ctx, loader), namespace)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt_path = None
         if ctx.checkpoint is not None:
@@ -173,9 +193,12 @@ def check_module(factory: ModuleFactory, params: dict[str, Any], sample: Batch,
         )
     try:
         module = factory(params)
+        _namespace(module, source)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # self.log() outside a Trainer warns
             out = module.training_step(sample, 0)
+    except UserInputError:
+        raise
     except Exception as exc:  # the user's module failed on a real batch
         raise UserInputError(
             f"{source}: trainer: the LightningModule failed on a sample batch: {type(exc).__name__}: {exc}"
@@ -186,3 +209,13 @@ def check_module(factory: ModuleFactory, params: dict[str, Any], sample: Batch,
             f"{source}: trainer: {type(module).__name__}.training_step must return the loss "
             f"(a tensor or a dict with 'loss'), got {type(out).__name__}"
         )
+
+
+def _namespace(module: Any, source: str) -> ModuleType:
+    """The Lightning namespace `module` (what the factory built) belongs to."""
+    namespace = namespace_of(module)
+    if namespace is None:
+        raise UserInputError(
+            f"{source + ': ' if source else ''}trainer: build_module(params) returned a {type(module).__name__}, "
+            f"not a LightningModule (of {' or '.join(NAMESPACES)})")
+    return namespace
