@@ -137,6 +137,8 @@ CORPUS: dict[str, tuple[Callable, str]] = {
     "label is not a column": (first_data_file(set_path("data.label", "nope")), "data.label"),
     "feature pattern matches nothing": (first_data_file(set_path("data.features", ["nope*"])), "data.features"),
     "negative cpus per worker": (edit_spec(set_path("scaling.cpus_per_worker", -1)), "scaling.cpus_per_worker"),
+    "two NCCL ranks on one GPU": (edit_spec(lambda raw: raw["scaling"].update(num_workers=2, gpus_per_worker=0.5)),
+                                  "scaling.gpus_per_worker"),
     "override without a value": (bad_override, "expected key.path=value"),
     "profile is not YAML": (profile_text("name: [x\n"), ""),
     "profile unknown key": (profile_text("name: x\nnum_cpu: 2\n"), "num_cpu"),
@@ -161,3 +163,17 @@ def test_hostile_input(case, world, capsys, fault_figures):
              and str(blamed_file) in err and field in err and "Traceback" not in err)
     fault_figures(bad_inputs_tried=1, bad_inputs_wrong=int(not right))
     assert right, f"exit {code}: {err!r} (should name {blamed_file} and {field!r})"
+
+
+def test_one_worker_may_take_a_fraction_of_a_gpu(world, capsys):
+    """A fraction of a GPU packs one-worker trials on a GPU; only a multi-worker run
+    (two NCCL ranks of one process group on one GPU) is refused, by check and tune too."""
+    root, spec, data = world
+    edit_spec(set_path("scaling.gpus_per_worker", 0.25))(root, spec, data)
+    assert main(["check", str(spec)]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    for command in ("check", "tune"):
+        assert main([command, str(spec), "--set", "scaling.num_workers=2"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"raysweep: error: {spec}: scaling.gpus_per_worker: ") and "NCCL" in err, err
+        assert "\n" not in err
