@@ -33,7 +33,7 @@ from raysweep.tracking import tags as tag
 
 RECORD_FILE = "record.json"
 DIFF_FILE = "git.diff"
-PACKAGES = ("ray", "torch", "pytorch-lightning", "optuna", "mlflow", "pyarrow", "numpy", "raysweep")
+PACKAGES = ("ray", "torch", "pytorch-lightning", "lightning", "optuna", "mlflow", "pyarrow", "numpy", "raysweep")
 
 
 def versions() -> dict[str, str]:

@@ -15,7 +15,7 @@ from raysweep.cli import main
 from raysweep.testing.helpers import experiment_runs, metric_series
 from raysweep.testing.probe import probe_spec, write_probe_data
 
-VERSION_KEYS = {"python", "ray", "torch", "pytorch-lightning", "optuna", "mlflow", "pyarrow"}
+VERSION_KEYS = {"python", "ray", "torch", "pytorch-lightning", "lightning", "optuna", "mlflow", "pyarrow"}
 
 
 @pytest.fixture
