@@ -1,6 +1,7 @@
 """Benchmarks, each side by side with its baseline in one run, alternating A and B.
 
     .venv/bin/python scripts/bench.py [--repeats 2] [--only overhead,step,...] [--out bench.json] [--quick]
+                                      [--entry-timeout SECONDS] [--entry-timeout ENTRY=SECONDS ...]
 
 Entries (medians over repeats; each names its baseline):
 - overhead: trial start (Tune's on_trial_start on the driver) to the first training
@@ -37,6 +38,10 @@ Entries (medians over repeats; each names its baseline):
 Each entry is registered with its target (raysweep.testing.bench); its JSON result
 records "target" and "met". Prints the Markdown tables, writes JSON to --out (and the
 tables to OUT.md), names the targets missed, and exits 1 when any was missed.
+Every entry runs under a time limit (--entry-timeout; 1800 s unless the entry has its
+own): an entry past it, or one that raises, is a failed entry (met false, "error",
+"timed_out", and the "stage" it was in, e.g. "plain DDP baseline" or "raysweep dp"),
+the Ray cluster and the processes it started are stopped, and the next entry runs.
 """
 
 from __future__ import annotations
@@ -63,10 +68,11 @@ from raysweep.data.arrays import ArraySet
 from raysweep.data.columns import Layout
 from raysweep.data.examples import write_digits_parquet
 from raysweep.data.shards import train_batch_indices
+from raysweep.errors import one_line_cause
 from raysweep.execution.context import TrainContext
 from raysweep.execution.lightning import find_module_factory, fit
 from raysweep.testing import columns_bench
-from raysweep.testing.bench import Registry, md_table, run_entries
+from raysweep.testing.bench import DEFAULT_TIMEOUT_S, Registry, Stage, md_table, parse_time_limits, run_entries, stage
 from trainers import digits_mlp, digits_mlp_lightning
 
 PARAMS = {"batch_size": 64, "hidden": 512, "num_layers": 2, "lr": 0.01, "optimizer": "adam"}
@@ -76,20 +82,45 @@ ENTRIES = Registry()
 
 @dataclass
 class Bench:
-    """What every entry gets: the command line, a scratch folder, the digits sets."""
+    """What every entry gets: the command line, a scratch folder, the digits sets; and
+    `stage`, to say where the entry is (a timed-out or failed entry is reported with it)."""
 
     args: argparse.Namespace
     tmp: Path
     train: ArraySet
     validation: ArraySet
 
+    def stage(self, name: str) -> Stage:
+        """The running entry is in stage `name` from here on (`bench.stage("x")`), or for a
+        block (`with bench.stage("x"):`): raysweep.testing.bench.stage."""
+        return stage(name)
+
     def ray(self) -> None:
         """Start the local Ray cluster the Ray entries share (once; no-op after)."""
+        import ray
+
         from raysweep.cluster.connect import connect
         from raysweep.config.profile import ClusterProfile
 
+        if ray.is_initialized():
+            return
         os.environ.setdefault("RAYSWEEP_BASE_DIR", str(self.tmp))
-        connect(ClusterProfile(name="bench", num_cpus=2))
+        with self.stage("start the Ray cluster"):
+            connect(ClusterProfile(name="bench", num_cpus=2))
+
+    def after_failure(self) -> None:
+        """After an entry failed or timed out, before the processes it started are killed
+        (run_entry's on_failure): shut the Ray cluster down if one is up, so that the
+        entry's actors, workers and placement groups (and a stuck Train or Tune run)
+        go with it; the next Ray entry starts a new one."""
+        if "ray" not in sys.modules:
+            return
+        import ray
+
+        from raysweep.cluster.connect import disconnect
+
+        if ray.is_initialized():
+            disconnect()
 
 
 def load_digits_sets(root: Path) -> tuple[ArraySet, ArraySet]:
@@ -275,7 +306,9 @@ def bench_overhead(bench: Bench, trials: int = 2) -> dict[str, Any]:
         samples: dict[str, list[tuple[float, float]]] = {"bare TorchTrainer.fit": [], "raysweep": []}
         cold: list[float] = []
         for _ in range(repeats):
+            bench.stage(f"bare TorchTrainer.fit sweep, {workers} worker(s)")
             samples["bare TorchTrainer.fit"] += bare_sweep(arrays, workers, trials, str(storage))
+            bench.stage(f"raysweep sweep, {workers} worker(s)")
             ours = [(t.startup_s, t.ended - t.last_report_unix) for t in trials_in_order(sweep(spec))]
             samples["raysweep"] += ours
             cold.append(ours[0][0])
@@ -350,14 +383,17 @@ def bench_step(bench: Bench) -> dict[str, Any]:
     times: dict[str, list[float]] = {"hand-written loop": [], "raysweep plain": [], "raysweep lightning": []}
     losses: dict[str, list[float]] = {}
     for _ in range(repeats):
+        bench.stage("hand-written loop")
         reports, losses["hand-written loop"] = hand_loop(train, PARAMS)
         times["hand-written loop"].append(step_seconds(reports, len(train), batches))
 
+        bench.stage("raysweep plain")
         ctx, out = TrainContext.in_process(train, validation, PARAMS, num_epochs=EPOCHS)
         digits_mlp.train(ctx)
         times["raysweep plain"].append(step_seconds([m for m, _ in out], len(train), batches))
         losses["raysweep plain"] = [m["train_loss"] for m, _ in out]
 
+        bench.stage("raysweep lightning")
         ctx, out = TrainContext.in_process(train, validation, PARAMS, num_epochs=EPOCHS)
         fit(ctx, find_module_factory(digits_mlp_lightning), LightningSpec())
         times["raysweep lightning"].append(step_seconds([m for m, _ in out], len(train), batches))
@@ -378,20 +414,64 @@ def bench_step(bench: Bench) -> dict[str, Any]:
 # ---------------------------------------------------------------- data-parallel
 
 
-def _ddp_process(rank: int, world: int, port: int, path: str, epochs: int, launched: float, out: str) -> None:
+DDP_TIMEOUT_S = 300.0  # plain DDP baseline: the process group's timeout, and the parent's deadline for its ranks
+DDP_FAILURES = ("raise", "exit", "sigint", "hang")  # what _ddp_process can plant on one rank (tests)
+
+
+def _ddp_process(rank: int, world: int, port: int, path: str, epochs: int, launched: float, timeout_s: float,
+                 fail: str = "", fail_rank: int = -1) -> None:
+    """One rank of the plain-DDP baseline (run by torch's spawn._wrap).
+
+    It joins the parent's c10d TCPStore at `port` as a client and rendezvouses through
+    it (init_process_group(store=...), timeout `timeout_s`): no rank binds a port it
+    was told, so none can lose one to another process. It writes where it is
+    ("bench/stage/<rank>") and, last, its result ("bench/done/<rank>") to the store:
+    the parent names each rank's last stage when something goes wrong, and tells a rank
+    that finished from one that left early with exit code 0 (spawn._wrap exits 0 after
+    a KeyboardInterrupt, i.e. a SIGINT). SIGUSR1 prints its stacks to stderr (the
+    parent sends it to ranks past the deadline). It ends with os._exit(0), skipping
+    the DDP model's teardown, which can deadlock (see the comment there).
+
+    `fail` on rank `fail_rank`, for tests, plants an early exit before the rendezvous:
+    "raise" (exit code 1), "exit" (code 0, nothing done), "sigint" (code 0, through
+    SIGINT and spawn._wrap), "hang" (sleeps past any deadline).
+    """
+    import datetime
+    import faulthandler
+    import signal
+
     import torch.distributed as dist
 
     torch.set_num_threads(1)  # as a Ray Train worker with 1 CPU
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    timeout = datetime.timedelta(seconds=timeout_s)
+    store = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=timeout)
+
+    def progress(stage: str) -> None:
+        store.set(f"bench/stage/{rank}", stage)
+
+    if fail and rank == fail_rank:
+        progress(f"planted failure {fail!r}")
+        if fail == "raise":
+            raise RuntimeError(f"planted failure on rank {rank}")
+        if fail == "sigint":
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(60)
+        if fail == "hang":
+            time.sleep(3600)
+        return
+    progress("init_process_group")
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=timeout)
     data = np.load(path)
     features, labels = data["features"], data["labels"]
     torch.manual_seed(0)
+    progress("DDP set-up")
     model = torch.nn.parallel.DistributedDataParallel(digits_mlp.build_model(PARAMS))
     optimizer = digits_mlp.build_optimizer(model, PARAMS)
     loss_fn = torch.nn.CrossEntropyLoss()
     first, epoch_s = None, []
     for epoch in range(epochs):
+        progress(f"epoch {epoch}")
         started = time.perf_counter()
         for rows in train_batch_indices(len(labels), rank, world, PARAMS["batch_size"], 0, epoch):
             x, y = torch.from_numpy(features[rows]), torch.from_numpy(labels[rows])
@@ -401,24 +481,102 @@ def _ddp_process(rank: int, world: int, port: int, path: str, epochs: int, launc
             loss.backward()
             optimizer.step()
         epoch_s.append(time.perf_counter() - started)
-    if rank == 0:
-        Path(out).write_text(json.dumps({"setup_s": first - launched, "epoch_s": epoch_s}))
+    progress("destroy_process_group")
     dist.destroy_process_group()
+    assert first is not None
+    store.set(f"bench/done/{rank}", json.dumps({"setup_s": first - launched, "epoch_s": epoch_s}))
+    store.get(f"bench/done/{rank}")  # a round trip: the store holds the result before this process goes
+    # Leave without tearing the DDP model down: that can deadlock (torch 2.13). The DDP
+    # Reducer holds the last reference to the ProcessGroupGloo; freeing the model when this
+    # frame is cleared (the GIL held) runs ~ProcessGroupGloo, which locks the group's work
+    # mutex, while a gloo worker thread (runLoop) holds that mutex as it drops the last
+    # allreduce's AsyncWork, whose ThreadLocalState decrefs a Python object and waits for the
+    # GIL (gdb: main thread ~Reducer -> ~ProcessGroupGloo -> pthread_mutex_lock; worker
+    # ~AsyncAllreduceWork -> ~ThreadLocalState -> take_gil). 2 of 30 runs of the old baseline
+    # hung so: one rank finished and exited 0 (torch's join counts that as success), the other
+    # sat in spawn._wrap for good. Cf. pytorch/pytorch#56297 (blocking destructors and the GIL).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
-def plain_ddp(train: ArraySet, epochs: int, tmp: Path) -> dict[str, Any]:
+def _store_text(store: Any, key: str) -> str | None:
+    return store.get(key).decode() if store.check([key]) else None
+
+
+def plain_ddp(train: ArraySet, epochs: int, tmp: Path, *, timeout_s: float = DDP_TIMEOUT_S, fail: str = "",
+              fail_rank: int = 1, world: int = 2) -> dict[str, Any]:
+    """Plain torch.distributed DDP on gloo in `world` spawned processes: rank 0's
+    {"setup_s", "epoch_s"}.
+
+    The rendezvous has no race for a port: this process binds 127.0.0.1 port 0 and
+    keeps the socket, serves the c10d TCPStore on it as master (master_listen_fd), and
+    the ranks join as clients (gloo binds port 0 for its own connections). The process
+    group's timeout is `timeout_s`.
+
+    Joins the ranks with a deadline (start_processes(join=False), join(timeout) in a
+    loop) and raises a one-line RuntimeError naming the rank, its exit code or error
+    and every rank's last stage, the other ranks killed, instead of waiting:
+    - a rank exits with an error or a signal: at once (torch's join);
+    - a rank exits with code 0 before it finished (SIGINT: spawn._wrap exits 0 on a
+      KeyboardInterrupt, and torch's join counts that as success): at once;
+    - ranks still running `timeout_s` after the launch: their stacks go to stderr
+      (SIGUSR1, faulthandler), then they are killed.
+    `fail`, `fail_rank`: a planted early exit (see _ddp_process), for tests.
+    """
+    import datetime
+    import signal
     import socket
 
+    import torch.distributed as dist
     import torch.multiprocessing as mp
+    from torch.multiprocessing.spawn import ProcessException, ProcessRaisedException
 
-    path, out = tmp / "ddp.npz", tmp / "ddp.json"
+    if fail and fail not in DDP_FAILURES:
+        raise ValueError(f"fail={fail!r}: one of {DDP_FAILURES}")
+    path = tmp / "ddp.npz"
     np.savez(path, features=train.features, labels=train.labels)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4 * world)
+    store = dist.TCPStore("127.0.0.1", listener.getsockname()[1], is_master=True, wait_for_workers=False,
+                          timeout=datetime.timedelta(seconds=timeout_s), master_listen_fd=listener.fileno())
+
+    def stages() -> str:
+        return ", ".join(f"rank {r} at {_store_text(store, f'bench/stage/{r}') or 'start'!r}" for r in range(world))
+
     launched = time.time()
-    mp.spawn(_ddp_process, args=(2, port, str(path), epochs, launched, str(out)), nprocs=2)
-    return json.loads(out.read_text())
+    deadline = time.monotonic() + timeout_s
+    ranks = mp.start_processes(_ddp_process, nprocs=world, join=False, start_method="spawn",
+                               args=(world, store.port, str(path), epochs, launched, timeout_s, fail, fail_rank))
+    try:
+        while not ranks.join(timeout=0.5, grace_period=1.0):
+            early = [r for r, p in enumerate(ranks.processes)
+                     if p.exitcode == 0 and _store_text(store, f"bench/done/{r}") is None]
+            if early:
+                raise RuntimeError(
+                    f"plain DDP: rank {early[0]} exited with code 0 before it finished (torch's spawn._wrap exits 0 "
+                    f"after a KeyboardInterrupt, e.g. SIGINT); {stages()}; the other ranks killed")
+            if time.monotonic() > deadline:
+                alive = [r for r, p in enumerate(ranks.processes) if p.is_alive()]
+                for r in alive:
+                    os.kill(ranks.processes[r].pid, signal.SIGUSR1)  # their stacks to stderr
+                time.sleep(1)
+                raise RuntimeError(f"plain DDP: rank(s) {alive} still running {timeout_s:g} s after the launch; "
+                                   f"{stages()}; killed (their stacks are on stderr)")
+    except ProcessException as exc:
+        process = ranks.processes[exc.error_index]
+        cause = one_line_cause(str(exc)) if isinstance(exc, ProcessRaisedException) else str(exc)
+        raise RuntimeError(f"plain DDP: rank {exc.error_index} (pid {exc.error_pid}, exit code {process.exitcode}) "
+                           f"failed: {cause}; {stages()}; the other ranks killed") from None
+    finally:
+        for process in ranks.processes:
+            if process.is_alive():
+                process.kill()
+        for process in ranks.processes:
+            process.join(10)
+        listener.close()
+    return json.loads(_store_text(store, "bench/done/0") or "{}")
 
 
 def dp_table(r: dict[str, Any]) -> list[str]:
@@ -427,7 +585,7 @@ def dp_table(r: dict[str, Any]) -> list[str]:
             f"{r['model']}; {r['rows_train']} rows, {r['steps_per_epoch_per_rank']} steps/epoch/rank.", ""]
 
 
-@ENTRIES.register("dp", target="steady state within 1.05x of plain DDP", table=dp_table,
+@ENTRIES.register("dp", target="steady state within 1.05x of plain DDP", table=dp_table, timeout_s=900,
                   met=lambda r: next(x["step_ratio"] for x in r["rows"] if x["name"] == "raysweep") <= 1.05)
 def bench_dp(bench: Bench, tile: int = 8, epochs: int = 5) -> dict[str, Any]:
     import ray
@@ -438,6 +596,7 @@ def bench_dp(bench: Bench, tile: int = 8, epochs: int = 5) -> dict[str, Any]:
     from raysweep.execution.plan import ExecutionMode, RunPlan
 
     bench.ray()
+    bench.stage("data and run plan")
     train, validation, repeats = bench.train, bench.validation, bench.args.repeats
     tmp = Path(scratch_dir(prefix="bench-dp-"))
     root = write_sets(tmp / "data", train, validation, tile)
@@ -451,9 +610,11 @@ def bench_dp(bench: Bench, tile: int = 8, epochs: int = 5) -> dict[str, Any]:
     setup: dict[str, list[float]] = {"plain DDP (gloo)": [], "raysweep": []}
     step: dict[str, list[float]] = {"plain DDP (gloo)": [], "raysweep": []}
     for i in range(repeats):
+        bench.stage("plain DDP baseline")
         ddp = plain_ddp(tiled, epochs, tmp)
         setup["plain DDP (gloo)"].append(ddp["setup_s"])
         step["plain DDP (gloo)"].append(statistics.median(ddp["epoch_s"][1:]) / batches)
+        bench.stage("raysweep dp")
         started = time.time()
         result = build_trainer(plan, f"dp-{i}", callbacks=[]).fit()
         history = [m for m in result.metrics_dataframe.to_dict("records")]
@@ -504,6 +665,7 @@ def bench_ingest(bench: Bench, batch_size: int = 1024) -> dict[str, Any]:
 
     repeats, gigabytes = bench.args.repeats, bench.args.ingest_gb
     tmp = Path(scratch_dir(prefix="bench-ingest-"))
+    bench.stage("write the data")
     files, rows = write_ingest_data(tmp, gigabytes * 1e9)
     features = [f"px_{j}" for j in range(64)]
     nbytes = rows * (64 * 4 + 8)
@@ -535,6 +697,7 @@ def bench_ingest(bench: Bench, batch_size: int = 1024) -> dict[str, Any]:
     seconds: dict[str, list[float]] = {name: [] for name in readers}
     for _ in range(repeats):
         for name, reader in readers.items():
+            bench.stage(name)
             started = time.perf_counter()
             assert reader() >= rows - batch_size
             seconds[name].append(time.perf_counter() - started)
@@ -624,11 +787,13 @@ def stream_vs_pyarrow(bench: Bench, entry: str, gigabytes: float, s3: bool) -> d
     repeats, threads = bench.args.repeats, STREAM_THREADS
     tmp = Path(scratch_dir(prefix=f"bench-{entry}-"))
     try:
+        bench.stage("write the data")
         files, rows = write_stream_data(tmp / "data", gigabytes)
         parquet = sum(os.path.getsize(f) for f in files)
         with contextlib.ExitStack() as stack:
             root = str(tmp / "data")
             if s3:
+                bench.stage("start the S3 server and upload")
                 server = stack.enter_context(S3Server(tmp / "s3", stop_timeout=2))
                 server.upload(tmp / "data", "bench/data")
                 for path in files:
@@ -662,6 +827,7 @@ def stream_vs_pyarrow(bench: Bench, entry: str, gigabytes: float, s3: bool) -> d
             with arrow_threads(threads):
                 for epoch in range(repeats):
                     for name, reader in readers.items():
+                        bench.stage(name)
                         started = time.perf_counter()
                         seen = reader(epoch)
                         seconds[name].append(time.perf_counter() - started)
@@ -736,6 +902,7 @@ def bench_stream_ranks(bench: Bench, epochs: int = 4) -> dict[str, Any]:
     repeats = bench.args.repeats
     tmp = Path(scratch_dir(prefix="bench-stream-ranks-"))
     try:
+        bench.stage("write the data")
         files, rows = write_stream_data(tmp / "data", stream_size(bench, "ranks_gb"))
         data = resolved(str(tmp / "data"))
         expected = column_sums(data.train_files, "px_0", "label")
@@ -748,6 +915,7 @@ def bench_stream_ranks(bench: Bench, epochs: int = 4) -> dict[str, Any]:
         complete: dict[str, bool] = {name: True for name in STREAM_RANK_LAYOUTS}
         for repeat in range(repeats):
             for name, (reader, world) in STREAM_RANK_LAYOUTS.items():
+                bench.stage(name)
                 jobs = [child_job(data, r, world, settings, reader=reader, epoch=repeat * epochs, **extra)
                         for r in range(world)]
                 results = run_together(jobs)
@@ -810,10 +978,12 @@ def bench_stream_memory(bench: Bench) -> dict[str, Any]:
     settings = dataclasses.asdict(StreamSettings())
     tmp = Path(scratch_dir(prefix="bench-stream-memory-"))
     try:
+        bench.stage("write the data")
         files, rows = write_stream_data(tmp / "data", stream_size(bench, "memory_gb"))
         parquet = sum(os.path.getsize(f) for f in files)
         data = resolved(str(tmp / "data"))
         expected = column_sums(data.train_files, "px_0", "label")
+        bench.stage("stream in a child process")
         runs = [run_together([child_job(data, 0, 1, settings, epoch=epoch)])[0] for epoch in range(repeats)]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -866,7 +1036,9 @@ def bench_fingerprint(bench: Bench, rows_per_file: int = 64) -> dict[str, Any]:
     repeats, count = bench.args.repeats, stream_size(bench, "fingerprint_files")
     tmp = Path(scratch_dir(prefix="bench-fingerprint-"))
     try:
+        bench.stage("write the files")
         write_small_files(tmp / "data", count, rows_per_file)
+        bench.stage("start the S3 server and upload")
         with S3Server(tmp / "s3", stop_timeout=2) as server:
             server.upload(tmp / "data", "bench/data")
             cases = [("local", "footer"), ("local", "full"), ("S3", "footer")]
@@ -883,6 +1055,7 @@ def bench_fingerprint(bench: Bench, rows_per_file: int = 64) -> dict[str, Any]:
                 for where, mode in cases:
                     if (where, mode) in errors:
                         continue
+                    bench.stage(f"{mode} mode, {where}")
                     with s3_environment(server):
                         started = time.perf_counter()
                         try:
@@ -943,6 +1116,7 @@ def bench_search(bench: Bench, trials: int = 16, max_epochs: int = 8) -> dict[st
     samples: dict[str, list[dict[str, Any]]] = {name: [] for name in methods}
     for seed in range(seeds):
         for name, settings in methods.items():
+            bench.stage(f"{name}, seed {seed}")
             spec = digits_spec(data_root, storage, **common, **settings, **{"sampler.seed": seed, "seed": seed})
             # one trial at a time: the trials' epochs in start order are the order they ran in
             results = [epoch for trial in trials_in_order(sweep(spec)) for epoch in trial.history]
@@ -986,7 +1160,8 @@ def bench_throughput(bench: Bench, trials: int = 4) -> dict[str, Any]:
         "scaling.num_workers": 1, "scheduler.type": "fifo", "scheduler.max_epochs": 8, "budget.num_trials": trials,
         "sampler.type": "random", **{f"params.{k}": v for k, v in PARAMS.items()}}, searched=("lr",))
     samples = []
-    for _ in range(repeats):
+    for repeat in range(repeats):
+        bench.stage(f"sweep {repeat + 1} of {repeats}")
         result = sweep(spec)
         own = [training_seconds(t) for t in trials_in_order(result)]
         reports = sum(len(t.history) for t in result.state.trials.values())
@@ -1020,6 +1195,7 @@ def bench_tracking(bench: Bench) -> dict[str, Any]:
     seconds: dict[str, list[float]] = {"no tracking": [], "raysweep MLflow logging": []}
     for _ in range(repeats):
         for name, chosen in (("no tracking", None), ("raysweep MLflow logging", store)):
+            bench.stage(name)
             (trial,) = sweep(spec, store=chosen).state.trials.values()
             seconds[name].append(training_seconds(trial))
     base = statistics.median(seconds["no tracking"])
@@ -1068,17 +1244,27 @@ def main() -> None:
                         help="smaller data for a smoke run (the stream entries and fingerprint)")
     parser.add_argument("--search-seeds", type=int, default=5)
     parser.add_argument("--search-target", type=float, default=0.12)
+    parser.add_argument("--entry-timeout", action="append", default=[], metavar="[ENTRY=]SECONDS",
+                        help=f"time limit per entry: SECONDS for every entry without one of its own (default "
+                        f"{DEFAULT_TIMEOUT_S:g}; dp: {ENTRIES['dp'].timeout_s:g}), ENTRY=SECONDS for one entry "
+                        "(repeatable); 0: none. An entry past its limit is a failed entry (timed_out, with the "
+                        "stage it was in), the processes it started are killed, and the next entry runs")
     args = parser.parse_args()
     wanted = args.only.split(",")
     unknown = ENTRIES.unknown(wanted)
     if unknown:
         parser.error(f"--only: unknown entries {unknown}; known: {', '.join(ENTRIES)}")
+    try:
+        default_limit, limits = parse_time_limits(args.entry_timeout, ENTRIES)
+    except ValueError as exc:
+        parser.error(f"--entry-timeout: {exc}")
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
     tmp = Path(scratch_dir(prefix="bench-"))
     train, validation = load_digits_sets(tmp)
     bench = Bench(args, tmp, train, validation)
     ok = run_entries(ENTRIES, wanted, bench, out=Path(args.out), header=[f"Machine: {machine}"],
-                     meta={"machine": machine})
+                     meta={"machine": machine}, timeout_s=default_limit, timeouts=limits,
+                     on_failure=bench.after_failure)
     sys.exit(0 if ok else 1)
 
 

@@ -1,0 +1,309 @@
+"""Benchmark entries that finish: time limits, stages, failed entries, and the plain-DDP
+baseline's deadline (raysweep.testing.bench, scripts/bench.py's plain_ddp). No Ray."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from raysweep.testing import bench as bench_lib
+from raysweep.testing.bench import (
+    Entry,
+    Registry,
+    Watchdog,
+    parse_time_limits,
+    run_entries,
+    run_entry,
+    stage,
+    time_limit,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
+
+
+def entry(run: Callable[[Any], dict], name: str = "e", timeout_s: float | None = None) -> Entry:
+    return Entry(name, run, lambda r: ["table"], "anything", lambda r: True, timeout_s)
+
+
+def names(stages: list[dict]) -> list[str]:
+    """The stages' names, without a leading "start" (kept when the entry took over 50 ms,
+    as on a busy machine, to name its first stage)."""
+    out = [s["stage"] for s in stages]
+    return out[1:] if out[:1] == ["start"] else out
+
+
+def gone(pid: int, within: float = 5) -> bool:
+    """The process is dead within `within` s (a zombie waiting for its parent counts as dead)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
+def wait_child(children: list[Any]) -> None:
+    """Block in a join on a child process, the way the plain-DDP baseline hung."""
+    proc = subprocess.Popen(SLEEPER)
+    children.append(proc)
+    proc.wait()
+
+
+def join_mp_child(children: list[Any]) -> None:
+    process = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(120,))
+    process.start()
+    children.append(process)
+    process.join()
+
+
+def sleep_in_python(children: list[Any]) -> None:
+    children.append(subprocess.Popen(SLEEPER))  # left running: killed with the failed entry
+    time.sleep(120)
+
+
+@pytest.mark.parametrize("block", [wait_child, join_mp_child, sleep_in_python])
+def test_an_entry_that_blocks_times_out_with_its_stage_and_its_children_killed(
+        block: Callable[[list[Any]], None]) -> None:
+    children: list[Any] = []
+
+    def hang(ctx: object) -> dict:
+        stage("set-up")
+        with stage("waiting"):
+            block(children)
+        return {}
+
+    started = time.monotonic()
+    result = run_entry(entry(hang, timeout_s=1.5), None)
+    took = time.monotonic() - started
+    assert took < 1.5 + 5, took
+    assert result["met"] is False and result["timed_out"] is True and result["stage"] == "waiting"
+    assert result["error"] == "timed out after 1.5 s in stage 'waiting'"
+    assert result["time_limit_s"] == 1.5 and names(result["stages"]) == ["set-up", "waiting"]
+    (child,) = children
+    assert any(k.startswith(f"{child.pid} ") for k in result["killed"]), result
+    assert gone(child.pid)
+
+
+def test_a_wait_that_signals_cannot_reach_ends_when_the_thread_kills_its_child(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """C code that never polls for signals (here: SIGALRM blocked while waiting on a
+    child) is ended by the watchdog's thread killing the entry's processes."""
+    monkeypatch.setattr(bench_lib, "KILL_GRACE_S", 0.5)
+    children: list[Any] = []
+
+    def deaf(ctx: object) -> dict:
+        stage("deaf wait")
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+        try:
+            wait_child(children)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM})  # the pending alarm raises here
+        return {"finished": True}
+
+    started = time.monotonic()
+    result = run_entry(entry(deaf), None, timeout_s=1.0)
+    assert time.monotonic() - started < 6
+    assert result["timed_out"] is True and result["stage"] == "deaf wait" and "finished" not in result
+    assert any(k.startswith(f"{children[0].pid} ") for k in result["killed_at_limit"]), result
+    assert gone(children[0].pid)
+
+
+def test_an_entry_that_raises_fails_with_its_cause_and_stage_and_the_next_entry_runs(tmp_path: Path) -> None:
+    entries = Registry()
+
+    @entries.register("hangs", target="anything", table=lambda r: [], met=lambda r: True, timeout_s=1.0)
+    def hangs(ctx: object) -> dict:
+        stage("plain DDP baseline")
+        time.sleep(60)
+        return {}
+
+    @entries.register("raises", target="anything", table=lambda r: [], met=lambda r: True)
+    def raises(ctx: object) -> dict:
+        with stage("plain DDP baseline"):
+            pass
+        with stage("raysweep dp"):
+            raise RuntimeError("rank 1 gone\nsecond line of detail")
+
+    @entries.register("fine", target="ratio <= 1.05", table=lambda r: [f"ratio {r['ratio']}"],
+                      met=lambda r: r["ratio"] <= 1.05)
+    def fine(ctx: object) -> dict:
+        stage("measure")
+        return {"ratio": 1.0}
+
+    out = tmp_path / "b.json"
+    started = time.monotonic()
+    assert run_entries(entries, ["hangs", "raises", "fine"], None, out=out, echo=False) is False
+    assert time.monotonic() - started < 10
+    written = json.loads(out.read_text())
+    hung, raised, ran = written["results"]
+    assert hung["timed_out"] is True and hung["stage"] == "plain DDP baseline" and hung["met"] is False
+    assert raised == {**raised, "met": False, "timed_out": False, "stage": "raysweep dp",
+                      "error": "RuntimeError: rank 1 gone"}
+    assert names(raised["stages"]) == ["plain DDP baseline", "raysweep dp"]
+    assert ran["met"] is True and ran["ratio"] == 1.0 and names(ran["stages"]) == ["measure"]
+    assert written["missed"] == ["hangs", "raises"] and written["timed_out"] == ["hangs"]
+    assert written["failed"] == ["hangs", "raises"]
+    text = out.with_suffix(".md").read_text()
+    assert "Failed: timed out after 1 s in stage 'plain DDP baseline'" in text
+    assert "Failed: RuntimeError: rank 1 gone (in stage 'raysweep dp')" in text and "ratio 1.0" in text
+
+
+def test_ctrl_c_stops_the_run_and_kills_what_the_entry_started() -> None:
+    children: list[Any] = []
+
+    def interrupted(ctx: object) -> dict:
+        children.append(subprocess.Popen(SLEEPER))
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_entry(entry(interrupted, timeout_s=30), None)
+    assert gone(children[0].pid)
+
+
+def test_on_failure_runs_before_the_kill_and_a_passing_entry_keeps_its_children() -> None:
+    calls: list[str] = []
+    children: list[Any] = []
+
+    def starts_a_server(ctx: object) -> dict:
+        children.append(subprocess.Popen(SLEEPER))  # e.g. a cluster later entries share
+        return {}
+
+    try:
+        result = run_entry(entry(starts_a_server), None, on_failure=lambda: calls.append("cleaned"))
+        assert result["met"] is True and "error" not in result and calls == []
+        assert children[0].poll() is None
+    finally:
+        children[0].kill()
+        children[0].wait()
+
+    def fails(ctx: object) -> dict:
+        raise ValueError("bad")
+
+    result = run_entry(entry(fails), None, on_failure=lambda: calls.append("cleaned"))
+    assert calls == ["cleaned"] and result["error"] == "ValueError: bad" and result["stage"] == "start"
+
+
+def test_watchdog_restores_an_outer_alarm() -> None:
+    fired: list[int] = []
+    previous = signal.signal(signal.SIGALRM, lambda *a: fired.append(1))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.6)
+        with Watchdog(30):
+            time.sleep(0.1)
+        assert signal.getsignal(signal.SIGALRM) is not None and 0 < signal.getitimer(signal.ITIMER_REAL)[0] <= 0.6
+        time.sleep(1.0)
+        assert fired == [1]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_time_limits_and_their_precedence() -> None:
+    assert time_limit(entry(lambda c: {})) == bench_lib.DEFAULT_TIMEOUT_S
+    assert time_limit(entry(lambda c: {}), default=60) == 60
+    assert time_limit(entry(lambda c: {}, timeout_s=900), default=60) == 900
+    assert time_limit(entry(lambda c: {}, timeout_s=900), default=60, override=5) == 5
+    assert time_limit(entry(lambda c: {}), default=0) is None
+    assert parse_time_limits(["600", "dp=900", "step=0"], ["dp", "step"]) == (600.0, {"dp": 900.0, "step": 0.0})
+    with pytest.raises(ValueError, match="no entry named 'nope'"):
+        parse_time_limits(["nope=3"], ["dp"])
+    with pytest.raises(ValueError, match="SECONDS"):
+        parse_time_limits(["dp=soon"], ["dp"])
+
+
+# ---------------------------------------------------------------- the plain-DDP baseline
+
+
+@pytest.fixture(scope="module")
+def bench_script() -> Iterator[Any]:
+    """scripts/bench.py as the module `bench` (its spawned ranks import it by that name)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import bench
+
+        yield bench
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+
+
+def test_bench_command_line_takes_entry_timeouts(bench_script: Any, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(sys, "argv", ["bench.py", "--only", "step", "--entry-timeout", "nope=3"])
+    with pytest.raises(SystemExit) as done:
+        bench_script.main()
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and "--entry-timeout" in err and "no entry named 'nope'" in err
+    assert bench_script.ENTRIES["dp"].timeout_s == 900
+
+
+@pytest.mark.parametrize("fail, message", [
+    ("sigint", "rank 1 exited with code 0 before it finished"),  # torch's spawn._wrap: SIGINT -> exit 0
+    ("raise", "rank 1 (pid "),
+])
+def test_plain_ddp_with_a_rank_that_exits_early_fails_fast(bench_script: Any, digits: Any, tmp_path: Path,
+                                                           fail: str, message: str) -> None:
+    def dp(ctx: object) -> dict:
+        stage("plain DDP baseline")
+        return bench_script.plain_ddp(digits[0], 1, tmp_path, fail=fail, fail_rank=1, timeout_s=120)
+
+    started = time.monotonic()
+    result = run_entry(entry(dp, "dp"), None, timeout_s=150)
+    assert time.monotonic() - started < 60  # the ranks' imports of scripts/bench.py take most of it
+    assert result["met"] is False and result["timed_out"] is False and result["stage"] == "plain DDP baseline"
+    assert result["error"].startswith(f"RuntimeError: plain DDP: {message}"), result["error"]
+    assert f"rank 1 at \"planted failure '{fail}'\"" in result["error"] and "\n" not in result["error"]
+    assert "killed" not in result  # plain_ddp killed its own ranks
+
+
+def test_plain_ddp_past_its_deadline_kills_the_ranks(bench_script: Any, digits: Any, tmp_path: Path) -> None:
+    before = bench_lib.descendants()
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"plain DDP: rank\(s\) \[0, 1\] still running 4 s after the launch"):
+        bench_script.plain_ddp(digits[0], 1, tmp_path, fail="hang", fail_rank=1, timeout_s=4)
+    assert time.monotonic() - started < 20
+    left = [key for key in bench_lib.descendants() if key not in before and not bench_lib._is_resource_tracker(key[0])]
+    assert left == []
+
+
+def test_plain_ddp_measures(bench_script: Any, digits: Any, tmp_path: Path) -> None:
+    result = bench_script.plain_ddp(digits[0], 2, tmp_path, timeout_s=120)
+    assert result["setup_s"] > 0 and len(result["epoch_s"]) == 2
+
+
+def test_stages_record_their_seconds_in_order() -> None:
+    def staged(ctx: object) -> dict:
+        with stage("set-up"):
+            with stage("inner"):
+                time.sleep(0.1)
+            time.sleep(0.1)  # "set-up" again
+        time.sleep(0.1)  # "start" again
+        stage("measure")
+        stage("measure")
+        return {}
+
+    stages = run_entry(entry(staged), None)["stages"]
+    stages = stages[1:] if stages[0]["stage"] == "start" else stages
+    assert [s["stage"] for s in stages] == ["set-up", "inner", "set-up", "start", "measure"]
+    assert all(0.08 < s["s"] < 1 for s in stages[1:4]), stages
+
+
+def test_stage_outside_an_entry_is_a_no_op() -> None:
+    with stage("nothing"):
+        pass
+    assert bench_lib.current_stage() is None and os.getpid() > 0
