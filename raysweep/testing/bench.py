@@ -516,6 +516,8 @@ def markdown(registry: Mapping[str, Entry], results: list[Result], header: Seque
             lines += [f"Failed: {failure_text(r)}", ""]
         else:
             lines += entry.table(r)
+        if r.get("note"):
+            lines += ["", f"({r['note']})", ""]
     return "\n".join(lines)
 
 
