@@ -35,16 +35,6 @@ SECRET_FILES = [".env", ".env.local", "config/.env.production", "tls/server.pem"
                 "home/.config/gcloud/application_default_credentials.json"]
 
 
-@pytest.fixture
-def state(tmp_path, monkeypatch) -> Path:
-    """A throwaway HOME and state dir: nothing here touches the user's ~."""
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("RAYSWEEP_STATE_DIR", str(tmp_path / "state"))
-    return tmp_path / "state"
-
-
 def _shipped(name: str) -> dict:
     return yaml.safe_load((CLUSTER / name).read_text())
 

@@ -24,16 +24,6 @@ SECRET = "raysweep-ray-token"
 GROUP = "sg-0123456789abcdef0"
 
 
-@pytest.fixture
-def state(tmp_path, monkeypatch) -> Path:
-    """A throwaway HOME and state dir: nothing here touches the user's ~ or ~/.ray."""
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("RAYSWEEP_STATE_DIR", str(tmp_path / "state"))
-    return tmp_path / "state"
-
-
 def _configured(name: str, folder: Path) -> Path:
     """A shipped profile as its user sets it up: `up` refuses aws.yaml until its
     placeholder security group is a group id (test_cloud_perimeter); gcp.yaml goes as is."""
