@@ -295,7 +295,7 @@ def cluster_up(profile_path: str) -> str:
         f"cluster {profile.name!r} is up: {len(state.pids)} node(s), address {state.address}, "
         f"dashboard and job API {state.dashboard} (token auth on; token in {token})",
         f"  submit: raysweep submit SPEC --cluster {profile_path}",
-        f"      or: RAY_AUTH_TOKEN_PATH={token_file(profile.name)} RAY_ADDRESS={state.dashboard} "
+        f"      or: RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={token_file(profile.name)} RAY_ADDRESS={state.dashboard} "
         "ray job submit --working-dir . -- python -m raysweep tune SPEC",
         f"  stop:   raysweep cluster down {profile_path}",
     ]
