@@ -82,7 +82,8 @@ def generate_token() -> str:
 
 
 def record_cluster_address(gcs_address: str) -> None:
-    """Point /tmp/ray/ray_current_cluster at the in-process cluster: Ray's own actors
+    """Point $RAY_TMPDIR/ray/ray_current_cluster (the cluster's own temp folder,
+    `cluster.isolation`) at the in-process cluster: Ray's own actors
     (Train V2's placement-group cleaner, via the state API) find "the cluster" through
     it, and left pointing at a cluster that `ray start` ran earlier their lookups time
     out, the cleaner's thread dies, and CPUs of trials Tune stopped are never freed."""

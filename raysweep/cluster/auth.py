@@ -73,11 +73,6 @@ def token_path() -> Path:
     return Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
 
 
-def token_source() -> str:
-    """Where the token lives, for messages (never the token itself)."""
-    return "RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN") else str(token_path())
-
-
 def token_available() -> bool:
     """A token reaches this process the way Ray documents: env var or token file."""
     return bool(os.environ.get("RAY_AUTH_TOKEN")) or token_path().is_file()

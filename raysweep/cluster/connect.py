@@ -26,10 +26,9 @@ def connect(profile: ClusterProfile = DEFAULT_PROFILE, address: str | None = Non
 
     A local cluster listens on 127.0.0.1 only (every socket: `isolation`), has its
     own Ray temp folder and its own token (a 0600 file in that folder; a user-set
-    RAY_AUTH_TOKEN wins), and token auth on. The dashboard cannot be left out: Train
-    V2's placement-group cleaner asks its state API whether a controller is alive, and
-    without it the workers' CPUs of a trial that Tune stopped early are never given
-    back.
+    RAY_AUTH_TOKEN wins), and token auth on. The dashboard stays on: it serves the job
+    API and the state API (Ray's own placement-group cleaner asks it; raysweep's runs
+    use `execution.pg_cleaner`, which asks the GCS).
 
     Returns True when this call initialised Ray (the caller then shuts it down).
     """

@@ -38,15 +38,17 @@ def loopback_env(loopback: bool) -> dict[str, str]:
     return {LOOPBACK_SWITCH: "0" if loopback else "1"}
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on at `host` now (the OS picks it)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
 def metric_ports(host: str = "127.0.0.1") -> dict[str, str]:
     """Free ports for the head's autoscaler and dashboard Prometheus servers (Ray's
     defaults, 44217 and 44227, are fixed: a second cluster on the machine loses them)."""
-    ports = {}
-    for key in ("AUTOSCALER_METRIC_PORT", "DASHBOARD_METRIC_PORT"):
-        with socket.socket() as sock:
-            sock.bind((host, 0))
-            ports[key] = str(sock.getsockname()[1])
-    return ports
+    return {key: str(free_port(host)) for key in ("AUTOSCALER_METRIC_PORT", "DASHBOARD_METRIC_PORT")}
 
 
 @contextlib.contextmanager

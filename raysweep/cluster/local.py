@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from raysweep.cluster.auth import ensure_cluster_token, state_dir, token_env, token_file
-from raysweep.cluster.isolation import loopback_env, metric_ports
+from raysweep.cluster.isolation import free_port, loopback_env, metric_ports
 from raysweep.cluster.sockets import Listener, beyond_loopback, in_groups, listening
 from raysweep.config.profile import ClusterProfile, load_profile
 from raysweep.errors import RunFailedError, UserInputError
@@ -75,13 +75,9 @@ class ClusterState:
 def cluster_at(address: str) -> ClusterState | None:
     """The running cluster `raysweep cluster up` started at `address` (its GCS
     host:port or its dashboard URL), if any."""
-    folder = state_dir() / "clusters"
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        try:
-            state = ClusterState(**json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError):
-            continue
-        if address in (state.address, state.dashboard) and state.alive():
+    for path in sorted((state_dir() / "clusters").glob("*.json")):
+        state = ClusterState.load(path.stem)
+        if state is not None and address in (state.address, state.dashboard) and state.alive():
             return state
     return None
 
@@ -140,17 +136,11 @@ def _start(args: list[str], log: Path, state: ClusterState) -> int:
 
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
 def _node_port_args(host: str) -> list[str]:
     """Each node's dashboard agent gets its own HTTP port: Ray's default (52365) is
     one per machine, so a second node (or a second cluster) would lose its agent and
     the job API answers "No available agent to submit job"."""
-    return ["--dashboard-agent-listen-port", str(_free_port(host))]
+    return ["--dashboard-agent-listen-port", str(free_port(host))]
 
 
 def _resource_args(num_cpus: int | None, num_gpus: int | None, resources: dict[str, float]) -> list[str]:
@@ -187,7 +177,7 @@ def up(profile: ClusterProfile) -> ClusterState:
         pids.append(_start([
             "--head", "--node-ip-address", host, "--port", str(profile.port),
             "--dashboard-host", host, "--dashboard-port", str(profile.dashboard_port),
-            "--ray-client-server-port", str(_free_port(host)),
+            "--ray-client-server-port", str(free_port(host)),
             *_node_port_args(host),
             *_resource_args(profile.num_cpus, profile.num_gpus, profile.resources),
         ], head_log, state))
