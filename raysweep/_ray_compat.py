@@ -34,6 +34,9 @@ RAY_ENV_DEFAULTS = {
     # Snapshot Tune's experiment state (trials + searcher) at every step, not every
     # 10 s or more: a driver killed between two snapshots would forget started trials.
     "TUNE_GLOBAL_CHECKPOINT_S": "0",
+    # Train V2's preemption watcher polls Ray's drain notices every 5 s by default; a
+    # spot node's notice can come 30 s before it goes: look every second (one GCS call).
+    "RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S": "1",
 }
 
 
@@ -114,3 +117,35 @@ def replace_tuner_callbacks(tuner: Any, callbacks: list[Any]) -> None:
     """A restored Tuner keeps the callbacks it pickled (`Tuner._local_tuner._run_config`);
     the resumed run's callbacks replace them."""
     tuner._local_tuner._run_config.callbacks = callbacks
+
+
+def replace_tuner_searcher(tuner: Any, searcher: Any) -> None:
+    """A restored Tuner keeps the searcher it pickled at the sweep's start
+    (`Tuner._local_tuner._tune_config.search_alg`); the resumed run's searcher, rebuilt
+    from the study, replaces it (Tune then still restores Tune's own snapshot of the
+    searcher into it, which raysweep's searcher overrides with the study's state)."""
+    tuner._local_tuner._tune_config.search_alg = searcher
+
+
+_DRAIN_SEEN_AT: dict[str, float] = {}
+
+
+def train_drain_deadline() -> float | None:
+    """In a Ray Train worker: the Unix time at which a node of this worker group will be
+    taken away, once Train V2's preemption watcher has told the worker of a drain
+    notice (`ray drain-node --reason PREEMPTION`), else None. Read from the worker's
+    own context (`get_train_context().preemption_context`), no collective; a notice
+    without a deadline gets Train's own default (DEFAULT_PREEMPTION_DEADLINE_S after
+    it was first seen)."""
+    import time
+
+    from ray.train.v2._internal.constants import DEFAULT_PREEMPTION_DEADLINE_S
+    from ray.train.v2._internal.execution.context import get_train_context
+
+    info = get_train_context().preemption_context.preemption_info
+    if info is None:
+        return None
+    if info.deadline_ms:
+        return float(info.deadline_ms) / 1000
+    seen = _DRAIN_SEEN_AT.setdefault(",".join(info.preempted_node_ids), time.time())
+    return seen + DEFAULT_PREEMPTION_DEADLINE_S

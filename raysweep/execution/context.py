@@ -28,7 +28,20 @@ CURSOR = "cursor"
 MID_EPOCH = "mid_epoch"
 """Marks a mid-epoch report: no epoch metrics, only its checkpoint (the tracker,
 MLflow and the scheduler skip it). Same string as raysweep.tracking.store.MID_EPOCH."""
+PREEMPTED = "preempted"
+"""Marks the mid-epoch report a drain notice made (a just-in-time checkpoint): the
+tracker counts it and tags the run."""
 ReportFn = Callable[[dict[str, float], "dict[str, Any] | None"], None]
+PreemptionFn = Callable[[], "float | None"]
+"""Returns None, or the Unix time at which this worker's node (or one of its group's)
+will be taken away: a drain notice (Ray's `ray drain-node`, as a cloud autoscaler
+sends for a spot node)."""
+PREEMPTION_CHECK_STEPS = 4
+"""Ranks of a worker group agree on a drain notice every this many steps (one
+all-reduce of a flag); one worker checks every step (no collective)."""
+PREEMPTION_WAIT_MARGIN_S = 30.0
+"""After its just-in-time checkpoint a worker waits for its node to go; if it is still
+there this long after the deadline (the drain was cancelled), it trains on."""
 
 
 class NonFiniteMetricError(RuntimeError):
@@ -82,6 +95,12 @@ class TrainContext:
     batches get rng=None (decode, do not augment)."""
     transform_name: str = "transform"
     transform_workers: int = 2
+    preemption: PreemptionFn | None = None
+    """Drain notices for this run's nodes (None: not watched). With a notice, the
+    training loop saves a mid-epoch checkpoint at the next step and stops taking
+    batches until the node is gone; the run resumes elsewhere at the next batch."""
+    preempted_at: tuple[int, int] | None = field(default=None, init=False)
+    """(epoch, step) of the just-in-time checkpoint a drain notice made, if any."""
     _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
     _first_step_at: float | None = field(default=None, init=False, repr=False)
     _first_step_reported: bool = field(default=False, init=False, repr=False)
@@ -128,15 +147,46 @@ class TrainContext:
             if self._first_step_at is None:
                 self._first_step_at = time.time()
             yield self._to_device(batch)
-            if every and (step + 1) % every == 0 and step + 1 < total:
-                assert state is not None
+            if state is None or step + 1 >= total:  # (the epoch's end report follows)
+                continue
+            deadline = self._drain_deadline(step) if self.preempted_at is None else None
+            if deadline is not None:
+                self._save_cursor(epoch, step + 1, state, {PREEMPTED: 1, "drain_deadline_unix": deadline})
+                self.preempted_at = (epoch, step + 1)
+                self._wait_for_node_to_go(deadline)
+            elif every and (step + 1) % every == 0:
                 self._save_cursor(epoch, step + 1, state)
 
-    def _save_cursor(self, epoch: int, step: int, state: Callable[[], dict[str, Any]]) -> None:
+    def _drain_deadline(self, step: int) -> float | None:
+        """A drain notice every rank agrees on at this step (one worker: at every step;
+        a group: every PREEMPTION_CHECK_STEPS, by an all-reduce), as its deadline."""
+        if self.preemption is None:
+            return None
+        if self.world_size == 1 or not dist.is_initialized():
+            return self.preemption()
+        if (step + 1) % PREEMPTION_CHECK_STEPS:
+            return None
+        deadline = self.preemption()
+        agreed = torch.tensor([1.0 if deadline is not None else 0.0, -(deadline or math.inf)],
+                              dtype=torch.float64, device=self.device)
+        dist.all_reduce(agreed, op=dist.ReduceOp.MAX)  # (any rank notified; the earliest deadline)
+        return -float(agreed[1]) if agreed[0] > 0 else None
+
+    def _wait_for_node_to_go(self, deadline: float) -> None:
+        """Take no more batches: Ray Train tears the group down at the deadline and
+        restarts it on other nodes from the checkpoint just saved, so every row of the
+        epoch is still seen once. A drain that never ends in a teardown (cancelled)
+        lets training go on PREEMPTION_WAIT_MARGIN_S after its deadline."""
+        while time.time() < deadline + PREEMPTION_WAIT_MARGIN_S:
+            time.sleep(0.2)
+
+    def _save_cursor(self, epoch: int, step: int, state: Callable[[], dict[str, Any]],
+                     extra: dict[str, float] | None = None) -> None:
         """A mid-epoch checkpoint: the trainer's state plus the data cursor. Every rank
         reports (Ray Train's reports are collective); rank 0's checkpoint is kept."""
         checkpoint = {**state(), CURSOR: {"epoch": epoch, "step": step}} if self.rank == 0 else None
-        self.report_fn({"epoch": epoch, "step": step, MID_EPOCH: 1, "report_unix": time.time()}, checkpoint)
+        self.report_fn({"epoch": epoch, "step": step, MID_EPOCH: 1, "report_unix": time.time(), **(extra or {})},
+                       checkpoint)
 
     def validation_batches(self, batch_size: int) -> Iterator[Batch]:
         """This rank's block of the validation set; all blocks cover every row once."""

@@ -15,7 +15,8 @@ from raysweep._ray_compat import set_ray_env_defaults
 from raysweep.execution import pg_cleaner
 from raysweep.execution.plan import RunPlan
 from raysweep.execution.worker import train_in_worker_group
-from raysweep.tracking.store import MID_EPOCH, RunStore, epoch_metrics
+from raysweep.tracking import tags
+from raysweep.tracking.store import MID_EPOCH, PREEMPTED, RunStore, epoch_metrics, preemption_tags
 
 
 def checkpoint_config(plan: RunPlan) -> CheckpointConfig:
@@ -64,12 +65,18 @@ class TrainMetricsCallback(UserCallback):
         self.uri, self.experiment_name, self.run_id = uri, experiment_name, run_id
         self.started_at = started_at
         self._store: RunStore | None = None
+        self.preemptions = 0
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-        if metrics[0].get(MID_EPOCH):  # a mid-epoch checkpoint: no epoch metrics to log
-            return
         if self._store is None:
             self._store = RunStore(self.uri, self.experiment_name)
+        if metrics[0].get(PREEMPTED):  # a drain notice's just-in-time checkpoint
+            self.preemptions += 1
+            preempted = preemption_tags(metrics[0], self.preemptions)
+            self._store.set_tags(self.run_id, preempted)
+            print(f"run {self.experiment_name}: {preempted[tags.PREEMPTED_AT]}", flush=True)
+        if metrics[0].get(MID_EPOCH):  # a mid-epoch checkpoint: no epoch metrics to log
+            return
         values = epoch_metrics(metrics[0])
         if "first_step_unix" in metrics[0]:
             values["startup_s"] = float(metrics[0]["first_step_unix"]) - self.started_at

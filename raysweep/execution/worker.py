@@ -15,7 +15,7 @@ from typing import Any
 import ray
 import torch
 
-from raysweep._ray_compat import set_deterministic_cublas
+from raysweep._ray_compat import set_deterministic_cublas, train_drain_deadline
 from raysweep.data.arrays import DataSplit
 from raysweep.data.stream import StreamSplit
 from raysweep.execution.checkpoint import load_state, save_state
@@ -113,4 +113,5 @@ def train_in_worker_group(config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     report = functools.partial(_report, ray.train.report, ray.train.Checkpoint)
     _train(plan, report, _state_of(ray.train.get_checkpoint()), rank=context.get_world_rank(),
-           world_size=context.get_world_size(), device=ray.train.torch.get_device(), runs_on_ray=True)
+           world_size=context.get_world_size(), device=ray.train.torch.get_device(), runs_on_ray=True,
+           preemption=train_drain_deadline)

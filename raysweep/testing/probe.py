@@ -80,7 +80,8 @@ def _maybe_pause(ctx: TrainContext, epoch: int, probe: Path) -> None:
     this attempt (default 1), rank 0 writes its pid to
     PROBE/pause.pid and waits (for PROBE/go, or `pause_s`) so a test can kill it.
     `pause_once` (default true): only the first time; `pause_after_done`: only once
-    that many runs wrote their done-* marker (a sweep's later trial)."""
+    that many runs wrote their done-* marker (a sweep's later trial). `pause_until_drained`:
+    wait for a drain notice of the worker's node instead of PROBE/go."""
     if epoch != int(ctx.params.get("pause_epoch", -1)) or ctx.rank != 0:
         return
     once = bool(ctx.params.get("pause_once", True))
@@ -93,7 +94,9 @@ def _maybe_pause(ctx: TrainContext, epoch: int, probe: Path) -> None:
     tmp.write_text(str(os.getpid()))
     tmp.replace(probe / "pause.pid")
     deadline = time.time() + float(ctx.params.get("pause_s", 180))
-    while time.time() < deadline and not (probe / "go").exists():
+    drained = (lambda: ctx.preemption is not None and ctx.preemption() is not None) \
+        if ctx.params.get("pause_until_drained") else (lambda: (probe / "go").exists())
+    while time.time() < deadline and not drained():
         time.sleep(0.05)
 
 

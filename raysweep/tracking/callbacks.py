@@ -15,7 +15,7 @@ from typing import Any
 
 from raysweep.tracking import tags as tag
 from raysweep.tracking.console import ConsolePrinter
-from raysweep.tracking.store import MID_EPOCH, RunStore, epoch_metrics
+from raysweep.tracking.store import MID_EPOCH, PREEMPTED, RunStore, epoch_metrics, preemption_tags
 from raysweep.tracking.trials import SweepState, TrialRecord, TrialState
 
 
@@ -109,6 +109,11 @@ class SweepTracker:
     def trial_result(self, trial_id: str, config: dict[str, Any], result: dict[str, Any]) -> None:
         record = self._record(trial_id, config)
         record.checkpoint = result.get("checkpoint_path", record.checkpoint)
+        if result.get(PREEMPTED):  # a drain notice's just-in-time checkpoint
+            record.preemptions += 1
+            preempted = preemption_tags(result, record.preemptions)
+            self.writer.store.set_tags(record.run_id, preempted)
+            self.printer.preempted(trial_id, preempted[tag.PREEMPTED_AT])
         if result.get(MID_EPOCH):  # a mid-epoch checkpoint: no epoch metrics to log
             return
         values = epoch_metrics(result)

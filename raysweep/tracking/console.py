@@ -43,6 +43,9 @@ class ConsolePrinter:
             best = f" | best {self.metric}={best_so_far[1]:.4g} ({best_so_far[0]})"
         self._say(f"[{record.trial_id}] epoch {int(values.get('epoch', 0))} {shown}{best}")
 
+    def preempted(self, trial_id: str, where: str) -> None:
+        self._say(f"[{trial_id}] {where}")
+
     def ended(self, record: TrialRecord) -> None:
         if record.state is TrialState.FAILED:
             self._say(f"[{record.trial_id}] FAILED: {record.error}")

@@ -17,6 +17,9 @@ from raysweep.tracking import tags as tag
 MAX_PARAM_LENGTH = 6000
 MID_EPOCH = "mid_epoch"
 """The flag a mid-epoch checkpoint's report carries (raysweep.execution.context.MID_EPOCH)."""
+PREEMPTED = "preempted"
+"""The flag a drain notice's just-in-time checkpoint report carries
+(raysweep.execution.context.PREEMPTED)."""
 # Tune's and raysweep's bookkeeping in a report: not the trainer's metrics.
 NOT_METRICS = {"done", "training_iteration", "first_step_unix", "report_unix", "timestamp", "time_this_iter_s",
                "time_total_s", "time_since_restore", "iterations_since_restore", "pid", "trial_id"}
@@ -60,6 +63,14 @@ def epoch_metrics(result: dict[str, Any]) -> dict[str, float]:
         if k not in NOT_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)
         and math.isfinite(float(v))
     }
+
+
+def preemption_tags(report: dict[str, Any], count: int) -> dict[str, Any]:
+    """The MLflow tags of a run's `count`-th drain notice, from its checkpoint report."""
+    deadline = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(report.get("drain_deadline_unix", 0))))
+    return {tag.PREEMPTIONS: count,
+            tag.PREEMPTED_AT: f"epoch {int(report['epoch'])} step {int(report['step'])}: drain notice, "
+                              f"checkpointed; node taken away at {deadline}"}
 
 
 class RunStore:

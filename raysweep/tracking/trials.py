@@ -63,6 +63,8 @@ class TrialRecord:
     first_step_unix: float | None = None
     """Wall-clock time of the trial's first training step (in its worker)."""
     last_report_unix: float | None = None
+    preemptions: int = 0
+    """Drain notices the trial checkpointed for (and moved on from)."""
 
     @property
     def wall_s(self) -> float:

@@ -18,11 +18,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import pytest
-import yaml
-
 from raysweep.cluster.auth import token_file
-from raysweep.cluster.local import ClusterState
 from raysweep.testing.evidence import checkpoint_evidence, probe_row_ids, run_figures
 from raysweep.testing.helpers import (
     free_port,
@@ -41,25 +37,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _raysweep(*args: str) -> subprocess.CompletedProcess:
     return raysweep_cli(*args, cwd=REPO)
-
-
-@pytest.fixture(scope="module")
-def nodes(tmp_path_factory):
-    """Head (no CPU) + 2 worker nodes with 1 CPU each, each its own process group."""
-    root = tmp_path_factory.mktemp("fault-cluster")
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("RAYSWEEP_STATE_DIR", str(root / "state"))
-        profile = root / "fault-nodes.yaml"
-        profile.write_text(yaml.safe_dump({
-            "name": "fault-nodes", "host": "127.0.0.1", "port": free_port(), "dashboard_port": free_port(),
-            "num_cpus": 0, "worker_nodes": [{"num_cpus": 1}, {"num_cpus": 1}]}))
-        up = _raysweep("cluster", "up", str(profile))
-        assert up.returncode == 0, up.stderr
-        state = ClusterState.load("fault-nodes")
-        yield profile, state
-        down = _raysweep("cluster", "down", str(profile))
-        assert down.returncode == 0, down.stderr
-        assert not state.alive()
 
 
 # Every job API endpoint of the dashboard (submit, list, look up, logs, stop, delete,

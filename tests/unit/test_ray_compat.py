@@ -58,3 +58,12 @@ def test_tuner_keeps_its_run_config_where_replace_tuner_callbacks_looks():
     marker = tune.Callback()
     _ray_compat.replace_tuner_callbacks(tuner, [marker])
     assert tuner._local_tuner._run_config.callbacks == [marker]
+
+
+def test_tuner_keeps_its_searcher_where_replace_tuner_searcher_looks():
+    from ray.tune.search import BasicVariantGenerator
+
+    tuner = tune.Tuner(lambda config: None, tune_config=tune.TuneConfig(search_alg=BasicVariantGenerator()))
+    marker = BasicVariantGenerator()
+    _ray_compat.replace_tuner_searcher(tuner, marker)
+    assert tuner._local_tuner._tune_config.search_alg is marker

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import pickle
 
@@ -142,3 +143,40 @@ def test_sigkill_during_checkpoint_writes_never_leaves_a_torn_checkpoint(tmp_pat
                   checkpoints_loaded=len(loaded))
     assert not finished_refused, f"finished checkpoints refused: {finished_refused}"
     assert not torn_loaded, f"torn state loaded: {torn_loaded}"
+
+
+def test_drain_notice_saves_one_checkpoint_at_the_next_batch_and_resumes_exactly(digits, monkeypatch) -> None:
+    """A drain notice seen mid-epoch: the context saves a mid-epoch checkpoint (flagged
+    preempted, with the node's deadline) right after the batch it was seen at, once,
+    and waits for the node to go; resumed from it, the run ends as an uninterrupted one."""
+    from raysweep.execution import context as context_module
+
+    monkeypatch.setattr(context_module, "PREEMPTION_WAIT_MARGIN_S", 0.0)  # (a past deadline: no wait)
+    full_ctx, full = TrainContext.in_process(*digits, params=PARAMS, num_epochs=3)
+    digits_mlp.train(full_ctx)
+
+    ctx, reports = TrainContext.in_process(*digits, params=PARAMS, num_epochs=3)
+    steps = {"n": 0}
+    deadline = 1000.0  # (Unix time long past)
+
+    def notice() -> float | None:
+        steps["n"] += 1
+        return deadline if steps["n"] > 21 + 3 else None  # from epoch 1's 4th step (checked after 21 of 22 steps an epoch)
+
+    ctx.preemption = notice
+    ctx.report_fn = lambda m, c: reports.append((m, copy.deepcopy(c)))  # (as saved on Ray, not live tensors)
+    assert ctx.num_train_batches(PARAMS["batch_size"]) == 22
+    digits_mlp.train(ctx)
+    jit = [(m, c) for m, c in reports if m.get("preempted")]
+    assert len(jit) == 1, "one just-in-time checkpoint per notice"
+    metrics, state = jit[0]
+    assert (metrics["epoch"], metrics["step"], metrics["drain_deadline_unix"]) == (1, 4, deadline)
+    assert state is not None and state["cursor"] == {"epoch": 1, "step": 4}
+    assert ctx.preempted_at == (1, 4)
+
+    resumed_ctx, resumed = TrainContext.in_process(*digits, params=PARAMS, num_epochs=3, checkpoint=state)
+    assert (resumed_ctx.start_epoch, resumed_ctx.start_step) == (1, 4)
+    digits_mlp.train(resumed_ctx)
+    epochs = [m for m, _ in resumed if not m.get("mid_epoch")]
+    assert [m["epoch"] for m in epochs] == [1, 2]
+    assert epochs[-1]["val_loss"] == pytest.approx(full[2][0]["val_loss"], rel=1e-6)
