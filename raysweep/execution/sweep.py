@@ -24,7 +24,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from raysweep._ray_compat import replace_tuner_callbacks, set_ray_env_defaults
+from raysweep._ray_compat import replace_tuner_callbacks, replace_tuner_searcher, set_ray_env_defaults
 from raysweep.config.space import to_optuna_space
 from raysweep.config.spec import SamplerSpec, SchedulerSpec, Spec
 from raysweep.errors import UserInputError, one_line_cause
@@ -86,35 +86,98 @@ STRATEGIES = {
 }
 
 
+TUNE_TRIAL_ATTR = "raysweep.tune_trial_id"
+"""User attribute naming the Tune trial an Optuna trial belongs to (the journal alone
+then says which Tune trial is which Optuna trial)."""
+
+
 class _OptunaSearch(OptunaSearch):
-    """OptunaSearch that marks an errored trial FAIL even if it reported before."""
+    """OptunaSearch on the sweep's journal.
+
+    Every epoch's metric reaches the study as an intermediate value (step = epoch); a
+    trial the scheduler stopped before `max_epochs` is told PRUNED, not COMPLETE with
+    its last value (TPE then ranks it by its learning curve, below finished trials); an
+    errored trial is FAIL even if it reported before. Each Optuna trial is tagged with
+    its Tune trial id. A resumed sweep's searcher is rebuilt from the journal
+    alone (`from_journal`), not from Tune's pickled snapshot of it: that snapshot is
+    taken and uploaded at other moments than the journal (Tune syncs its experiment
+    state in the background, skipping a sync while one runs), and a snapshot that does
+    not match the journal re-suggests params already tried or loses the map from
+    Tune trials to Optuna trials (KeyError on the next result).
+    """
+
+    def __init__(self, *args: Any, journal_dir: str, sampler_spec: SamplerSpec, max_epochs: int,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.journal_dir, self.sampler_spec, self.max_epochs = journal_dir, sampler_spec, max_epochs
+
+    def suggest(self, trial_id: str) -> dict | None:
+        new = trial_id not in self._ot_trials
+        config = super().suggest(trial_id)
+        if new and trial_id in self._ot_trials:
+            self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ATTR, trial_id)
+        return config
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        super().on_trial_complete(trial_id, None if error else result, error)
+        if result is not None and not error:  # (Tune passes a trial's last result here, not to on_trial_result)
+            self.on_trial_result(trial_id, result)
+        stopped_early = result is not None and int(result.get("epochs_completed", self.max_epochs)) < self.max_epochs
+        # (no result: OptunaSearch tells FAIL when errored, else PRUNED)
+        super().on_trial_complete(trial_id, None if error or stopped_early else result, error)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if self.metric in result:  # mid-epoch checkpoint reports carry no metric
-            super().on_trial_result(trial_id, result)
+        # Mid-epoch checkpoint reports carry no metric; Tune's training_iteration counts
+        # them too, so the step is the epoch.
+        if self.metric in result and "epoch" in result and trial_id not in self._completed_trials:
+            self._ot_trials[trial_id].report(float(result[self.metric]), int(result["epoch"]))
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        self.from_journal()
+
+    def from_journal(self) -> int:
+        """Study, trial map and finished trials from the journal; the sampler reseeded
+        from (seed, trials in the study), so it never replays the draws an earlier
+        driver made. Returns the number of trials in the study."""
+        storage = study_storage(self.journal_dir)
+        known = optuna.load_study(study_name=self._study_name, storage=storage).get_trials(deepcopy=False)
+        self._sampler = make_sampler(self.sampler_spec, seed_offset=len(known))
+        study = optuna.load_study(study_name=self._study_name, storage=storage, sampler=self._sampler)
+        self._ot_study = study  # type: ignore[assignment]  # (OptunaSearch annotates it None)
+        self._ot_trials = {t.user_attrs[TUNE_TRIAL_ATTR]: optuna.Trial(study, t._trial_id)
+                           for t in known if TUNE_TRIAL_ATTR in t.user_attrs}
+        self._completed_trials = {t.user_attrs[TUNE_TRIAL_ATTR] for t in known
+                                  if TUNE_TRIAL_ATTR in t.user_attrs and t.state.is_finished()}
+        return len(known)
 
 
-def make_searcher(spec: Spec, sweep_dir: str) -> OptunaSearch:
-    """Ray Tune's OptunaSearch over the spec's space, on the sweep's durable study."""
-    return _OptunaSearch(
+def make_searcher(spec: Spec, sweep_dir: str, resume: bool = False) -> _OptunaSearch:
+    """Ray Tune's OptunaSearch over the spec's space, on the sweep's durable study
+    (`resume`: rebuilt from the study's journal)."""
+    searcher = _OptunaSearch(
         space=to_optuna_space(spec.space),
         metric=spec.scheduler.metric,
         mode=spec.scheduler.mode,
         sampler=make_sampler(spec.sampler),
         study_name=spec.name,
         storage=study_storage(study_dir(sweep_dir, spec.name)),
+        journal_dir=study_dir(sweep_dir, spec.name),
+        sampler_spec=spec.sampler,
+        max_epochs=spec.scheduler.max_epochs,
     )
+    if resume:
+        searcher.from_journal()
+    return searcher
 
 
-def make_sampler(sampler: SamplerSpec) -> optuna.samplers.BaseSampler:
+def make_sampler(sampler: SamplerSpec, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+    """The spec's sampler; `seed_offset` (a resumed sweep's trial count) moves its seed."""
+    seed = sampler.seed + seed_offset
     if sampler.type == "random":
-        return optuna.samplers.RandomSampler(seed=sampler.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     if sampler.n_startup_trials is None:
-        return optuna.samplers.TPESampler(seed=sampler.seed)
-    return optuna.samplers.TPESampler(seed=sampler.seed, n_startup_trials=sampler.n_startup_trials)
+        return optuna.samplers.TPESampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=sampler.n_startup_trials)
 
 
 def make_scheduler(scheduler: SchedulerSpec) -> TrialScheduler:
@@ -226,6 +289,7 @@ def run_sweep(spec: Spec, plan: RunPlan, sweep_id: str, tracker: SweepTracker, c
         tuner = tune.Tuner.restore(f"{sweep_dir}/{TUNE_DIR}", trainable, resume_unfinished=True,
                                    resume_errored=False, restart_errored=False)
         replace_tuner_callbacks(tuner, callbacks)
+        replace_tuner_searcher(tuner, make_searcher(spec, sweep_dir, resume=True))
     else:
         warm = spec.sampler.warm_start
         if warm:

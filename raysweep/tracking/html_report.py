@@ -104,14 +104,29 @@ def _plot_curves(trials: list[dict[str, Any]], metric: str, path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+def _valued_trials(study: Any) -> Any:
+    """An in-memory copy of `study` whose trials are its finished ones plus those the
+    scheduler stopped (PRUNED), valued at their last epoch's metric: importance
+    needs values, and early-stopped trials are most of an ASHA sweep."""
+    copy = optuna.create_study(direction=study.direction)
+    for trial in study.trials:
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            copy.add_trial(trial)
+        elif trial.state == optuna.trial.TrialState.PRUNED and trial.intermediate_values:
+            copy.add_trial(optuna.trial.create_trial(
+                params=trial.params, distributions=trial.distributions,
+                value=trial.intermediate_values[max(trial.intermediate_values)]))
+    return copy
+
+
 def _plot_importance(study: Any, path: Path) -> str:
 
-    importances = optuna.importance.get_param_importances(study)
+    importances = optuna.importance.get_param_importances(_valued_trials(study))
     fig = Figure(figsize=(7, 3))
     ax = fig.subplots()
     names = list(importances)[::-1]
     ax.barh(names, [importances[n] for n in names], color="tab:green")
-    ax.set_xlabel("importance (Optuna's default evaluator: PED-ANOVA)")
+    ax.set_xlabel("importance (Optuna's default evaluator: PED-ANOVA; stopped trials at their last epoch)")
     ax.set_title("Parameter importances")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -14,6 +14,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from raysweep.cli import main
+from raysweep.execution.sweep import TUNE_TRIAL_ATTR
 from raysweep.registry import build_from_checkpoint
 from raysweep.testing.helpers import experiment_runs
 from raysweep.testing.probe import build_model
@@ -76,6 +77,17 @@ def test_sweep_leaves_parent_children_and_study(ray_cluster, mlflow_uri, write_s
     states = [t.state for t in study.trials]
     assert len(states) == num_trials
     assert states.count(optuna.trial.TrialState.FAIL) == len(by_nan[True])
+    # The sampler learns how each trial ended: stopped early = PRUNED, with every
+    # epoch's val_loss as an intermediate value (step = epoch), not COMPLETE.
+    by_tune_id = {t.user_attrs[TUNE_TRIAL_ATTR]: t for t in study.trials}
+    told = {"FINISHED": optuna.trial.TrialState.COMPLETE, "STOPPED_EARLY": optuna.trial.TrialState.PRUNED,
+            "FAILED": optuna.trial.TrialState.FAIL}
+    for child in children:
+        trial = by_tune_id[child.data.tags["raysweep.trial_id"]]
+        assert trial.state == told[child.data.tags["raysweep.state"]], (child.data.tags["raysweep.state"], trial)
+        if trial.state != optuna.trial.TrialState.FAIL:
+            logged = {m.step: m.value for m in client.get_metric_history(child.info.run_id, "val_loss")}
+            assert trial.intermediate_values == logged
     assert Path(sweep_dir, "optuna.journal").stat().st_size > 0
 
     # The report, written at the end of the sweep and attached to the parent run.
