@@ -110,6 +110,7 @@ class _OptunaSearch(OptunaSearch):
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.journal_dir, self.sampler_spec, self.max_epochs = journal_dir, sampler_spec, max_epochs
+        self._reported: dict[str, int] = {}
 
     def suggest(self, trial_id: str) -> dict | None:
         new = trial_id not in self._ot_trials
@@ -129,7 +130,10 @@ class _OptunaSearch(OptunaSearch):
         # Mid-epoch checkpoint reports carry no metric; Tune's training_iteration counts
         # them too, so the step is the epoch.
         if self.metric in result and "epoch" in result and trial_id not in self._completed_trials:
-            self._ot_trials[trial_id].report(float(result[self.metric]), int(result["epoch"]))
+            trial, epoch = self._ot_trials[trial_id], int(result["epoch"])
+            if self._reported.get(trial_id, -1) < epoch:  # (a finished trial's last result comes twice)
+                trial.report(float(result[self.metric]), epoch)
+                self._reported[trial_id] = epoch
 
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
@@ -148,6 +152,8 @@ class _OptunaSearch(OptunaSearch):
                            for t in known if TUNE_TRIAL_ATTR in t.user_attrs}
         self._completed_trials = {t.user_attrs[TUNE_TRIAL_ATTR] for t in known
                                   if TUNE_TRIAL_ATTR in t.user_attrs and t.state.is_finished()}
+        self._reported = {t.user_attrs[TUNE_TRIAL_ATTR]: max(t.intermediate_values) for t in known
+                          if TUNE_TRIAL_ATTR in t.user_attrs and t.intermediate_values}
         return len(known)
 
 
