@@ -2,6 +2,10 @@
 # Create .venv (if missing) and install raysweep with the pinned versions CI tests.
 #   scripts/setup_env.sh            # runtime + test dependencies
 # Re-running is cheap: pip skips what is already installed.
+# The test extra includes psycopg2-binary, boto3 and Flask-WTF: the server side of
+# tests/integration/test_team_mlflow.py (mlflow server on PostgreSQL, S3 artifacts,
+# basic auth). PostgreSQL itself is the system's (Debian: apt-get install postgresql);
+# without it that test is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
