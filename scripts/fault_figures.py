@@ -16,7 +16,8 @@ COUNTS = ("faults_injected", "faults_survived", "handled_as_expected", "checkpoi
           "checkpoints_unreported", "trials_rerun", "mlflow_running", "duplicate_runs", "rows_repeated", "rows_missed",
           "torn_checkpoints_loaded", "unsafe_payloads_run", "bad_inputs_tried", "bad_inputs_wrong",
           "job_apis_tried", "unauthenticated_job_apis", "single_node_beyond_loopback", "in_process_sockets",
-          "in_process_beyond_loopback", "stress_trials", "trials_lost_to_pg_removal", "trials_not_finished")
+          "in_process_beyond_loopback", "stress_trials", "trials_lost_to_pg_removal", "trials_not_finished",
+          "rows_taken_twice")
 
 
 def merge(records: list[dict]) -> list[dict]:

@@ -2,9 +2,10 @@
 # The fault-injection suite on its own, with its figures:
 #   scripts/faults.sh [OUT.json]     (default: faults.json)
 # Runs the fault cases of the test suite (real SIGKILLs of workers, drivers and a
-# node; torn and unsafe checkpoints; out-of-memory and NaN trials; the hostile-input
-# corpus; the exposure report; the loopback-only socket tables of single-node
-# clusters; 20 two-worker trials beside a CPU hog), then sums the figures every case recorded.
+# node; a drain notice on a node, as for a spot reclaim; torn and unsafe
+# checkpoints; out-of-memory and NaN trials; the hostile-input corpus; the exposure
+# report; the loopback-only socket tables of single-node clusters; 20 two-worker
+# trials beside a CPU hog), then sums the figures every case recorded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-faults.json}"
@@ -15,6 +16,7 @@ status=0
 RAYSWEEP_FAULTS_OUT="$lines" .venv/bin/python -m pytest -q -p no:cacheprovider -m "slow or not slow" \
   tests/unit/test_hostile_input.py tests/unit/test_trainer.py tests/integration/test_faults.py \
   tests/integration/test_worker_groups.py::test_twenty_two_worker_trials_beside_a_cpu_hog_lose_none \
-  tests/integration/test_cluster_faults.py tests/integration/test_cluster_isolation.py || status=$?
+  tests/integration/test_cluster_faults.py tests/integration/test_cluster_preemption.py \
+  tests/integration/test_cluster_isolation.py || status=$?
 .venv/bin/python scripts/fault_figures.py "$lines" "$out" "$status"
 exit "$status"

@@ -4,8 +4,8 @@
 # Re-running is cheap: pip skips what is already installed.
 # The test extra includes psycopg2-binary, boto3 and Flask-WTF: the server side of
 # tests/integration/test_team_mlflow.py (mlflow server on PostgreSQL, S3 artifacts,
-# basic auth). PostgreSQL itself is the system's (Debian: apt-get install postgresql);
-# without it that test is skipped.
+# basic auth). PostgreSQL itself is the system's: Debian's package, installed below when
+# missing and apt-get can (root); without it that test is skipped (failed under CI=true).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -14,3 +14,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -c constraints.txt -e ".[test]"
+if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && [ -z "${PG_BIN:-}" ] \
+    && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+fi

@@ -9,12 +9,13 @@ them, so a script that only lists sockets stays quick to start.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +69,36 @@ def wait_for_pid(path: Path, timeout: float = 180, other_than: str | None = None
                 return int(text)
         time.sleep(0.05)
     raise AssertionError(f"no process paused ({path} not written in {timeout:.0f} s)")
+
+
+@contextlib.contextmanager
+def cluster_up(root: Path, profile: dict[str, Any], cwd: str | Path) -> Iterator[tuple[Path, Any, str]]:
+    """`raysweep cluster up` of the local `profile` (written to root/NAME.yaml, its state
+    and token under root/state through RAYSWEEP_STATE_DIR, set while it is up); yields
+    (profile path, ClusterState, up's stdout); `cluster down` after, which must stop
+    every process it started."""
+    import yaml
+
+    from raysweep.cluster.local import ClusterState
+
+    path = root / f"{profile['name']}.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    before = os.environ.get("RAYSWEEP_STATE_DIR")
+    os.environ["RAYSWEEP_STATE_DIR"] = str(root / "state")
+    try:
+        up = raysweep_cli("cluster", "up", str(path), cwd=cwd)
+        assert up.returncode == 0, up.stderr
+        state = ClusterState.load(profile["name"])
+        assert state is not None, up.stdout
+        yield path, state, up.stdout
+        down = raysweep_cli("cluster", "down", str(path), cwd=cwd)
+        assert down.returncode == 0, down.stderr
+        assert not state.alive(), "cluster down left processes running"
+    finally:
+        if before is None:
+            os.environ.pop("RAYSWEEP_STATE_DIR", None)
+        else:
+            os.environ["RAYSWEEP_STATE_DIR"] = before
 
 
 def raysweep_cli(*args: str, cwd: str | Path | None = None, env: Mapping[str, str] | None = None,

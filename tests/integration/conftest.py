@@ -6,12 +6,10 @@ from pathlib import Path
 
 import pytest
 import ray
-import yaml
 
 from raysweep.cluster.connect import connect, disconnect
-from raysweep.cluster.local import ClusterState
 from raysweep.config.profile import ClusterProfile
-from raysweep.testing.helpers import free_port, raysweep_cli
+from raysweep.testing.helpers import cluster_up, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -37,20 +35,10 @@ def mlflow_uri(tmp_path, monkeypatch) -> str:
 def nodes(tmp_path_factory):
     """A `cluster up` cluster of the module's own: head (no CPU) + 2 worker nodes with
     1 CPU each, each its own process group (fault cases kill or drain a node)."""
-    root = tmp_path_factory.mktemp("fault-cluster")
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("RAYSWEEP_STATE_DIR", str(root / "state"))
-        profile = root / "fault-nodes.yaml"
-        profile.write_text(yaml.safe_dump({
+    with cluster_up(tmp_path_factory.mktemp("fault-cluster"), {
             "name": "fault-nodes", "host": "127.0.0.1", "port": free_port(), "dashboard_port": free_port(),
-            "num_cpus": 0, "worker_nodes": [{"num_cpus": 1}, {"num_cpus": 1}]}))
-        up = raysweep_cli("cluster", "up", str(profile), cwd=REPO)
-        assert up.returncode == 0, up.stderr
-        state = ClusterState.load("fault-nodes")
+            "num_cpus": 0, "worker_nodes": [{"num_cpus": 1}, {"num_cpus": 1}]}, cwd=REPO) as (profile, state, _):
         yield profile, state
-        down = raysweep_cli("cluster", "down", str(profile), cwd=REPO)
-        assert down.returncode == 0, down.stderr
-        assert not state.alive()
 
 
 def pytest_collection_modifyitems(items):

@@ -24,10 +24,10 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from raysweep.cluster.auth import token_file
-from raysweep.cluster.local import ClusterState, sockets
+from raysweep.cluster.local import sockets
 from raysweep.cluster.sockets import beyond_loopback
 from raysweep.cluster.submit import upload_files
-from raysweep.testing.helpers import experiment_runs, free_port, raysweep_cli
+from raysweep.testing.helpers import cluster_up, experiment_runs, free_port, raysweep_cli
 from raysweep.tracking.study import load_study
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,24 +43,16 @@ def cluster(tmp_path_factory, s3_server):
     """Head (no CPU, on-demand) + 2 worker nodes (1 CPU each, one preemptible); its
     nodes get the test S3 server's AWS variables as a cloud node's environment would."""
     root = tmp_path_factory.mktemp("cluster")
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("RAYSWEEP_STATE_DIR", str(root / "state"))
-        profile = root / "two-nodes.yaml"
-        profile.write_text(yaml.safe_dump({
+    with cluster_up(root, {
             "name": "two-nodes", "host": "127.0.0.1", "port": free_port(), "dashboard_port": free_port(),
             "num_cpus": 0, "resources": {"on_demand": 4},
             "worker_nodes": [{"num_cpus": 1, "resources": {"preemptible": 1}}, {"num_cpus": 1}],
-            "trial_driver_resources": {"on_demand": 1},
-        }))
-        up = _raysweep("cluster", "up", str(profile))
-        assert up.returncode == 0, up.stderr
-        state = ClusterState.load("two-nodes")
-        yield profile, state, up.stdout
-        down = _raysweep("cluster", "down", str(profile))
-        assert down.returncode == 0, down.stderr
-        assert not state.alive(), "cluster down left processes running"
+            "trial_driver_resources": {"on_demand": 1}}, cwd=REPO) as (profile, state, out):
+        yield profile, state, out
+    with pytest.MonkeyPatch.context() as env:  # (cluster_up checked `cluster down` stopped every process)
+        env.setenv("RAYSWEEP_STATE_DIR", str(root / "state"))
         again = _raysweep("cluster", "down", str(profile))
-        assert again.returncode == 2 and "is not up" in again.stderr and "Traceback" not in again.stderr
+    assert again.returncode == 2 and "is not up" in again.stderr and "Traceback" not in again.stderr
 
 
 def test_up_prints_address_and_how_to_submit_without_the_token(cluster):

@@ -37,7 +37,9 @@ def _missing() -> str | None:
     return None
 
 
-pytestmark = pytest.mark.skipif(_missing() is not None, reason=str(_missing()))
+# Under CI (scripts/setup_env.sh installs PostgreSQL there) a missing server fails the
+# test instead of skipping it, so a broken install step cannot pass unseen.
+pytestmark = pytest.mark.skipif(_missing() is not None and not os.environ.get("CI"), reason=str(_missing()))
 
 
 @pytest.fixture(scope="module")

@@ -161,7 +161,8 @@ def test_drain_notice_saves_one_checkpoint_at_the_next_batch_and_resumes_exactly
 
     def notice() -> float | None:
         steps["n"] += 1
-        return deadline if steps["n"] > 21 + 3 else None  # from epoch 1's 4th step (checked after 21 of 22 steps an epoch)
+        # From epoch 1's 4th step (the check runs after 21 of an epoch's 22 steps).
+        return deadline if steps["n"] > 21 + 3 else None
 
     ctx.preemption = notice
     ctx.report_fn = lambda m, c: reports.append((m, copy.deepcopy(c)))  # (as saved on Ray, not live tensors)
