@@ -125,9 +125,11 @@ def _record(kind: str, run: Prepared, plan: RunPlan, name: str, store: RunStore,
 def root_cause(exc: BaseException) -> str:
     """One line: the innermost error's root cause (errors.one_line_cause: Ray wraps
     worker errors with tracebacks and per-rank snippets)."""
-    while exc.__cause__ is not None:
-        exc = exc.__cause__
-    return one_line_cause(f"{type(exc).__name__}: {exc}")
+    while True:  # (Ray Train's ControllerError holds the controller's own exception)
+        inner = exc.__cause__ or getattr(exc, "controller_failure", None)
+        if not isinstance(inner, BaseException) or inner is exc:
+            return one_line_cause(f"{type(exc).__name__}: {exc}")
+        exc = inner
 
 
 def train(spec: SpecLike, overrides: list[str] | tuple[str, ...] = (), *, cluster: str | None = None,

@@ -66,3 +66,17 @@ def test_a_run_failure_is_one_line() -> None:
         assert root_cause(exc) == "ValueError: planted"
     assert root_cause(RuntimeError(WORKER_GROUP_ERROR)) == "rank 1: ValueError: planted failure on rank 1"
     assert "\n" not in one_line_cause("no exception here\njust text")
+
+
+def test_root_cause_of_a_controller_error_is_the_controllers_own_exception():
+    """Ray Train's ControllerError says only "Training failed due to controller
+    error:"; the cause is the exception it holds (e.g. MLflow refusing the credentials
+    of the Train controller's process)."""
+    from ray.train.v2.api.exceptions import ControllerError
+
+    class RestException(Exception):
+        pass
+
+    inner = RestException("API request to /api/2.0/mlflow/runs/log-batch failed with error code 401")
+    assert root_cause(ControllerError(inner)) == (
+        "RestException: API request to /api/2.0/mlflow/runs/log-batch failed with error code 401")
