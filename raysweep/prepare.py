@@ -66,6 +66,13 @@ def prepare(spec: str | Path | Spec, overrides: tuple[str, ...] | list[str] = ()
             raise UserInputError(f"{source}: sampler.warm_start: no sweep {spec.sampler.warm_start!r} with an "
                                  f"Optuna study under {root}")
     if profile.node_types:  # an autoscaling cluster: whether one trial fits is known now
+        scaling = spec.scaling
+        nodes = profile.largest_node(scaling.cpus_per_worker, scaling.gpus_per_worker)
+        if nodes is not None:
+            raise UserInputError(
+                f"{source}: scaling.cpus_per_worker/gpus_per_worker: one worker needs {scaling.cpus_per_worker:g} "
+                f"CPUs and {scaling.gpus_per_worker:g} GPUs on one node, but no node type of cluster {cluster} "
+                f"holds that ({nodes})")
         capacity = profile.max_capacity()
         try:
             max_concurrent_trials(spec.scaling, spec.budget, capacity["CPU"], capacity["GPU"])

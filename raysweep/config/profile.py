@@ -88,6 +88,16 @@ class ClusterProfile(_Section):
                 total[name] = total.get(name, 0.0) + count * amount
         return total
 
+    def largest_node(self, cpus: float, gpus: float) -> str | None:
+        """None when the head or one node type holds `cpus` CPUs and `gpus` GPUs (one
+        worker: Ray places it on one node); else a description of what the nodes hold."""
+        nodes = {"head": (float(self.num_cpus or 0), float(self.num_gpus or 0))}
+        nodes.update({name: (float(t.resources.get("CPU", 0)), float(t.resources.get("GPU", 0)))
+                      for name, t in self.node_types.items() if t.max_workers > 0})
+        if any(c + 1e-9 >= cpus and g + 1e-9 >= gpus for c, g in nodes.values()):
+            return None
+        return ", ".join(f"{name} {c:g} CPUs/{g:g} GPUs" for name, (c, g) in nodes.items())
+
     def spans_hosts(self) -> bool:
         """Whether nodes may sit on other machines (a joined, non-loopback cluster)."""
         if self.launcher:

@@ -132,8 +132,6 @@ def test_a_trial_bigger_than_the_node_types_fails_before_any_run(autoscaling, wr
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "results").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="prepare sizes by the node types' total CPUs, not per node: a worker of "
-                                       "2 CPUs passes though no node type holds 2 (the sweep would wait forever)")
 def test_a_worker_bigger_than_any_node_type_fails_before_any_run(autoscaling, write_spec, tmp_path):
     """`check` runs the same `prepare` as `tune` (without connecting): the one-node
     trial's 2 CPUs fit the node types' 2 CPUs in all, but no one node of 1 CPU."""
@@ -143,4 +141,5 @@ def test_a_worker_bigger_than_any_node_type_fails_before_any_run(autoscaling, wr
                           "--set", "scaling.cpus_per_worker=2"], cwd=REPO, env=env, capture_output=True, text=True,
                          timeout=120)
     assert run.returncode == 2, (run.stdout + run.stderr)[-2000:]
+    assert "scaling.cpus_per_worker" in run.stderr and "no node type" in run.stderr, run.stderr
     assert not (tmp_path / "mlflow.db").exists()

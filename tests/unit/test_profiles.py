@@ -96,6 +96,12 @@ def test_check_against_a_cloud_profile_before_any_node_is_up(capsys, write_spec)
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "needs 18 CPUs and 9 GPUs, but the cluster has 32 CPUs and 8 GPUs" in err, err
     assert "its node types at their maximum counts" in err
+    # A worker runs on one node: 5 CPUs fit the node types' total, but no g5.xlarge (4 CPUs).
+    one_node = ["--set", "storage_path=s3://bucket/runs", "--set", "scaling.cpus_per_worker=5"]
+    assert main(["check", str(spec), "--cluster", aws, *one_node]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "scaling.cpus_per_worker/gpus_per_worker: one worker needs 5 CPUs" in err, err
+    assert "gpu_worker 4 CPUs/1 GPUs" in err
 
 
 def test_unreachable_address_fails_within_seconds(capsys, write_spec, tmp_path, monkeypatch) -> None:
