@@ -32,7 +32,15 @@ from raysweep.execution.driver import build_trainer
 from raysweep.execution.plan import ExecutionMode, RunPlan
 from raysweep.execution.worker import train_in_trial
 from raysweep.tracking.callbacks import SweepTracker
-from raysweep.tracking.study import fail_stale_trials, pull_study, push_study, seed_study, study_dir, study_storage
+from raysweep.tracking.study import (
+    TUNE_TRIAL_ATTR,
+    fail_stale_trials,
+    pull_study,
+    push_study,
+    seed_study,
+    study_dir,
+    study_storage,
+)
 
 TUNE_DIR = "tune"
 DRIVER_NODE_FILE = "driver_node"
@@ -84,11 +92,6 @@ STRATEGIES = {
     ExecutionMode.IN_TRIAL: TrialStrategy(_run_in_trial, trial_is_worker=True),
     ExecutionMode.WORKER_GROUP: TrialStrategy(_run_worker_group, trial_is_worker=False),
 }
-
-
-TUNE_TRIAL_ATTR = "raysweep.tune_trial_id"
-"""User attribute naming the Tune trial an Optuna trial belongs to (the journal alone
-then says which Tune trial is which Optuna trial)."""
 
 
 class _OptunaSearch(OptunaSearch):

@@ -23,7 +23,7 @@ from matplotlib.ticker import MaxNLocator
 
 from raysweep.tracking import tags as tag
 from raysweep.tracking.lookup import children, client, get_run, read_record
-from raysweep.tracking.study import load_study, study_dir
+from raysweep.tracking.study import load_study, study_dir, warm_start_marks
 from raysweep.tracking.trials import TrialState
 
 REPORT_DIR = "report"
@@ -192,6 +192,7 @@ def _html(title: str, record: dict[str, Any], trials: list[dict[str, Any]], metr
                    else f"<p>not drawn: {esc(notes.get(key, ''))}</p>")
         extra = f"<p>{esc(notes[key])}</p>" if key in images and key in notes else ""
         sections.append(f'<section id="{key}"><h2>{esc(heading)}</h2>{content}{extra}</section>')
+    warm_note = f"<p>{esc(notes['warm_start'])}</p>" if "warm_start" in notes else ""
     git = record.get("git", {})
     facts = (f"spec {esc(str(record.get('spec_file')))}; git {esc(str(git.get('commit')))}"
              f"{' (dirty)' if git.get('dirty') else ''}; data sha256 {esc(record['data']['sha256'][:12])}; "
@@ -202,7 +203,7 @@ def _html(title: str, record: dict[str, Any], trials: list[dict[str, Any]], metr
 td,th{{border:1px solid #ccc;padding:3px 6px;font-size:13px}}img{{max-width:100%}}</style></head>
 <body><h1>{esc(title)}</h1><p>{facts}</p>
 {''.join(sections)}
-<section id="trials"><h2>Trials</h2><table><tr>{head}</tr>{''.join(body)}</table></section>
+<section id="trials"><h2>Trials</h2>{warm_note}<table><tr>{head}</tr>{''.join(body)}</table></section>
 </body></html>
 """
 
@@ -226,8 +227,18 @@ def write_report(parent_id: str, out: str | None = None) -> Path:
     images["curves"] = "curves.png"
     try:
         study = load_study(study_dir(folder, spec["name"]), spec["name"])
-        notes["importance"] = _plot_importance(study, target / "importance.png")
-        images["importance"] = "importance.png"
+    except Exception as exc:  # no study (a sweep on object storage read elsewhere)
+        study, notes["importance"] = None, f"{type(exc).__name__}: {exc}"
+    warm, added = warm_start_marks(study) if study is not None else ({}, 0)
+    for t in trials:
+        if t["trial"] in warm:
+            t["trial"] = f"{t['trial']} (warm start from {warm[t['trial']]})"
+    if added:
+        notes["warm_start"] = f"warm start: {added} finished trial(s) of an earlier sweep in the study"
+    try:
+        if study is not None:
+            notes["importance"] = _plot_importance(study, target / "importance.png")
+            images["importance"] = "importance.png"
     except Exception as exc:  # too few finished trials, or one value per param
         notes["importance"] = f"{type(exc).__name__}: {exc}"
     if sum(t["best"] is not None for t in trials) >= 2 and any(t["params"] for t in trials):

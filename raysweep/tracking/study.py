@@ -98,6 +98,18 @@ def fail_stale_trials(sweep_dir: str, study_name: str) -> int:
 
 
 WARM_START_ATTR = "raysweep.warm_start_from"
+TUNE_TRIAL_ATTR = "raysweep.tune_trial_id"
+"""User attribute naming the Tune trial an Optuna trial belongs to (the journal alone
+then says which Tune trial is which Optuna trial)."""
+
+
+def warm_start_marks(study: optuna.Study) -> tuple[dict[str, str], int]:
+    """({Tune trial id: the sweep it was enqueued from} for the warm start's configs
+    that ran in this sweep, how many earlier trials were added to the study)."""
+    enqueued = {t.user_attrs[TUNE_TRIAL_ATTR]: str(t.user_attrs[WARM_START_ATTR]).removesuffix(" (enqueued)")
+                for t in study.trials if TUNE_TRIAL_ATTR in t.user_attrs and WARM_START_ATTR in t.user_attrs}
+    added = sum(1 for t in study.trials if WARM_START_ATTR in t.user_attrs and TUNE_TRIAL_ATTR not in t.user_attrs)
+    return enqueued, added
 
 
 def seed_study(sweep_dir: str, study_name: str, source_dir: str, source_id: str, space: dict,

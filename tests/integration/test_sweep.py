@@ -14,11 +14,10 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from raysweep.cli import main
-from raysweep.execution.sweep import TUNE_TRIAL_ATTR
 from raysweep.registry import build_from_checkpoint
 from raysweep.testing.helpers import experiment_runs
 from raysweep.testing.probe import build_model
-from raysweep.tracking.study import load_study
+from raysweep.tracking.study import TUNE_TRIAL_ATTR, load_study
 
 MAX_EPOCHS = 3
 
@@ -161,3 +160,9 @@ def test_warm_start_seeds_the_study_and_runs_the_best_config_first(ray_cluster, 
     assert marks[:3] == [first_dir.name] * 3 and marks[3] == f"{first_dir.name} (enqueued)" and marks[4] is None
     assert [t.params for t in trials[:3]] == [t.params for t in earlier.trials]
     assert trials[3].params == best.params, "the earlier best config ran first"
+    # The report marks the enqueued config's row and counts the earlier trials added.
+    page = (second_dir / "report" / "report.html").read_text()
+    enqueued = trials[3].user_attrs[TUNE_TRIAL_ATTR]
+    assert f"<td>{enqueued} (warm start from {first_dir.name})</td>" in page
+    assert "warm start: 3 finished trial(s) of an earlier sweep in the study" in page
+    assert page.count("(warm start from ") == 1
