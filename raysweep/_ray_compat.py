@@ -127,6 +127,29 @@ def replace_tuner_searcher(tuner: Any, searcher: Any) -> None:
     tuner._local_tuner._tune_config.search_alg = searcher
 
 
+def persist_trials_before_they_start() -> None:
+    """Make Tune store its experiment state (trial table and searcher), and wait for the
+    upload, before each trial's actor starts (`TuneController._actor_started`). Tune
+    saves that state at every step but uploads it in the background, skipping an
+    upload while one runs: a driver killed within that lag left a started trial out of
+    the stored state, and `--resume` then ran a new trial in its place (an extra,
+    KILLED MLflow child). Now a trial that trains is in the stored state; the cost is
+    one awaited upload of a few small files per trial start. Idempotent (patches the
+    class once per process)."""
+    from ray.tune.execution.tune_controller import TuneController
+
+    original = TuneController._actor_started
+    if getattr(original, "_raysweep_persists", False):
+        return
+
+    def _actor_started(self: Any, tracked_actor: Any, log: str = "STARTED") -> None:
+        self.checkpoint(force=True, wait=True)
+        original(self, tracked_actor, log)
+
+    _actor_started._raysweep_persists = True  # type: ignore[attr-defined]
+    TuneController._actor_started = _actor_started  # type: ignore[method-assign]
+
+
 _DRAIN_SEEN_AT: dict[str, float] = {}
 
 

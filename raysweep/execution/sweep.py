@@ -24,7 +24,12 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from raysweep._ray_compat import replace_tuner_callbacks, replace_tuner_searcher, set_ray_env_defaults
+from raysweep._ray_compat import (
+    persist_trials_before_they_start,
+    replace_tuner_callbacks,
+    replace_tuner_searcher,
+    set_ray_env_defaults,
+)
 from raysweep.config.space import to_optuna_space
 from raysweep.config.spec import SamplerSpec, SchedulerSpec, Spec
 from raysweep.errors import UserInputError, one_line_cause
@@ -285,6 +290,7 @@ def run_sweep(spec: Spec, plan: RunPlan, sweep_id: str, tracker: SweepTracker, c
     searcher (with its Optuna study) picks up where it was.
     """
     set_ray_env_defaults()
+    persist_trials_before_they_start()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sweep_dir = f"{plan.storage_path}/{sweep_id}"
     strategy = STRATEGIES[plan.mode]
