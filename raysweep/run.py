@@ -201,6 +201,14 @@ def new_sweep_id(root: str, name: str) -> str:
     return sweep_id
 
 
+def searched_names(spec: Spec, state: SweepState) -> list[str]:
+    """The space's params, then those a `space_function` drew (from the trials' configs)."""
+    names = list(spec.space)
+    for record in state.trials.values():
+        names += [n for n in record.params if n not in names and n not in spec.params]
+    return names
+
+
 def tune(spec: SpecLike, overrides: list[str] | tuple[str, ...] = (), *, cluster: str | None = None,
          address: str | None = None, resume: bool | str | None = None, report: bool = True,
          register: bool | str | None = None, echo: bool = True, store: RunStore | None = None,
@@ -239,7 +247,7 @@ def tune(spec: SpecLike, overrides: list[str] | tuple[str, ...] = (), *, cluster
         finally:
             tracker.close(status)
     result = SweepResult(sweep_id, run.spec.name, parent_id, store.uri, outcome.sweep_dir, tracker.state,
-                         outcome.wall_s, list(run.spec.space), resumed_trials)
+                         outcome.wall_s, searched_names(run.spec, tracker.state), resumed_trials)
     if report:
         try:
             result.report = write_report(parent_id)

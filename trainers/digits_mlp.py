@@ -1,6 +1,7 @@
 """An MLP on scikit-learn's 8x8 digits, trained data-parallel through a TrainContext.
 
-Params: hidden (units), num_layers, lr, optimizer ('adam' | 'sgd'), batch_size,
+Params: hidden (units), num_layers, hidden_0, hidden_1, ... (one layer's units, else
+hidden), momentum (sgd; 0.9), lr, optimizer ('adam' | 'sgd'), batch_size,
 weight_decay, dropout, precision ('32' | 'bf16-mixed': bf16 autocast). Reports per
 epoch: train_loss, val_loss, val_accuracy, epoch, samples_per_s; checkpoints model, optimizer, epoch and RNG state.
 """
@@ -24,9 +25,10 @@ def build_model(params: dict[str, Any]) -> nn.Module:
     hidden = int(params.get("hidden", 64))
     layers: list[nn.Module] = []
     width = NUM_FEATURES
-    for _ in range(int(params.get("num_layers", 1))):
-        layers += [nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(float(params.get("dropout", 0.0)))]
-        width = hidden
+    for i in range(int(params.get("num_layers", 1))):
+        units = int(params.get(f"hidden_{i}", hidden))
+        layers += [nn.Linear(width, units), nn.ReLU(), nn.Dropout(float(params.get("dropout", 0.0)))]
+        width = units
     layers.append(nn.Linear(width, NUM_CLASSES))
     return nn.Sequential(*layers)
 
@@ -35,8 +37,16 @@ def build_optimizer(model: nn.Module, params: dict[str, Any]) -> torch.optim.Opt
     lr = float(params.get("lr", 1e-2))
     decay = float(params.get("weight_decay", 0.0))
     if params.get("optimizer", "adam") == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=decay)
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=float(params.get("momentum", 0.9)),
+                               weight_decay=decay)
     return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=decay)
+
+
+def layer_widths(trial: Any) -> None:
+    """A define-by-run space (`space_function: trainers.digits_mlp:layer_widths`): one
+    width per layer of the depth the trial drew (`num_layers` of the YAML space)."""
+    for i in range(int(trial.params.get("num_layers", 1))):
+        trial.suggest_int(f"hidden_{i}", 16, 256, log=True)
 
 
 def evaluate(model: nn.Module, ctx: TrainContext, batch_size: int) -> dict[str, float]:

@@ -84,8 +84,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 def describe_error(error: Mapping[str, Any]) -> str:
     # Pydantic puts the union tag (e.g. 'float') into the location; drop it.
     parts = [str(p) for p in error["loc"] if p not in ("float", "int", "categorical")]
-    path = ".".join(parts) or "(top level)"
     kind = error["type"]
+    if not parts and kind == "value_error":  # a spec-wide rule names its own field
+        return error["msg"].removeprefix("Value error, ")
+    path = ".".join(parts) or "(top level)"
     if kind == "extra_forbidden":
         return f"{path}: unknown key"
     if kind == "missing":

@@ -100,7 +100,21 @@ class DataSpec(_Section):
         return self
 
 
-class FloatParam(_Section):
+class _Param(_Section):
+    """What every searched param kind has."""
+
+    when: dict[str, Union[Scalar, list[Scalar]]] | None = None
+    """Draw this param only when each named param took the given value (or one of a
+    list), e.g. `{optimizer: sgd}`; otherwise the trial has no value for it and the
+    trainer gets the `params` value, if any. Each name must be a categorical param of
+    this space, each value one of its choices."""
+
+    def when_values(self) -> dict[str, list[Scalar]]:
+        """`when` with every value as a list ({} without one)."""
+        return {k: v if isinstance(v, list) else [v] for k, v in (self.when or {}).items()}
+
+
+class FloatParam(_Param):
     """A real number from [low, high] (Optuna's FloatDistribution)."""
 
     type: Literal["float"]
@@ -123,7 +137,7 @@ class FloatParam(_Section):
         return self
 
 
-class IntParam(_Section):
+class IntParam(_Param):
     """An integer from [low, high] (Optuna's IntDistribution)."""
 
     type: Literal["int"]
@@ -146,7 +160,7 @@ class IntParam(_Section):
         return self
 
 
-class CategoricalParam(_Section):
+class CategoricalParam(_Param):
     """One value from a fixed list (Optuna's CategoricalDistribution)."""
 
     type: Literal["categorical"]
@@ -158,6 +172,30 @@ class CategoricalParam(_Section):
 SearchParam = Annotated[
     Union[FloatParam, IntParam, CategoricalParam], Field(discriminator="type")
 ]
+
+
+def _condition_cycle(space: dict[str, SearchParam]) -> list[str]:
+    """A cycle of `when:` conditions ([a, b, a]), or []."""
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+
+    def visit(name: str, path: list[str]) -> list[str]:
+        state[name] = 1
+        for key in space[name].when_values():
+            if state.get(key) == 1:
+                return [*path[path.index(key):], key] if key in path else [name, key]
+            if key in space and key not in state:
+                found = visit(key, [*path, key])
+                if found:
+                    return found
+        state[name] = 2
+        return []
+
+    for name in space:
+        if name not in state:
+            found = visit(name, [name])
+            if found:
+                return found
+    return []
 
 
 def _check_range(low: float, high: float, log: bool) -> None:
@@ -172,12 +210,23 @@ def _check_range(low: float, high: float, log: bool) -> None:
 class SamplerSpec(_Section):
     """How Optuna proposes each trial's params."""
 
-    type: Literal["tpe", "random"] = "tpe"
-    """Optuna sampler: TPE (the default) or random search."""
+    type: Literal["tpe", "random", "gp", "cmaes", "nsga2"] = "tpe"
+    """Optuna sampler: `tpe` (the default), `random`, `gp` (Gaussian-process Bayesian
+    optimization, Optuna's GPSampler), `cmaes` (CMA-ES; categorical params drawn at
+    random) or `nsga2` (the NSGA-II genetic algorithm)."""
     seed: int = 0
     """Seed of the sampler's own random draws; independent of the top-level `seed`."""
     n_startup_trials: PositiveInt | None = None
-    """TPE's random warm-up trials; null: Optuna's default (10). Ignored by random."""
+    """Random trials before a model-based sampler (tpe, gp, cmaes) takes over; null:
+    Optuna's default (tpe and gp 10, cmaes 1). Ignored by random and nsga2."""
+    multivariate: bool | None = None
+    """tpe only: model the params jointly (true: Optuna's multivariate TPE) or one by
+    one (false); null: Optuna's default (jointly, for one objective)."""
+    group: bool = False
+    """tpe only (not with multivariate: false): model separately each group of params
+    that occur together (for spaces with `when:` conditions)."""
+    population_size: PositiveInt | None = None
+    """nsga2 only: trials per generation; null: Optuna's default (50)."""
     warm_start: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     """An earlier sweep of this experiment (its sweep id, under the same storage_path):
     its finished trials whose params lie in this space join this sweep's study before
@@ -185,6 +234,16 @@ class SamplerSpec(_Section):
     warm_start_top_k: int = Field(default=0, ge=0)
     """With warm_start: the earlier sweep's best K configs run first, as this sweep's
     first trials."""
+
+    @model_validator(mode="after")
+    def _options_of_the_sampler(self) -> SamplerSpec:
+        if self.multivariate is not None and self.type != "tpe":
+            raise ValueError(f"multivariate is a tpe option, the sampler is {self.type}")
+        if self.group and (self.type != "tpe" or self.multivariate is False):
+            raise ValueError("group needs type: tpe, without multivariate: false")
+        if self.population_size is not None and self.type != "nsga2":
+            raise ValueError(f"population_size is an nsga2 option, the sampler is {self.type}")
+        return self
 
 
 class SchedulerSpec(_Section):
@@ -313,8 +372,13 @@ class Spec(_Section):
     params: dict[str, Any] = Field(default_factory=dict)
     """Fixed params every run gets; a searched param of the same name overrides."""
     space: dict[str, SearchParam] = Field(default_factory=dict)
-    """Searched params by name: each sweep trial samples one value of each. `raysweep
-    train` uses `params` only."""
+    """Searched params by name: each sweep trial samples one value of each (of a param
+    with `when:`, only where its condition holds). `raysweep train` uses `params` only."""
+    space_function: str | None = Field(default=None, pattern=r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+    """`module:function` (imported from the repo root, as `trainer` is) for what YAML
+    cannot say, in Optuna's define-by-run form: called with each trial's optuna.Trial
+    after the `space` params were drawn (it may read them from `trial.params`), it
+    draws more with `trial.suggest_*` and may return a dict of constant params."""
     sampler: SamplerSpec = SamplerSpec()
     """How Optuna proposes each trial's params."""
     scheduler: SchedulerSpec
@@ -338,6 +402,24 @@ class Spec(_Section):
     storage_path: str = "results"
     """Run folder root (checkpoints, Tune state, Optuna journal): a local path or
     an s3:// / gs:// URI."""
+
+    @model_validator(mode="after")
+    def _conditions_name_choices(self) -> Spec:
+        for name, param in self.space.items():
+            for key, allowed in param.when_values().items():
+                where = f"space.{name}.when.{key}"
+                parent = self.space.get(key)
+                if parent is None or key == name:
+                    raise ValueError(f"{where}: not another searched param (space: {', '.join(self.space)})")
+                if not isinstance(parent, CategoricalParam):
+                    raise ValueError(f"{where}: a condition names a categorical param; {key} is {parent.type}")
+                for value in allowed:
+                    if not any(value == c and isinstance(value, bool) == isinstance(c, bool) for c in parent.choices):
+                        raise ValueError(f"{where}: {value!r} is not one of {key}'s choices {parent.choices}")
+        cycle = _condition_cycle(self.space)
+        if cycle:
+            raise ValueError(f"space.{cycle[0]}.when: the conditions form a cycle ({' -> '.join(cycle)})")
+        return self
 
     @field_validator("trainer")
     @classmethod

@@ -14,6 +14,7 @@ import sys
 from types import ModuleType
 from typing import Any
 
+from raysweep.config.space import first_values
 from raysweep.config.spec import Spec
 from raysweep.data.arrays import Batch
 from raysweep.data.files import ResolvedData
@@ -37,6 +38,7 @@ def check_trainer(spec: Spec, data: ResolvedData, source: str) -> None:
         raise UserInputError(
             f"{source}: trainer: cannot import {spec.trainer!r}: {type(exc).__name__}: {exc}"
         ) from None
+    check_space_function(spec, source)
     transformed = check_transform(spec, data, module, source)
     if callable(getattr(module, "train", None)):
         return
@@ -81,11 +83,37 @@ def check_transform(spec: Spec, data: ResolvedData, module: ModuleType, source: 
         raise UserInputError(f"{source}: trainer: {exc}, on the first rows of {data.train_files[0]}") from None
 
 
+def check_space_function(spec: Spec, source: str) -> dict[str, Any]:
+    """The spec's `space_function` imports and draws on a throwaway study's trial;
+    returns what it drew (and any constants it returned)."""
+    if spec.space_function is None:
+        return {}
+    import optuna
+
+    from raysweep.config.space import DefineByRun, load_space_function
+
+    try:
+        load_space_function(spec.space_function)
+    except Exception as exc:  # any import failure is the user's module
+        raise UserInputError(f"{source}: space_function: cannot import {spec.space_function!r}: "
+                             f"{type(exc).__name__}: {exc}") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+    try:
+        constants = DefineByRun(spec.space, spec.space_function)(trial)
+    except Exception as exc:  # the user's function failed
+        raise UserInputError(f"{source}: space_function: {spec.space_function} failed on a trial: "
+                             f"{type(exc).__name__}: {exc}") from None
+    if constants is not None and not isinstance(constants, dict):
+        raise UserInputError(f"{source}: space_function: {spec.space_function} must return None or a dict, "
+                             f"got {type(constants).__name__}")
+    return {**trial.params, **(constants or {})}
+
+
 def sample_params(spec: Spec) -> dict[str, Any]:
-    """The fixed params plus one value from each searched param (low, or first choice)."""
-    picked = {name: getattr(p, "low", None) if p.type != "categorical" else p.choices[0]
-              for name, p in spec.space.items()}
-    return {**spec.params, **picked}
+    """The fixed params plus one value from each searched param (low, or first choice;
+    a conditional one only where its condition holds)."""
+    return {**spec.params, **first_values(spec.space), **check_space_function(spec, spec.name)}
 
 
 def _sample_block(data: ResolvedData, rows: int = 8) -> Any:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from raysweep._ray_compat import (
     replace_tuner_searcher,
     set_ray_env_defaults,
 )
-from raysweep.config.space import to_optuna_space
+from raysweep.config.space import search_space, to_optuna_space
 from raysweep.config.spec import SamplerSpec, SchedulerSpec, Spec
 from raysweep.errors import UserInputError, one_line_cause
 from raysweep.execution.driver import build_trainer
@@ -169,7 +170,7 @@ def make_searcher(spec: Spec, sweep_dir: str, resume: bool = False) -> _OptunaSe
     """Ray Tune's OptunaSearch over the spec's space, on the sweep's durable study
     (`resume`: rebuilt from the study's journal)."""
     searcher = _OptunaSearch(
-        space=to_optuna_space(spec.space),
+        space=search_space(spec),
         metric=spec.scheduler.metric,
         mode=spec.scheduler.mode,
         sampler=make_sampler(spec.sampler),
@@ -187,11 +188,21 @@ def make_searcher(spec: Spec, sweep_dir: str, resume: bool = False) -> _OptunaSe
 def make_sampler(sampler: SamplerSpec, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
     """The spec's sampler; `seed_offset` (a resumed sweep's trial count) moves its seed."""
     seed = sampler.seed + seed_offset
-    if sampler.type == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if sampler.n_startup_trials is None:
-        return optuna.samplers.TPESampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=sampler.n_startup_trials)
+    startup = sampler.n_startup_trials
+    with warnings.catch_warnings():  # (GPSampler, multivariate TPE and group are "experimental" in Optuna)
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if sampler.type == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if sampler.type == "gp":
+            return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False,
+                                             n_startup_trials=10 if startup is None else startup)
+        if sampler.type == "cmaes":
+            return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False,
+                                                n_startup_trials=1 if startup is None else startup)
+        if sampler.type == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed, population_size=sampler.population_size or 50)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=sampler.multivariate, group=sampler.group,
+                                          n_startup_trials=10 if startup is None else startup)
 
 
 def make_scheduler(scheduler: SchedulerSpec) -> TrialScheduler:
@@ -310,7 +321,9 @@ def run_sweep(spec: Spec, plan: RunPlan, sweep_id: str, tracker: SweepTracker, c
         if warm:
             added, queued = seed_study(sweep_dir, spec.name, f"{plan.storage_path}/{warm}", warm,
                                        to_optuna_space(spec.space), spec.scheduler.mode == "max",
-                                       spec.sampler.warm_start_top_k)
+                                       spec.sampler.warm_start_top_k,
+                                       required={n for n, p in spec.space.items() if not p.when},
+                                       open_space=spec.space_function is not None)
             print(f"warm start: {added} finished trial(s) of sweep {warm} in the study; its best {queued} run first",
                   flush=True)
         tuner = tune.Tuner(

@@ -78,7 +78,7 @@ def trials_table(state: SweepState, space: list[str]) -> str:
         startup = "-" if record.startup_s is None else f"{record.startup_s:.1f}"
         rows.append([
             record.trial_id, record.state.word, str(len(record.history)),
-            *(fmt(record.params.get(n)) for n in space),
+            *(fmt(record.params.get(n, "-")) for n in space),
             fmt(best.get(metric, "-")), fmt(best.get("val_accuracy", "-")), startup, f"{record.wall_s:.1f}",
         ])
     return format_table(header, rows)

@@ -142,13 +142,16 @@ def _plot_parallel(trials: list[dict[str, Any]], metric: str, path: Path) -> Non
     columns = []
     for name in [*names, metric]:
         raw = [t["best"] if name == metric else t["params"].get(name) for t in scored]
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw):
-            low, high = min(raw), max(raw)
+        present = [v for v in raw if v is not None]  # (a conditional param a trial did not draw: a gap)
+        if present and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+            low, high = min(present), max(present)
             positive = low > 0 and high / low > 20  # log-scaled params span decades
             scale = (lambda v: math.log(v)) if positive else (lambda v: v)
             span = (scale(high) - scale(low)) or 1.0
-            columns.append(([(scale(v) - scale(low)) / span for v in raw], f"{low:.3g}", f"{high:.3g}"))
+            columns.append(([math.nan if v is None else (scale(v) - scale(low)) / span for v in raw],
+                            f"{low:.3g}", f"{high:.3g}"))
         else:
+            raw = ["-" if v is None else v for v in raw]
             levels = sorted({str(v) for v in raw})
             pos = {v: i / max(len(levels) - 1, 1) for i, v in enumerate(levels)}
             columns.append(([pos[str(v)] for v in raw], levels[0], levels[-1]))

@@ -113,19 +113,29 @@ def warm_start_marks(study: optuna.Study) -> tuple[dict[str, str], int]:
 
 
 def seed_study(sweep_dir: str, study_name: str, source_dir: str, source_id: str, space: dict,
-               maximize: bool, top_k: int) -> tuple[int, int]:
+               maximize: bool, top_k: int, required: set[str] | None = None,
+               open_space: bool = False) -> tuple[int, int]:
     """Warm start: the finished trials of the sweep in `source_dir` whose params lie in
     `space` (Optuna distributions) added to this sweep's study (marked with
-    WARM_START_ATTR), and its best `top_k` configs enqueued to run first. Returns
-    (trials added, configs enqueued)."""
+    WARM_START_ATTR), and its best `top_k` configs enqueued to run first. A trial must
+    have every param of `required` (default: all of `space`; a conditional param may be
+    absent); with `open_space` (a space function draws more) it may have params beyond
+    `space`. Returns (trials added, configs enqueued)."""
+    required = set(space) if required is None else required
+
+    def fits(t: optuna.trial.FrozenTrial) -> bool:
+        return required <= set(t.params) and all(
+            space[k]._contains(space[k].to_internal_repr(v)) if k in space else open_space
+            for k, v in t.params.items())
+
     pull_study(source_dir, study_name)
     source = load_study(study_dir(source_dir, study_name), study_name)
     finished = [t for t in source.trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None
-                and set(t.params) == set(space)
-                and all(space[k]._contains(space[k].to_internal_repr(v)) for k, v in t.params.items())]
+                and fits(t)]
     study = optuna.create_study(storage=study_storage(study_dir(sweep_dir, study_name)), study_name=study_name,
                                 direction="maximize" if maximize else "minimize", load_if_exists=True)
-    study.add_trials([optuna.trial.create_trial(params=t.params, distributions=space, value=t.value,
+    study.add_trials([optuna.trial.create_trial(params=t.params, value=t.value,
+                                                distributions={k: space.get(k, t.distributions[k]) for k in t.params},
                                                 user_attrs={WARM_START_ATTR: source_id})
                       for t in finished])
     best = sorted(finished, key=lambda t: float(t.value or 0.0), reverse=maximize)[:top_k]

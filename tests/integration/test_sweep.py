@@ -166,3 +166,35 @@ def test_warm_start_seeds_the_study_and_runs_the_best_config_first(ray_cluster, 
     assert f"<td>{enqueued} (warm start from {first_dir.name})</td>" in page
     assert "warm start: 3 finished trial(s) of an earlier sweep in the study" in page
     assert page.count("(warm start from ") == 1
+
+
+def test_a_conditional_space_sweeps_and_warm_starts(ray_cluster, mlflow_uri, digits_spec, tmp_path, capsys):
+    """search_spaces/digits_mlp_conditional.yaml: momentum only for sgd (`when:`), one
+    width per layer from the space function; each trial's model has the widths it drew
+    (read from its checkpoint), and a warm start takes the conditional trials in."""
+    from raysweep.execution.checkpoint import load_state
+
+    spec = digits_spec("digits_mlp_conditional.yaml", scheduler={"type": "fifo", "metric": "val_loss", "mode": "min",
+                                                                 "max_epochs": 1},
+                       budget={"num_trials": 4}, sampler={"type": "random", "seed": 0})
+    assert main(["tune", str(spec)]) == 0
+    out = capsys.readouterr().out
+    assert "momentum" in out and "hidden_0" in out  # (the table's columns, the function's params too)
+    children = [r for r in experiment_runs(mlflow_uri, "digits-mlp-conditional")
+                if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children)
+    assert {r.data.params["optimizer"] for r in children} == {"adam", "sgd"}, "seed 0 draws both optimizers"
+    for run in children:
+        params = run.data.params
+        assert ("momentum" in params) == (params["optimizer"] == "sgd"), params
+        layers = int(params["num_layers"])
+        assert sorted(k for k in params if k.startswith("hidden_")) == [f"hidden_{i}" for i in range(layers)]
+        weights = load_state(run.data.tags["raysweep.checkpoint"])["model"]
+        widths = [w.shape[0] for k, w in weights.items() if k.endswith(".weight")][:-1]
+        assert widths == [int(params[f"hidden_{i}"]) for i in range(layers)], (widths, params)
+
+    (first_dir,) = [p for p in (tmp_path / "results" / "digits-mlp-conditional").iterdir() if p.is_dir()]
+    warm = ["--set", f"sampler.warm_start={first_dir.name}", "--set", "sampler.warm_start_top_k=1",
+            "--set", "budget.num_trials=1", "--set", "sampler.type=tpe"]
+    assert main(["tune", str(spec), *warm]) == 0
+    assert f"warm start: 4 finished trial(s) of sweep {first_dir.name}" in capsys.readouterr().out

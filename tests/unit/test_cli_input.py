@@ -123,3 +123,15 @@ def test_record_comparisons_name_what_differs():
     assert compare_data(old, old) == []
     assert compare_versions({"torch": "2.13.0", "ray": "2.60.0", "raysweep": "0.1"},
                             {"torch": "2.14.0", "ray": "2.60.0", "raysweep": "0.2"}) == ["torch 2.13.0 -> 2.14.0"]
+
+
+@pytest.mark.parametrize("function, words", [
+    ("trainers.does_not_exist:widths", "space_function: cannot import 'trainers.does_not_exist:widths': "
+                                       "ModuleNotFoundError"),
+    ("trainers.digits_mlp:no_such_function", "space_function: cannot import 'trainers.digits_mlp:no_such_function'"),
+    ("trainers.digits_mlp:build_model", "space_function: trainers.digits_mlp:build_model failed on a trial"),
+])
+def test_a_space_function_that_cannot_run_is_one_line_exit_2(capsys, write_spec, function, words) -> None:
+    path = write_spec(space_function=function)
+    code, err = _run(capsys, "tune", str(path))
+    assert code == 2 and err.startswith(f"raysweep: error: {path}: {words}") and "\n" not in err, err
