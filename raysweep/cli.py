@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--no-report", action="store_true", help="do not write the sweep report at the end")
     tune.add_argument("--register", nargs="?", const=True, metavar="MODEL_NAME",
                       help="register the best trial's model in the MLflow Model Registry (default name: the spec's)")
+    tune.add_argument("--pick", metavar="METRIC",
+                      help="with --register on a multi-objective sweep: the Pareto front's member with the best "
+                           "METRIC (an objective; default: the first objective)")
     runs = add("runs", "List recorded raysweep runs (train runs, sweeps, trials).", spec=False)
     runs.add_argument("--limit", type=int, default=30)
     reproduce = add("reproduce", "Re-run a recorded training run (or sweep trial) from its record and compare "
@@ -63,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     register = add("register", "Register a run's model in the MLflow Model Registry.", spec=False)
     register.add_argument("run_id", help="MLflow run id of a train run, a trial, or a sweep (its best trial)")
     register.add_argument("--name", help="registered model name (default: the spec's name)")
+    register.add_argument("--pick", metavar="METRIC",
+                          help="a multi-objective sweep: its Pareto front's member with the best METRIC")
     submit = add("submit", "Submit `raysweep tune SPEC` as a Ray job to a cluster and follow its logs.")
     submit.add_argument("--cluster", metavar="PROFILE", default="cluster/local.yaml",
                         help="profile of a cluster started with `raysweep cluster up` (default: %(default)s)")
@@ -112,7 +117,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from raysweep.tracking.console import print_summary  # (lazy, as each engine import here: `check` loads no MLflow)
 
     result = api().tune(args.spec, args.overrides, cluster=args.cluster, address=args.address, resume=args.resume,
-                        report=not args.no_report, register=args.register, fingerprint=args.fingerprint)
+                        report=not args.no_report, register=args.register, fingerprint=args.fingerprint,
+                        pick=args.pick)
     print_summary(result)
     for warning in result.warnings:
         print(f"raysweep: warning: {warning}", file=sys.stderr)
@@ -174,7 +180,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_register(args: argparse.Namespace) -> int:
     from raysweep.registry import register  # (lazy: MLflow, torch)
 
-    print(register(args.run_id, args.name).summary())
+    print(register(args.run_id, args.name, args.pick).summary())
     return EXIT_OK
 
 

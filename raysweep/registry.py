@@ -19,11 +19,13 @@ from __future__ import annotations
 import importlib.machinery
 import importlib.util
 import inspect
+import json
 import keyword
 import os
 import re
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -170,13 +172,32 @@ def signature_of(example: dict[str, torch.Tensor]) -> Any:
                                          for k, t in example.items()]))
 
 
-def _target(run_id: str) -> RecordedRun:
+def pick_from_front(run: Any, metric: str) -> str:
+    """A multi-objective sweep's Pareto front member with the best `metric`: its run id."""
+    objectives = dict(json.loads(run.data.tags.get(tag.OBJECTIVES, "[]")))
+    if metric not in objectives:
+        raise UserInputError(f"--pick {metric}: not an objective of sweep {run.info.run_id!r} "
+                             f"({', '.join(objectives) or 'it has one objective: register its best trial'})")
+    text = run.data.tags.get(tag.PARETO_FRONT, "[]")
+    if not text.startswith("["):  # (a long front lives in the artifact only)
+        text = Path(client().download_artifacts(run.info.run_id, "pareto_front.json")).read_text()
+    front = [m for m in json.loads(text) if metric in m]
+    if not front:
+        raise UserInputError(f"run {run.info.run_id!r}: this sweep's Pareto front is empty (no trial ended well "
+                             "and met the constraints)")
+    sign = 1 if objectives[metric] == "min" else -1
+    return str(min(front, key=lambda m: sign * float(m[metric]))["run_id"])
+
+
+def _target(run_id: str, pick: str | None = None) -> RecordedRun:
     run = get_run(run_id)
     if run.data.tags.get(tag.KIND) == "sweep":
-        best = run.data.tags.get(tag.BEST_RUN_ID)
+        best = pick_from_front(run, pick) if pick else run.data.tags.get(tag.BEST_RUN_ID)
         if not best:
             raise UserInputError(f"run {run_id!r}: this sweep has no finished best trial to register")
         run_id = best
+    elif pick:
+        raise UserInputError(f"--pick {pick}: run {run_id!r} is not a sweep (--pick chooses a sweep's front member)")
     recorded = load_recorded(run_id)
     if recorded.run.info.status != "FINISHED" or tag.CHECKPOINT not in recorded.run.data.tags:
         raise UserInputError(
@@ -185,8 +206,10 @@ def _target(run_id: str) -> RecordedRun:
     return recorded
 
 
-def register(run_id: str, name: str | None = None) -> Registered:
-    recorded = _target(run_id)
+def register(run_id: str, name: str | None = None, pick: str | None = None) -> Registered:
+    """Register a run's model; for a sweep, its best trial's (`pick`: a multi-objective
+    sweep's front member with the best value of that objective)."""
+    recorded = _target(run_id, pick)
     spec = recorded.record["spec"]
     check_trainer_name(recorded.run_id, spec.get("trainer"))
     name = name or spec["name"]

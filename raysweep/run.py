@@ -12,6 +12,7 @@ with its end status. Ray started here is shut down on the way out.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from raysweep.config.spec import Spec
 from raysweep.data.loader import choose_loader, worker_data
 from raysweep.errors import RunFailedError, UserInputError, one_line_cause
 from raysweep.execution.driver import TrainMetricsCallback, build_trainer
-from raysweep.execution.plan import ExecutionMode, RunPlan, execution_mode, max_concurrent_trials
+from raysweep.execution.plan import ExecutionMode, RunPlan, execution_mode, max_concurrent_trials, sweep_metrics
 from raysweep.execution.sweep import find_sweep_to_resume, run_sweep
 from raysweep.prepare import Prepared, prepare
 from raysweep.tracking import tags as tag
@@ -212,26 +213,33 @@ def searched_names(spec: Spec, state: SweepState) -> list[str]:
 def tune(spec: SpecLike, overrides: list[str] | tuple[str, ...] = (), *, cluster: str | None = None,
          address: str | None = None, resume: bool | str | None = None, report: bool = True,
          register: bool | str | None = None, echo: bool = True, store: RunStore | None = None,
-         fingerprint: str = "footer") -> SweepResult:
+         fingerprint: str = "footer", pick: str | None = None) -> SweepResult:
     """An Optuna sweep of data-parallel trials on Ray Tune, logged to MLflow.
 
     `resume` (True: the newest sweep of this spec, or a sweep id) continues an
     interrupted sweep. `report` writes the HTML report at the end; `register` (True,
-    or a model name) registers the best trial's model. `store` replaces the MLflow
-    store (tests and benchmarks). Trials that fail are recorded, not raised.
+    or a model name) registers the best trial's model (`pick`: a multi-objective
+    sweep's front member with the best value of that objective). `store` replaces
+    the MLflow store (tests and benchmarks). Trials that fail are recorded, not raised.
     """
     run = prepare(spec, overrides, cluster=cluster, address=address)
+    if pick is not None and (not register or pick not in run.spec.scheduler.metrics):
+        raise UserInputError(f"--pick {pick}: " + ("needs --register" if not register else
+                             f"not an objective of this sweep (scheduler.metric: {run.spec.scheduler.metric})"))
     resumed = resume_target(run, resume)
     sweep_id = resumed or new_sweep_id(storage_root(run.spec.storage_path, run.spec.name), run.spec.name)
     driver_resources = run.profile.trial_driver_resources
     with connected(run.profile, run.address):
         concurrency = max_concurrent_trials(run.spec.scaling, run.spec.budget, *sweep_capacity(run.profile, echo))
-        plan = _plan(run, execution_mode(run.spec.scaling, driver_resources), echo)
+        plan = dataclasses.replace(_plan(run, execution_mode(run.spec.scaling, driver_resources), echo),
+                                   required_metrics=sweep_metrics(run.spec))
         store = store or RunStore(tracking_uri(), run.spec.name)
         parent_id = store.open(f"sweep/{sweep_id}", sweep_id, params=sweep_params(run.spec))
         scheduler = run.spec.scheduler
-        tracker = SweepTracker(store, sweep_id, parent_id, scheduler.metric, scheduler.mode, scheduler.max_epochs,
-                               echo=echo)
+        tracker = SweepTracker(store, sweep_id, parent_id, scheduler.primary, scheduler.primary_mode,
+                               scheduler.max_epochs, echo=echo,
+                               objectives=list(zip(scheduler.metrics, scheduler.modes, strict=True)),
+                               constraints=run.spec.parsed_constraints())
         resumed_trials = tracker.load_existing() if resumed else None
         if resumed_trials is not None and echo:
             print(f"resuming sweep {sweep_id}: {resumed_trials} trial(s) recorded so far", flush=True)
@@ -257,5 +265,6 @@ def tune(spec: SpecLike, overrides: list[str] | tuple[str, ...] = (), *, cluster
         # (lazy: the registry imports mlflow.pytorch, slow to load and needed only here)
         from raysweep.registry import register as register_model
 
-        result.registered = register_model(parent_id, None if register is True else str(register))
+        result.registered = register_model(parent_id, None if register is True else str(register),
+                                           pick if run.spec.scheduler.multi_objective else None)
     return result

@@ -3,7 +3,8 @@
 Params: hidden (units), num_layers, hidden_0, hidden_1, ... (one layer's units, else
 hidden), momentum (sgd; 0.9), lr, optimizer ('adam' | 'sgd'), batch_size,
 weight_decay, dropout, precision ('32' | 'bf16-mixed': bf16 autocast). Reports per
-epoch: train_loss, val_loss, val_accuracy, epoch, samples_per_s; checkpoints model, optimizer, epoch and RNG state.
+epoch: train_loss, val_loss, val_accuracy, epoch, samples_per_s, params_count (the
+model's size, an objective of search_spaces/digits_mlp_pareto.yaml); checkpoints model, optimizer, epoch and RNG state.
 """
 
 from __future__ import annotations
@@ -103,5 +104,6 @@ def train(ctx: TrainContext) -> None:
             "train_loss": loss_sum / seen_all,
             **evaluate(model, ctx, batch_size=512),
             "samples_per_s": seen_all / max(elapsed, 1e-9),
+            "params_count": float(sum(p.numel() for p in model.parameters())),
         }
         ctx.report(metrics, checkpoint={**snapshot(model, optimizer), "epoch": epoch})

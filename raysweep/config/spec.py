@@ -11,6 +11,7 @@ import re
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -19,6 +20,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from raysweep.config.constraints import Constraint
 
 Scalar = Union[bool, int, float, str]
 
@@ -174,6 +177,11 @@ SearchParam = Annotated[
 ]
 
 
+def _parses_as_constraint(text: str) -> str:
+    Constraint.parse(text)
+    return text
+
+
 def _condition_cycle(space: dict[str, SearchParam]) -> list[str]:
     """A cycle of `when:` conditions ([a, b, a]), or []."""
     state: dict[str, int] = {}  # 1: on the path, 2: done
@@ -251,11 +259,15 @@ class SchedulerSpec(_Section):
 
     type: Literal["asha", "fifo"] = "asha"
     """`asha` stops weak trials early; `fifo` runs every trial to max_epochs."""
-    metric: str = "val_loss"
+    metric: str | list[str] = "val_loss"
     """Metric the sweep optimizes, a key the trainer reports every epoch: ASHA
-    compares trials by it, Optuna learns from it, the best trial is picked by it."""
-    mode: Literal["min", "max"] = "min"
-    """Whether a lower (`min`) or higher (`max`) `metric` is better."""
+    compares trials by it, Optuna learns from it, the best trial is picked by it. A
+    list makes a multi-objective sweep (with a list `mode` of the same length): Optuna
+    keeps every objective, ASHA promotes by Pareto rank (ties: the lower first
+    objective), the summary, MLflow and the report show the Pareto front, and the
+    best trial is the front's best by the first objective."""
+    mode: Literal["min", "max"] | list[Literal["min", "max"]] = "min"
+    """Whether a lower (`min`) or higher (`max`) `metric` is better; one per metric of a list."""
     max_epochs: PositiveInt
     """Epochs every run trains for, unless the scheduler stops it earlier."""
     grace_period: PositiveInt = 1
@@ -263,6 +275,38 @@ class SchedulerSpec(_Section):
     reduction_factor: float = Field(default=2.0, gt=1)
     """ASHA: at each rung (grace_period, x this, x this^2, ... epochs) only the best
     1/reduction_factor of trials go on; 2: half stop."""
+
+    @property
+    def metrics(self) -> list[str]:
+        """The objectives' metrics (one for a single-objective sweep)."""
+        return list(self.metric) if isinstance(self.metric, list) else [self.metric]
+
+    @property
+    def modes(self) -> list[str]:
+        return list(self.mode) if isinstance(self.mode, list) else [self.mode]
+
+    @property
+    def primary(self) -> str:
+        """The first objective's metric: the one ASHA's single-metric forms, the running
+        best and checkpoint ranking use."""
+        return self.metrics[0]
+
+    @property
+    def primary_mode(self) -> str:
+        return self.modes[0]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.metrics) > 1
+
+    @model_validator(mode="after")
+    def _one_mode_per_metric(self) -> SchedulerSpec:
+        if isinstance(self.metric, list) != isinstance(self.mode, list) or len(self.metrics) != len(self.modes):
+            raise ValueError(f"metric and mode must both be one value or lists of the same length, got "
+                             f"(metric={self.metric!r}, mode={self.mode!r})")
+        if not self.metrics or len(set(self.metrics)) != len(self.metrics):
+            raise ValueError(f"metric must name each objective once, got {self.metric!r}")
+        return self
 
     @model_validator(mode="after")
     def _grace_within_budget(self) -> SchedulerSpec:
@@ -381,6 +425,12 @@ class Spec(_Section):
     draws more with `trial.suggest_*` and may return a dict of constant params."""
     sampler: SamplerSpec = SamplerSpec()
     """How Optuna proposes each trial's params."""
+    constraints: list[Annotated[str, AfterValidator(_parses_as_constraint)]] = Field(default_factory=list)
+    """Limits on reported metrics, each `METRIC <= NUMBER` or `METRIC >= NUMBER` (for
+    example `params_count <= 1e6`): the samplers learn them (each trial's constraint
+    values in the study; not cmaes), a trial whose last epoch breaks one is infeasible (marked in the table,
+    the report and MLflow) and never the best. A trial that does not report a
+    constrained metric fails after its first report, naming it."""
     scheduler: SchedulerSpec
     """Epochs per run, early stopping, and the metric a sweep optimizes."""
     budget: BudgetSpec
@@ -402,6 +452,23 @@ class Spec(_Section):
     storage_path: str = "results"
     """Run folder root (checkpoints, Tune state, Optuna journal): a local path or
     an s3:// / gs:// URI."""
+
+
+    def parsed_constraints(self) -> list[Constraint]:
+        return [Constraint.parse(text) for text in self.constraints]
+
+    @model_validator(mode="after")
+    def _sampler_takes_the_objectives(self) -> Spec:
+        if self.sampler.type == "cmaes" and self.scheduler.multi_objective:
+            raise ValueError(f"sampler.type: cmaes optimizes one objective; scheduler.metric names "
+                             f"{len(self.scheduler.metrics)} (use tpe, nsga2, gp or random)")
+        if self.sampler.type == "cmaes" and self.constraints:
+            raise ValueError("sampler.type: cmaes takes no constraints (use tpe, nsga2, gp or random)")
+        named = set(self.scheduler.metrics) & {c.metric for c in self.parsed_constraints()}
+        if named:
+            raise ValueError(f"constraints: {', '.join(sorted(named))} is an objective (scheduler.metric); "
+                             "constrain other metrics")
+        return self
 
     @model_validator(mode="after")
     def _conditions_name_choices(self) -> Spec:

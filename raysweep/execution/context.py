@@ -48,6 +48,11 @@ class NonFiniteMetricError(RuntimeError):
     """A reported metric is NaN or infinite: the run stops and is marked FAILED."""
 
 
+class MissingMetricError(RuntimeError):
+    """The trainer's first report lacks a metric the sweep needs (an objective or a
+    constrained metric): the run fails, naming it."""
+
+
 class TransformError(RuntimeError):
     """The trainer's `transform` raised or returned something other than tensors: the
     run fails with this one line (which transform, which batch)."""
@@ -99,6 +104,9 @@ class TrainContext:
     """Drain notices for this run's nodes (None: not watched). With a notice, the
     training loop saves a mid-epoch checkpoint at the next step and stops taking
     batches until the node is gone; the run resumes elsewhere at the next batch."""
+    required_metrics: dict[str, str] = field(default_factory=dict)
+    """Metrics the first report must hold, each with what needs it (`scheduler.metric`,
+    a constraint); a missing one raises MissingMetricError."""
     preempted_at: tuple[int, int] | None = field(default=None, init=False)
     """(epoch, step) of the just-in-time checkpoint a drain notice made, if any."""
     _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
@@ -288,6 +296,11 @@ class TrainContext:
         bad = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)}
         if bad:
             raise NonFiniteMetricError(f"non-finite metric(s) {bad} at epoch {metrics['epoch']}")
+        missing = [m for m in self.required_metrics if m not in metrics]
+        if missing:
+            raise MissingMetricError(
+                f"{self.required_metrics[missing[0]]} names metric {missing[0]!r}, which the trainer does not report "
+                f"(it reports: {', '.join(sorted(metrics))})")
         # The scheduler's clock: ASHA's grace period counts completed epochs.
         metrics = {**metrics, "epochs_completed": int(metrics["epoch"]) + 1, "report_unix": time.time()}
         if self._first_step_at is not None and not self._first_step_reported:

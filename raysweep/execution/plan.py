@@ -92,6 +92,8 @@ class RunPlan:
     lightning: LightningSettings = LightningSettings()
     deterministic: bool = False
     max_failures: int = 0
+    required_metrics: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Metrics every report must hold, each with what needs it (a sweep's: sweep_metrics)."""
 
     @property
     def use_gpu(self) -> bool:
@@ -118,3 +120,10 @@ class RunPlan:
             lightning=LightningSettings(spec.lightning.precision, spec.lightning.gradient_clip_val),
             deterministic=spec.deterministic, max_failures=spec.failure.max_failures,
         )
+
+
+def sweep_metrics(spec: Spec) -> dict[str, str]:
+    """The metrics a sweep's trials must report: its objectives and constrained metrics,
+    each with what names it."""
+    return {**{c.metric: f"constraint '{c}'" for c in spec.parsed_constraints()},
+            **{m: "scheduler.metric" for m in spec.scheduler.metrics}}

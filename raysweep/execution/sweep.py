@@ -13,7 +13,7 @@ import functools
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,10 +31,12 @@ from raysweep._ray_compat import (
     replace_tuner_searcher,
     set_ray_env_defaults,
 )
+from raysweep.config.constraints import Constraint, violations
 from raysweep.config.space import search_space, to_optuna_space
 from raysweep.config.spec import SamplerSpec, SchedulerSpec, Spec
 from raysweep.errors import UserInputError, one_line_cause
 from raysweep.execution.driver import build_trainer
+from raysweep.execution.mo_asha import MultiObjectiveASHA
 from raysweep.execution.plan import ExecutionMode, RunPlan
 from raysweep.execution.worker import train_in_trial
 from raysweep.tracking.callbacks import SweepTracker
@@ -116,10 +118,12 @@ class _OptunaSearch(OptunaSearch):
     """
 
     def __init__(self, *args: Any, journal_dir: str, sampler_spec: SamplerSpec, max_epochs: int,
-                 **kwargs: Any) -> None:
+                 constraints: Sequence[Constraint] = (), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.journal_dir, self.sampler_spec, self.max_epochs = journal_dir, sampler_spec, max_epochs
+        self.constraints = tuple(constraints)
         self._reported: dict[str, int] = {}
+        self._last: dict[str, dict] = {}
 
     def suggest(self, trial_id: str) -> dict | None:
         new = trial_id not in self._ot_trials
@@ -132,12 +136,24 @@ class _OptunaSearch(OptunaSearch):
         if result is not None and not error:  # (Tune passes a trial's last result here, not to on_trial_result)
             self.on_trial_result(trial_id, result)
         stopped_early = result is not None and int(result.get("epochs_completed", self.max_epochs)) < self.max_epochs
+        if self.constraints and trial_id in self._ot_trials and trial_id not in self._completed_trials:
+            # The samplers read a trial's constraints (<= 0: met) from the study (Optuna 5's
+            # Trial.set_constraint): the last epoch's; a metric never reported counts as far outside.
+            trial, last = self._ot_trials[trial_id], self._last.get(trial_id, {})
+            for constraint, violation in zip(self.constraints, violations(self.constraints, last), strict=True):
+                trial.set_constraint(str(constraint), min(violation, MAX_VIOLATION))
         # (no result: OptunaSearch tells FAIL when errored, else PRUNED)
         super().on_trial_complete(trial_id, None if error or stopped_early else result, error)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         # Mid-epoch checkpoint reports carry no metric; Tune's training_iteration counts
-        # them too, so the step is the epoch.
+        # them too, so the step is the epoch. Several objectives: Optuna keeps no
+        # intermediate values (its multi-objective studies take none).
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        if all(m in result for m in metrics):
+            self._last[trial_id] = result
+        if isinstance(self.metric, list):
+            return
         if self.metric in result and "epoch" in result and trial_id not in self._completed_trials:
             trial, epoch = self._ot_trials[trial_id], int(result["epoch"])
             if self._reported.get(trial_id, -1) < epoch:  # (a finished trial's last result comes twice)
@@ -179,14 +195,20 @@ def make_searcher(spec: Spec, sweep_dir: str, resume: bool = False) -> _OptunaSe
         journal_dir=study_dir(sweep_dir, spec.name),
         sampler_spec=spec.sampler,
         max_epochs=spec.scheduler.max_epochs,
+        constraints=spec.parsed_constraints(),
     )
     if resume:
         searcher.from_journal()
     return searcher
 
 
+MAX_VIOLATION = 1e12
+"""A constraint on a metric the trial never reported: far outside, finite (the GP sampler fits them)."""
+
+
 def make_sampler(sampler: SamplerSpec, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
-    """The spec's sampler; `seed_offset` (a resumed sweep's trial count) moves its seed."""
+    """The spec's sampler; `seed_offset` (a resumed sweep's trial count) moves its seed.
+    (Constraints reach it through each trial's constraint values, see _OptunaSearch.)"""
     seed = sampler.seed + seed_offset
     startup = sampler.n_startup_trials
     with warnings.catch_warnings():  # (GPSampler, multivariate TPE and group are "experimental" in Optuna)
@@ -208,10 +230,13 @@ def make_sampler(sampler: SamplerSpec, seed_offset: int = 0) -> optuna.samplers.
 def make_scheduler(scheduler: SchedulerSpec) -> TrialScheduler:
     if scheduler.type == "fifo":
         return FIFOScheduler()
+    if scheduler.multi_objective:
+        return MultiObjectiveASHA(scheduler.metrics, scheduler.modes, max_t=scheduler.max_epochs,
+                                  grace_period=scheduler.grace_period, reduction_factor=scheduler.reduction_factor)
     return ASHAScheduler(
         time_attr="epochs_completed",
-        metric=scheduler.metric,
-        mode=scheduler.mode,
+        metric=scheduler.primary,
+        mode=scheduler.primary_mode,
         max_t=scheduler.max_epochs,
         grace_period=scheduler.grace_period,
         reduction_factor=scheduler.reduction_factor,
@@ -320,7 +345,8 @@ def run_sweep(spec: Spec, plan: RunPlan, sweep_id: str, tracker: SweepTracker, c
         warm = spec.sampler.warm_start
         if warm:
             added, queued = seed_study(sweep_dir, spec.name, f"{plan.storage_path}/{warm}", warm,
-                                       to_optuna_space(spec.space), spec.scheduler.mode == "max",
+                                       to_optuna_space(spec.space),
+                                       ["maximize" if m == "max" else "minimize" for m in spec.scheduler.modes],
                                        spec.sampler.warm_start_top_k,
                                        required={n for n, p in spec.space.items() if not p.when},
                                        open_space=spec.space_function is not None)

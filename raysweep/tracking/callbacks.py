@@ -11,8 +11,10 @@ config, result dict), so it runs and is tested without Ray; the Tune callback in
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
+from raysweep.config.constraints import Constraint
 from raysweep.tracking import tags as tag
 from raysweep.tracking.console import ConsolePrinter
 from raysweep.tracking.store import MID_EPOCH, PREEMPTED, RunStore, epoch_metrics, preemption_tags
@@ -64,10 +66,20 @@ class SweepWriter:
                 ended=(run.info.end_time or 0) / 1000 or None, checkpoint=tags.get(tag.CHECKPOINT)))
         return records
 
-    def close_sweep(self, best: TrialRecord | None, metric: str, mode: str, status: str) -> None:
-        """The parent run gets the best trial's metrics and `status`."""
+    def close_sweep(self, state: SweepState, status: str) -> None:
+        """The parent run gets the best trial's metrics (several objectives: the Pareto
+        front too) and `status`."""
+        best = state.best_trial()
+        if state.multi_objective:
+            names = [m for m, _ in state.objectives]
+            front = [{"trial_id": r.trial_id, "run_id": r.run_id, **(r.final(names) or {})} for r in state.front()]
+            text = json.dumps(front, default=str)
+            self.store.set_tags(self.parent_id, {tag.OBJECTIVES: json.dumps(state.objectives),
+                                                 tag.PARETO_FRONT: text if len(text) <= 5000 else
+                                                 "(see the artifact pareto_front.json)"})
+            self.store.log_text(self.parent_id, json.dumps(front, indent=1, default=str), "pareto_front.json")
         if best is not None:
-            metrics = best.best(metric, mode) or {}
+            metrics = state.row(best) or {}
             self.store.set_tags(self.parent_id, {
                 tag.BEST_TRIAL_ID: best.trial_id,
                 tag.BEST_RUN_ID: best.run_id,
@@ -81,8 +93,9 @@ class SweepTracker:
     """Trial events -> SweepState, MLflow (SweepWriter) and the console (ConsolePrinter)."""
 
     def __init__(self, store: RunStore, sweep_key: str, parent_id: str, metric: str,
-                 mode: str, max_epochs: int, echo: bool = True) -> None:
-        self.state = SweepState(metric, mode, max_epochs)
+                 mode: str, max_epochs: int, echo: bool = True, objectives: Sequence[tuple[str, str]] = (),
+                 constraints: Sequence[Constraint] = ()) -> None:
+        self.state = SweepState(metric, mode, max_epochs, objectives, constraints)
         self.writer = SweepWriter(store, sweep_key, parent_id)
         self.printer = ConsolePrinter(metric, echo)
 
@@ -126,6 +139,11 @@ class SweepTracker:
     def trial_completed(self, trial_id: str, config: dict[str, Any], checkpoint: str | None = None) -> None:
         self._record(trial_id, config)
         record = self.state.complete(trial_id, checkpoint)
+        if self.state.constraints and record.history:
+            last = record.history[-1]
+            self.writer.store.set_tags(record.run_id, {
+                tag.FEASIBLE: bool(self.state.feasible(record)),
+                tag.CONSTRAINT_VIOLATIONS: json.dumps({str(c): c.violation(last) for c in self.state.constraints})})
         self.writer.close_trial(record)
         self.printer.ended(record)
 
@@ -148,4 +166,4 @@ class SweepTracker:
         lost_as = TrialState.FAILED if status == "FAILED" else TrialState.KILLED
         for record in self.state.end(lost_as):
             self.writer.close_trial(record)
-        self.writer.close_sweep(self.state.best_trial(), self.state.metric, self.state.mode, status)
+        self.writer.close_sweep(self.state, status)

@@ -70,32 +70,60 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def trials_table(state: SweepState, space: list[str]) -> str:
-    metric, mode = state.metric, state.mode
-    header = ["trial", "status", "epochs", *space, f"best {metric}", "val_accuracy", "startup s", "wall s"]
+    """One row per trial; several objectives: a column each (the trial's last epoch)
+    and `front` marking the Pareto front's members; constraints: a `feasible` column."""
+    metrics = [m for m, _ in state.objectives]
+    shown = metrics if state.multi_objective else [f"best {state.metric}"]
+    header = ["trial", "status", "epochs", *space, *shown, "val_accuracy"]
+    header += ["front"] if state.multi_objective else []
+    header += ["feasible"] if state.constraints else []
+    header += ["startup s", "wall s"]
+    front = {r.trial_id for r in state.front()} if state.multi_objective else set()
     rows = []
     for record in state.trials.values():
-        best = record.best(metric, mode) or {}
+        best = state.row(record) or {}
         startup = "-" if record.startup_s is None else f"{record.startup_s:.1f}"
-        rows.append([
-            record.trial_id, record.state.word, str(len(record.history)),
-            *(fmt(record.params.get(n, "-")) for n in space),
-            fmt(best.get(metric, "-")), fmt(best.get("val_accuracy", "-")), startup, f"{record.wall_s:.1f}",
-        ])
+        row = [record.trial_id, record.state.word, str(len(record.history)),
+               *(fmt(record.params.get(n, "-")) for n in space),
+               *(fmt(best.get(m, "-")) for m in metrics), fmt(best.get("val_accuracy", "-"))]
+        row += ["*" if record.trial_id in front else ""] if state.multi_objective else []
+        if state.constraints:
+            ok = state.feasible(record)
+            row += ["-" if ok is None else "yes" if ok else "NO"]
+        rows.append([*row, startup, f"{record.wall_s:.1f}"])
     return format_table(header, rows)
 
 
+def front_table(state: SweepState, space: list[str]) -> str:
+    metrics = [m for m, _ in state.objectives]
+    rows = []
+    for record in state.front():
+        last = record.final(metrics) or {}
+        rows.append([record.trial_id, *(fmt(last.get(m)) for m in metrics),
+                     *(fmt(record.params.get(n, "-")) for n in space)])
+    return format_table(["trial", *metrics, *space], rows)
+
+
 def print_summary(result: SweepResult) -> None:
-    """The table of trials, the best one, failed ones' causes, and where it all is."""
+    """The table of trials, the best one (several objectives: the Pareto front), failed
+    ones' causes, and where it all is."""
     state = result.state
     print()
     print(trials_table(state, result.space))
     best = state.best_trial()
     print()
+    if state.multi_objective:
+        goals = ", ".join(f"{m} {mode}" for m, mode in state.objectives)
+        print(f"Pareto front ({goals}; each trial's last epoch): {len(state.front())} trial(s)")
+        print(front_table(state, result.space))
+        print()
     if best is None:
-        print("no trial finished")
+        ended = any(r.state.ended_well for r in state.trials.values())
+        print("no trial met the constraints" if ended and state.constraints else "no trial finished")
     else:
-        print(f"best trial {best.trial_id}: {fmt(best.params)}")
-        print("  " + fmt(best.best(state.metric, state.mode) or {}))
+        rule = f" (the front's best {state.metric})" if state.multi_objective else ""
+        print(f"best trial{rule} {best.trial_id}: {fmt(best.params)}")
+        print("  " + fmt(state.row(best) or {}))
     for record in state.in_state(TrialState.FAILED):
         print(f"failed trial {record.trial_id}: {record.error}")
     print(f"sweep {result.sweep_id}: {len(state.trials)} trials in {result.wall_s:.0f} s; "

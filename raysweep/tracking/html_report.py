@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from matplotlib.ticker import MaxNLocator
 
 from raysweep.tracking import tags as tag
 from raysweep.tracking.lookup import children, client, get_run, read_record
+from raysweep.tracking.pareto import minimized, pareto_front
 from raysweep.tracking.study import load_study, study_dir, warm_start_marks
 from raysweep.tracking.trials import TrialState
 
@@ -35,7 +37,7 @@ IMAGES = {
 }
 
 
-def _trials(parent_id: str, metric: str, mode: str) -> list[dict[str, Any]]:
+def _trials(parent_id: str, metric: str, mode: str, objectives: list[str]) -> list[dict[str, Any]]:
     mlflow = client()
     rows = []
     for run in children(get_run(parent_id)):
@@ -45,13 +47,70 @@ def _trials(parent_id: str, metric: str, mode: str) -> list[dict[str, Any]]:
         best = (min if mode == "min" else max)(values) if values else None
         state = TrialState.from_run(run.info.status, tags)
         ended = run.info.end_time or run.info.start_time
+        feasible = tags.get(tag.FEASIBLE)
         rows.append({
             "trial": tags.get(tag.TRIAL_ID, run.info.run_name), "run_id": run.info.run_id,
             "state": state, "params": json.loads(tags.get(tag.TRIAL_CONFIG, "{}")),
             "best": best, "epochs": len(curve), "curve": curve, "error": tags.get(tag.ERROR, ""),
             "duration_s": (ended - run.info.start_time) / 1000, "start": run.info.start_time,
+            # (the last epoch's objectives: a multi-objective trial's point)
+            "final": {m: run.data.metrics[m] for m in objectives if m in run.data.metrics},
+            "feasible": None if feasible is None else feasible == "True",
         })
     return rows
+
+
+def _front(trials: list[dict[str, Any]], objectives: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """The Pareto front of the trials that ended well and met the constraints."""
+    metrics, modes = [m for m, _ in objectives], [mode for _, mode in objectives]
+    candidates = [t for t in trials if t["state"].ended_well and t["feasible"] is not False
+                  and all(m in t["final"] for m in metrics)]
+    points = [minimized(t["final"], metrics, modes) for t in candidates]
+    return [candidates[i] for i in sorted(pareto_front(points))]
+
+
+def _plot_front(trials: list[dict[str, Any]], objectives: list[tuple[str, str]], path: Path) -> None:
+    """Two objectives: every trial's last epoch, the front joined by a step line,
+    infeasible trials as red crosses."""
+    (x, x_mode), (y, y_mode) = objectives
+    front = _front(trials, objectives)
+    on_front = {t["run_id"] for t in front}
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
+    groups = {"other trials": [t for t in trials if t["run_id"] not in on_front and t["feasible"] is not False],
+              "infeasible (breaks a constraint)": [t for t in trials if t["feasible"] is False]}
+    for (label, group), style in zip(groups.items(), [dict(color="tab:grey", marker="o"),
+                                                     dict(color="tab:red", marker="x")], strict=True):
+        shown = [t for t in group if x in t["final"] and y in t["final"]]
+        if shown:
+            ax.scatter([t["final"][x] for t in shown], [t["final"][y] for t in shown], label=label, alpha=0.7,
+                       **style)  # type: ignore[arg-type]
+    ordered = sorted(front, key=lambda t: t["final"][x], reverse=x_mode == "max")
+    if ordered:
+        ax.step([t["final"][x] for t in ordered], [t["final"][y] for t in ordered], where="post",
+                color="tab:blue", alpha=0.6)
+        ax.scatter([t["final"][x] for t in ordered], [t["final"][y] for t in ordered], color="tab:blue",
+                   s=60, zorder=3, label=f"Pareto front ({len(ordered)})")
+        for t in ordered:
+            ax.annotate(t["trial"].split(" ")[0], (t["final"][x], t["final"][y]), fontsize=7,
+                        textcoords="offset points", xytext=(4, 4))
+    ax.set_xlabel(f"{x} ({x_mode})")
+    ax.set_ylabel(f"{y} ({y_mode})")
+    ax.set_title("Pareto front (each trial's last epoch)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def _front_table(front: list[dict[str, Any]], objectives: list[tuple[str, str]]) -> str:
+    esc = html.escape
+    metrics = [m for m, _ in objectives]
+    head = "".join(f"<th>{esc(h)}</th>" for h in ["trial", *(f"{m} ({mode})" for m, mode in objectives), "params"])
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in [
+        t["trial"], *(f"{t['final'][m]:.4g}" for m in metrics),
+        " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["params"].items())]) + "</tr>"
+        for t in front)
+    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def _plot_history(trials: list[dict[str, Any]], metric: str, mode: str, path: Path) -> None:
@@ -107,7 +166,14 @@ def _plot_curves(trials: list[dict[str, Any]], metric: str, path: Path) -> None:
 def _valued_trials(study: Any) -> Any:
     """An in-memory copy of `study` whose trials are its finished ones plus those the
     scheduler stopped (PRUNED), valued at their last epoch's metric: importance
-    needs values, and early-stopped trials are most of an ASHA sweep."""
+    needs values, and early-stopped trials are most of an ASHA sweep. (Several
+    objectives: the finished ones; Optuna keeps no intermediate values for them.)"""
+    if len(study.directions) > 1:
+        copy = optuna.create_study(directions=study.directions)
+        for trial in study.trials:
+            if trial.state == optuna.trial.TrialState.COMPLETE:
+                copy.add_trial(trial)
+        return copy
     copy = optuna.create_study(direction=study.direction)
     for trial in study.trials:
         if trial.state == optuna.trial.TrialState.COMPLETE:
@@ -121,7 +187,14 @@ def _valued_trials(study: Any) -> Any:
 
 def _plot_importance(study: Any, path: Path) -> str:
 
-    importances = optuna.importance.get_param_importances(_valued_trials(study))
+    valued = _valued_trials(study)
+    target = None
+    if len(valued.directions) > 1:  # importance for the first objective, as a value to minimize
+        sign = -1.0 if valued.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1.0
+        target = lambda t: sign * t.values[0]  # noqa: E731
+    with warnings.catch_warnings():  # (PED-ANOVA's reminder that a target is minimized: it is, above)
+        warnings.simplefilter("ignore", UserWarning)
+        importances = optuna.importance.get_param_importances(valued, target=target)
     fig = Figure(figsize=(7, 3))
     ax = fig.subplots()
     names = list(importances)[::-1]
@@ -176,20 +249,38 @@ def _plot_parallel(trials: list[dict[str, Any]], metric: str, path: Path) -> Non
 
 
 def _html(title: str, record: dict[str, Any], trials: list[dict[str, Any]], metric: str, images: dict[str, str],
-          notes: dict[str, str]) -> str:
+          notes: dict[str, str], objectives: list[tuple[str, str]]) -> str:
     esc = html.escape
     names = sorted({k for t in trials for k in t["params"]})
-    head = "".join(f"<th>{esc(h)}</th>" for h in ["trial", "status", *names, f"best {metric}", "epochs",
+    several = len(objectives) > 1
+    constrained = any(t["feasible"] is not None for t in trials)
+    on_front = {t["run_id"] for t in _front(trials, objectives)} if several else set()
+    shown = [f"{m} (last epoch)" for m, _ in objectives] + ["Pareto front"] if several else [f"best {metric}"]
+    head = "".join(f"<th>{esc(h)}</th>" for h in ["trial", "status", *names, *shown,
+                                                       *(["feasible"] if constrained else []), "epochs",
                                                        "duration s", "MLflow run"])
     body = []
     for t in trials:
         cells = [t["trial"], t["state"].word + (f": {t['error']}" if t["error"] else "")]
         cells += [f"{t['params'][n]:.4g}" if isinstance(t["params"].get(n), float) else str(t["params"].get(n, ""))
                   for n in names]
-        cells += ["-" if t["best"] is None else f"{t['best']:.4g}", str(t["epochs"]), f"{t['duration_s']:.1f}",
-                  t["run_id"]]
+        if several:
+            cells += [f"{t['final'][m]:.4g}" if m in t["final"] else "-" for m, _ in objectives]
+            cells += ["yes" if t["run_id"] in on_front else ""]
+        else:
+            cells += ["-" if t["best"] is None else f"{t['best']:.4g}"]
+        if constrained:
+            cells += ["-" if t["feasible"] is None else "yes" if t["feasible"] else "NO (infeasible)"]
+        cells += [str(t["epochs"]), f"{t['duration_s']:.1f}", t["run_id"]]
         body.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
     sections = []
+    if several:
+        goals = ", ".join(f"{m} {mode}" for m, mode in objectives)
+        front = _front(trials, objectives)
+        plot = (f'<img src="{esc(images["pareto"])}" alt="Pareto front">' if "pareto" in images else "")
+        sections.append(f'<section id="pareto"><h2>Pareto front</h2><p>{len(front)} trial(s) on the front of '
+                        f'{esc(goals)} (each trial\'s last epoch; trials that ended well and met the constraints)'
+                        f'</p>{plot}{_front_table(front, objectives)}</section>')
     for key, heading in IMAGES.items():
         content = (f'<img src="{esc(images[key])}" alt="{esc(heading)}">' if key in images
                    else f"<p>not drawn: {esc(notes.get(key, ''))}</p>")
@@ -216,14 +307,19 @@ def write_report(parent_id: str, out: str | None = None) -> Path:
     parent = get_run(parent_id)
     record = read_record(parent)
     spec = record["spec"]
-    metric, mode = spec["scheduler"]["metric"], spec["scheduler"]["mode"]
+    metrics, modes = spec["scheduler"]["metric"], spec["scheduler"]["mode"]
+    objectives = list(zip(metrics, modes, strict=True)) if isinstance(metrics, list) else [(metrics, modes)]
+    metric, mode = objectives[0]
     folder = parent.data.tags.get(tag.RUN_FOLDER, "")
     target = Path(out) if out else (Path(folder) / REPORT_DIR if folder and "://" not in folder
                                     else Path(study_dir(folder, spec["name"])) / REPORT_DIR)
     target.mkdir(parents=True, exist_ok=True)
-    trials = _trials(parent_id, metric, mode)
+    trials = _trials(parent_id, metric, mode, [m for m, _ in objectives])
     images: dict[str, str] = {}
     notes: dict[str, str] = {}
+    if len(objectives) == 2:
+        _plot_front(trials, objectives, target / "pareto.png")
+        images["pareto"] = "pareto.png"
     _plot_history(trials, metric, mode, target / "history.png")
     images["history"] = "history.png"
     _plot_curves(trials, metric, target / "curves.png")
@@ -250,6 +346,6 @@ def write_report(parent_id: str, out: str | None = None) -> Path:
     else:
         notes["parallel"] = "fewer than two trials with results"
     page = target / "report.html"
-    page.write_text(_html(f"Sweep {parent.info.run_name}", record, trials, metric, images, notes))
+    page.write_text(_html(f"Sweep {parent.info.run_name}", record, trials, metric, images, notes, objectives))
     client().log_artifacts(parent_id, str(target), REPORT_DIR)
     return page

@@ -113,7 +113,7 @@ def warm_start_marks(study: optuna.Study) -> tuple[dict[str, str], int]:
 
 
 def seed_study(sweep_dir: str, study_name: str, source_dir: str, source_id: str, space: dict,
-               maximize: bool, top_k: int, required: set[str] | None = None,
+               directions: list[str], top_k: int, required: set[str] | None = None,
                open_space: bool = False) -> tuple[int, int]:
     """Warm start: the finished trials of the sweep in `source_dir` whose params lie in
     `space` (Optuna distributions) added to this sweep's study (marked with
@@ -130,15 +130,20 @@ def seed_study(sweep_dir: str, study_name: str, source_dir: str, source_id: str,
 
     pull_study(source_dir, study_name)
     source = load_study(study_dir(source_dir, study_name), study_name)
-    finished = [t for t in source.trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None
-                and fits(t)]
+    finished = [t for t in source.trials if t.state == optuna.trial.TrialState.COMPLETE
+                and t.values is not None and len(t.values) == len(directions) and fits(t)]
     study = optuna.create_study(storage=study_storage(study_dir(sweep_dir, study_name)), study_name=study_name,
-                                direction="maximize" if maximize else "minimize", load_if_exists=True)
-    study.add_trials([optuna.trial.create_trial(params=t.params, value=t.value,
+                                directions=directions, load_if_exists=True)  # type: ignore[arg-type]
+    # (with the earlier trial's constraint values, which the samplers read)
+    study.add_trials([optuna.trial.create_trial(params=t.params, values=t.values,
                                                 distributions={k: space.get(k, t.distributions[k]) for k in t.params},
-                                                user_attrs={WARM_START_ATTR: source_id})
+                                                user_attrs={WARM_START_ATTR: source_id},
+                                                system_attrs={k: v for k, v in t.system_attrs.items()
+                                                              if k.split(":")[0] == "constraints"})
                       for t in finished])
-    best = sorted(finished, key=lambda t: float(t.value or 0.0), reverse=maximize)[:top_k]
+    # Best first by the first objective.
+    maximize = directions[0] == "maximize"
+    best = sorted(finished, key=lambda t: float(t.values[0]), reverse=maximize)[:top_k]
     for trial in best:
         study.enqueue_trial(trial.params, user_attrs={WARM_START_ATTR: f"{source_id} (enqueued)"})
     return len(finished), len(best)

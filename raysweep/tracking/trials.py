@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from raysweep.config.constraints import Constraint, feasible
 from raysweep.tracking import tags as tag
+from raysweep.tracking.pareto import minimized, pareto_front
 
 
 class TrialState(enum.Enum):
@@ -74,28 +77,83 @@ class TrialRecord:
     def epochs(self) -> int:
         return int(self.history[-1].get("epoch", -1)) + 1 if self.history else 0
 
-    def best(self, metric: str, mode: str) -> dict[str, float] | None:
-        rows = [r for r in self.history if metric in r]
+    def best(self, metric: str, mode: str, constraints: Sequence[Constraint] = ()) -> dict[str, float] | None:
+        """The epoch row with the best `metric` (among rows that meet `constraints`)."""
+        rows = [r for r in self.history if metric in r and feasible(constraints, r)]
         if not rows:
             return None
         pick = min if mode == "min" else max
         return pick(rows, key=lambda r: r[metric])
 
+    def final(self, metrics: Sequence[str]) -> dict[str, float] | None:
+        """The last epoch row that has every one of `metrics`."""
+        rows = [r for r in self.history if all(m in r for m in metrics)]
+        return rows[-1] if rows else None
+
 
 class SweepState:
-    """Every trial of one sweep and the best result so far."""
+    """Every trial of one sweep and the best result so far.
 
-    def __init__(self, metric: str, mode: str, max_epochs: int) -> None:
+    `objectives` (metric, mode) pairs make it multi-objective: a trial's point is its
+    last epoch's values, the Pareto front is the non-dominated points of the trials
+    that ended well and meet the `constraints`, and the best trial is the front's
+    best by the first objective. With one objective, the best trial is the one with
+    the best epoch among epochs that meet the constraints.
+    """
+
+    def __init__(self, metric: str, mode: str, max_epochs: int, objectives: Sequence[tuple[str, str]] = (),
+                 constraints: Sequence[Constraint] = ()) -> None:
         self.metric, self.mode, self.max_epochs = metric, mode, max_epochs
+        self.objectives = list(objectives) or [(metric, mode)]
+        self.constraints = tuple(constraints)
         self.trials: dict[str, TrialRecord] = {}
         self.best_so_far: tuple[str, float] | None = None
 
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
     def add(self, record: TrialRecord) -> TrialRecord:
         self.trials[record.trial_id] = record
-        best = record.best(self.metric, self.mode)
+        best = record.best(self.metric, self.mode, self.constraints)
         if best is not None:
             self.consider(record.trial_id, best[self.metric])
         return record
+
+    def feasible(self, record: TrialRecord) -> bool | None:
+        """Whether the trial's last epoch meets every constraint (None: no constraints
+        or no epoch yet)."""
+        if not self.constraints or not record.history:
+            return None
+        return feasible(self.constraints, record.history[-1])
+
+    def row(self, record: TrialRecord) -> dict[str, float] | None:
+        """The epoch that stands for the trial: its best (meeting the constraints); with
+        several objectives, its last."""
+        if self.multi_objective:
+            return record.final([m for m, _ in self.objectives])
+        return record.best(self.metric, self.mode, self.constraints)
+
+    def front(self) -> list[TrialRecord]:
+        """The Pareto front: trials that ended well and meet the constraints whose last
+        epoch's objectives no other such trial dominates (in trial order)."""
+        metrics = [m for m, _ in self.objectives]
+        modes = [mode for _, mode in self.objectives]
+        candidates = [(r, row) for r in self.trials.values() if r.state.ended_well
+                      for row in [r.final(metrics)] if row is not None and feasible(self.constraints, row)]
+        points = [minimized(row, metrics, modes) for _, row in candidates]
+        return [candidates[i][0] for i in sorted(pareto_front(points))]
+
+    def pick(self, metric: str | None = None) -> TrialRecord | None:
+        """The front's member with the best `metric` (default: the first objective)."""
+        metric = metric or self.metric
+        modes = dict(self.objectives)
+        if metric not in modes:
+            raise ValueError(f"--pick {metric}: not an objective of this sweep ({', '.join(modes)})")
+        sign = 1 if modes[metric] == "min" else -1
+        front = self.front()
+        metrics = [m for m, _ in self.objectives]
+        return min(front, key=lambda r: sign * (r.final(metrics) or {})[metric]) if front else None
 
     def result(self, trial_id: str, values: dict[str, float], first_step_unix: float | None = None,
                report_unix: float | None = None) -> bool:
@@ -107,10 +165,14 @@ class SweepState:
             values["startup_s"] = record.startup_s
         record.last_report_unix = report_unix or record.last_report_unix
         record.history.append(values)
-        return self.metric in values and self.consider(trial_id, values[self.metric])
+        return (self.metric in values and feasible(self.constraints, values)
+                and self.consider(trial_id, values[self.metric]))
 
     def consider(self, trial_id: str, value: float) -> bool:
-        """Whether `value` is the best so far (and so becomes it)."""
+        """Whether `value` is the best so far (and so becomes it). Several objectives:
+        never (no one best value; the front is shown at the end)."""
+        if self.multi_objective:
+            return False
         sign = 1 if self.mode == "min" else -1
         if self.best_so_far is None or sign * value < sign * self.best_so_far[1]:
             self.best_so_far = (trial_id, value)
@@ -143,11 +205,14 @@ class SweepState:
         return [t for t in self.trials.values() if t.state in states]
 
     def best_trial(self) -> TrialRecord | None:
-        """The trial with the best metric among those that ended well."""
+        """The trial with the best metric among those that ended well (its best epoch
+        meeting the constraints); multi-objective: the front's best by the first objective."""
+        if self.multi_objective:
+            return self.pick()
         sign = 1 if self.mode == "min" else -1
         scored: list[tuple[float, TrialRecord]] = []
         for record in self.trials.values():
-            best = record.best(self.metric, self.mode) if record.state.ended_well else None
+            best = record.best(self.metric, self.mode, self.constraints) if record.state.ended_well else None
             if best is not None:
                 scored.append((sign * best[self.metric], record))
         return min(scored, key=lambda pair: pair[0])[1] if scored else None

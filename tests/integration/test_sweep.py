@@ -5,6 +5,7 @@ worker group)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlflow.pytorch
@@ -198,3 +199,61 @@ def test_a_conditional_space_sweeps_and_warm_starts(ray_cluster, mlflow_uri, dig
             "--set", "budget.num_trials=1", "--set", "sampler.type=tpe"]
     assert main(["tune", str(spec), *warm]) == 0
     assert f"warm start: 4 finished trial(s) of sweep {first_dir.name}" in capsys.readouterr().out
+
+
+def test_a_two_objective_sweep_early_stops_by_pareto_rank_and_registers_a_front_member(
+        ray_cluster, mlflow_uri, digits_spec, tmp_path, capsys):
+    """search_spaces/digits_mlp_pareto.yaml (val_loss and params_count, ASHA on, a
+    val_accuracy constraint): the front on the console, the parent run and the report
+    is the non-dominated set of the feasible trials' last epochs; ASHA stopped some
+    trials; the study holds both objectives and the constraint; `--register --pick
+    params_count` registers the front's smallest model."""
+    from raysweep.tracking import tags as tag
+    from raysweep.tracking.pareto import pareto_front
+
+    spec = digits_spec("digits_mlp_pareto.yaml", budget={"num_trials": 6},
+                       sampler={"type": "tpe", "seed": 0, "n_startup_trials": 3},
+                       scheduler={"type": "asha", "metric": ["val_loss", "params_count"], "mode": ["min", "min"],
+                                  "max_epochs": 4, "grace_period": 1, "reduction_factor": 2})
+    assert main(["tune", str(spec), "--register", "--pick", "params_count"]) == 0
+    out = capsys.readouterr().out
+    assert "Pareto front (val_loss min, params_count min; each trial's last epoch)" in out
+    runs = experiment_runs(mlflow_uri, "digits-mlp-pareto")
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 6
+    assert any(r.data.tags[tag.STATE] == "STOPPED_EARLY" for r in children), "ASHA stopped none"
+    feasible = [r for r in children if r.data.tags.get(tag.FEASIBLE) == "True"]
+    assert all(r.data.metrics["val_accuracy"] >= 0.9 for r in feasible)
+    assert all(r.data.metrics["val_accuracy"] < 0.9 for r in children if r.data.tags.get(tag.FEASIBLE) == "False")
+    expected = {feasible[i].data.tags[tag.TRIAL_ID] for i in pareto_front(
+        [(r.data.metrics["val_loss"], r.data.metrics["params_count"]) for r in feasible])}
+    front = json.loads(parent.data.tags[tag.PARETO_FRONT])
+    assert {m["trial_id"] for m in front} == expected and expected
+    for member in front:
+        assert f"{member['trial_id']}  " in out  # (a row of the front's table)
+
+    smallest = min(front, key=lambda m: m["params_count"])
+    (version,) = MlflowClient(mlflow_uri).search_model_versions("name='digits-mlp-pareto'")
+    assert version.run_id == smallest["run_id"]
+    assert parent.data.tags[tag.BEST_RUN_ID] == min(front, key=lambda m: m["val_loss"])["run_id"]
+
+    sweep_dir = next(p for p in (tmp_path / "results" / "digits-mlp-pareto").iterdir() if p.is_dir())
+    page = (sweep_dir / "report" / "report.html").read_text()
+    assert (sweep_dir / "report" / "pareto.png").stat().st_size > 0
+    assert f"{len(front)} trial(s) on the front of val_loss min, params_count min" in page
+    study = load_study(str(sweep_dir), "digits-mlp-pareto")
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(study.directions) == 2 and done and all(len(t.values) == 2 for t in done)
+    assert all(set(t.constraints) == {"val_accuracy >= 0.9"} for t in study.trials if t.state.is_finished())
+
+
+def test_a_constraint_on_a_metric_the_trainer_never_reports_fails_the_trial_naming_it(
+        ray_cluster, mlflow_uri, write_spec, capsys):
+    spec = write_spec(budget={"num_trials": 1}, constraints=["latency_ms <= 5"])
+    main(["tune", str(spec)])
+    (child,) = [r for r in experiment_runs(mlflow_uri) if "mlflow.parentRunId" in r.data.tags]
+    assert child.info.status == "FAILED"
+    assert "constraint 'latency_ms <= 5' names metric 'latency_ms', which the trainer does not report" in \
+        child.data.tags["raysweep.error"]
+    assert "latency_ms" in capsys.readouterr().out

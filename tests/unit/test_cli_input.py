@@ -135,3 +135,13 @@ def test_a_space_function_that_cannot_run_is_one_line_exit_2(capsys, write_spec,
     path = write_spec(space_function=function)
     code, err = _run(capsys, "tune", str(path))
     assert code == 2 and err.startswith(f"raysweep: error: {path}: {words}") and "\n" not in err, err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--pick", "val_loss"], "--pick val_loss: needs --register"),
+    (["--register", "--pick", "val_accuracy"], "--pick val_accuracy: not an objective of this sweep"),
+])
+def test_pick_needs_register_and_an_objective(capsys, write_spec, argv, words) -> None:
+    path = write_spec()
+    code, err = _run(capsys, "tune", str(path), *argv)
+    assert code == 2 and err.startswith(f"raysweep: error: {words}") and "\n" not in err, err
