@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 scripts/setup_env.sh
 .venv/bin/ruff check raysweep trainers scripts tests
 .venv/bin/mypy
-exec .venv/bin/python -m pytest -q "$@"
+exec .venv/bin/python -m pytest -q --durations=25 "$@"

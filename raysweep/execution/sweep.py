@@ -164,14 +164,13 @@ class _OptunaSearch(OptunaSearch):
         super().restore(checkpoint_path)
         self.from_journal()
 
-    def from_journal(self) -> int:
+    def from_journal(self) -> None:
         """Study, trial map and finished trials from the journal; the sampler reseeded
         from (seed, trials in the study), so it never replays the draws an earlier
-        driver made. Returns the number of trials in the study."""
-        storage = study_storage(self.journal_dir)
-        known = optuna.load_study(study_name=self._study_name, storage=storage).get_trials(deepcopy=False)
-        self._sampler = make_sampler(self.sampler_spec, seed_offset=len(known))
-        study = optuna.load_study(study_name=self._study_name, storage=storage, sampler=self._sampler)
+        driver made."""
+        study = optuna.load_study(study_name=self._study_name, storage=study_storage(self.journal_dir))
+        known = study.get_trials(deepcopy=False)
+        self._sampler = study.sampler = make_sampler(self.sampler_spec, seed_offset=len(known))
         self._ot_study = study  # type: ignore[assignment]  # (OptunaSearch annotates it None)
         self._ot_trials = {t.user_attrs[TUNE_TRIAL_ATTR]: optuna.Trial(study, t._trial_id)
                            for t in known if TUNE_TRIAL_ATTR in t.user_attrs}
@@ -179,7 +178,6 @@ class _OptunaSearch(OptunaSearch):
                                   if TUNE_TRIAL_ATTR in t.user_attrs and t.state.is_finished()}
         self._reported = {t.user_attrs[TUNE_TRIAL_ATTR]: max(t.intermediate_values) for t in known
                           if TUNE_TRIAL_ATTR in t.user_attrs and t.intermediate_values}
-        return len(known)
 
 
 def make_searcher(spec: Spec, sweep_dir: str, resume: bool = False) -> _OptunaSearch:
