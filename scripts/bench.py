@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/bench.py [--repeats 2] [--only overhead,step,...] [--out bench.json] [--quick]
                                       [--entry-timeout SECONDS] [--entry-timeout ENTRY=SECONDS ...]
+                                      [--search-seeds 5] [--search-tasks digits_mlp,digits_cnn,diabetes_mlp]
 
 Entries (medians over repeats; each names its baseline):
 - overhead: trial start (Tune's on_trial_start on the driver) to the first training
@@ -26,7 +27,12 @@ Entries (medians over repeats; each names its baseline):
 - fingerprint: data_fingerprint's footer mode on 1,000 small files, local and on S3,
   against full mode (content hashes) locally.
 - search: epochs consumed until a target validation loss, TPE + ASHA against
-  random search without early stopping, same space and budget, several seeds.
+  random search without early stopping, same space and budget, several seeds, on
+  three tasks (digits MLP, digits CNN, diabetes MLP regression), each with its own
+  fixed target (--search-tasks picks some, --search-seeds sets the seeds).
+- search_mo: the two-objective digits MLP sweep (val_loss, params_count; val_accuracy
+  >= 0.9) with MultiObjectiveASHA against the same sweep without early stopping:
+  hypervolume of the final Pareto front and epochs trained, several seeds.
 - throughput: wall time of a sweep of trials of >= 10 s against the ideal (sum of
   the trials' own training time / concurrent trials).
 - tracking: a trial's training time with raysweep's MLflow logging against the
@@ -49,6 +55,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import json
+import math
 import os
 import platform
 import shutil
@@ -1085,52 +1092,283 @@ def bench_fingerprint(bench: Bench, rows_per_file: int = 64) -> dict[str, Any]:
 # ---------------------------------------------------------------- search efficiency
 
 
-def epochs_to_target(results: list[dict[str, float]], target: float) -> tuple[int, bool]:
-    """Epochs consumed (every result is one epoch) until val_loss <= target."""
+@dataclass(frozen=True)
+class SearchTask:
+    """One task of the search entries: a runnable spec, where its data comes from, and its
+    target validation loss (fixed before any measured run, see SEARCH_TASKS)."""
+
+    key: str
+    """What --search-tasks names it by."""
+    name: str
+    spec: str
+    target_val_loss: float
+    values: tuple[tuple[str, Any], ...] = ()
+    """Overrides of the spec besides data, storage, budget, scheduler and seeds."""
+    data: str = "digits"
+    """digits: the digits sets the script wrote under bench.tmp; diabetes: write_diabetes_parquet."""
+
+
+# The targets were fixed before the measured runs, from pilot sweeps of the baseline (random
+# search, no early stopping, 16 trials x 8 epochs) on seeds 100-109, never the seeds measured
+# here (0..N-1): each is the lowest val_loss on a 0.01 grid that the baseline reached in at
+# least 9 of the 10 pilot seeds. Pilot figures (reached, median epochs to it, seeds reaching it
+# in their first trial; the pilot seeds' best val_loss):
+# - digits MLP 0.12: 9/10, 67 epochs, 0/10 in the first trial; best 0.078-0.120.
+# - digits CNN 0.10: 9/10, 42 epochs, 2/10 in the first trial (many configs of its space are
+#   good); best 0.039-0.140.
+# - diabetes MLP 0.53: 10/10, 43 epochs, 0/10 in the first trial; best 0.482-0.525 (predicting
+#   the training mean scores 0.84 on this split, least squares 0.56).
+SEARCH_TASKS = (
+    SearchTask("digits_mlp", "digits MLP", "search_spaces/digits_mlp.yaml", 0.12),
+    SearchTask("digits_cnn", "digits CNN (Lightning)", "search_spaces/digits_cnn.yaml", 0.10),
+    SearchTask("diabetes_mlp", "diabetes MLP (regression)", "search_spaces/diabetes_mlp.yaml", 0.53,
+               data="diabetes"),
+)
+SEARCH_TRIALS, SEARCH_MAX_EPOCHS = 16, 8
+SEARCH_COMMON: dict[str, Any] = {"budget.num_trials": SEARCH_TRIALS, "budget.max_concurrent_trials": 1,
+                 "scheduler.max_epochs": SEARCH_MAX_EPOCHS, "scaling.num_workers": 1}
+SEARCH_BASELINE = "random, no early stopping"
+SEARCH_METHODS: dict[str, dict[str, Any]] = {
+    SEARCH_BASELINE: {"sampler.type": "random", "scheduler.type": "fifo"},
+    # The same settings on every task and seed. Chosen on the pilot seeds 100-104 (against the
+    # baseline's pilot sweeps, the targets above) among: these (geometric mean of the per-task
+    # factors 1.30); reduction_factor 8 (1.17); n_startup_trials 2, multivariate TPE,
+    # reduction_factor 4 (1.00); the same with n_startup_trials 4 (0: diabetes missed its
+    # target in most seeds); n_startup_trials 8, reduction_factor 4 (0, likewise).
+    "TPE + ASHA": {"sampler.type": "tpe", "sampler.n_startup_trials": 4, "scheduler.type": "asha",
+                   "scheduler.grace_period": 1, "scheduler.reduction_factor": 3},
+}
+
+
+def search_data(bench: Bench, task: SearchTask) -> Path:
+    """The folder with the task's train/ and validation/ splits (written once per run)."""
+    from raysweep.data.examples import write_diabetes_parquet
+
+    if task.data == "digits":
+        return bench.tmp
+    root = bench.tmp / task.data
+    if not (root / "validation").exists():
+        write_diabetes_parquet(root)
+    return root
+
+
+def search_spec(bench: Bench, task: SearchTask, storage: Path, **values: Any) -> Any:
+    """The task's spec on its data, with `values` (and the task's own values) set."""
+    from raysweep.config.load import load_spec
+
+    root = search_data(bench, task)
+    overrides = [f"data.train={root}/train", f"data.validation={root}/validation", f"storage_path={storage}"]
+    overrides += [f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
+                  for k, v in {**dict(task.values), **values}.items()]
+    return load_spec(task.spec, overrides)
+
+
+def epoch_rows(result: Any) -> list[list[dict[str, float]]]:
+    """Each trial's epoch rows (those with val_loss), trials in the order they ran (one at a time)."""
+    return [[row for row in trial.history if "val_loss" in row] for trial in trials_in_order(result)]
+
+
+def epochs_to_target(results: list[dict[str, float]], target: float) -> int | None:
+    """Epochs consumed (every result is one epoch) until val_loss <= target; None: never."""
     for i, result in enumerate(results):
         if result["val_loss"] <= target:
-            return i + 1, True
-    return len(results), False
+            return i + 1
+    return None
+
+
+def median_epochs(samples: list[dict[str, Any]]) -> float:
+    """The median epochs to target over seeds, a seed that never reached it ranked last (inf)."""
+    return statistics.median(math.inf if s["epochs"] is None else s["epochs"] for s in samples)
+
+
+def fewer_epochs_factor(base: float, ours: float) -> float | None:
+    """base / ours; 0.0 when ours never reached the target (median inf); None when the
+    baseline's median never did (the target was out of its reach: undecided)."""
+    if math.isinf(base):
+        return None
+    return 0.0 if math.isinf(ours) else base / ours
+
+
+def geometric_mean(values: list[float]) -> float:
+    return 0.0 if any(v == 0 for v in values) else math.exp(statistics.fmean(math.log(v) for v in values))
+
+
+def search_overall(r: dict[str, Any]) -> float | None:
+    """The geometric mean over tasks of TPE + ASHA's per-task fewer-epochs factor."""
+    factors = [x["fewer_epochs_factor"] for x in r["rows"] if x["name"] != SEARCH_BASELINE]
+    return None if not factors or any(f is None for f in factors) else geometric_mean(factors)
 
 
 def search_table(r: dict[str, Any]) -> list[str]:
-    return [*md_table(["method", "median epochs to target", "reached", "fewer-epochs factor"],
-                      [[x["name"], x["median_epochs_to_target"], f"{x['reached']}/{x['seeds']}",
-                        x["fewer_epochs_factor"]] for x in r["rows"]]),
-            f"Target val_loss <= {r['target_val_loss']}; {r['trials']} trials of up to {r['max_epochs']} epochs, "
-            "one at a time; a seed that never reaches it counts all its epochs.", ""]
+    def shown(v: float | None, none: str) -> Any:
+        return none if v is None else v
+
+    overall = r["overall_fewer_epochs_factor"]
+    return [*md_table(["task", "target val_loss", "method", "median epochs to target", "reached",
+                       "fewer-epochs factor", "epochs trained (median)"],
+                      [[x["task"], x["target_val_loss"], x["name"], shown(x["median_epochs_to_target"], "not reached"),
+                        f"{x['reached']}/{x['seeds']}", shown(x["fewer_epochs_factor"], "undecided"),
+                        x["median_total_epochs"]]
+                       for x in r["rows"]]),
+            f"Overall fewer-epochs factor (geometric mean of the per-task factors): "
+            f"{'undecided' if overall is None else f'{overall:.3g}'}. Per task: the baseline's median epochs to "
+            f"the target over seeds / the method's; {r['trials']} trials of up to {r['max_epochs']} epochs per sweep, "
+            "one at a time, epochs counted in the order they ran until the first epoch at or below the target; a "
+            "seed that never reaches it ranks last (its epochs count as infinite). Seeds 0.."
+            f"{r['seeds'] - 1} (sampler and trainer); TPE + ASHA: {json.dumps(r['methods']['TPE + ASHA'])}.", ""]
 
 
-@ENTRIES.register("search", target=">= 3x fewer epochs to the target than random search", table=search_table,
-                  met=lambda r: next(x["fewer_epochs_factor"] for x in r["rows"] if x["name"] == "TPE + ASHA") >= 3)
-def bench_search(bench: Bench, trials: int = 16, max_epochs: int = 8) -> dict[str, Any]:
+def search_met(r: dict[str, Any]) -> bool | None:
+    overall = search_overall(r)
+    return None if overall is None else overall >= 3
+
+
+@ENTRIES.register("search", target=">= 3x fewer epochs to the target than random search overall (geometric mean "
+                  "of the digits MLP, digits CNN and diabetes MLP factors)", table=search_table, met=search_met)
+def bench_search(bench: Bench) -> dict[str, Any]:
     bench.ray()
-    data_root, seeds, target = bench.tmp, bench.args.search_seeds, bench.args.search_target
+    seeds = bench.args.search_seeds
+    tasks = [t for t in SEARCH_TASKS if t.key in bench.args.search_tasks.split(",")]
     storage = Path(scratch_dir(prefix="bench-search-"))
-    common = {"budget.num_trials": trials, "budget.max_concurrent_trials": 1, "scheduler.max_epochs": max_epochs,
-              "scaling.num_workers": 1}
-    methods = {
-        "random, no early stopping": {"sampler.type": "random", "scheduler.type": "fifo"},
-        "TPE + ASHA": {"sampler.type": "tpe", "sampler.n_startup_trials": 4, "scheduler.type": "asha",
-                       "scheduler.grace_period": 1, "scheduler.reduction_factor": 3},
-    }
-    samples: dict[str, list[dict[str, Any]]] = {name: [] for name in methods}
+    rows = []
+    for task in tasks:
+        samples: dict[str, list[dict[str, Any]]] = {name: [] for name in SEARCH_METHODS}
+        for seed in range(seeds):
+            for name, settings in SEARCH_METHODS.items():
+                bench.stage(f"{task.key}: {name}, seed {seed}")
+                spec = search_spec(bench, task, storage, **SEARCH_COMMON, **settings,
+                                   **{"sampler.seed": seed, "seed": seed})
+                result = sweep(spec)
+                trials = epoch_rows(result)
+                results = [row for rows_ in trials for row in rows_]
+                samples[name].append({
+                    "seed": seed, "epochs": epochs_to_target(results, task.target_val_loss),
+                    "reached": epochs_to_target(results, task.target_val_loss) is not None,
+                    "total_epochs": len(results), "best_val_loss": min(r["val_loss"] for r in results),
+                    "sweep_wall_s": round(result.wall_s, 1),
+                    "val_loss_by_trial": [[round(r["val_loss"], 4) for r in t] for t in trials]})
+        base = median_epochs(samples[SEARCH_BASELINE])
+        for name, v in samples.items():
+            ours = median_epochs(v)
+            rows.append({"task": task.name, "key": task.key, "spec": task.spec, "target_val_loss": task.target_val_loss,
+                         "name": name, "median_epochs_to_target": None if math.isinf(ours) else ours,
+                         "reached": sum(s["reached"] for s in v), "seeds": len(v),
+                         "fewer_epochs_factor": fewer_epochs_factor(base, ours),
+                         "median_total_epochs": statistics.median(s["total_epochs"] for s in v), "per_seed": v})
+    r = {"entry": "search", "baseline": SEARCH_BASELINE, "trials": SEARCH_TRIALS, "max_epochs": SEARCH_MAX_EPOCHS,
+         "seeds": seeds, "common": SEARCH_COMMON, "methods": SEARCH_METHODS, "rows": rows,
+         "overall": "geometric mean over tasks of the per-task fewer-epochs factor (baseline median epochs to "
+                    "target / TPE + ASHA's)"}
+    r["overall_fewer_epochs_factor"] = search_overall(r)
+    return r
+
+
+# ---------------------------------------------------------------- multi-objective search efficiency
+
+
+MO_SPEC = "search_spaces/digits_mlp_pareto.yaml"
+MO_BASELINE, MO_ASHA = "no early stopping (FIFO)", "MultiObjectiveASHA"
+MO_METHODS: dict[str, dict[str, Any]] = {MO_BASELINE: {"scheduler.type": "fifo"},
+                                         MO_ASHA: {"scheduler.type": "asha"}}  # the spec's grace period and factor
+MO_CHANCE_VAL_LOSS = 2.31
+"""The hypervolume's reference val_loss: just above ln 10 = 2.303, the cross-entropy of a
+uniform guess over the 10 digits (chance level)."""
+
+
+def largest_params_count(spec: Any) -> float:
+    """The params_count of the largest model the spec's space allows: digits_mlp's size grows
+    with hidden and num_layers, so the largest is the space's highest hidden at its most layers
+    (the reference's params_count: a trial of exactly that size adds no volume)."""
+    space = spec.space
+    hidden = space["hidden"].high if "hidden" in space else spec.params["hidden"]
+    layers = max(space["num_layers"].choices) if "num_layers" in space else spec.params.get("num_layers", 1)
+    model = digits_mlp.build_model({"hidden": hidden, "num_layers": layers})
+    return float(sum(p.numel() for p in model.parameters()))
+
+
+def mo_table(r: dict[str, Any]) -> list[str]:
+    return [*md_table(["method", "hypervolume, fraction of the reference box (median)", "front size (median)",
+                       "epochs trained (median)", "hypervolume ratio (median)", "epochs ratio (median)"],
+                      [[x["name"], x["median_hypervolume_fraction"], x["median_front_size"], x["median_total_epochs"],
+                        x["median_hypervolume_ratio"], x["median_epochs_ratio"]] for x in r["rows"]]),
+            f"{r['spec']}: objectives {', '.join(f'{m} ({mode})' for m, mode in r['objectives'])}, constraints "
+            f"{', '.join(r['constraints'])}; {r['trials']} trials of up to {r['max_epochs']} epochs, one at a time, "
+            f"sampler {json.dumps(r['sampler'])} (seeds 0..{r['seeds'] - 1}, the same in both arms); ASHA grace "
+            f"period {r['grace_period']}, reduction factor {r['reduction_factor']:g}. Hypervolume of the final Pareto "
+            f"front (feasible trials that ended well, last epoch) against the reference {r['reference']} "
+            f"({r['reference_note']}); ratios per seed (early stopping / none), then the median over seeds.", ""]
+
+
+def mo_met(r: dict[str, Any]) -> bool | None:
+    """None when a baseline sweep's front had no volume (no ratio)."""
+    x = next(x for x in r["rows"] if x["name"] == MO_ASHA)
+    if x["median_hypervolume_ratio"] is None:
+        return None
+    return x["median_hypervolume_ratio"] >= 0.95 and x["median_epochs_ratio"] <= 0.5
+
+
+@ENTRIES.register("search_mo", target="MultiObjectiveASHA: hypervolume >= 0.95x at <= 0.5x the epochs of the same "
+                  "sweep without early stopping (medians over seeds)", table=mo_table, met=mo_met)
+def bench_search_mo(bench: Bench) -> dict[str, Any]:
+    from raysweep.config.load import load_spec
+    from raysweep.tracking.pareto import hypervolume, minimized
+
+    bench.ray()
+    seeds = bench.args.search_seeds
+    storage = Path(scratch_dir(prefix="bench-search-mo-"))
+    root = bench.tmp
+    base_spec = load_spec(MO_SPEC, [f"data.train={root}/train", f"data.validation={root}/validation",
+                                    f"storage_path={storage}", "budget.max_concurrent_trials=1"])
+    metrics, modes = base_spec.scheduler.metrics, base_spec.scheduler.modes
+    if metrics != ["val_loss", "params_count"] or modes != ["min", "min"]:
+        raise RuntimeError(f"{MO_SPEC}: expected objectives val_loss, params_count (both min), got {metrics} {modes}")
+    reference = [MO_CHANCE_VAL_LOSS, largest_params_count(base_spec)]
+    samples: dict[str, list[dict[str, Any]]] = {name: [] for name in MO_METHODS}
+    used: dict[str, Any] = {}  # each arm's scheduler section, as run
     for seed in range(seeds):
-        for name, settings in methods.items():
+        for name, settings in MO_METHODS.items():
             bench.stage(f"{name}, seed {seed}")
-            spec = digits_spec(data_root, storage, **common, **settings, **{"sampler.seed": seed, "seed": seed})
-            # one trial at a time: the trials' epochs in start order are the order they ran in
-            results = [epoch for trial in trials_in_order(sweep(spec)) for epoch in trial.history]
-            epochs, reached = epochs_to_target(results, target)
-            samples[name].append({"seed": seed, "epochs": epochs, "reached": reached, "total_epochs": len(results),
-                                  "best_val_loss": min(r["val_loss"] for r in results)})
-    base = statistics.median(s["epochs"] for s in samples["random, no early stopping"])
-    rows = [{"name": name, "median_epochs_to_target": statistics.median(s["epochs"] for s in v),
-             "reached": sum(s["reached"] for s in v), "seeds": len(v),
-             "fewer_epochs_factor": base / statistics.median(s["epochs"] for s in v), "per_seed": v}
-            for name, v in samples.items()]
-    return {"entry": "search", "baseline": "random, no early stopping", "target_val_loss": target,
-            "trials": trials, "max_epochs": max_epochs, "rows": rows}
+            spec = load_spec(MO_SPEC, [f"data.train={root}/train", f"data.validation={root}/validation",
+                                       f"storage_path={storage}", "budget.max_concurrent_trials=1",
+                                       f"sampler.seed={seed}", f"seed={seed}",
+                                       *[f"{k}={v}" for k, v in settings.items()]])
+            used[name] = spec.scheduler
+            result = sweep(spec)
+            front = result.state.front()
+            points = [minimized(t.final(metrics), metrics, modes) for t in front]
+            trials = trials_in_order(result)
+            volume = hypervolume(points, reference)
+            samples[name].append({
+                "seed": seed, "hypervolume": volume, "hypervolume_fraction": volume / math.prod(reference),
+                "total_epochs": sum(len([r for r in t.history if "val_loss" in r]) for t in trials),
+                "front": [{"params": t.params, "val_loss": p[0], "params_count": p[1], "epochs": t.epochs}
+                          for t, p in zip(front, points, strict=True)],
+                "feasible_trials": sum(bool(result.state.feasible(t)) for t in trials if t.state.ended_well),
+                "trial_epochs": [t.epochs for t in trials], "sweep_wall_s": round(result.wall_s, 1)})
+    base = {s["seed"]: s for s in samples[MO_BASELINE]}
+    rows = []
+    for name, v in samples.items():
+        for s in v:
+            b = base[s["seed"]]
+            s["hypervolume_ratio"] = s["hypervolume"] / b["hypervolume"] if b["hypervolume"] else None
+            s["epochs_ratio"] = s["total_epochs"] / b["total_epochs"]
+        ratios = [s["hypervolume_ratio"] for s in v]
+        rows.append({"name": name, "median_hypervolume": statistics.median(s["hypervolume"] for s in v),
+                     "median_hypervolume_fraction": statistics.median(s["hypervolume_fraction"] for s in v),
+                     "median_front_size": statistics.median(len(s["front"]) for s in v),
+                     "median_total_epochs": statistics.median(s["total_epochs"] for s in v),
+                     "median_hypervolume_ratio": None if None in ratios else statistics.median(ratios),
+                     "median_epochs_ratio": statistics.median(s["epochs_ratio"] for s in v), "per_seed": v})
+    return {"entry": "search_mo", "baseline": MO_BASELINE, "spec": MO_SPEC, "seeds": seeds,
+            "objectives": [[m, mode] for m, mode in zip(metrics, modes, strict=True)],
+            "constraints": list(base_spec.constraints), "reference": reference,
+            "reference_note": f"val_loss {MO_CHANCE_VAL_LOSS} (chance: ln 10 = 2.303); params_count of the largest "
+                              "model the space allows (highest hidden, most layers)",
+            "trials": base_spec.budget.num_trials, "max_epochs": base_spec.scheduler.max_epochs,
+            "schedulers": {name: scheduler.model_dump() for name, scheduler in used.items()},
+            "grace_period": used[MO_ASHA].grace_period, "reduction_factor": used[MO_ASHA].reduction_factor,
+            "sampler": {"type": base_spec.sampler.type,
+                        **base_spec.sampler.model_dump(exclude_defaults=True, exclude={"seed"})}, "rows": rows}
 
 
 # ---------------------------------------------------------------- sweep throughput and tracking cost
@@ -1243,8 +1481,10 @@ def main() -> None:
     parser.add_argument("--ingest-gb", type=float, default=1.1)
     parser.add_argument("--quick", action="store_true",
                         help="smaller data for a smoke run (the stream entries and fingerprint)")
-    parser.add_argument("--search-seeds", type=int, default=5)
-    parser.add_argument("--search-target", type=float, default=0.12)
+    parser.add_argument("--search-seeds", type=int, default=5, help="seeds per task (search) and per arm (search_mo)")
+    parser.add_argument("--search-tasks", default=",".join(t.key for t in SEARCH_TASKS),
+                        help="search entry: comma-separated tasks, each with its own fixed target: "
+                        + ", ".join(f"{t.key} (val_loss <= {t.target_val_loss:g})" for t in SEARCH_TASKS))
     parser.add_argument("--entry-timeout", action="append", default=[], metavar="[ENTRY=]SECONDS",
                         help=f"time limit per entry: SECONDS for every entry without one of its own (default "
                         f"{DEFAULT_TIMEOUT_S:g}; dp: {ENTRIES['dp'].timeout_s:g}), ENTRY=SECONDS for one entry "
@@ -1255,6 +1495,9 @@ def main() -> None:
     unknown = ENTRIES.unknown(wanted)
     if unknown:
         parser.error(f"--only: unknown entries {unknown}; known: {', '.join(ENTRIES)}")
+    unknown_tasks = sorted(set(args.search_tasks.split(",")) - {t.key for t in SEARCH_TASKS})
+    if unknown_tasks:
+        parser.error(f"--search-tasks: unknown tasks {unknown_tasks}; known: {', '.join(t.key for t in SEARCH_TASKS)}")
     try:
         default_limit, limits = parse_time_limits(args.entry_timeout, ENTRIES)
     except ValueError as exc:

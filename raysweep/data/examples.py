@@ -127,10 +127,32 @@ def write_text_parquet(out: Path) -> tuple[int, int]:
                          table([t for i, t in enumerate(tokens) if i % 5 == 0]))
 
 
+def write_diabetes_parquet(out: Path) -> tuple[int, int]:
+    """scikit-learn's diabetes regression set (442 patients, 10 features): a fixed 80/20
+    split (seed 0), features and target standardized with the training split's mean and
+    standard deviation: OUT/{train,validation}/part-0.parquet with columns f_0..f_9 and
+    target (float32); returns the two row counts. A validation MSE of 1.0 is about what
+    predicting the training mean scores."""
+    from sklearn.datasets import load_diabetes
+
+    features, target = load_diabetes(return_X_y=True)
+    x_train, x_val, y_train, y_val = train_test_split(features, target, test_size=0.2, random_state=0)
+    x_mean, x_std = x_train.mean(axis=0), x_train.std(axis=0)
+    y_mean, y_std = y_train.mean(), y_train.std()
+
+    def table(x: np.ndarray, y: np.ndarray) -> pa.Table:
+        scaled = (x - x_mean) / x_std
+        columns = {f"f_{i}": scaled[:, i].astype(np.float32) for i in range(scaled.shape[1])}
+        return pa.table({**columns, "target": ((y - y_mean) / y_std).astype(np.float32)})
+
+    return _write_splits(out, table(x_train, y_train), table(x_val, y_val))
+
+
 EXAMPLES = {
     "digits": write_digits_parquet,
     "digits_tensor": write_digits_tensor_parquet,
     "digits_png": write_digits_png_parquet,
     "text": write_text_parquet,
+    "diabetes": write_diabetes_parquet,
 }
 """Folder name under data/ -> writer."""
