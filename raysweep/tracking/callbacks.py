@@ -71,8 +71,8 @@ class SweepWriter:
         front too) and `status`."""
         best = state.best_trial()
         if state.multi_objective:
-            names = [m for m, _ in state.objectives]
-            front = [{"trial_id": r.trial_id, "run_id": r.run_id, **(r.final(names) or {})} for r in state.front()]
+            front = [{"trial_id": r.trial_id, "run_id": r.run_id, **(r.final(state.metrics) or {})}
+                     for r in state.front()]
             text = json.dumps(front, default=str)
             self.store.set_tags(self.parent_id, {tag.OBJECTIVES: json.dumps(state.objectives),
                                                  tag.PARETO_FRONT: text if len(text) <= 5000 else

@@ -72,7 +72,7 @@ def format_table(header: list[str], rows: list[list[str]]) -> str:
 def trials_table(state: SweepState, space: list[str]) -> str:
     """One row per trial; several objectives: a column each (the trial's last epoch)
     and `front` marking the Pareto front's members; constraints: a `feasible` column."""
-    metrics = [m for m, _ in state.objectives]
+    metrics = state.metrics
     shown = metrics if state.multi_objective else [f"best {state.metric}"]
     header = ["trial", "status", "epochs", *space, *shown, "val_accuracy"]
     header += ["front"] if state.multi_objective else []
@@ -95,7 +95,7 @@ def trials_table(state: SweepState, space: list[str]) -> str:
 
 
 def front_table(state: SweepState, space: list[str]) -> str:
-    metrics = [m for m, _ in state.objectives]
+    metrics = state.metrics
     rows = []
     for record in state.front():
         last = record.final(metrics) or {}

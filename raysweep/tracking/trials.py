@@ -113,6 +113,11 @@ class SweepState:
     def multi_objective(self) -> bool:
         return len(self.objectives) > 1
 
+    @property
+    def metrics(self) -> list[str]:
+        """The objectives' metrics, in order."""
+        return [m for m, _ in self.objectives]
+
     def add(self, record: TrialRecord) -> TrialRecord:
         self.trials[record.trial_id] = record
         best = record.best(self.metric, self.mode, self.constraints)
@@ -131,17 +136,16 @@ class SweepState:
         """The epoch that stands for the trial: its best (meeting the constraints); with
         several objectives, its last."""
         if self.multi_objective:
-            return record.final([m for m, _ in self.objectives])
+            return record.final(self.metrics)
         return record.best(self.metric, self.mode, self.constraints)
 
     def front(self) -> list[TrialRecord]:
         """The Pareto front: trials that ended well and meet the constraints whose last
         epoch's objectives no other such trial dominates (in trial order)."""
-        metrics = [m for m, _ in self.objectives]
         modes = [mode for _, mode in self.objectives]
         candidates = [(r, row) for r in self.trials.values() if r.state.ended_well
-                      for row in [r.final(metrics)] if row is not None and feasible(self.constraints, row)]
-        points = [minimized(row, metrics, modes) for _, row in candidates]
+                      for row in [r.final(self.metrics)] if row is not None and feasible(self.constraints, row)]
+        points = [minimized(row, self.metrics, modes) for _, row in candidates]
         return [candidates[i][0] for i in sorted(pareto_front(points))]
 
     def pick(self, metric: str | None = None) -> TrialRecord | None:
@@ -152,8 +156,7 @@ class SweepState:
             raise ValueError(f"--pick {metric}: not an objective of this sweep ({', '.join(modes)})")
         sign = 1 if modes[metric] == "min" else -1
         front = self.front()
-        metrics = [m for m, _ in self.objectives]
-        return min(front, key=lambda r: sign * (r.final(metrics) or {})[metric]) if front else None
+        return min(front, key=lambda r: sign * (r.final(self.metrics) or {})[metric]) if front else None
 
     def result(self, trial_id: str, values: dict[str, float], first_step_unix: float | None = None,
                report_unix: float | None = None) -> bool:
