@@ -94,6 +94,10 @@ def _plan(run: Prepared, mode: ExecutionMode, echo: bool = True) -> RunPlan:
     loader, reason = choose_loader(run.spec.data.loader, run.data, smallest_object_store())
     if echo:
         print(f"data: {loader} loader: {reason}", flush=True)
+        if run.spec.data.cache == "gpu" and (loader == "stream" or not run.spec.scaling.gpus_per_worker):
+            why = "the stream loader reads each rank's rows from storage" if loader == "stream" else \
+                "the workers have no GPU (scaling.gpus_per_worker is 0)"
+            print(f"data: cache gpu has no effect: {why}", flush=True)
     arrays = worker_data(loader, run.data)
     return RunPlan.from_spec(run.spec, storage_root(run.spec.storage_path, run.spec.name), arrays, mode, loader,
                              reason)

@@ -94,12 +94,24 @@ class DataSpec(_Section):
     """Stream loader: decoded windows kept ready ahead of the trainer."""
     read_threads: PositiveInt = 2
     """Stream loader: background threads per worker reading and decoding windows."""
+    cache: Literal["host", "gpu"] = "host"
+    """Memory loader on GPU workers. host: each batch's rows are gathered on the host by
+    `gather_threads` threads into reused page-locked buffers and copied without blocking;
+    gpu: the used fixed-width columns are copied once into every worker's GPU memory
+    and batches are gathered there (when they fit in half of the GPU's free memory;
+    otherwise host, said in the worker's log). No effect on CPU workers, with a
+    `transform`, or for variable-length columns (gathered on the host)."""
+    gather_threads: PositiveInt = 4
+    """Memory loader on GPU workers: threads gathering each batch's rows."""
 
     @model_validator(mode="after")
     def _one_batch_form(self) -> DataSpec:
         if (self.features is None) == (self.columns is None):
             raise ValueError("give either features (tabular (x, y) batches) or columns (named batches), "
                              "not both and not neither")
+        if self.cache == "gpu" and self.loader == "stream":
+            raise ValueError("cache: gpu keeps the memory loader's columns in GPU memory; loader: stream reads "
+                             "each rank's rows from storage instead (use loader: memory or auto)")
         return self
 
 

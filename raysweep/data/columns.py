@@ -485,6 +485,8 @@ class Layout:
         return out
 
 
-def _tensor(array: np.ndarray) -> torch.Tensor:
+def _tensor(array: np.ndarray | torch.Tensor) -> torch.Tensor:
+    if isinstance(array, torch.Tensor):  # (gathered by a device feed: already the batch's tensor)
+        return array
     # Arrays mapped from Ray's object store are read-only; a slice of one is too.
     return torch.from_numpy(array if array.flags.writeable else array.copy())

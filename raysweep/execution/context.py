@@ -22,6 +22,7 @@ import torch.distributed as dist
 from raysweep.data.arrays import ArraySet, Batch, DataSplit
 from raysweep.data.columns import Block, Layout
 from raysweep.data.shards import num_train_batches
+from raysweep.execution.feed import DeviceCache, PinnedFeed, choose_feed, to_device
 
 CURSOR = "cursor"
 """Key of the data cursor {epoch, step} in a mid-epoch checkpoint's state."""
@@ -104,12 +105,21 @@ class TrainContext:
     """Drain notices for this run's nodes (None: not watched). With a notice, the
     training loop saves a mid-epoch checkpoint at the next step and stops taking
     batches until the node is gone; the run resumes elsewhere at the next batch."""
+    cache: str = "host"
+    """`data.cache`: gpu keeps an in-memory split's fixed-width columns on the GPU (when
+    they fit) and gathers batches there; host gathers them on the host."""
+    gather_threads: int = 4
+    """Threads gathering an in-memory split's batches into page-locked buffers (GPU
+    workers; see raysweep.execution.feed)."""
+    feed_on_cpu: bool = False
+    """Use the GPU feeds on a CPU device too (tests, `scripts/gpu_check.py --device cpu`)."""
     required_metrics: dict[str, str] = field(default_factory=dict)
     """Metrics the first report must hold, each with what needs it (`scheduler.metric`,
     a constraint); a missing one raises MissingMetricError."""
     preempted_at: tuple[int, int] | None = field(default=None, init=False)
     """(epoch, step) of the just-in-time checkpoint a drain notice made, if any."""
     _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
+    _feeds: dict[int, PinnedFeed | DeviceCache | None] = field(default_factory=dict, init=False, repr=False)
     _first_step_at: float | None = field(default=None, init=False, repr=False)
     _first_step_reported: bool = field(default=False, init=False, repr=False)
 
@@ -150,11 +160,17 @@ class TrainContext:
         start = self.start_step if epoch == self.start_epoch else 0
         every = self.checkpoint_every_steps if state is not None else None
         total = self.num_train_batches(batch_size)
-        blocks = self.train.train_blocks(self.rank, self.world_size, batch_size, self.seed, epoch, start)
-        for step, batch in enumerate(self._batches(self.train.layout, blocks, epoch, start), start=start):
+        feed = self._feed(self.train)
+        batches: Iterator[Batch]
+        if feed is not None:
+            batches = feed.train(self.rank, self.world_size, batch_size, self.seed, epoch, start)
+        else:
+            blocks = self.train.train_blocks(self.rank, self.world_size, batch_size, self.seed, epoch, start)
+            batches = (to_device(b, self.device) for b in self._batches(self.train.layout, blocks, epoch, start))
+        for step, batch in enumerate(batches, start=start):
             if self._first_step_at is None:
                 self._first_step_at = time.time()
-            yield self._to_device(batch)
+            yield batch
             if state is None or step + 1 >= total:  # (the epoch's end report follows)
                 continue
             deadline = self._drain_deadline(step) if self.preempted_at is None else None
@@ -198,9 +214,23 @@ class TrainContext:
 
     def validation_batches(self, batch_size: int) -> Iterator[Batch]:
         """This rank's block of the validation set; all blocks cover every row once."""
+        feed = self._feed(self.validation)
+        if feed is not None:
+            yield from feed.validation(self.rank, self.world_size, batch_size)
+            return
         blocks = self.validation.eval_blocks(self.rank, self.world_size, batch_size)
         for batch in self._batches(self.validation.layout, blocks, None, 0):
-            yield self._to_device(batch)
+            yield to_device(batch, self.device)
+
+    def _feed(self, split: DataSplit) -> PinnedFeed | DeviceCache | None:
+        """The GPU feed of an in-memory split (chosen once per split; None: the plain
+        path, as on CPU workers, for streamed splits and with a `transform`)."""
+        if self.transform is not None:
+            return None
+        if id(split) not in self._feeds:
+            self._feeds[id(split)] = choose_feed(split, self.device, self.cache, self.gather_threads,
+                                                 on_cpu=self.feed_on_cpu)
+        return self._feeds[id(split)]
 
     def _batches(self, layout: Layout, blocks: Iterator[Block], epoch: int | None, first: int) -> Iterator[Batch]:
         """Host blocks -> the trainer's batches; through `transform` in background
@@ -253,19 +283,6 @@ class TrainContext:
                                      "every value must be a tensor or numpy array")
             batch[key] = value
         return batch
-
-    def _to_device(self, batch: Batch) -> Batch:
-        if isinstance(batch, torch.Tensor):
-            if self.device.type != "cuda":
-                return batch.to(self.device)
-            # Pinned staging + non-blocking copies: the host prepares the next batch while
-            # the GPU still works on this one (a pageable copy would wait for the GPU).
-            return batch.pin_memory().to(self.device, non_blocking=True)
-        if isinstance(batch, tuple):
-            return tuple(self._to_device(t) for t in batch)
-        if isinstance(batch, dict):
-            return {k: self._to_device(v) for k, v in batch.items()}
-        return batch  # lists of bytes or strings stay on the host
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """Move to the device; wrap in DistributedDataParallel when world_size > 1."""

@@ -80,6 +80,9 @@ class RunPlan:
     loader_reason: str = ""
     stream: StreamSettings = StreamSettings()
     transform_workers: int = 2
+    cache: str = "host"
+    """data.cache (host | gpu)."""
+    gather_threads: int = 4
     mode: ExecutionMode = ExecutionMode.WORKER_GROUP
     num_workers: int = 1
     cpus_per_worker: float = 1.0
@@ -111,7 +114,7 @@ class RunPlan:
             seed=spec.seed, storage_path=storage_path, arrays=arrays, mode=mode, loader=loader,
             loader_reason=loader_reason,
             stream=StreamSettings(data.shuffle_window_rows, data.prefetch_windows, data.read_threads),
-            transform_workers=data.transform_workers,
+            transform_workers=data.transform_workers, cache=data.cache, gather_threads=data.gather_threads,
             checkpoint_every_steps=spec.checkpoint.every_n_steps,
             num_workers=spec.scaling.num_workers, cpus_per_worker=spec.scaling.cpus_per_worker,
             gpus_per_worker=spec.scaling.gpus_per_worker, checkpoint_every=spec.checkpoint.every_n_epochs,

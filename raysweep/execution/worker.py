@@ -85,6 +85,7 @@ def _train(plan: RunPlan, report_fn: Any, checkpoint: dict[str, Any] | None, **p
                        report_fn=report_fn, checkpoint=checkpoint, checkpoint_every=plan.checkpoint_every,
                        checkpoint_every_steps=plan.checkpoint_every_steps, transform=transform,
                        transform_name=f"{plan.trainer}.transform", transform_workers=plan.transform_workers,
+                       cache=plan.cache, gather_threads=plan.gather_threads,
                        required_metrics=plan.required_metrics, **placement)
     train_fn(ctx)
 
