@@ -234,6 +234,29 @@ def test_killed_train_driver_resumes_from_checkpoint(ray_cluster, mlflow_uri, wr
 # resume (the searcher is rebuilt from the bucket's journal alone, see
 # raysweep.execution.sweep._OptunaSearch).
 @pytest.mark.parametrize("storage", ["local", "s3"])
+def stored_tune_state(results: Path) -> str:
+    """What a resume will start from, as one line per file: each stored experiment
+    state's trials (id: status) and each searcher snapshot's trial counter (local run
+    storage; for a diagnosis when the resumed sweep comes up short)."""
+    import json
+
+    import ray.cloudpickle
+
+    lines = []
+    for path in sorted(results.glob("probe/*/tune/experiment_state-*.json")):
+        try:
+            trials = [json.loads(t) for t, _ in json.loads(path.read_text())["trial_data"]]
+            lines.append(f"{path.name}: " + ", ".join(f"{t['trial_id']}: {t['status']}" for t in trials))
+        except (ValueError, KeyError) as exc:
+            lines.append(f"{path.name}: unreadable ({exc})")
+    for path in sorted(results.glob("probe/*/tune/search_gen_state-*.json")):
+        try:
+            lines.append(f"{path.name}: counter {ray.cloudpickle.loads(path.read_bytes())['counter']}")
+        except Exception as exc:  # (a torn snapshot is what this is for)
+            lines.append(f"{path.name}: unreadable ({type(exc).__name__})")
+    return "\n".join(lines) or "no stored Tune state"
+
+
 def test_killed_sweep_driver_resumes_without_rerunning_trials(ray_cluster, mlflow_uri, write_spec, tmp_path,
                                                                fault_figures, own_ray_tmpdir, s3_server, storage):
     """Case 5: SIGKILL `raysweep tune` after two trials finished, then `--resume`: no
@@ -255,6 +278,7 @@ def test_killed_sweep_driver_resumes_without_rerunning_trials(ray_cluster, mlflo
     at_kill = checkpoint_evidence(tmp_path / "results", mlflow_uri)
     finished_before = sorted(p.name for p in (tmp_path / "probe").glob("done-*"))
     assert len(finished_before) == 2
+    stored_at_kill = stored_tune_state(tmp_path / "results") if storage == "local" else "(in the bucket)"
     if storage == "s3":  # the driver's disk is gone (a lost head node or pod)
         local = tmp_path / "results"
         assert (local / "probe").is_dir(), "the journal's local copy was there"
@@ -267,7 +291,7 @@ def test_killed_sweep_driver_resumes_without_rerunning_trials(ray_cluster, mlflo
     fault_figures(trials_rerun=reruns, **run_figures(mlflow_uri, tmp_path / "results", earlier=[at_kill],
                                                      trials_by="params"))
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert len(done) == 4 and reruns == 0, f"{done}\n{again.stdout[-3000:]}"
+    assert len(done) == 4 and reruns == 0, f"{done}\nstored at the kill:\n{stored_at_kill}\n{again.stdout[-3000:]}"
     runs = experiment_runs(mlflow_uri)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1 and len(runs) == 5, [r.info.run_name for r in runs]
