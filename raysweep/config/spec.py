@@ -353,10 +353,15 @@ class ScalingSpec(_Section):
     """GPUs Ray reserves per worker; 0: train on CPU, > 0: train on CUDA. A fraction
     packs several one-worker trials on a GPU; a multi-worker run needs whole GPUs
     (NCCL refuses two ranks of one process group on one device)."""
-    worker_group: Literal["auto", "always"] = "auto"
+    worker_group: Literal["auto", "always", "warm"] = "auto"
     """auto: a one-worker sweep trial trains in its Tune trial's own (reused) process,
     without a Ray Train worker group, which saves most of the ~10 s a worker group
-    takes to start; always: every trial starts a Ray Train worker group."""
+    takes to start; always: every trial starts a Ray Train worker group; warm: as
+    auto, and a multi-worker sweep trial's workers (its own process as rank 0, N-1
+    worker actors in its placement group) and their process group are kept for the
+    next trial Tune runs in that process: no drain-notice watching, no Train worker
+    restarts (a failure fails the trial, which Tune retries from its checkpoint), plain
+    train(ctx) trainers only. `raysweep train` always runs a Ray Train worker group."""
 
     @property
     def use_gpu(self) -> bool:

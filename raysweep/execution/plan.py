@@ -27,15 +27,21 @@ class ExecutionMode(enum.Enum):
     """One worker trains in its Tune trial's own, reused process: no Train worker group."""
     WORKER_GROUP = "Train worker group"
     """A Ray Train TorchTrainer: N workers, DDP (gloo on CPU, nccl on GPU)."""
+    WARM_GROUP = "warm worker group"
+    """N workers, DDP: the Tune trial's own (reused) process is rank 0 and keeps its
+    N-1 worker actors and process group for its next trial (raysweep.execution.warm_group)."""
 
 
 def execution_mode(scaling: ScalingSpec, driver_resources: dict[str, float] | None = None) -> ExecutionMode:
-    """In-trial for one-worker sweep trials (`scaling.worker_group: auto`), unless the
-    profile pins trial drivers to some nodes (trial_driver_resources): those may have
-    no CPU to train on. Everything else runs a Train worker group."""
-    if scaling.num_workers == 1 and scaling.worker_group == "auto" and not driver_resources:
+    """In-trial for one-worker sweep trials (`scaling.worker_group: auto` or `warm`),
+    a warm group for multi-worker ones with `warm`, unless the profile pins trial
+    drivers to some nodes (trial_driver_resources): those may have no CPU to train on.
+    Everything else runs a Train worker group."""
+    if driver_resources or scaling.worker_group == "always":
+        return ExecutionMode.WORKER_GROUP
+    if scaling.num_workers == 1:
         return ExecutionMode.IN_TRIAL
-    return ExecutionMode.WORKER_GROUP
+    return ExecutionMode.WARM_GROUP if scaling.worker_group == "warm" else ExecutionMode.WORKER_GROUP
 
 
 def max_concurrent_trials(scaling: ScalingSpec, budget: BudgetSpec, cpus: float, gpus: float) -> int:

@@ -46,6 +46,10 @@ def check_trainer(spec: Spec, data: ResolvedData, source: str) -> None:
     from raysweep.execution.lightning import check_module, find_module_factory
 
     factory = find_module_factory(module)
+    if factory is not None and spec.scaling.worker_group == "warm" and spec.scaling.num_workers > 1:
+        raise UserInputError(
+            f"{source}: scaling.worker_group: warm groups run plain train(ctx) trainers; {spec.trainer!r} is a "
+            "LightningModule, which runs on Ray Train's worker groups (use auto or always)")
     if factory is not None and spec.checkpoint.every_n_steps is not None:
         raise UserInputError(
             f"{source}: checkpoint.every_n_steps: mid-epoch checkpoints need a plain train(ctx) trainer; "

@@ -38,6 +38,8 @@ from raysweep.errors import UserInputError, one_line_cause
 from raysweep.execution.driver import build_trainer
 from raysweep.execution.mo_asha import MultiObjectiveASHA
 from raysweep.execution.plan import ExecutionMode, RunPlan
+from raysweep.execution.warm_group import resources as warm_group_resources
+from raysweep.execution.warm_group import train_in_warm_group
 from raysweep.execution.worker import train_in_trial
 from raysweep.tracking.callbacks import SweepTracker
 from raysweep.tracking.study import (
@@ -72,6 +74,11 @@ def _run_in_trial(config: dict[str, Any], *, plan: RunPlan, trials_dir: str) -> 
     train_in_trial(plan.with_params(config))
 
 
+def _run_warm_group(config: dict[str, Any], *, plan: RunPlan, trials_dir: str) -> None:
+    _note_driver_node(trials_dir)
+    train_in_warm_group(plan.with_params(config))
+
+
 def _run_worker_group(config: dict[str, Any], *, plan: RunPlan, trials_dir: str) -> None:
     trial_id = _note_driver_node(trials_dir)
     build_trainer(plan.with_params(config), run_name=trial_id, callbacks=[TuneReportCallback()],
@@ -90,7 +97,10 @@ class TrialStrategy:
     from the trial's checkpoint. False: the trial only drives a Train worker group,
     which holds its own resources and retries inside Train."""
 
-    def resources(self, plan: RunPlan) -> dict[str, float]:
+    def resources(self, plan: RunPlan) -> Any:
+        """What the trial asks Tune for: a dict, or (a warm group) a placement group factory."""
+        if plan.mode is ExecutionMode.WARM_GROUP:
+            return warm_group_resources(plan)
         if self.trial_is_worker:
             return {"CPU": plan.cpus_per_worker, "GPU": plan.gpus_per_worker}
         return dict(TRIAL_DRIVER_RESOURCES)
@@ -98,6 +108,7 @@ class TrialStrategy:
 
 STRATEGIES = {
     ExecutionMode.IN_TRIAL: TrialStrategy(_run_in_trial, trial_is_worker=True),
+    ExecutionMode.WARM_GROUP: TrialStrategy(_run_warm_group, trial_is_worker=True),
     ExecutionMode.WORKER_GROUP: TrialStrategy(_run_worker_group, trial_is_worker=False),
 }
 
@@ -329,7 +340,10 @@ def run_sweep(spec: Spec, plan: RunPlan, sweep_id: str, tracker: SweepTracker, c
     sweep_dir = f"{plan.storage_path}/{sweep_id}"
     strategy = STRATEGIES[plan.mode]
     function = functools.partial(strategy.run, plan=plan, trials_dir=f"{sweep_dir}/trials")
-    trainable = tune.with_resources(function, {**strategy.resources(plan), **(driver_resources or {})})
+    resources = strategy.resources(plan)
+    if isinstance(resources, dict):  # (a warm group's placement group has no driver resources: see execution_mode)
+        resources = {**resources, **(driver_resources or {})}
+    trainable = tune.with_resources(function, resources)
     callbacks: list[tune.Callback] = [TrackerCallback(tracker)]
     if "://" in sweep_dir:
         callbacks.append(StudyMirror(sweep_dir, spec.name))

@@ -145,3 +145,26 @@ def test_pick_needs_register_and_an_objective(capsys, write_spec, argv, words) -
     path = write_spec()
     code, err = _run(capsys, "tune", str(path), *argv)
     assert code == 2 and err.startswith(f"raysweep: error: {words}") and "\n" not in err, err
+
+
+def test_a_warm_group_for_a_lightning_module_is_one_line_exit_2(capsys, write_spec) -> None:
+    """Warm groups run plain train(ctx) trainers; a LightningModule is refused up front."""
+    path = write_spec(trainer="trainers.digits_mlp_lightning")
+    code, err = _run(capsys, "tune", str(path), "--set", "scaling.num_workers=2", "--set",
+                     "scaling.worker_group=warm")
+    assert code == 2 and "\n" not in err
+    assert err.startswith(f"raysweep: error: {path}: scaling.worker_group: warm groups run plain train(ctx)")
+
+
+def test_which_execution_mode_a_trial_gets() -> None:
+    from raysweep.config.spec import ScalingSpec
+    from raysweep.execution.plan import ExecutionMode, execution_mode
+
+    def mode(driver: dict[str, float] | None = None, **scaling) -> ExecutionMode:
+        return execution_mode(ScalingSpec(**scaling), driver)
+
+    assert mode() is mode(worker_group="warm") is ExecutionMode.IN_TRIAL
+    assert mode(num_workers=2) is mode(worker_group="always") is ExecutionMode.WORKER_GROUP
+    assert mode(num_workers=2, worker_group="warm") is ExecutionMode.WARM_GROUP
+    # (trial drivers pinned to nodes that may have no CPU to train on: Train's group)
+    assert mode({"on_demand": 0.01}, num_workers=2, worker_group="warm") is ExecutionMode.WORKER_GROUP
