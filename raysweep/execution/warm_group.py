@@ -83,9 +83,17 @@ def _snippet(rank: int, text: str) -> str:
     return f"a worker of the warm group failed\n[Rank {rank} Error Snippet]:\n{text.rstrip()}"
 
 
+def _leave() -> None:
+    """Leave this process's process group, if it has one (a broken or aborted one too)."""
+    try:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception:  # (an aborted group may refuse; a new one is made either way)
+        pass
+
+
 def _join(address: str, port: int, rank: int, world: int, backend: str) -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    _leave()
     store = dist.TCPStore(address, port, None, is_master=False,
                           timeout=datetime.timedelta(seconds=PROCESS_GROUP_TIMEOUT_S))
     dist.init_process_group(backend, store=store, rank=rank, world_size=world,
@@ -136,15 +144,14 @@ class WarmGroup:
         self.workers: list[Any] = [actor.options(**resources, scheduling_strategy=PlacementGroupSchedulingStrategy(
             placement, placement_group_bundle_index=rank)).remote() for rank in range(1, self.world)]
         address = ray.util.get_node_ip_address()
-        if dist.is_initialized():  # (a broken group's, in this process)
-            dist.destroy_process_group()
+        _leave()  # (a broken group's, in this process)
+        self.backend = _backend(plan)
         store = dist.TCPStore(address, 0, None, is_master=True, wait_for_workers=False,
                               timeout=datetime.timedelta(seconds=PROCESS_GROUP_TIMEOUT_S))
-        backend = _backend(plan)
-        joined = [w.join.remote(address, store.port, rank, self.world, backend)
+        joined = [w.join.remote(address, store.port, rank, self.world, self.backend)
                   for rank, w in enumerate(self.workers, start=1)]
         try:
-            dist.init_process_group(backend, store=store, rank=0, world_size=self.world,
+            dist.init_process_group(self.backend, store=store, rank=0, world_size=self.world,
                                     timeout=datetime.timedelta(seconds=PROCESS_GROUP_TIMEOUT_S))
             self.pids = ray.get(joined)
         except BaseException:
@@ -156,12 +163,20 @@ class WarmGroup:
         same = (plan.num_workers, plan.cpus_per_worker, plan.gpus_per_worker) == self.key
         return not self.broken and same and placement is not None and placement.id == self.placement.id
 
-    def close(self) -> None:
-        """Kill the workers and leave the process group (a pending collective fails)."""
+    def close(self, abort: bool = False) -> None:
+        """Kill the workers: rank 0's pending gloo collective then fails (a peer's
+        connection closed). `abort` (rank 0 may be waiting in one): an NCCL group is
+        aborted too, as NCCL would otherwise wait for the dead peer until its timeout
+        (not exercised here: no GPU in the test suite)."""
         self.broken = True
         for worker in self.workers:
             ray.kill(worker, no_restart=True)
         self.workers = []
+        if abort and self.backend == "nccl":
+            try:
+                dist.distributed_c10d._abort_process_group()
+            except Exception:  # (an experimental torch API: the timeout still ends the wait)
+                pass
 
     def train(self, plan: RunPlan, report: Any, checkpoint: dict[str, Any] | None) -> None:
         """One trial on every rank; rank 0 (here) reports through `report`."""
@@ -179,7 +194,7 @@ class WarmGroup:
                 bad = [out for out in self._results({ref: runs[ref] for ref in finished}) if out is not None]
                 if bad:  # (the actor died: Ray's error holds its exit detail)
                     failure.append(bad[0])
-                    self.close()
+                    self.close(abort=True)
                     return
 
         def lead(metrics: dict[str, float], state: dict[str, Any] | None) -> None:
