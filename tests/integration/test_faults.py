@@ -230,10 +230,6 @@ def test_killed_train_driver_resumes_from_checkpoint(ray_cluster, mlflow_uri, wr
     fault_figures(faults_survived=1, recovery_s=time.time() - killed_at)
 
 
-# "s3": the sweep on the SeaweedFS bucket, the local run folder deleted before the
-# resume (the searcher is rebuilt from the bucket's journal alone, see
-# raysweep.execution.sweep._OptunaSearch).
-@pytest.mark.parametrize("storage", ["local", "s3"])
 def stored_tune_state(results: Path) -> str:
     """What a resume will start from, as one line per file: each stored experiment
     state's trials (id: status) and each searcher snapshot's trial counter (local run
@@ -257,6 +253,10 @@ def stored_tune_state(results: Path) -> str:
     return "\n".join(lines) or "no stored Tune state"
 
 
+# "s3": the sweep on the SeaweedFS bucket, the local run folder deleted before the
+# resume (the searcher is rebuilt from the bucket's journal alone, see
+# raysweep.execution.sweep._OptunaSearch).
+@pytest.mark.parametrize("storage", ["local", "s3"])
 def test_killed_sweep_driver_resumes_without_rerunning_trials(ray_cluster, mlflow_uri, write_spec, tmp_path,
                                                                fault_figures, own_ray_tmpdir, s3_server, storage):
     """Case 5: SIGKILL `raysweep tune` after two trials finished, then `--resume`: no
