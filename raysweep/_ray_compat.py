@@ -150,6 +150,59 @@ def persist_trials_before_they_start() -> None:
     TuneController._actor_started = _actor_started  # type: ignore[method-assign]
 
 
+def atomic_local_state_uploads() -> None:
+    """Make Tune's uploads of its experiment folder (trial table, searcher) to a *local*
+    storage path write each file whole: to a temporary name, then renamed over the old
+    one (`_FilesystemSyncer._sync_up_command`, `ray/train/_internal/storage.py`).
+
+    Ray copies with `pyarrow.fs.copy_files`, which on a local filesystem truncates each
+    destination file and then writes it: a driver killed during an upload (Tune uploads
+    at every step) left `experiment_state-*.json`, `search_gen_state-*.json` and
+    `searcher-state-*.pkl` empty, and `Tuner.restore` then logged "Failed to restore the
+    run state" and restarted the experiment without its trials (the in-flight trial lost:
+    seen in test_killed_sweep_driver_resumes_without_rerunning_trials[local]). A source
+    file that vanishes during the walk (Tune's own temporary files) is skipped instead of
+    aborting the upload. Object stores need none of this (an object appears whole), and
+    uploads with exclude patterns keep Ray's path. Idempotent (patches the class once)."""
+    import shutil
+    import uuid
+
+    import pyarrow.fs as pafs
+    from ray.train._internal.storage import _FilesystemSyncer
+
+    original = _FilesystemSyncer._sync_up_command
+    if getattr(original, "_raysweep_atomic", False):
+        return
+
+    def local_root(fs: Any, fs_path: str) -> str | None:
+        if isinstance(fs, pafs.LocalFileSystem):
+            return fs_path
+        if isinstance(fs, pafs.SubTreeFileSystem) and isinstance(fs.base_fs, pafs.LocalFileSystem):
+            return os.path.join(fs.base_path, fs_path.lstrip("/"))
+        return None
+
+    def upload(local_path: str, dest: str) -> None:
+        for folder, _, files in os.walk(local_path):
+            target = os.path.join(dest, os.path.relpath(folder, local_path))
+            os.makedirs(target, exist_ok=True)
+            for name in files:
+                tmp = os.path.join(target, f".{name}.{uuid.uuid4().hex[:8]}.raysweep-tmp")
+                try:
+                    shutil.copyfile(os.path.join(folder, name), tmp)
+                except FileNotFoundError:  # (a temporary file Tune renamed meanwhile)
+                    continue
+                os.replace(tmp, os.path.join(target, name))
+
+    def _sync_up_command(self: Any, local_path: str, uri: str, exclude: Any = None) -> Any:
+        dest = local_root(self.storage_filesystem, uri)
+        if dest is None or exclude or not os.path.isdir(local_path):
+            return original(self, local_path, uri, exclude)
+        return upload, {"local_path": local_path, "dest": dest}
+
+    _sync_up_command._raysweep_atomic = True  # type: ignore[attr-defined]
+    _FilesystemSyncer._sync_up_command = _sync_up_command  # type: ignore[method-assign]
+
+
 _DRAIN_SEEN_AT: dict[str, float] = {}
 
 

@@ -67,3 +67,55 @@ def test_tuner_keeps_its_searcher_where_replace_tuner_searcher_looks():
     marker = BasicVariantGenerator()
     _ray_compat.replace_tuner_searcher(tuner, marker)
     assert tuner._local_tuner._tune_config.search_alg is marker
+
+
+def test_tune_state_uploads_to_a_local_path_leave_each_file_whole(tmp_path, monkeypatch):
+    """A driver killed during an upload of Tune's experiment folder leaves every stored
+    file old or new, never truncated; a source file that vanishes is skipped; the next
+    upload completes. (Ray's own copy truncated the files first: Tune then restarted
+    the experiment on --resume.)"""
+    import shutil
+
+    import pyarrow.fs as pafs
+    from ray.train._internal.storage import _FilesystemSyncer, _upload_to_fs_path
+
+    from raysweep._ray_compat import atomic_local_state_uploads
+
+    atomic_local_state_uploads()
+    atomic_local_state_uploads()  # (idempotent)
+    staging, storage = tmp_path / "staging", tmp_path / "storage"
+    staging.mkdir()
+    storage.mkdir()
+    names = ["experiment_state-s.json", "search_gen_state-s.json", "searcher-state-s.pkl"]
+    for name in names:
+        (staging / name).write_text(f"new {name}")
+        (storage / name).write_text(f"old {name}")
+    upload, kwargs = _FilesystemSyncer(pafs.LocalFileSystem())._sync_up_command(str(staging), str(storage))
+    copied: list[str] = []
+    real = shutil.copyfile
+
+    def dies_on_the_second_file(src: str, dst: str) -> str:
+        if copied:  # the driver is killed while copying: what it wrote to is truncated
+            open(dst, "w").close()
+            raise KeyboardInterrupt
+        copied.append(src)
+        return real(src, dst)
+
+    monkeypatch.setattr(shutil, "copyfile", dies_on_the_second_file)
+    with pytest.raises(KeyboardInterrupt):
+        upload(**kwargs)
+    monkeypatch.undo()
+    stored = {p.name: p.read_text() for p in storage.iterdir() if not p.name.startswith(".")}
+    assert sorted(stored) == sorted(names)
+    assert all(text in (f"old {name}", f"new {name}") for name, text in stored.items()), stored
+    assert sum(text.startswith("new") for text in stored.values()) == 1
+
+    (staging / "tmp-searcher-state").write_text("renamed away")
+    monkeypatch.setattr(shutil, "copyfile", lambda src, dst: real(src, dst) if "tmp-" not in src else
+                        (_ for _ in ()).throw(FileNotFoundError(src)))
+    upload(**kwargs)
+    monkeypatch.undo()
+    stored = {p.name: p.read_text() for p in storage.iterdir() if not p.name.startswith(".")}
+    assert stored == {name: f"new {name}" for name in names}
+    # Object stores (an object appears whole) and uploads with excludes keep Ray's path.
+    assert _FilesystemSyncer(pafs._MockFileSystem())._sync_up_command(str(staging), "b/x")[0] is _upload_to_fs_path
