@@ -150,20 +150,67 @@ def persist_trials_before_they_start() -> None:
     TuneController._actor_started = _actor_started  # type: ignore[method-assign]
 
 
-def atomic_local_state_uploads() -> None:
-    """Make Tune's uploads of its experiment folder (trial table, searcher) to a *local*
-    storage path write each file whole: to a temporary name, then renamed over the old
-    one (`_FilesystemSyncer._sync_up_command`, `ray/train/_internal/storage.py`).
+def atomic_tune_state() -> None:
+    """Make every file of Tune's stored experiment state (trial table, searcher) whole at
+    any moment, so that a driver killed at any point leaves a state `Tuner.restore` reads.
 
-    Ray copies with `pyarrow.fs.copy_files`, which on a local filesystem truncates each
-    destination file and then writes it: a driver killed during an upload (Tune uploads
-    at every step) left `experiment_state-*.json`, `search_gen_state-*.json` and
-    `searcher-state-*.pkl` empty, and `Tuner.restore` then logged "Failed to restore the
-    run state" and restarted the experiment without its trials (the in-flight trial lost:
-    seen in test_killed_sweep_driver_resumes_without_rerunning_trials[local]). A source
-    file that vanishes during the walk (Tune's own temporary files) is skipped instead of
-    aborting the upload. Object stores need none of this (an object appears whole), and
-    uploads with exclude patterns keep Ray's path. Idempotent (patches the class once)."""
+    Seen (test_killed_sweep_driver_resumes_without_rerunning_trials[local], beside a CPU
+    hog): the stored `experiment_state-*.json` (and in one run `search_gen_state-*.json`
+    and `searcher-state-*.pkl`) empty at the kill; `Tuner.restore` then logged "Failed to
+    restore the run state", restarted the experiment without its trials, and the trial
+    that was training was lost. Two causes, both fixed here:
+
+    - `TuneController.save_to_dir` writes the experiment state in place (open "w", then
+      dump) in the driver's staging folder while the background upload of the previous
+      step may be copying it: the copy can read an empty file. It is now written to a
+      temporary name and renamed (as Tune already does for the searcher's files).
+    - The upload (`_FilesystemSyncer._sync_up_command`, `pyarrow.fs.copy_files`) truncates
+      each destination file and then writes it: on a *local* storage path each file is now
+      copied to a temporary name and renamed over the old one, and a source file that
+      vanished during the walk (Tune's own temporary files) is skipped instead of aborting
+      the upload. Object stores need no change (an object appears whole), and uploads with
+      exclude patterns keep Ray's path.
+
+    Idempotent (patches the classes once per process)."""
+    _atomic_experiment_state_save()
+    _atomic_local_uploads()
+
+
+def _atomic_experiment_state_save() -> None:
+    """`TuneController.save_to_dir` as in Ray 2.60 (`ray/tune/execution/tune_controller.py`),
+    with the experiment state written to a temporary file and renamed."""
+    import json
+    import uuid
+
+    from ray.tune.execution.tune_controller import TuneController
+    from ray.tune.utils.serialization import TuneFunctionEncoder
+
+    original = TuneController.save_to_dir
+    if getattr(original, "_raysweep_atomic", False):
+        return
+
+    def save_to_dir(self: Any) -> None:
+        runner_state = {
+            "trial_data": list(self._get_trial_checkpoints().values()),
+            "runner_data": self.__getstate__(),
+            "stats": {"start_time": self._start_time},
+        }
+        staging = self._storage.experiment_driver_staging_path
+        os.makedirs(staging, exist_ok=True)
+        final = Path(staging, self.experiment_state_file_name)
+        tmp = final.with_name(f".{uuid.uuid4().hex[:8]}-tmp-{final.name}")
+        with open(tmp, "w") as f:
+            json.dump(runner_state, f, cls=TuneFunctionEncoder)
+        os.replace(tmp, final)
+        self._search_alg.save_to_dir(staging, session_str=self._session_str)
+        self._callbacks.save_to_dir(staging, session_str=self._session_str)
+
+    save_to_dir._raysweep_atomic = True  # type: ignore[attr-defined]
+    save_to_dir._raysweep_original = original  # type: ignore[attr-defined]  (tests compare it with Ray's)
+    TuneController.save_to_dir = save_to_dir  # type: ignore[method-assign]
+
+
+def _atomic_local_uploads() -> None:
     import shutil
     import uuid
 
@@ -186,6 +233,8 @@ def atomic_local_state_uploads() -> None:
             target = os.path.join(dest, os.path.relpath(folder, local_path))
             os.makedirs(target, exist_ok=True)
             for name in files:
+                if name.startswith("."):  # (a temporary file being written)
+                    continue
                 tmp = os.path.join(target, f".{name}.{uuid.uuid4().hex[:8]}.raysweep-tmp")
                 try:
                     shutil.copyfile(os.path.join(folder, name), tmp)

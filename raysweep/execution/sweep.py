@@ -26,7 +26,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from raysweep._ray_compat import (
-    atomic_local_state_uploads,
+    atomic_tune_state,
     persist_trials_before_they_start,
     replace_tuner_callbacks,
     replace_tuner_searcher,
@@ -337,7 +337,7 @@ def run_sweep(spec: Spec, plan: RunPlan, sweep_id: str, tracker: SweepTracker, c
     """
     set_ray_env_defaults()
     persist_trials_before_they_start()
-    atomic_local_state_uploads()
+    atomic_tune_state()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sweep_dir = f"{plan.storage_path}/{sweep_id}"
     strategy = STRATEGIES[plan.mode]

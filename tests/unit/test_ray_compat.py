@@ -79,10 +79,10 @@ def test_tune_state_uploads_to_a_local_path_leave_each_file_whole(tmp_path, monk
     import pyarrow.fs as pafs
     from ray.train._internal.storage import _FilesystemSyncer, _upload_to_fs_path
 
-    from raysweep._ray_compat import atomic_local_state_uploads
+    from raysweep._ray_compat import atomic_tune_state
 
-    atomic_local_state_uploads()
-    atomic_local_state_uploads()  # (idempotent)
+    atomic_tune_state()
+    atomic_tune_state()  # (idempotent)
     staging, storage = tmp_path / "staging", tmp_path / "storage"
     staging.mkdir()
     storage.mkdir()
@@ -119,3 +119,47 @@ def test_tune_state_uploads_to_a_local_path_leave_each_file_whole(tmp_path, monk
     assert stored == {name: f"new {name}" for name in names}
     # Object stores (an object appears whole) and uploads with excludes keep Ray's path.
     assert _FilesystemSyncer(pafs._MockFileSystem())._sync_up_command(str(staging), "b/x")[0] is _upload_to_fs_path
+
+
+def test_the_experiment_state_is_never_seen_half_written(tmp_path, monkeypatch):
+    """Tune's upload thread may copy the staging folder while the next step saves it: the
+    experiment state file must hold the previous whole state until the new one is whole.
+    (raysweep's save_to_dir is Ray 2.60's with an atomic write: its body is checked here.)"""
+    import inspect
+    import json
+    import types
+
+    from ray.tune.execution.tune_controller import TuneController
+
+    from raysweep._ray_compat import atomic_tune_state
+
+    atomic_tune_state()
+    ours = TuneController.save_to_dir
+    original = inspect.getsource(ours._raysweep_original)
+    for line in ('"trial_data": list(self._get_trial_checkpoints().values())', '"runner_data": self.__getstate__()',
+                 '"stats": {"start_time": self._start_time}', "json.dump(runner_state, f, cls=TuneFunctionEncoder)",
+                 "self._search_alg.save_to_dir(driver_staging_path, session_str=self._session_str)",
+                 "self._callbacks.save_to_dir(driver_staging_path, session_str=self._session_str)"):
+        assert line in original, f"Ray's TuneController.save_to_dir changed: {line!r} is gone"
+
+    saved: list[str] = []
+    fake = types.SimpleNamespace(
+        _get_trial_checkpoints=lambda: {"t1": "state of t1"}, __getstate__=lambda: {"runner": 1}, _start_time=5.0,
+        _storage=types.SimpleNamespace(experiment_driver_staging_path=str(tmp_path)), _session_str="s",
+        experiment_state_file_name="experiment_state-s.json",
+        _search_alg=types.SimpleNamespace(save_to_dir=lambda d, session_str: saved.append("searcher")),
+        _callbacks=types.SimpleNamespace(save_to_dir=lambda d, session_str: saved.append("callbacks")))
+    final = tmp_path / "experiment_state-s.json"
+    final.write_text(json.dumps({"previous": "state"}))
+    seen_while_writing: list[str] = []
+    real_dump = json.dump
+
+    def dump(obj, f, **kwargs):  # what an upload copying the folder now would read
+        seen_while_writing.append(final.read_text())
+        return real_dump(obj, f, **kwargs)
+
+    monkeypatch.setattr(json, "dump", dump)
+    TuneController.save_to_dir(fake)
+    assert seen_while_writing == [json.dumps({"previous": "state"})]
+    assert json.loads(final.read_text())["trial_data"] == ["state of t1"]
+    assert saved == ["searcher", "callbacks"] and sorted(p.name for p in tmp_path.iterdir()) == [final.name]
