@@ -155,8 +155,8 @@ class PinnedFeed:
     def _fill(self, slot: _Slot, rows: Any) -> list[Future[Any]]:
         n = _count(rows)
         chunks = max(1, min(self.threads, n // self.min_chunk_rows))
-        futures: list[Future[Any]] = [self._pool.submit(self._gather, slot, rows, k * n // chunks, (k + 1) * n // chunks)
-                   for k in range(chunks)]
+        futures: list[Future[Any]] = [
+            self._pool.submit(self._gather, slot, rows, k * n // chunks, (k + 1) * n // chunks) for k in range(chunks)]
         if len(self.fixed) < len(self.split.block):  # variable-length columns: taken on the host
             futures.append(self._pool.submit(self._take_ragged, rows))
         return futures
