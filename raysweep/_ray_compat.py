@@ -206,7 +206,7 @@ def _atomic_experiment_state_save() -> None:
         self._callbacks.save_to_dir(staging, session_str=self._session_str)
 
     save_to_dir._raysweep_atomic = True  # type: ignore[attr-defined]
-    save_to_dir._raysweep_original = original  # type: ignore[attr-defined]  (tests compare it with Ray's)
+    save_to_dir._raysweep_original = original  # type: ignore[attr-defined]  # (tests compare it with Ray's)
     TuneController.save_to_dir = save_to_dir  # type: ignore[method-assign]
 
 
