@@ -117,9 +117,6 @@ class PinnedFeed:
             slots.append(_Slot(host, {k: t.numpy() for k, t in host.items()}))
         return slots
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
     def train(self, rank: int, world_size: int, batch_size: int, seed: int, epoch: int,
               start_step: int = 0) -> Iterator[Batch]:
         rows = train_batch_indices(len(self.split), rank, world_size, batch_size, seed, epoch)[start_step:]

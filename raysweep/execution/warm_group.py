@@ -32,7 +32,6 @@ integration; `check` refuses them with `warm`).
 from __future__ import annotations
 
 import datetime
-import os
 import threading
 import traceback
 from typing import Any
@@ -103,13 +102,9 @@ def _join(address: str, port: int, rank: int, world: int, backend: str) -> None:
 class GroupWorker:
     """Rank 1..N-1 of a warm group (a Ray actor in its trial's placement group)."""
 
-    def pid(self) -> int:
-        return os.getpid()
-
-    def join(self, address: str, port: int, rank: int, world: int, backend: str) -> int:
+    def join(self, address: str, port: int, rank: int, world: int, backend: str) -> None:
         """Join rank 0's process group (its TCP store at address:port)."""
         _join(address, port, rank, world, backend)
-        return os.getpid()
 
     def run(self, plan: RunPlan, checkpoint: dict[str, Any] | None, rank: int, world: int) -> str | None:
         """Train one trial as `rank`. Returns None when the trial ran to its end or was
@@ -153,7 +148,7 @@ class WarmGroup:
         try:
             dist.init_process_group(self.backend, store=store, rank=0, world_size=self.world,
                                     timeout=datetime.timedelta(seconds=PROCESS_GROUP_TIMEOUT_S))
-            self.pids = ray.get(joined)
+            ray.get(joined)
         except BaseException:
             self.close()
             raise
