@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from raysweep import __version__
 from raysweep.config.load import leave_ray_working_dir
 from raysweep.errors import RunFailedError, UserInputError
 from raysweep.prepare import prepare
@@ -19,6 +20,7 @@ EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="raysweep", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"raysweep {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, help_text: str, spec: bool = True) -> argparse.ArgumentParser:

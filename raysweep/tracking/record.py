@@ -26,6 +26,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+import raysweep
 from raysweep.data.files import FOOTER_THREADS, ResolvedData
 from raysweep.data.storage import filesystem, is_object_store
 from raysweep.errors import UserInputError
@@ -33,11 +34,13 @@ from raysweep.tracking import tags as tag
 
 RECORD_FILE = "record.json"
 DIFF_FILE = "git.diff"
-PACKAGES = ("ray", "torch", "pytorch-lightning", "lightning", "optuna", "mlflow", "pyarrow", "numpy", "raysweep")
+PACKAGES = ("ray", "torch", "pytorch-lightning", "lightning", "optuna", "mlflow", "pyarrow", "numpy")
 
 
 def versions() -> dict[str, str]:
-    found = {"python": platform.python_version()}
+    """Python's and the stack's versions; raysweep's from its one place (`raysweep.__version__`),
+    which an editable checkout's stale install metadata cannot contradict."""
+    found = {"python": platform.python_version(), "raysweep": raysweep.__version__}
     for name in PACKAGES:
         try:
             found[name] = metadata.version(name)

@@ -1,0 +1,354 @@
+"""What a trainer gets: its data shard, `report`, the state to resume, its rank.
+
+Trainers do not import Ray. The engine builds a `TrainContext` inside a Ray Train
+worker (see `raysweep.worker`), and tests build one in-process with
+`TrainContext.in_process`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from raysweep.data.arrays import ArraySet, Batch, DataSplit
+from raysweep.data.columns import Block, Layout
+from raysweep.data.shards import num_train_batches
+from raysweep.execution.feed import DeviceCache, PinnedFeed, choose_feed, to_device
+
+CURSOR = "cursor"
+"""Key of the data cursor {epoch, step} in a mid-epoch checkpoint's state."""
+MID_EPOCH = "mid_epoch"
+"""Marks a mid-epoch report: no epoch metrics, only its checkpoint (the tracker,
+MLflow and the scheduler skip it). Same string as raysweep.tracking.store.MID_EPOCH."""
+PREEMPTED = "preempted"
+"""Marks the mid-epoch report a drain notice made (a just-in-time checkpoint): the
+tracker counts it and tags the run."""
+ReportFn = Callable[[dict[str, float], "dict[str, Any] | None"], None]
+PreemptionFn = Callable[[], "float | None"]
+"""Returns None, or the Unix time at which this worker's node (or one of its group's)
+will be taken away: a drain notice (Ray's `ray drain-node`, as a cloud autoscaler
+sends for a spot node)."""
+PREEMPTION_CHECK_STEPS = 4
+"""Ranks of a worker group agree on a drain notice every this many steps (one
+all-reduce of a flag); one worker checks every step (no collective)."""
+PREEMPTION_WAIT_MARGIN_S = 30.0
+"""After its just-in-time checkpoint a worker waits for its node to go; if it is still
+there this long after the deadline (the drain was cancelled), it trains on."""
+
+
+class NonFiniteMetricError(RuntimeError):
+    """A reported metric is NaN or infinite: the run stops and is marked FAILED."""
+
+
+class MissingMetricError(RuntimeError):
+    """The trainer's first report lacks a metric the sweep needs (an objective or a
+    constrained metric): the run fails, naming it."""
+
+
+class TransformError(RuntimeError):
+    """The trainer's `transform` raised or returned something other than tensors: the
+    run fails with this one line (which transform, which batch)."""
+
+
+Transform = Callable[[dict[str, Any], "np.random.Generator | None"], dict[str, Any]]
+
+
+def transform_rng(seed: int, epoch: int, step: int, rank: int) -> np.random.Generator:
+    """A training batch's transform randomness: a function of (seed, epoch, step, rank)
+    only, so an augmented run (and its resume) sees the same draws."""
+    return np.random.default_rng([seed % 2**32, epoch, step, rank])
+
+
+@dataclass
+class TrainContext:
+    """Everything one worker's training code may use.
+
+    Attributes:
+        params: fixed params merged with this trial's sampled ones.
+        num_epochs: epochs to train (the scheduler may stop the run earlier).
+        start_epoch: first epoch to run (0, the one after a resumed epoch-end
+            checkpoint, or the one a mid-epoch checkpoint was taken in).
+        checkpoint: the state dict a previous `report` (or mid-epoch save) held, or None.
+        train, validation: the splits (memory or stream loader; see DataSplit).
+    """
+
+    params: dict[str, Any]
+    num_epochs: int
+    seed: int
+    train: DataSplit
+    validation: DataSplit
+    report_fn: ReportFn
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    checkpoint: dict[str, Any] | None = None
+    checkpoint_every: int = 1
+    checkpoint_every_steps: int | None = None
+    runs_on_ray: bool = False
+    transform: Transform | None = None
+    """The trainer module's `transform(batch, rng)`, run on every named batch in
+    `transform_workers` background threads before it reaches the device. Training
+    batches get a numpy Generator seeded from (seed, epoch, step, rank); validation
+    batches get rng=None (decode, do not augment)."""
+    transform_name: str = "transform"
+    transform_workers: int = 2
+    preemption: PreemptionFn | None = None
+    """Drain notices for this run's nodes (None: not watched). With a notice, the
+    training loop saves a mid-epoch checkpoint at the next step and stops taking
+    batches until the node is gone; the run resumes elsewhere at the next batch."""
+    cache: str = "host"
+    """`data.cache`: gpu keeps an in-memory split's fixed-width columns on the GPU (when
+    they fit) and gathers batches there; host gathers them on the host."""
+    gather_threads: int = 4
+    """Threads gathering an in-memory split's batches into page-locked buffers (GPU
+    workers; see raysweep.execution.feed)."""
+    feed_on_cpu: bool = False
+    """Use the GPU feeds on a CPU device too (tests, `scripts/gpu_check.py --device cpu`)."""
+    required_metrics: dict[str, str] = field(default_factory=dict)
+    """Metrics the first report must hold, each with what needs it (`scheduler.metric`,
+    a constraint); a missing one raises MissingMetricError."""
+    preempted_at: tuple[int, int] | None = field(default=None, init=False)
+    """(epoch, step) of the just-in-time checkpoint a drain notice made, if any."""
+    _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
+    _feeds: dict[int, PinnedFeed | DeviceCache | None] = field(default_factory=dict, init=False, repr=False)
+    _first_step_at: float | None = field(default=None, init=False, repr=False)
+    _first_step_reported: bool = field(default=False, init=False, repr=False)
+
+    @property
+    def start_epoch(self) -> int:
+        if self.checkpoint is None:
+            return 0
+        if CURSOR in self.checkpoint:
+            return int(self.checkpoint[CURSOR]["epoch"])
+        return int(self.checkpoint["epoch"]) + 1
+
+    @property
+    def start_step(self) -> int:
+        """The batch of `start_epoch` to start at (a mid-epoch checkpoint's cursor)."""
+        return int(self.checkpoint[CURSOR]["step"]) if self.checkpoint and CURSOR in self.checkpoint else 0
+
+    def checkpoint_due(self, epoch: int) -> bool:
+        """Whether `report` keeps a checkpoint for `epoch` (every N, and the last)."""
+        return (epoch + 1) % self.checkpoint_every == 0 or epoch + 1 >= self.num_epochs
+
+    def num_train_batches(self, batch_size: int) -> int:
+        return num_train_batches(len(self.train), self.world_size, batch_size)
+
+    def local_rows(self, train: bool = True) -> int:
+        """Rows this rank gets per epoch (train) or per evaluation (validation)."""
+        split = self.train if train else self.validation
+        return split.local_rows(self.rank, self.world_size, train)
+
+    def train_batches(self, epoch: int, batch_size: int,
+                      state: Callable[[], dict[str, Any]] | None = None) -> Iterator[Batch]:
+        """This rank's shard for `epoch`: seeded shuffle, same batch count on every rank.
+
+        A resumed run starts `start_epoch` at the checkpoint's cursor. With
+        `checkpoint.every_n_steps` set, pass `state` (what `report`'s checkpoint
+        would hold, as a function): after every N-th step the context saves it with
+        the cursor, on every rank together, so a resume continues at the next batch.
+        """
+        start = self.start_step if epoch == self.start_epoch else 0
+        every = self.checkpoint_every_steps if state is not None else None
+        total = self.num_train_batches(batch_size)
+        feed = self._feed(self.train)
+        batches: Iterator[Batch]
+        if feed is not None:
+            batches = feed.train(self.rank, self.world_size, batch_size, self.seed, epoch, start)
+        else:
+            blocks = self.train.train_blocks(self.rank, self.world_size, batch_size, self.seed, epoch, start)
+            batches = (to_device(b, self.device) for b in self._batches(self.train.layout, blocks, epoch, start))
+        for step, batch in enumerate(batches, start=start):
+            if self._first_step_at is None:
+                self._first_step_at = time.time()
+            yield batch
+            if state is None or step + 1 >= total:  # (the epoch's end report follows)
+                continue
+            deadline = self._drain_deadline(step) if self.preempted_at is None else None
+            if deadline is not None:
+                self._save_cursor(epoch, step + 1, state, {PREEMPTED: 1, "drain_deadline_unix": deadline})
+                self.preempted_at = (epoch, step + 1)
+                self._wait_for_node_to_go(deadline)
+            elif every and (step + 1) % every == 0:
+                self._save_cursor(epoch, step + 1, state)
+
+    def _drain_deadline(self, step: int) -> float | None:
+        """A drain notice every rank agrees on at this step (one worker: at every step;
+        a group: every PREEMPTION_CHECK_STEPS, by an all-reduce), as its deadline."""
+        if self.preemption is None:
+            return None
+        if self.world_size == 1 or not dist.is_initialized():
+            return self.preemption()
+        if (step + 1) % PREEMPTION_CHECK_STEPS:
+            return None
+        deadline = self.preemption()
+        agreed = torch.tensor([1.0 if deadline is not None else 0.0, -(deadline or math.inf)],
+                              dtype=torch.float64, device=self.device)
+        dist.all_reduce(agreed, op=dist.ReduceOp.MAX)  # (any rank notified; the earliest deadline)
+        return -float(agreed[1]) if agreed[0] > 0 else None
+
+    def _wait_for_node_to_go(self, deadline: float) -> None:
+        """Take no more batches: Ray Train tears the group down at the deadline and
+        restarts it on other nodes from the checkpoint just saved, so every row of the
+        epoch is still seen once. A drain that never ends in a teardown (cancelled)
+        lets training go on PREEMPTION_WAIT_MARGIN_S after its deadline."""
+        while time.time() < deadline + PREEMPTION_WAIT_MARGIN_S:
+            time.sleep(0.2)
+
+    def _save_cursor(self, epoch: int, step: int, state: Callable[[], dict[str, Any]],
+                     extra: dict[str, float] | None = None) -> None:
+        """A mid-epoch checkpoint: the trainer's state plus the data cursor. Every rank
+        reports (Ray Train's reports are collective); rank 0's checkpoint is kept."""
+        checkpoint = {**state(), CURSOR: {"epoch": epoch, "step": step}} if self.rank == 0 else None
+        self.report_fn({"epoch": epoch, "step": step, MID_EPOCH: 1, "report_unix": time.time(), **(extra or {})},
+                       checkpoint)
+
+    def validation_batches(self, batch_size: int) -> Iterator[Batch]:
+        """This rank's block of the validation set; all blocks cover every row once."""
+        feed = self._feed(self.validation)
+        if feed is not None:
+            yield from feed.validation(self.rank, self.world_size, batch_size)
+            return
+        blocks = self.validation.eval_blocks(self.rank, self.world_size, batch_size)
+        for batch in self._batches(self.validation.layout, blocks, None, 0):
+            yield to_device(batch, self.device)
+
+    def _feed(self, split: DataSplit) -> PinnedFeed | DeviceCache | None:
+        """The GPU feed of an in-memory split (chosen once per split; None: the plain
+        path, as on CPU workers, for streamed splits and with a `transform`)."""
+        if self.transform is not None:
+            return None
+        if id(split) not in self._feeds:
+            self._feeds[id(split)] = choose_feed(split, self.device, self.cache, self.gather_threads,
+                                                 on_cpu=self.feed_on_cpu)
+        return self._feeds[id(split)]
+
+    def _batches(self, layout: Layout, blocks: Iterator[Block], epoch: int | None, first: int) -> Iterator[Batch]:
+        """Host blocks -> the trainer's batches; through `transform` in background
+        threads (in order, a few ahead) when the trainer defines one."""
+        if self.transform is None:
+            for block in blocks:
+                yield layout.deliver(block)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.transform_workers, thread_name_prefix="raysweep-transform")
+        ahead: deque[Future[Batch]] = deque()
+        step = first
+        try:
+            for block in blocks:
+                ahead.append(self._pool.submit(self.transformed, layout, block, epoch, step))
+                step += 1
+                if len(ahead) > self.transform_workers:
+                    yield ahead.popleft().result()
+            while ahead:
+                yield ahead.popleft().result()
+        finally:
+            for future in ahead:
+                future.cancel()
+
+    def transformed(self, layout: Layout, block: Block, epoch: int | None, step: int) -> Batch:
+        """`block` delivered and run through the transform (epoch None: a validation batch)."""
+        assert self.transform is not None
+        where = (f"epoch {epoch} batch {step}" if epoch is not None else f"validation batch {step}") + \
+            f" (rank {self.rank})"
+        rng = transform_rng(self.seed, epoch, step, self.rank) if epoch is not None else None
+        try:
+            out = self.transform(layout.deliver(block), rng)
+        except Exception as exc:  # the user's transform failed on this batch
+            text = str(exc).strip().splitlines()
+            raise TransformError(f"{self.transform_name} failed on {where}: {type(exc).__name__}: "
+                                 f"{text[0][:300] if text else ''}") from None
+        if not isinstance(out, dict):
+            raise TransformError(f"{self.transform_name} returned {type(out).__name__} on {where}; "
+                                 "it must return a dict of tensors")
+        batch = {}
+        for key, value in out.items():
+            if isinstance(value, np.ndarray):
+                try:  # (a flipped view has negative strides: copied into a contiguous array)
+                    value = torch.from_numpy(np.ascontiguousarray(value))
+                except TypeError:
+                    raise TransformError(f"{self.transform_name} returned a numpy {value.dtype} array for {key!r} "
+                                         f"on {where}; torch takes numbers and bools only") from None
+            if not isinstance(value, torch.Tensor):
+                raise TransformError(f"{self.transform_name} returned {type(value).__name__} for {key!r} on {where}; "
+                                     "every value must be a tensor or numpy array")
+            batch[key] = value
+        return batch
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Move to the device; wrap in DistributedDataParallel when world_size > 1."""
+        model = model.to(self.device)
+        if self.world_size > 1 and dist.is_initialized():
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        return model
+
+    def all_reduce_sum(self, values: list[float]) -> list[float]:
+        """Sums `values` across ranks (identity for one worker)."""
+        if self.world_size == 1 or not dist.is_initialized():
+            return list(values)
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    def report(self, metrics: dict[str, float], checkpoint: dict[str, Any] | None = None) -> None:
+        """Report one epoch's metrics (rank 0's travel up) and optionally its state.
+
+        `metrics` must hold the 0-based `epoch`; `epochs_completed` is added.
+
+        Every rank must call it once per epoch. A NaN or infinite metric raises
+        NonFiniteMetricError, which fails the run.
+        """
+        if "epoch" not in metrics:
+            raise ValueError("report() needs metrics['epoch'] (0-based)")
+        bad = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)}
+        if bad:
+            raise NonFiniteMetricError(f"non-finite metric(s) {bad} at epoch {metrics['epoch']}")
+        missing = [m for m in self.required_metrics if m not in metrics]
+        if missing:
+            raise MissingMetricError(
+                f"{self.required_metrics[missing[0]]} names metric {missing[0]!r}, which the trainer does not report "
+                f"(it reports: {', '.join(sorted(metrics))})")
+        # The scheduler's clock: ASHA's grace period counts completed epochs.
+        metrics = {**metrics, "epochs_completed": int(metrics["epoch"]) + 1, "report_unix": time.time()}
+        if self._first_step_at is not None and not self._first_step_reported:
+            # Wall-clock time of the first training step: the driver turns it
+            # into the run's start-up time (trial start -> first step).
+            metrics["first_step_unix"] = self._first_step_at
+            self._first_step_reported = True
+        keep = self.rank == 0 and self.checkpoint_due(int(metrics["epoch"]))
+        self.report_fn(metrics, checkpoint if keep else None)
+
+    @classmethod
+    def in_process(
+        cls,
+        train: ArraySet,
+        validation: ArraySet,
+        params: dict[str, Any],
+        num_epochs: int,
+        seed: int = 0,
+        checkpoint: dict[str, Any] | None = None,
+        transform: Transform | None = None,
+    ) -> tuple[TrainContext, list[tuple[dict[str, float], dict[str, Any] | None]]]:
+        """A one-worker context without Ray; returns it and the list `report` fills."""
+        reports: list[tuple[dict[str, float], dict[str, Any] | None]] = []
+        context = cls(
+            params=params,
+            num_epochs=num_epochs,
+            seed=seed,
+            train=train,
+            validation=validation,
+            report_fn=lambda m, c: reports.append((m, c)),
+            checkpoint=checkpoint,
+            transform=transform,
+        )
+        return context, reports

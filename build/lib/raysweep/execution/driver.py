@@ -1,0 +1,83 @@
+"""Driver side of a Train worker-group run: the TorchTrainer and its MLflow callback.
+
+Used by `raysweep train` and by each ExecutionMode.WORKER_GROUP trial.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from ray.train.v2.api.callback import UserCallback
+
+from raysweep._ray_compat import set_ray_env_defaults
+from raysweep.execution import pg_cleaner
+from raysweep.execution.plan import RunPlan
+from raysweep.execution.worker import train_in_worker_group
+from raysweep.tracking import tags
+from raysweep.tracking.store import MID_EPOCH, PREEMPTED, RunStore, epoch_metrics, preemption_tags
+
+
+def checkpoint_config(plan: RunPlan) -> CheckpointConfig:
+    return CheckpointConfig(num_to_keep=plan.num_to_keep, checkpoint_score_attribute=plan.score_metric,
+                            checkpoint_score_order=plan.score_mode)
+
+
+class RaysweepTorchTrainer(TorchTrainer):
+    """TorchTrainer with Ray's placement-group cleaner swapped for one that never
+    removes a live run's group and stops at once (`pg_cleaner`)."""
+
+    def _create_default_callbacks(self) -> list[Any]:
+        return pg_cleaner.install(super()._create_default_callbacks())  # type: ignore[misc]  # (V2's method)
+
+
+def build_trainer(plan: RunPlan, run_name: str, callbacks: list[Any], storage_path: str | None = None) -> TorchTrainer:
+    """A TorchTrainer whose workers run `plan.trainer` on the plan's data.
+
+    Re-running with the same `run_name` and storage resumes from the latest
+    checkpoint (Ray Train V2 behaviour).
+    """
+    set_ray_env_defaults()  # the controller inherits the health-check interval
+    resources = {"CPU": plan.cpus_per_worker}
+    if plan.use_gpu:
+        resources["GPU"] = plan.gpus_per_worker
+    return RaysweepTorchTrainer(
+        train_in_worker_group,
+        train_loop_config={"plan": plan},
+        scaling_config=ScalingConfig(num_workers=plan.num_workers, use_gpu=plan.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage_path or plan.storage_path,
+            callbacks=callbacks,
+            checkpoint_config=checkpoint_config(plan),
+            failure_config=FailureConfig(max_failures=plan.max_failures),
+        ),
+    )
+
+
+class TrainMetricsCallback(UserCallback):
+    """Logs each reported epoch of one `raysweep train` run to its MLflow run (runs in
+    the Train controller, on the driver's node)."""
+
+    def __init__(self, uri: str, experiment_name: str, run_id: str, started_at: float) -> None:
+        self.uri, self.experiment_name, self.run_id = uri, experiment_name, run_id
+        self.started_at = started_at
+        self._store: RunStore | None = None
+        self.preemptions = 0
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        if self._store is None:
+            self._store = RunStore(self.uri, self.experiment_name)
+        if metrics[0].get(PREEMPTED):  # a drain notice's just-in-time checkpoint
+            self.preemptions += 1
+            preempted = preemption_tags(metrics[0], self.preemptions)
+            self._store.set_tags(self.run_id, preempted)
+            print(f"run {self.experiment_name}: {preempted[tags.PREEMPTED_AT]}", flush=True)
+        if metrics[0].get(MID_EPOCH):  # a mid-epoch checkpoint: no epoch metrics to log
+            return
+        values = epoch_metrics(metrics[0])
+        if "first_step_unix" in metrics[0]:
+            values["startup_s"] = float(metrics[0]["first_step_unix"]) - self.started_at
+        self._store.log_metrics(self.run_id, values, step=int(values.get("epoch", 0)))

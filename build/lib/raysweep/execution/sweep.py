@@ -1,0 +1,398 @@
+"""Driver side of a sweep: Optuna suggests, Ray Tune runs trials, the scheduler stops weak ones.
+
+Train V2 pattern: `Tuner(trial_function)`. How a trial trains is its
+`ExecutionMode`, and each mode has one `TrialStrategy`: the trial function, the
+resources the trial asks Tune for, who retries a failure, whether Tune reuses the
+trial's process. Tune does not count Train's workers, so the concurrency is
+derived from the cluster's CPUs/GPUs (`max_concurrent_trials`), before any run.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from raysweep._ray_compat import (
+    atomic_tune_state,
+    persist_trials_before_they_start,
+    replace_tuner_callbacks,
+    replace_tuner_searcher,
+    set_ray_env_defaults,
+)
+from raysweep.config.constraints import Constraint, violations
+from raysweep.config.space import search_space, to_optuna_space
+from raysweep.config.spec import SamplerSpec, SchedulerSpec, Spec
+from raysweep.errors import UserInputError, one_line_cause
+from raysweep.execution.driver import build_trainer
+from raysweep.execution.mo_asha import MultiObjectiveASHA
+from raysweep.execution.plan import ExecutionMode, RunPlan
+from raysweep.execution.warm_group import resources as warm_group_resources
+from raysweep.execution.warm_group import train_in_warm_group
+from raysweep.execution.worker import train_in_trial
+from raysweep.tracking.callbacks import SweepTracker
+from raysweep.tracking.study import (
+    TUNE_TRIAL_ATTR,
+    fail_stale_trials,
+    pull_study,
+    push_study,
+    seed_study,
+    study_dir,
+    study_storage,
+)
+
+TUNE_DIR = "tune"
+DRIVER_NODE_FILE = "driver_node"
+# A worker-group trial's function only waits on its TorchTrainer: it takes no CPU
+# (Train's workers do). Tune refuses an empty request, so it reserves a little memory.
+TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 256 * 1024**2}
+
+
+def _note_driver_node(trials_dir: str) -> str:
+    """Record where this trial's function (and a Train controller) ran; returns the trial id."""
+    trial_id = tune.get_context().get_trial_id()
+    if "://" not in trials_dir:
+        folder = Path(trials_dir) / trial_id
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / DRIVER_NODE_FILE).write_text(ray.get_runtime_context().get_node_id())
+    return trial_id
+
+
+def _run_in_trial(config: dict[str, Any], *, plan: RunPlan, trials_dir: str) -> None:
+    _note_driver_node(trials_dir)
+    train_in_trial(plan.with_params(config))
+
+
+def _run_warm_group(config: dict[str, Any], *, plan: RunPlan, trials_dir: str) -> None:
+    _note_driver_node(trials_dir)
+    train_in_warm_group(plan.with_params(config))
+
+
+def _run_worker_group(config: dict[str, Any], *, plan: RunPlan, trials_dir: str) -> None:
+    trial_id = _note_driver_node(trials_dir)
+    build_trainer(plan.with_params(config), run_name=trial_id, callbacks=[TuneReportCallback()],
+                  storage_path=trials_dir).fit()
+
+
+@dataclass(frozen=True)
+class TrialStrategy:
+    """How trials of one ExecutionMode run under Tune."""
+
+    run: Callable[..., None]
+    """The Tune function trainable."""
+    trial_is_worker: bool
+    """True: the trial's own process trains, so it asks Tune for the worker's CPUs
+    and GPU, Tune reuses the warm process for the next trial and retries a failure
+    from the trial's checkpoint. False: the trial only drives a Train worker group,
+    which holds its own resources and retries inside Train."""
+
+    def resources(self, plan: RunPlan) -> Any:
+        """What the trial asks Tune for: a dict, or (a warm group) a placement group factory."""
+        if plan.mode is ExecutionMode.WARM_GROUP:
+            return warm_group_resources(plan)
+        if self.trial_is_worker:
+            return {"CPU": plan.cpus_per_worker, "GPU": plan.gpus_per_worker}
+        return dict(TRIAL_DRIVER_RESOURCES)
+
+
+STRATEGIES = {
+    ExecutionMode.IN_TRIAL: TrialStrategy(_run_in_trial, trial_is_worker=True),
+    ExecutionMode.WARM_GROUP: TrialStrategy(_run_warm_group, trial_is_worker=True),
+    ExecutionMode.WORKER_GROUP: TrialStrategy(_run_worker_group, trial_is_worker=False),
+}
+
+
+class _OptunaSearch(OptunaSearch):
+    """OptunaSearch on the sweep's journal.
+
+    Every epoch's metric reaches the study as an intermediate value (step = epoch); a
+    trial the scheduler stopped before `max_epochs` is told PRUNED, not COMPLETE with
+    its last value (TPE then ranks it by its learning curve, below finished trials); an
+    errored trial is FAIL even if it reported before. Each Optuna trial is tagged with
+    its Tune trial id. A resumed sweep's searcher is rebuilt from the journal
+    alone (`from_journal`), not from Tune's pickled snapshot of it: that snapshot is
+    taken and uploaded at other moments than the journal (Tune syncs its experiment
+    state in the background, skipping a sync while one runs), and a snapshot that does
+    not match the journal re-suggests params already tried or loses the map from
+    Tune trials to Optuna trials (KeyError on the next result).
+    """
+
+    def __init__(self, *args: Any, journal_dir: str, sampler_spec: SamplerSpec, max_epochs: int,
+                 constraints: Sequence[Constraint] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.journal_dir, self.sampler_spec, self.max_epochs = journal_dir, sampler_spec, max_epochs
+        self.constraints = tuple(constraints)
+        self._reported: dict[str, int] = {}
+        self._last: dict[str, dict] = {}
+
+    def suggest(self, trial_id: str) -> dict | None:
+        new = trial_id not in self._ot_trials
+        config = super().suggest(trial_id)
+        if new and trial_id in self._ot_trials:
+            self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ATTR, trial_id)
+        return config
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if result is not None and not error:  # (Tune passes a trial's last result here, not to on_trial_result)
+            self.on_trial_result(trial_id, result)
+        stopped_early = result is not None and int(result.get("epochs_completed", self.max_epochs)) < self.max_epochs
+        if self.constraints and trial_id in self._ot_trials and trial_id not in self._completed_trials:
+            # The samplers read a trial's constraints (<= 0: met) from the study (Optuna 5's
+            # Trial.set_constraint): the last epoch's; a metric never reported counts as far outside.
+            trial, last = self._ot_trials[trial_id], self._last.get(trial_id, {})
+            for constraint, violation in zip(self.constraints, violations(self.constraints, last), strict=True):
+                trial.set_constraint(str(constraint), min(violation, MAX_VIOLATION))
+        # (no result: OptunaSearch tells FAIL when errored, else PRUNED)
+        super().on_trial_complete(trial_id, None if error or stopped_early else result, error)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        # Mid-epoch checkpoint reports carry no metric; Tune's training_iteration counts
+        # them too, so the step is the epoch. Several objectives: Optuna keeps no
+        # intermediate values (its multi-objective studies take none).
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        if all(m in result for m in metrics):
+            self._last[trial_id] = result
+        if isinstance(self.metric, list):
+            return
+        if self.metric in result and "epoch" in result and trial_id not in self._completed_trials:
+            trial, epoch = self._ot_trials[trial_id], int(result["epoch"])
+            if self._reported.get(trial_id, -1) < epoch:  # (a finished trial's last result comes twice)
+                trial.report(float(result[self.metric]), epoch)
+                self._reported[trial_id] = epoch
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        self.from_journal()
+
+    def from_journal(self) -> None:
+        """Study, trial map and finished trials from the journal; the sampler reseeded
+        from (seed, trials in the study), so it never replays the draws an earlier
+        driver made."""
+        study = optuna.load_study(study_name=self._study_name, storage=study_storage(self.journal_dir))
+        known = study.get_trials(deepcopy=False)
+        self._sampler = study.sampler = make_sampler(self.sampler_spec, seed_offset=len(known))
+        self._ot_study = study  # type: ignore[assignment]  # (OptunaSearch annotates it None)
+        self._ot_trials = {t.user_attrs[TUNE_TRIAL_ATTR]: optuna.Trial(study, t._trial_id)
+                           for t in known if TUNE_TRIAL_ATTR in t.user_attrs}
+        self._completed_trials = {t.user_attrs[TUNE_TRIAL_ATTR] for t in known
+                                  if TUNE_TRIAL_ATTR in t.user_attrs and t.state.is_finished()}
+        self._reported = {t.user_attrs[TUNE_TRIAL_ATTR]: max(t.intermediate_values) for t in known
+                          if TUNE_TRIAL_ATTR in t.user_attrs and t.intermediate_values}
+
+
+def make_searcher(spec: Spec, sweep_dir: str, resume: bool = False) -> _OptunaSearch:
+    """Ray Tune's OptunaSearch over the spec's space, on the sweep's durable study
+    (`resume`: rebuilt from the study's journal)."""
+    searcher = _OptunaSearch(
+        space=search_space(spec),
+        metric=spec.scheduler.metric,
+        mode=spec.scheduler.mode,
+        sampler=make_sampler(spec.sampler),
+        study_name=spec.name,
+        storage=study_storage(study_dir(sweep_dir, spec.name)),
+        journal_dir=study_dir(sweep_dir, spec.name),
+        sampler_spec=spec.sampler,
+        max_epochs=spec.scheduler.max_epochs,
+        constraints=spec.parsed_constraints(),
+    )
+    if resume:
+        searcher.from_journal()
+    return searcher
+
+
+MAX_VIOLATION = 1e12
+"""A constraint on a metric the trial never reported: far outside, finite (the GP sampler fits them)."""
+
+
+def make_sampler(sampler: SamplerSpec, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
+    """The spec's sampler; `seed_offset` (a resumed sweep's trial count) moves its seed.
+    (Constraints reach it through each trial's constraint values, see _OptunaSearch.)"""
+    seed = sampler.seed + seed_offset
+    startup = sampler.n_startup_trials
+    with warnings.catch_warnings():  # (GPSampler, multivariate TPE and group are "experimental" in Optuna)
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if sampler.type == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if sampler.type == "gp":
+            return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False,
+                                             n_startup_trials=10 if startup is None else startup)
+        if sampler.type == "cmaes":
+            return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False,
+                                                n_startup_trials=1 if startup is None else startup)
+        if sampler.type == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed, population_size=sampler.population_size or 50)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=sampler.multivariate, group=sampler.group,
+                                          n_startup_trials=10 if startup is None else startup)
+
+
+def make_scheduler(scheduler: SchedulerSpec) -> TrialScheduler:
+    if scheduler.type == "fifo":
+        return FIFOScheduler()
+    if scheduler.multi_objective:
+        return MultiObjectiveASHA(scheduler.metrics, scheduler.modes, max_t=scheduler.max_epochs,
+                                  grace_period=scheduler.grace_period, reduction_factor=scheduler.reduction_factor)
+    return ASHAScheduler(
+        time_attr="epochs_completed",
+        metric=scheduler.primary,
+        mode=scheduler.primary_mode,
+        max_t=scheduler.max_epochs,
+        grace_period=scheduler.grace_period,
+        reduction_factor=scheduler.reduction_factor,
+    )
+
+
+def find_sweep_to_resume(root: str, name: str, sweep_id: str | None) -> str:
+    """The sweep id to resume: the one given, else the newest sweep of this spec
+    with Tune state under the experiment's run folder (local, or s3:// / gs://)."""
+    import pyarrow.fs as pafs
+
+    from raysweep.data.storage import filesystem
+
+    fs, base = filesystem(root)
+    try:
+        found = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+    except OSError as exc:
+        raise UserInputError(f"{root}: cannot list the sweeps to resume: {exc}") from None
+    names = [f.base_name for f in found if f.type == pafs.FileType.Directory and f.base_name.startswith(f"{name}-")]
+    candidates = sorted(n for n in names
+                        if fs.get_file_info(f"{base.rstrip('/')}/{n}/{TUNE_DIR}").type == pafs.FileType.Directory)
+    if sweep_id is None and candidates:
+        return candidates[-1]
+    if sweep_id is not None and sweep_id in candidates:
+        return sweep_id
+    known = ", ".join(candidates[-5:]) or "none"
+    raise UserInputError(f"{root}: no sweep {sweep_id or name + '-*'} with Tune state to resume (found: {known})")
+
+
+class TrackerCallback(tune.Callback):
+    """Forwards Tune's trial events to the (Ray-free) SweepTracker."""
+
+    def __init__(self, tracker: SweepTracker) -> None:
+        self.tracker = tracker
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.tracker.trial_started(trial.trial_id, trial.config)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self.tracker.trial_result(trial.trial_id, trial.config, result)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        checkpoint = getattr(trial, "checkpoint", None)  # in-trial runs checkpoint through Tune
+        self.tracker.trial_completed(trial.trial_id, trial.config, checkpoint.path if checkpoint else None)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.tracker.trial_failed(trial.trial_id, trial.config, error_summary(getattr(trial, "error_file", None)))
+
+
+class StudyMirror(tune.Callback):
+    """A sweep on object storage: its Optuna journal copied up beside the sweep at every
+    trial event, results included (the searcher writes each epoch's value to it, and
+    Tune's own state in the bucket, synced as often, may refer to them; see
+    raysweep.tracking.study.push_study)."""
+
+    def __init__(self, sweep_dir: str, study_name: str) -> None:
+        self.sweep_dir, self.study_name = sweep_dir, study_name
+
+    def _push(self, *args: Any, **info: Any) -> None:
+        push_study(self.sweep_dir, self.study_name)
+
+    on_trial_start = on_trial_result = on_trial_complete = on_trial_error = _push
+
+
+def error_summary(error_file: str | None) -> str:
+    """A trial's root cause in one line (errors.one_line_cause), not a traceback."""
+    text = Path(error_file).read_text(errors="replace") if error_file and os.path.exists(error_file) else ""
+    return one_line_cause(text) if text.strip() else "unknown error"
+
+
+@dataclass
+class SweepOutcome:
+    sweep_id: str
+    sweep_dir: str
+    tracker: SweepTracker
+    wall_s: float
+
+
+def run_sweep(spec: Spec, plan: RunPlan, sweep_id: str, tracker: SweepTracker, concurrency: int,
+              driver_resources: dict[str, float] | None = None, resume: bool = False) -> SweepOutcome:
+    """Run the whole sweep; trials that fail are recorded, not raised.
+
+    `driver_resources` (the profile's trial_driver_resources, e.g. {"on_demand": 0.01})
+    pins each trial's function, and with it Train's controller, to nodes that have them.
+    `resume` continues the sweep in `sweep_id` (Tuner.restore): finished trials are
+    not run again, unfinished ones continue from their latest checkpoints, and the
+    searcher (with its Optuna study) picks up where it was.
+    """
+    set_ray_env_defaults()
+    persist_trials_before_they_start()
+    atomic_tune_state()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sweep_dir = f"{plan.storage_path}/{sweep_id}"
+    strategy = STRATEGIES[plan.mode]
+    function = functools.partial(strategy.run, plan=plan, trials_dir=f"{sweep_dir}/trials")
+    resources = strategy.resources(plan)
+    if isinstance(resources, dict):  # (a warm group's placement group has no driver resources: see execution_mode)
+        resources = {**resources, **(driver_resources or {})}
+    trainable = tune.with_resources(function, resources)
+    callbacks: list[tune.Callback] = [TrackerCallback(tracker)]
+    if "://" in sweep_dir:
+        callbacks.append(StudyMirror(sweep_dir, spec.name))
+    if resume:
+        pull_study(sweep_dir, spec.name)  # the bucket's journal, on a driver that lost (or never had) its copy
+        tuner = tune.Tuner.restore(f"{sweep_dir}/{TUNE_DIR}", trainable, resume_unfinished=True,
+                                   resume_errored=False, restart_errored=False)
+        replace_tuner_callbacks(tuner, callbacks)
+        replace_tuner_searcher(tuner, make_searcher(spec, sweep_dir, resume=True))
+    else:
+        warm = spec.sampler.warm_start
+        if warm:
+            added, queued = seed_study(sweep_dir, spec.name, f"{plan.storage_path}/{warm}", warm,
+                                       to_optuna_space(spec.space),
+                                       ["maximize" if m == "max" else "minimize" for m in spec.scheduler.modes],
+                                       spec.sampler.warm_start_top_k,
+                                       required={n for n, p in spec.space.items() if not p.when},
+                                       open_space=spec.space_function is not None)
+            print(f"warm start: {added} finished trial(s) of sweep {warm} in the study; its best {queued} run first",
+                  flush=True)
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=make_searcher(spec, sweep_dir),
+                scheduler=make_scheduler(spec.scheduler),
+                num_samples=spec.budget.num_trials,
+                max_concurrent_trials=concurrency,
+                reuse_actors=strategy.trial_is_worker,
+            ),
+            run_config=tune.RunConfig(
+                name=TUNE_DIR,
+                storage_path=sweep_dir,
+                callbacks=callbacks,
+                verbose=0,
+                failure_config=tune.FailureConfig(max_failures=plan.max_failures if strategy.trial_is_worker else 0),
+                # Kept checkpoints of in-trial runs (worker-group trials keep Train's).
+                checkpoint_config=tune.CheckpointConfig(
+                    num_to_keep=plan.num_to_keep,
+                    checkpoint_score_attribute=plan.score_metric,
+                    checkpoint_score_order=plan.score_mode,
+                ),
+            ),
+        )
+    started = time.perf_counter()
+    tuner.fit()
+    lost = fail_stale_trials(sweep_dir, spec.name)
+    push_study(sweep_dir, spec.name)
+    if lost:
+        print(f"{lost} Optuna trial(s) lost with an earlier driver marked FAIL", flush=True)
+    return SweepOutcome(sweep_id, sweep_dir, tracker, time.perf_counter() - started)

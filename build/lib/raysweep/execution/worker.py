@@ -1,0 +1,118 @@
+"""Worker side: what runs in a Ray Train worker or an in-trial process.
+
+Builds the trainer's `TrainContext` from a `RunPlan` and calls the trainer. One
+entry point per execution mode; both report and resume the same way.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+import ray
+import torch
+
+from raysweep._ray_compat import set_deterministic_cublas, train_drain_deadline
+from raysweep.data.arrays import DataSplit
+from raysweep.data.stream import StreamSplit
+from raysweep.execution.checkpoint import load_state, save_state
+from raysweep.execution.context import TrainContext
+from raysweep.execution.plan import LightningSettings, RunPlan
+
+
+def use_deterministic_algorithms(on: bool) -> None:
+    """What `deterministic: true` in the spec turns on, in each worker before training."""
+    if not on:
+        return
+    set_deterministic_cublas()
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+
+
+def resolve_train_fn(module_name: str, lightning: LightningSettings) -> Callable[[TrainContext], None] | None:
+    """The trainer module's `train(ctx)`, or a Lightning runner for its module; None if neither."""
+    module = importlib.import_module(module_name)
+    train = getattr(module, "train", None)
+    if callable(train):
+        return train
+    # (lazy: Lightning is imported only by workers that run a LightningModule)
+    from raysweep.execution.lightning import find_module_factory, fit
+
+    factory = find_module_factory(module)
+    return None if factory is None else functools.partial(fit, factory=factory, settings=lightning)
+
+
+def _report(report: Callable[..., None], checkpoint_type: Any, metrics: dict[str, float],
+            state: dict[str, Any] | None) -> None:
+    """`ctx.report` on Ray: `report` is ray.train.report or ray.tune.report."""
+    if state is None:
+        report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        save_state(state, tmp)
+        report(metrics, checkpoint=checkpoint_type.from_directory(tmp))
+
+
+def _state_of(checkpoint: Any) -> dict[str, Any] | None:
+    """The state a Ray checkpoint holds (None: start from scratch)."""
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        return load_state(directory)
+
+
+def splits(plan: RunPlan) -> tuple[DataSplit, DataSplit]:
+    """The plan's train and validation splits: mapped from the object store (memory
+    loader) or read by this rank straight from storage (stream loader)."""
+    if plan.loader == "stream":
+        return StreamSplit(plan.arrays[0], plan.stream), StreamSplit(plan.arrays[1], plan.stream)
+    train, validation = ray.get(plan.arrays)
+    return train, validation
+
+
+def _train(plan: RunPlan, report_fn: Any, checkpoint: dict[str, Any] | None, **placement: Any) -> None:
+    """Build this process's TrainContext and run the trainer."""
+    train_fn = resolve_train_fn(plan.trainer, plan.lightning)
+    assert train_fn is not None, f"{plan.trainer} was checked on the driver"
+    use_deterministic_algorithms(plan.deterministic)
+    train, validation = splits(plan)
+    transform = getattr(importlib.import_module(plan.trainer), "transform", None)
+    ctx = TrainContext(params=plan.params, num_epochs=plan.num_epochs, seed=plan.seed, train=train,
+                       validation=validation,
+                       report_fn=report_fn, checkpoint=checkpoint, checkpoint_every=plan.checkpoint_every,
+                       checkpoint_every_steps=plan.checkpoint_every_steps, transform=transform,
+                       transform_name=f"{plan.trainer}.transform", transform_workers=plan.transform_workers,
+                       cache=plan.cache, gather_threads=plan.gather_threads,
+                       required_metrics=plan.required_metrics, **placement)
+    train_fn(ctx)
+
+
+def train_in_trial(plan: RunPlan) -> None:
+    """ExecutionMode.IN_TRIAL: train in the Tune trial's own process.
+
+    Reports and checkpoints go straight to Tune (`tune.report`), and a restored or
+    retried trial resumes from `tune.get_checkpoint()`, so checkpointing, resume and
+    failure handling stay Tune's. Ray gives the trial's actor its CPUs (and thread
+    count) and GPU, as it would a Train worker.
+    """
+    from ray import tune  # (lazy: Train workers never load Tune)
+
+    use_cuda = plan.use_gpu and torch.cuda.is_available()
+    _train(plan, functools.partial(_report, tune.report, tune.Checkpoint), _state_of(tune.get_checkpoint()),
+           device=torch.device("cuda", 0) if use_cuda else torch.device("cpu"))
+
+
+def train_in_worker_group(config: dict[str, Any]) -> None:
+    """ExecutionMode.WORKER_GROUP: `train_loop_per_worker` of the TorchTrainer."""
+    import ray.train  # (lazy: in-trial processes never load Train)
+    import ray.train.torch
+
+    plan: RunPlan = config["plan"]
+    context = ray.train.get_context()
+    report = functools.partial(_report, ray.train.report, ray.train.Checkpoint)
+    _train(plan, report, _state_of(ray.train.get_checkpoint()), rank=context.get_world_rank(),
+           world_size=context.get_world_size(), device=ray.train.torch.get_device(), runs_on_ray=True,
+           preemption=train_drain_deadline)

@@ -1,0 +1,274 @@
+"""The Python API behind `raysweep train` and `raysweep tune`.
+
+Each call validates everything that can refuse input (spec, profile, data schema,
+trainer, the cluster's capacity) before any MLflow run exists, then connects to
+Ray, opens the MLflow run(s), writes the run record, runs, and closes every run
+with its end status. Ray started here is shut down on the way out.
+
+    import raysweep
+    result = raysweep.tune("search_spaces/digits_mlp.yaml", ["budget.num_trials=4"])
+    print(result.best_trial.params if result.best_trial else "no trial finished")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from raysweep.cluster.connect import cluster_capacity, connected, smallest_object_store
+from raysweep.config.load import storage_root
+from raysweep.config.profile import ClusterProfile
+from raysweep.config.spec import Spec
+from raysweep.data.loader import choose_loader, worker_data
+from raysweep.errors import RunFailedError, UserInputError, one_line_cause
+from raysweep.execution.driver import TrainMetricsCallback, build_trainer
+from raysweep.execution.plan import ExecutionMode, RunPlan, execution_mode, max_concurrent_trials, sweep_metrics
+from raysweep.execution.sweep import find_sweep_to_resume, run_sweep
+from raysweep.prepare import Prepared, prepare
+from raysweep.tracking import tags as tag
+from raysweep.tracking.callbacks import SweepTracker
+from raysweep.tracking.html_report import write_report
+from raysweep.tracking.record import RECORD_FILE, build_record, save_record
+from raysweep.tracking.store import RunStore, tracking_uri
+from raysweep.tracking.trials import SweepState, TrialRecord
+
+SpecLike = str | Path | Spec
+
+
+@dataclass
+class TrainResult:
+    run_name: str
+    run_id: str
+    tracking_uri: str
+    metrics: dict[str, float]
+    checkpoint: str | None
+
+
+@dataclass
+class SweepResult:
+    sweep_id: str
+    experiment: str
+    parent_id: str
+    tracking_uri: str
+    sweep_dir: str
+    state: SweepState
+    wall_s: float
+    space: list[str]
+    """The searched params' names."""
+    resumed_trials: int | None = None
+    """Trials an earlier driver recorded, when the sweep was resumed."""
+    report: Path | None = None
+    warnings: list[str] = field(default_factory=list)
+    registered: Any = None
+
+    @property
+    def ok(self) -> bool:
+        """At least one trial ended well (finished, or stopped early by the scheduler)."""
+        return any(t.state.ended_well for t in self.state.trials.values())
+
+    @property
+    def best_trial(self) -> TrialRecord | None:
+        return self.state.best_trial()
+
+
+def spec_yaml(spec: Spec) -> str:
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+
+
+def sweep_params(spec: Spec) -> dict[str, Any]:
+    """The parent run's params: fixed params and the sweep's settings, flattened."""
+    return {"params": spec.params, "sampler": spec.sampler.model_dump(), "scheduler": spec.scheduler.model_dump(),
+            "budget": spec.budget.model_dump(), "scaling": spec.scaling.model_dump(), "trainer": spec.trainer,
+            "seed": spec.seed}
+
+
+def _plan(run: Prepared, mode: ExecutionMode, echo: bool = True) -> RunPlan:
+    """The run plan, on the connected cluster: the loader chosen, and the memory
+    loader's columns read once into Ray's object store."""
+    loader, reason = choose_loader(run.spec.data.loader, run.data, smallest_object_store())
+    if echo:
+        print(f"data: {loader} loader: {reason}", flush=True)
+        if run.spec.data.cache == "gpu" and (loader == "stream" or not run.spec.scaling.gpus_per_worker):
+            why = "the stream loader reads each rank's rows from storage" if loader == "stream" else \
+                "the workers have no GPU (scaling.gpus_per_worker is 0)"
+            print(f"data: cache gpu has no effect: {why}", flush=True)
+    arrays = worker_data(loader, run.data)
+    return RunPlan.from_spec(run.spec, storage_root(run.spec.storage_path, run.spec.name), arrays, mode, loader,
+                             reason)
+
+
+def sweep_capacity(profile: ClusterProfile, echo: bool = False) -> tuple[float, float]:
+    """(CPUs, GPUs) a sweep sizes its concurrency by: an autoscaling profile's node
+    types at their maximum counts (its worker nodes may all be down now: pending
+    trials make the autoscaler add them), else what the connected cluster has."""
+    if not profile.node_types:
+        return cluster_capacity()
+    capacity = profile.max_capacity()
+    if echo:
+        print(f"cluster: autoscaling {profile.name}: sized for its node types at their maximum counts "
+              f"({capacity['CPU']:g} CPUs, {capacity['GPU']:g} GPUs)", flush=True)
+    return capacity["CPU"], capacity["GPU"]
+
+
+def _record(kind: str, run: Prepared, plan: RunPlan, name: str, store: RunStore, run_id: str, folder: str,
+            fingerprint: str) -> None:
+    store.set_tags(run_id, {tag.KIND: kind, tag.RUN_FOLDER: folder, tag.LOADER: plan.loader,
+                            tag.LOADER_REASON: plan.loader_reason})
+    store.log_text(run_id, spec_yaml(run.spec), "spec.yaml")
+    record, diff = build_record(kind, run.spec, run.data, run.source, list(run.overrides), run.profile, name,
+                                fingerprint)
+    record["data"]["loader"] = {"loader": plan.loader, "reason": plan.loader_reason}
+    save_record(record, diff, store, run_id, folder)
+
+
+def root_cause(exc: BaseException) -> str:
+    """One line: the innermost error's root cause (errors.one_line_cause: Ray wraps
+    worker errors with tracebacks and per-rank snippets)."""
+    while True:  # (Ray Train's ControllerError holds the controller's own exception)
+        inner = exc.__cause__ or getattr(exc, "controller_failure", None)
+        if not isinstance(inner, BaseException) or inner is exc:
+            return one_line_cause(f"{type(exc).__name__}: {exc}")
+        exc = inner
+
+
+def train(spec: SpecLike, overrides: list[str] | tuple[str, ...] = (), *, cluster: str | None = None,
+          address: str | None = None, name: str | None = None, source: str | None = None,
+          fingerprint: str = "footer") -> TrainResult:
+    """One data-parallel training run at the spec's fixed params, recorded in MLflow.
+
+    Re-using `name` resumes the run from its latest checkpoint. `fingerprint`: how the
+    record identifies the data, "footer" (size, mtime or ETag, footer hash) or "full"
+    (a sha256 of every byte: slow for big data). Raises UserInputError
+    (bad input, nothing started) or RunFailedError (the run failed; MLflow run FAILED).
+    """
+    run = prepare(spec, overrides, cluster=cluster, address=address, source=source)
+    run_name = name or f"{run.spec.name}-train"
+    started_at = time.time()
+    with connected(run.profile, run.address):
+        plan = _plan(run, ExecutionMode.WORKER_GROUP)
+        store = RunStore(tracking_uri(), run.spec.name)
+        run_id = store.open(f"train/{run_name}", run_name, params=run.spec.params)
+        folder = f"{plan.storage_path}/{run_name}"
+        _record("train", run, plan, run_name, store, run_id, folder, fingerprint)
+        status = "FAILED"
+        try:
+            callback = TrainMetricsCallback(store.uri, run.spec.name, run_id, started_at)
+            result = build_trainer(plan, run_name, callbacks=[callback]).fit()
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        except Exception as exc:
+            raise RunFailedError(
+                f"training run {run_name!r} failed: {root_cause(exc)}; its checkpoints in {folder}: fix the "
+                f"cause and re-run the same command (--name {run_name}) to resume from the latest") from exc
+        finally:
+            store.close(run_id, status)
+        checkpoint = result.checkpoint.path if result.checkpoint else None
+        if checkpoint:
+            store.set_tags(run_id, {tag.CHECKPOINT: checkpoint})
+    metrics = {k: float(v) for k, v in (result.metrics or {}).items()
+               if isinstance(v, (int, float)) and not k.endswith("_unix")}
+    return TrainResult(run_name, run_id, store.uri, metrics, checkpoint)
+
+
+def resume_target(run: Prepared, resume: bool | str | None) -> str | None:
+    """The sweep id a resume continues, refused (before Ray) when the spec changed."""
+    if not resume:
+        return None
+    root = storage_root(run.spec.storage_path, run.spec.name)
+    sweep_id = find_sweep_to_resume(root, run.spec.name, None if resume is True else str(resume))
+    record_file = Path(root) / sweep_id / RECORD_FILE
+    if "://" not in root and record_file.is_file():
+        recorded = json.loads(record_file.read_text())["spec"]
+        now = run.spec.model_dump(mode="json")
+        changed = sorted(k for k in set(recorded) | set(now) if recorded.get(k) != now.get(k))
+        if changed:
+            raise UserInputError(f"{run.source}: {', '.join(changed)}: differ from the spec sweep {sweep_id} "
+                                 f"started with ({record_file}); resume with the same spec and --set values")
+    return sweep_id
+
+
+def new_sweep_id(root: str, name: str) -> str:
+    """NAME-YYYYmmdd-HHMMSS, with -2, -3, ... when a sweep of that second exists here."""
+    base = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    taken = {p.name for p in Path(root).glob(f"{base}*")} if "://" not in root else set()
+    sweep_id, n = base, 1
+    while sweep_id in taken:
+        n += 1
+        sweep_id = f"{base}-{n}"
+    return sweep_id
+
+
+def searched_names(spec: Spec, state: SweepState) -> list[str]:
+    """The space's params, then those a `space_function` drew (from the trials' configs)."""
+    names = list(spec.space)
+    for record in state.trials.values():
+        names += [n for n in record.params if n not in names and n not in spec.params]
+    return names
+
+
+def tune(spec: SpecLike, overrides: list[str] | tuple[str, ...] = (), *, cluster: str | None = None,
+         address: str | None = None, resume: bool | str | None = None, report: bool = True,
+         register: bool | str | None = None, echo: bool = True, store: RunStore | None = None,
+         fingerprint: str = "footer", pick: str | None = None) -> SweepResult:
+    """An Optuna sweep of data-parallel trials on Ray Tune, logged to MLflow.
+
+    `resume` (True: the newest sweep of this spec, or a sweep id) continues an
+    interrupted sweep. `report` writes the HTML report at the end; `register` (True,
+    or a model name) registers the best trial's model (`pick`: a multi-objective
+    sweep's front member with the best value of that objective). `store` replaces
+    the MLflow store (tests and benchmarks). Trials that fail are recorded, not raised.
+    """
+    run = prepare(spec, overrides, cluster=cluster, address=address)
+    if pick is not None and (not register or pick not in run.spec.scheduler.metrics):
+        raise UserInputError(f"--pick {pick}: " + ("needs --register" if not register else
+                             f"not an objective of this sweep (scheduler.metric: {run.spec.scheduler.metric})"))
+    resumed = resume_target(run, resume)
+    sweep_id = resumed or new_sweep_id(storage_root(run.spec.storage_path, run.spec.name), run.spec.name)
+    driver_resources = run.profile.trial_driver_resources
+    with connected(run.profile, run.address):
+        concurrency = max_concurrent_trials(run.spec.scaling, run.spec.budget, *sweep_capacity(run.profile, echo))
+        plan = dataclasses.replace(_plan(run, execution_mode(run.spec.scaling, driver_resources), echo),
+                                   required_metrics=sweep_metrics(run.spec))
+        store = store or RunStore(tracking_uri(), run.spec.name)
+        parent_id = store.open(f"sweep/{sweep_id}", sweep_id, params=sweep_params(run.spec))
+        scheduler = run.spec.scheduler
+        tracker = SweepTracker(store, sweep_id, parent_id, scheduler.primary, scheduler.primary_mode,
+                               scheduler.max_epochs, echo=echo,
+                               objectives=list(zip(scheduler.metrics, scheduler.modes, strict=True)),
+                               constraints=run.spec.parsed_constraints())
+        resumed_trials = tracker.load_existing() if resumed else None
+        if resumed_trials is not None and echo:
+            print(f"resuming sweep {sweep_id}: {resumed_trials} trial(s) recorded so far", flush=True)
+        if not resumed:
+            _record("sweep", run, plan, sweep_id, store, parent_id, f"{plan.storage_path}/{sweep_id}", fingerprint)
+        status = "FAILED"
+        try:
+            outcome = run_sweep(run.spec, plan, sweep_id, tracker, concurrency, driver_resources, bool(resumed))
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            tracker.close(status)
+    result = SweepResult(sweep_id, run.spec.name, parent_id, store.uri, outcome.sweep_dir, tracker.state,
+                         outcome.wall_s, searched_names(run.spec, tracker.state), resumed_trials)
+    if report:
+        try:
+            result.report = write_report(parent_id)
+        except Exception as exc:  # a report that cannot be drawn must not fail a finished sweep
+            result.warnings.append(f"no sweep report: {type(exc).__name__}: {exc}")
+    if register and result.ok:
+        # (lazy: the registry imports mlflow.pytorch, slow to load and needed only here)
+        from raysweep.registry import register as register_model
+
+        result.registered = register_model(parent_id, None if register is True else str(register),
+                                           pick if run.spec.scheduler.multi_objective else None)
+    return result

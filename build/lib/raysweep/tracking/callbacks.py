@@ -1,0 +1,169 @@
+"""A sweep's tracking: trial events in, MLflow runs and console lines out.
+
+`SweepTracker` joins three parts that each do one thing: `SweepState` (what is
+known about the trials), `SweepWriter` (a parent MLflow run per sweep, a child run
+per trial, metrics batched with `step=epoch`, the right end status) and
+`ConsolePrinter` (one line per trial event). It takes plain events (trial id,
+config, result dict), so it runs and is tested without Ray; the Tune callback in
+`raysweep.execution.sweep` forwards Tune's events to it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from raysweep.config.constraints import Constraint
+from raysweep.tracking import tags as tag
+from raysweep.tracking.console import ConsolePrinter
+from raysweep.tracking.store import MID_EPOCH, PREEMPTED, RunStore, epoch_metrics, preemption_tags
+from raysweep.tracking.trials import SweepState, TrialRecord, TrialState
+
+
+class SweepWriter:
+    """The MLflow side of a sweep: written from the driver only."""
+
+    def __init__(self, store: RunStore, sweep_key: str, parent_id: str) -> None:
+        self.store, self.sweep_key, self.parent_id = store, sweep_key, parent_id
+
+    def open_trial(self, trial_id: str, config: dict[str, Any]) -> str:
+        """The trial's child run (re-attached by its key when the sweep resumes)."""
+        run_id = self.store.open(f"{self.sweep_key}/{trial_id}", run_name=trial_id, parent_id=self.parent_id,
+                                 params=config)
+        self.store.set_tags(run_id, {tag.TRIAL_ID: trial_id, tag.KIND: "trial",
+                                     tag.TRIAL_CONFIG: json.dumps(config, default=str)})
+        return run_id
+
+    def log_result(self, record: TrialRecord, values: dict[str, float]) -> None:
+        self.store.log_metrics(record.run_id, values, step=int(values.get("epoch", 0)))
+
+    def close_trial(self, record: TrialRecord) -> None:
+        tags: dict[str, Any] = {tag.STATE: record.state.name,
+                                tag.EARLY_STOPPED: record.state is TrialState.STOPPED_EARLY}
+        if record.checkpoint:
+            tags[tag.CHECKPOINT] = record.checkpoint
+        if record.error:
+            tags[tag.ERROR] = record.error[:5000]
+        self.store.set_tags(record.run_id, tags)
+        self.store.close(record.run_id, record.state.mlflow_status)
+
+    def read_trials(self) -> list[TrialRecord]:
+        """The trials an earlier driver of this sweep recorded, read back."""
+        records = []
+        for run in self.store.children(self.parent_id):
+            tags = run.data.tags
+            if not tags.get(tag.TRIAL_ID):
+                continue
+            rows: dict[int, dict[str, float]] = {}
+            for key in run.data.metrics:
+                for m in self.store.metric_history(run.info.run_id, key):
+                    rows.setdefault(m.step, {"epoch": float(m.step)})[key] = m.value
+            records.append(TrialRecord(
+                tags[tag.TRIAL_ID], run.info.run_id, json.loads(tags.get(tag.TRIAL_CONFIG, "{}")),
+                history=[rows[s] for s in sorted(rows)], state=TrialState.from_run(run.info.status, tags),
+                error=tags.get(tag.ERROR, ""), started=run.info.start_time / 1000,
+                ended=(run.info.end_time or 0) / 1000 or None, checkpoint=tags.get(tag.CHECKPOINT)))
+        return records
+
+    def close_sweep(self, state: SweepState, status: str) -> None:
+        """The parent run gets the best trial's metrics (several objectives: the Pareto
+        front too) and `status`."""
+        best = state.best_trial()
+        if state.multi_objective:
+            front = [{"trial_id": r.trial_id, "run_id": r.run_id, **(r.final(state.metrics) or {})}
+                     for r in state.front()]
+            text = json.dumps(front, default=str)
+            self.store.set_tags(self.parent_id, {tag.OBJECTIVES: json.dumps(state.objectives),
+                                                 tag.PARETO_FRONT: text if len(text) <= 5000 else
+                                                 "(see the artifact pareto_front.json)"})
+            self.store.log_text(self.parent_id, json.dumps(front, indent=1, default=str), "pareto_front.json")
+        if best is not None:
+            metrics = state.row(best) or {}
+            self.store.set_tags(self.parent_id, {
+                tag.BEST_TRIAL_ID: best.trial_id,
+                tag.BEST_RUN_ID: best.run_id,
+                **{f"{tag.BEST_PREFIX}{k}": v for k, v in metrics.items()},
+            })
+            self.store.log_metrics(self.parent_id, {f"best_{k}": v for k, v in metrics.items()}, 0)
+        self.store.close(self.parent_id, status)
+
+
+class SweepTracker:
+    """Trial events -> SweepState, MLflow (SweepWriter) and the console (ConsolePrinter)."""
+
+    def __init__(self, store: RunStore, sweep_key: str, parent_id: str, metric: str,
+                 mode: str, max_epochs: int, echo: bool = True, objectives: Sequence[tuple[str, str]] = (),
+                 constraints: Sequence[Constraint] = ()) -> None:
+        self.state = SweepState(metric, mode, max_epochs, objectives, constraints)
+        self.writer = SweepWriter(store, sweep_key, parent_id)
+        self.printer = ConsolePrinter(metric, echo)
+
+    @property
+    def trials(self) -> dict[str, TrialRecord]:
+        return self.state.trials
+
+    def best_trial(self) -> TrialRecord | None:
+        return self.state.best_trial()
+
+    def _record(self, trial_id: str, config: dict[str, Any]) -> TrialRecord:
+        record = self.state.trials.get(trial_id)
+        if record is None:
+            record = self.state.add(TrialRecord(trial_id, self.writer.open_trial(trial_id, config), dict(config)))
+        return record
+
+    def trial_started(self, trial_id: str, config: dict[str, Any]) -> None:
+        record = self._record(trial_id, config)
+        if record.state is not TrialState.RUNNING:  # a resumed sweep runs a lost trial again
+            record.state, record.ended = TrialState.RUNNING, None
+            self.writer.open_trial(trial_id, config)
+        self.printer.started(trial_id, config)
+
+    def trial_result(self, trial_id: str, config: dict[str, Any], result: dict[str, Any]) -> None:
+        record = self._record(trial_id, config)
+        record.checkpoint = result.get("checkpoint_path", record.checkpoint)
+        if result.get(PREEMPTED):  # a drain notice's just-in-time checkpoint
+            record.preemptions += 1
+            preempted = preemption_tags(result, record.preemptions)
+            self.writer.store.set_tags(record.run_id, preempted)
+            self.printer.preempted(trial_id, preempted[tag.PREEMPTED_AT])
+        if result.get(MID_EPOCH):  # a mid-epoch checkpoint: no epoch metrics to log
+            return
+        values = epoch_metrics(result)
+        first_step, reported = result.get("first_step_unix"), result.get("report_unix")
+        is_best = self.state.result(trial_id, values, None if first_step is None else float(first_step),
+                                    None if reported is None else float(reported))
+        self.writer.log_result(record, values)
+        self.printer.result(record, values, is_best, self.state.best_so_far)
+
+    def trial_completed(self, trial_id: str, config: dict[str, Any], checkpoint: str | None = None) -> None:
+        self._record(trial_id, config)
+        record = self.state.complete(trial_id, checkpoint)
+        if self.state.constraints and record.history:
+            last = record.history[-1]
+            self.writer.store.set_tags(record.run_id, {
+                tag.FEASIBLE: bool(self.state.feasible(record)),
+                tag.CONSTRAINT_VIOLATIONS: json.dumps({str(c): c.violation(last) for c in self.state.constraints})})
+        self.writer.close_trial(record)
+        self.printer.ended(record)
+
+    def trial_failed(self, trial_id: str, config: dict[str, Any], error: str) -> None:
+        self._record(trial_id, config)
+        record = self.state.fail(trial_id, error)
+        self.writer.close_trial(record)
+        self.printer.ended(record)
+
+    def load_existing(self) -> int:
+        """A resumed sweep: earlier trials read back from MLflow, so the summary, the
+        best trial and the running best include them. Returns how many."""
+        for record in self.writer.read_trials():
+            self.state.add(record)
+        return len(self.state.trials)
+
+    def close(self, status: str) -> None:
+        """End the sweep: trials still running were lost (closed KILLED, or with the
+        sweep's own failure), the parent run gets the best trial and `status`."""
+        lost_as = TrialState.FAILED if status == "FAILED" else TrialState.KILLED
+        for record in self.state.end(lost_as):
+            self.writer.close_trial(record)
+        self.writer.close_sweep(self.state, status)
