@@ -67,6 +67,43 @@ def write_spec(tmp_path: Path, probe_data: Path):
 
 
 @pytest.fixture(scope="session")
+def ray_cluster(isolated_home, s3_server):
+    """The one local Ray cluster (2 CPUs, 127.0.0.1, in this process) the tests of the
+    `ray` and `fault` tiers share: started after HOME moved to a temporary folder, and
+    with the test S3 server's AWS variables, which its workers inherit."""
+    import ray
+
+    from raysweep.cluster.connect import connect, disconnect
+    from raysweep.config.profile import ClusterProfile
+
+    started = connect(ClusterProfile(name="tests", num_cpus=2))
+    yield ray.cluster_resources()
+    if started:
+        disconnect()
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path, monkeypatch) -> str:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """The digits in memory: 1,400 training and 397 validation rows (ArraySets)."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from raysweep.data.arrays import ArraySet
+
+    d = load_digits()
+    x = (d.data / 16.0).astype(np.float32)
+    y = d.target.astype(np.int64)
+    return ArraySet.from_matrix(x[:1400], y[:1400]), ArraySet.from_matrix(x[1400:], y[1400:])
+
+
+@pytest.fixture(scope="session")
 def digits_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from raysweep.data.examples import write_digits_parquet
 
@@ -91,10 +128,52 @@ def digits_spec(tmp_path: Path, digits_data: Path):
     return write
 
 
-def pytest_collection_modifyitems(items):
-    """Unit tests (no Ray) first, then the integration tests on the shared in-process
-    cluster, then the ones that start their own `ray start` cluster."""
-    items.sort(key=lambda item: ("integration" in str(item.fspath), "test_cluster" in str(item.fspath)))
+# ---------------------------------------------------------------- tiers
+# Folder = tier = marker. scripts/test.sh runs each tier in a pytest of its own
+# (`--tier NAME`), in this order; `scripts/test.sh --fast` the unit tier alone.
+TIERS = {
+    "unit": "unit",  # no subprocess, no server, no Ray (tests/unit/conftest.py refuses them)
+    "integration": "ray",  # processes, servers and the one shared local Ray cluster (`ray_cluster`)
+    "cluster": "cluster",  # Ray clusters and hosts of their own (`ray start` nodes, `cluster up`)
+    "faults": "fault",  # fault injection: killed workers, drivers, nodes and ranks, torn files
+}
+TIER_ORDER = list(TIERS.values())
+TESTS = Path(__file__).resolve().parent
+
+
+def tier_of(path: Path) -> str | None:
+    """The tier of a test file: its folder under tests/ (None outside every tier's)."""
+    try:
+        parts = path.resolve().relative_to(TESTS).parts
+    except ValueError:
+        return None
+    return TIERS.get(parts[0]) if len(parts) > 1 else None
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--tier", action="append", choices=TIER_ORDER, default=[],
+                     help="run only the tests of this tier (repeatable): " + ", ".join(TIER_ORDER))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test with its folder's tier, keep those of `--tier`, and order them:
+    tier by tier; within one, modules named test_cluster* (`ray start` clusters of
+    their own) after the rest."""
+    tiers = {}
+    for item in items:
+        tier = tier_of(item.path)
+        if tier is None:
+            raise pytest.UsageError(f"{item.nodeid}: a test outside the tier folders; put it in one of "
+                                    + ", ".join(f"tests/{folder}/" for folder in TIERS))
+        item.add_marker(tier)
+        tiers[item.nodeid] = tier
+    wanted = config.getoption("tier")
+    if wanted:
+        deselected = [item for item in items if tiers[item.nodeid] not in wanted]
+        if deselected:
+            config.hook.pytest_deselected(items=deselected)
+            items[:] = [item for item in items if tiers[item.nodeid] in wanted]
+    items.sort(key=lambda item: (TIER_ORDER.index(tiers[item.nodeid]), item.path.name.startswith("test_cluster")))
 
 
 @pytest.fixture

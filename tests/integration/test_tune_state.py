@@ -5,14 +5,11 @@ after a trial started leaves that trial for `--resume` to continue, not to repla
 from __future__ import annotations
 
 import optuna
-import pytest
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
 from raysweep._ray_compat import persist_trials_before_they_start, set_ray_env_defaults
 from raysweep.testing.stores import slow_upload_filesystem
-
-pytestmark = pytest.mark.integration
 
 
 def test_a_started_trial_is_in_the_stored_state_though_uploads_lag(ray_cluster, tmp_path):

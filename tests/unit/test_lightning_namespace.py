@@ -1,7 +1,7 @@
 """Which Lightning namespace raysweep builds on: the one the user's LightningModule
 subclasses (`lightning.pytorch` or `pytorch_lightning`), and Ray's pieces or
 raysweep's equivalents of them for it. With both packages really installed:
-tests/integration/test_lightning_namespace_on_ray.py."""
+tests/cluster/test_lightning_namespace_on_ray.py."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """Faults of a real multi-node cluster (`ray start` processes on 127.0.0.1): a worker
 node killed mid-run, and what the cluster and an MLflow server expose.
 
-Runs after the other integration tests (its name sorts with test_cluster.py); the
-cluster is this module's own, so everything talks to it from a subprocess or HTTP.
+Runs after the tier's tests on the shared cluster (tests/conftest.py puts modules named
+test_cluster* last); the cluster is this module's own, so everything talks to it from a
+subprocess or HTTP.
 """
 
 from __future__ import annotations
