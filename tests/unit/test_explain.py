@@ -1,5 +1,6 @@
-"""Every spec and profile field is documented; `--explain` and the README's spec
-reference come from those docstrings and cannot drift."""
+"""Every spec and profile field is documented; `--explain` and the spec reference
+(docs/spec-reference.md, linked from the README) come from those docstrings and
+cannot drift."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from raysweep.config.explain import explain, explain_markdown, rows
 from raysweep.config.profile import ClusterProfile
 from raysweep.config.spec import Spec
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+SPEC_REFERENCE = Path(__file__).resolve().parents[2] / "docs" / "spec-reference.md"
 START, END = "<!-- spec-reference:start -->", "<!-- spec-reference:end -->"
 
 
@@ -58,12 +59,12 @@ def test_explain_lists_every_field_once_per_param_kind() -> None:
     assert "worker_nodes[].num_cpus" in explain(ClusterProfile)
 
 
-def test_readme_spec_reference_is_up_to_date() -> None:
-    text = README.read_text()
+def test_spec_reference_is_up_to_date() -> None:
+    text = SPEC_REFERENCE.read_text()
     assert text.count(START) == 1 and text.count(END) == 1
     section = text.split(START, 1)[1].split(END, 1)[0]
     assert section.strip() == explain_markdown().strip(), (
-        "README.md's spec reference is out of date: replace the text between the "
+        "docs/spec-reference.md is out of date: replace the text between the "
         f"{START} / {END} markers with `python -c 'from raysweep.config.explain import "
         "explain_markdown; print(explain_markdown(), end=\"\")'`"
     )
