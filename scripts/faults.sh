@@ -14,9 +14,10 @@ trap 'rm -f "$lines"' EXIT
 scripts/setup_env.sh >/dev/null
 status=0
 RAYSWEEP_FAULTS_OUT="$lines" .venv/bin/python -m pytest -q -p no:cacheprovider -m "slow or not slow" \
-  tests/unit/test_hostile_input.py tests/unit/test_trainer.py tests/faults/test_faults.py \
+  tests/unit/test_hostile_input.py tests/unit/test_trainer.py tests/faults/test_torn_checkpoints.py \
+  tests/faults/test_faults.py \
   tests/integration/test_worker_groups.py::test_twenty_two_worker_trials_beside_a_cpu_hog_lose_none \
-  tests/faults/test_cluster_faults.py tests/faults/test_cluster_preemption.py \
-  tests/cluster/test_cluster_isolation.py || status=$?
+  tests/integration/test_in_process_isolation.py tests/faults/test_cluster_faults.py \
+  tests/faults/test_cluster_preemption.py tests/cluster/test_cluster_isolation.py || status=$?
 .venv/bin/python scripts/fault_figures.py "$lines" "$out" "$status"
 exit "$status"

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -101,6 +103,18 @@ def digits():
     x = (d.data / 16.0).astype(np.float32)
     y = d.target.astype(np.int64)
     return ArraySet.from_matrix(x[:1400], y[:1400]), ArraySet.from_matrix(x[1400:], y[1400:])
+
+
+@pytest.fixture(scope="module")
+def bench_script() -> Iterator[Any]:
+    """scripts/bench.py as the module `bench` (its spawned ranks import it by that name)."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import bench
+
+        yield bench
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
 
 
 @pytest.fixture(scope="session")

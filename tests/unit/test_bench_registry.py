@@ -1,19 +1,15 @@
-"""The benchmark registry (raysweep.testing.bench), the NullStore, and gpu_check's
-promise to load no Ray, MLflow, Optuna or pydantic. No Ray cluster."""
+"""The benchmark registry (raysweep.testing.bench) and the NullStore. No Ray cluster.
+gpu_check's promise to load no Ray, MLflow, Optuna or pydantic, in a fresh process:
+tests/integration/test_fresh_processes.py."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from raysweep.testing.bench import Entry, Registry, run_entries, run_entry
-
-ROOT = Path(__file__).resolve().parents[2]
-HEAVY = ("ray", "mlflow", "optuna", "pydantic")
 
 
 def registry() -> Registry:
@@ -97,26 +93,3 @@ def test_null_store_overrides_every_public_run_store_method() -> None:
     store.log_text(first, "text", "file.txt")
     store.close(first, "FINISHED")
     assert store.find("sweep/a") is None and store.children(first) == []
-
-
-def test_gpu_check_loads_no_ray_mlflow_optuna_or_pydantic(tmp_path: Path) -> None:
-    """What the GPU machine (torch, numpy, pyarrow only) imports: gpu_check itself,
-    and one entry run as `--device cpu --small` (the ingest one: the step one takes
-    half a minute on a busy CPU)."""
-    out = tmp_path / "g.json"
-    code = (
-        "import runpy, sys\n"
-        f"sys.argv = ['gpu_check.py', '--device', 'cpu', '--small', '--repeats', '1', '--only', 'gpu_ingest', "
-        f"'--out', {str(out)!r}]\n"
-        "try:\n"
-        f"    runpy.run_path({str(ROOT / 'scripts' / 'gpu_check.py')!r}, run_name='__main__')\n"
-        "except SystemExit as exc:\n"
-        "    assert exc.code in (0, None), exc.code\n"
-        f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})\n"
-        "print('HEAVY', heavy)\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "HEAVY []" in done.stdout, done.stdout[-3000:]
-    (result,) = json.loads(out.read_text())["results"]
-    assert result["entry"] == "gpu_ingest" and result["met"] is None and result["target"]

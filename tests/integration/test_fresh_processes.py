@@ -1,0 +1,51 @@
+"""What a fresh Python process started by the suite sees and loads: the suite's own
+HOME (tests/conftest.py `isolated_home`), and the light imports of the config
+reference (`raysweep check --explain`) and of scripts/gpu_check.py (the GPU
+machine has torch, numpy and pyarrow only). Their in-process tests:
+tests/unit/test_isolation.py, test_explain.py, test_bench_registry.py."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+HEAVY = ("ray", "mlflow", "optuna", "pydantic")
+
+
+def test_started_processes_inherit_it(isolated_home: Path) -> None:
+    child = subprocess.run([sys.executable, "-c", "import pathlib; print(pathlib.Path.home())"],
+                           capture_output=True, text=True, check=True)
+    assert child.stdout.strip() == str(isolated_home)
+
+
+def test_explain_imports_no_ray_mlflow_or_torch() -> None:
+    code = ("import sys, raysweep.config.explain; "
+            "print(sorted(m for m in ('ray', 'mlflow', 'torch', 'optuna') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_gpu_check_loads_no_ray_mlflow_optuna_or_pydantic(tmp_path: Path) -> None:
+    """What the GPU machine (torch, numpy, pyarrow only) imports: gpu_check itself,
+    and one entry run as `--device cpu --small` (the ingest one: the step one takes
+    half a minute on a busy CPU)."""
+    out = tmp_path / "g.json"
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['gpu_check.py', '--device', 'cpu', '--small', '--repeats', '1', '--only', 'gpu_ingest', "
+        f"'--out', {str(out)!r}]\n"
+        "try:\n"
+        f"    runpy.run_path({str(ROOT / 'scripts' / 'gpu_check.py')!r}, run_name='__main__')\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code in (0, None), exc.code\n"
+        f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})\n"
+        "print('HEAVY', heavy)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "HEAVY []" in done.stdout, done.stdout[-3000:]
+    (result,) = json.loads(out.read_text())["results"]
+    assert result["entry"] == "gpu_ingest" and result["met"] is None and result["target"]
