@@ -22,7 +22,7 @@ builds the same context inside the Tune trial).
 Each entry is registered with its target (raysweep.testing.bench); its JSON result
 records "target" and "met" (None with --small: those sizes decide nothing). Writes
 JSON to --out and Markdown beside it, names the targets missed, and exits 1 when any
-was missed. Imports no Ray, MLflow, Optuna or pydantic (tests/unit/test_bench_registry.py).
+was missed. Imports no Ray, MLflow, Optuna or pydantic (tests/integration/test_fresh_processes.py).
 """
 
 from __future__ import annotations
