@@ -144,7 +144,9 @@ def digits_spec(tmp_path: Path, digits_data: Path):
 
 # ---------------------------------------------------------------- tiers
 # Folder = tier = marker. scripts/test.sh runs each tier in a pytest of its own
-# (`--tier NAME`), in this order; `scripts/test.sh --fast` the unit tier alone.
+# (`--tier=NAME`; with a space, `--tier cluster` would read the repo's cluster/ folder
+# as a path), in this order; `scripts/test.sh --fast` the unit tier alone. `-m unit`
+# etc. select a tier too, but replace addopts' `-m 'not slow'`.
 TIERS = {
     "unit": "unit",  # no subprocess, no server, no Ray (tests/unit/conftest.py refuses them)
     "integration": "ray",  # processes, servers and the one shared local Ray cluster (`ray_cluster`)
@@ -173,7 +175,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Mark each test with its folder's tier, keep those of `--tier`, and order them:
     tier by tier; within one, modules named test_cluster* (`ray start` clusters of
     their own) after the rest."""
-    tiers = {}
+    tiers: dict[str, str] = {}
     for item in items:
         tier = tier_of(item.path)
         if tier is None:
