@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from raysweep import __version__
-from raysweep.config.load import leave_ray_working_dir
+from raysweep.config.load import leave_ray_working_dir, resolve_path
 from raysweep.errors import RunFailedError, UserInputError
 from raysweep.prepare import prepare
 
@@ -198,6 +198,8 @@ COMMANDS = {"check": cmd_check, "train": cmd_train, "tune": cmd_tune, "submit": 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.spec = leave_ray_working_dir(getattr(args, "spec", None))
+    if getattr(args, "cluster", None) and args.command != "submit":  # (in a job: a path in its working dir)
+        args.cluster = resolve_path(args.cluster)
     try:
         return COMMANDS[args.command](args)
     except UserInputError as exc:

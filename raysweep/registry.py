@@ -16,6 +16,7 @@ with MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.machinery
 import importlib.util
 import inspect
@@ -24,6 +25,8 @@ import keyword
 import os
 import re
 import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,7 @@ import mlflow
 import mlflow.pytorch
 import torch
 
+from raysweep.data.storage import filesystem, is_object_store
 from raysweep.errors import UserInputError
 from raysweep.execution.checkpoint import load_state
 from raysweep.execution.preflight import import_trainer
@@ -206,6 +210,30 @@ def _target(run_id: str, pick: str | None = None) -> RecordedRun:
     return recorded
 
 
+@contextlib.contextmanager
+def local_checkpoint(run_id: str, checkpoint: str) -> Iterator[str]:
+    """The checkpoint folder on this machine: as it is when local; a temporary copy of
+    it when it is in an object store (s3://, gs://: a sweep of a cluster that shares
+    nothing with this machine), removed afterwards."""
+    if not is_object_store(checkpoint):
+        if not os.path.isdir(checkpoint):
+            raise UserInputError(f"run {run_id!r}: its checkpoint {checkpoint} is not on this machine")
+        yield checkpoint
+        return
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(checkpoint)
+    with tempfile.TemporaryDirectory(prefix="raysweep-checkpoint-") as folder:
+        try:
+            pafs.copy_files(path, folder, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        except OSError as exc:
+            raise UserInputError(f"run {run_id!r}: its checkpoint {checkpoint} cannot be read: "
+                                 f"{str(exc).splitlines()[0]}") from None
+        if not os.listdir(folder):
+            raise UserInputError(f"run {run_id!r}: its checkpoint {checkpoint} is empty or gone")
+        yield folder
+
+
 def register(run_id: str, name: str | None = None, pick: str | None = None) -> Registered:
     """Register a run's model; for a sweep, its best trial's (`pick`: a multi-objective
     sweep's front member with the best value of that objective)."""
@@ -214,9 +242,8 @@ def register(run_id: str, name: str | None = None, pick: str | None = None) -> R
     check_trainer_name(recorded.run_id, spec.get("trainer"))
     name = name or spec["name"]
     checkpoint = recorded.run.data.tags[tag.CHECKPOINT]
-    if not os.path.isdir(checkpoint):
-        raise UserInputError(f"run {recorded.run_id!r}: its checkpoint {checkpoint} is not on this machine")
-    model = build_from_checkpoint(spec["trainer"], recorded.params, checkpoint)
+    with local_checkpoint(recorded.run_id, checkpoint) as folder:
+        model = build_from_checkpoint(spec["trainer"], recorded.params, folder)
     example = example_batch(recorded.record)
     signature = None
     if isinstance(example, dict):

@@ -196,14 +196,31 @@ def resume_target(run: Prepared, resume: bool | str | None) -> str | None:
 
 
 def new_sweep_id(root: str, name: str) -> str:
-    """NAME-YYYYmmdd-HHMMSS, with -2, -3, ... when a sweep of that second exists here."""
-    base = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    taken = {p.name for p in Path(root).glob(f"{base}*")} if "://" not in root else set()
-    sweep_id, n = base, 1
-    while sweep_id in taken:
-        n += 1
-        sweep_id = f"{base}-{n}"
-    return sweep_id
+    """NAME-YYYYmmdd-HHMMSS-XXXXXXXX (8 random hex digits), claimed before anything is
+    written under it: two sweeps of one spec started in the same second, on two
+    machines writing to one bucket, get different folders, MLflow parent runs and
+    journals. A local (or NFS) folder is claimed by creating it (mkdir fails when it
+    exists); an object store has no atomic create through pyarrow, so there the id is
+    taken only if no object is under it yet, and the random part makes two same-second
+    ids collide with probability 2**-32. Ids sort by start time."""
+    import secrets
+
+    from raysweep.data.storage import filesystem
+
+    fs, base = filesystem(root)
+    for _ in range(16):
+        sweep_id = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
+        path = f"{base.rstrip('/')}/{sweep_id}"
+        if "://" not in root:
+            Path(base).mkdir(parents=True, exist_ok=True)
+            try:
+                Path(path).mkdir()
+            except FileExistsError:
+                continue
+            return sweep_id
+        if fs.get_file_info(path).type.name == "NotFound":
+            return sweep_id
+    raise RunFailedError(f"{root}: could not claim a new sweep id for {name!r} in 16 tries")
 
 
 def searched_names(spec: Spec, state: SweepState) -> list[str]:

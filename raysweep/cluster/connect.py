@@ -18,6 +18,7 @@ from raysweep.cluster.isolation import PrivatePlace, loopback_only
 from raysweep.cluster.local import cluster_at
 from raysweep.config.profile import DEFAULT_PROFILE, ClusterProfile
 from raysweep.errors import UserInputError
+from raysweep.execution.network import SETUP_HOOK
 
 
 def connect(profile: ClusterProfile = DEFAULT_PROFILE, address: str | None = None) -> bool:
@@ -36,7 +37,9 @@ def connect(profile: ClusterProfile = DEFAULT_PROFILE, address: str | None = Non
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or profile.address
-    common: dict[str, Any] = dict(logging_level=logging.WARNING, log_to_driver=False, configure_logging=True)
+    # Every worker process pins gloo to the node's own address (execution.network).
+    common: dict[str, Any] = dict(logging_level=logging.WARNING, log_to_driver=False, configure_logging=True,
+                                  runtime_env={"worker_process_setup_hook": SETUP_HOOK})
     if address:
         check_reachable(address)
         own = cluster_at(address)

@@ -83,15 +83,63 @@ def check_upload(root: Path, limit: int = UPLOAD_LIMIT_BYTES) -> int:
     return total
 
 
-def job_env(base_dir: Path) -> dict[str, str]:
-    """The job's environment: Train V2, and absolute places for results and data. No
-    credentials: a tracking URI carrying one is refused (check_tracking_uri)."""
-    env = {k: os.environ[k] for k in JOB_ENV_KEYS if k in os.environ}
+def job_env(base_dir: Path, remote: bool = False) -> dict[str, str]:
+    """The job's environment: Train V2, and where results and tracking go. No
+    credentials: a tracking URI carrying one is refused (check_tracking_uri).
+
+    A cluster on this machine (`remote=False`) shares its files: relative spec paths
+    keep pointing at `base_dir` and the default tracking store is this folder's sqlite
+    file. A cluster of other machines (a launcher profile) gets no path of this
+    machine: relative paths resolve inside the job's working dir, and the tracking URI
+    must be a server its nodes reach (check_remote_tracking_uri)."""
+    keys = JOB_ENV_KEYS if not remote else tuple(k for k in JOB_ENV_KEYS if k != "RAYSWEEP_BASE_DIR")
+    env = {k: os.environ[k] for k in keys if k in os.environ}
     env.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    env.setdefault("MLFLOW_TRACKING_URI", tracking_uri())
-    env.setdefault("RAYSWEEP_BASE_DIR", str(base_dir))
+    if not remote:
+        env.setdefault("MLFLOW_TRACKING_URI", tracking_uri())
+        env.setdefault("RAYSWEEP_BASE_DIR", str(base_dir))
+    elif "MLFLOW_TRACKING_URI" not in env:
+        raise UserInputError(
+            "MLFLOW_TRACKING_URI is not set, and the default (a sqlite file in this folder) is on this machine, "
+            "which the cluster's nodes cannot read; set MLFLOW_TRACKING_URI to a tracking server they reach, "
+            "e.g. http://mlflow.internal:5000 (nothing was submitted)")
     check_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    if remote:
+        check_remote_tracking_uri(env["MLFLOW_TRACKING_URI"])
     return env
+
+
+_LOOPBACK = ("localhost", "127.0.0.1", "::1", "0.0.0.0")
+
+
+def check_remote_tracking_uri(uri: str) -> None:
+    """UserInputError for a tracking URI only this machine can use: a file or sqlite
+    store (a path here), or a server on this machine's loopback (on a node, that
+    address is the node itself)."""
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if scheme in ("", "file") or scheme.startswith("sqlite"):
+        what = "a file on this machine"
+    elif host in _LOOPBACK or host.startswith("127."):
+        what = f"a server on this machine's loopback ({host}: on a node, that is the node itself)"
+    else:
+        return
+    raise UserInputError(
+        f"MLFLOW_TRACKING_URI {_printable(uri)}: {what}, which the cluster's nodes cannot reach; set "
+        "MLFLOW_TRACKING_URI to a tracking server they reach, e.g. http://mlflow.internal:5000 "
+        "(nothing was submitted)")
+
+
+def in_upload(path: str, root: Path, what: str) -> str:
+    """`path` as the job sees it: relative to the uploaded working dir `root`.
+    UserInputError when it lies outside `root` (the job would not have it)."""
+    resolved = (root / path).resolve() if not os.path.isabs(path) else Path(path).resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise UserInputError(
+            f"{path}: the {what} is outside {root}, the working dir the job uploads, so the job would not have it; "
+            "move it into that folder (nothing was submitted)")
+    return resolved.relative_to(root.resolve()).as_posix()
 
 
 def check_tracking_uri(uri: str) -> None:
@@ -149,17 +197,20 @@ def _printable(text: str) -> str:
 
 
 def submit(dashboard: str, spec_path: str, overrides: list[str], root: Path,
-           timeout_s: float | None = None, profile_path: str | None = None) -> int:
+           timeout_s: float | None = None, profile_path: str | None = None, remote: bool = False) -> int:
     """Submit `raysweep tune SPEC [--cluster PROFILE]` as a job, stream its logs,
-    return its exit status. Refused before anything is sent: an upload holding a
-    secret-looking file, or a tracking URI carrying credentials."""
+    return its exit status. The spec and the profile travel in the upload (their
+    paths are given relative to it). Refused before anything is sent: an upload holding
+    a secret-looking file, a spec or profile outside it, a tracking URI carrying
+    credentials, and for a cluster of other machines (`remote`) a tracking store only
+    this machine reaches (see job_env)."""
     check_upload(root)
-    env = job_env(root)
-    args = [spec_path]
+    env = job_env(root, remote=remote)
+    args = [in_upload(spec_path, root, "spec")]
     for item in overrides:
         args += ["--set", item]
     if profile_path:
-        args += ["--cluster", profile_path]
+        args += ["--cluster", in_upload(profile_path, root, "cluster profile")]
     entrypoint = "python -m raysweep tune " + shlex.join(args)
     try:
         client = JobSubmissionClient(dashboard)
@@ -217,7 +268,7 @@ def submit_to_cluster(spec_path: str, overrides: list[str], profile_path: str, t
         os.environ.pop("RAY_AUTH_TOKEN", None)
         os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
         use_token_auth()
-        return submit(dashboard, spec_path, overrides, Path.cwd(), timeout_s, profile_path)
+        return submit(dashboard, spec_path, overrides, Path.cwd(), timeout_s, profile_path, remote=True)
     profile = load_profile(profile_path)
     state = ClusterState.load(profile.name)
     if state is None:

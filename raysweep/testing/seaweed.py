@@ -125,8 +125,9 @@ class S3Server:
 
     def __init__(self, workdir: str | os.PathLike[str], *, buckets: Iterable[str] = (),
                  weed: str | None = None, startup_timeout: float = 60.0, stop_timeout: float = 10.0,
-                 region: str = REGION) -> None:
+                 region: str = REGION, host: str = HOST) -> None:
         self.workdir = Path(workdir)
+        self.host = host  # another address than loopback: for hosts in network namespaces
         self.buckets = tuple(buckets)
         self.weed = weed
         self.startup_timeout = startup_timeout
@@ -152,7 +153,7 @@ class S3Server:
     @property
     def endpoint(self) -> str:
         """host:port of the S3 gateway (pyarrow's `endpoint_override` form)."""
-        return f"{HOST}:{self.ports['s3']}"
+        return f"{self.host}:{self.ports['s3']}"
 
     @property
     def endpoint_url(self) -> str:
@@ -233,11 +234,11 @@ class S3Server:
             # the server's folder (none), not ./, ~/.seaweedfs or /etc/seaweedfs
             "-logtostderr", f"-config_dir={self.workdir}",
             "server",
-            f"-ip={HOST}", f"-ip.bind={HOST}", f"-dir={self.data_dir}",
+            f"-ip={self.host}", f"-ip.bind={self.host}", f"-dir={self.data_dir}",
             f"-master.port={p['master']}", f"-master.port.grpc={g['master']}",
             f"-volume.port={p['volume']}", f"-volume.port.grpc={g['volume']}",
             "-filer", f"-filer.port={p['filer']}", f"-filer.port.grpc={g['filer']}",
-            "-s3", f"-s3.port={p['s3']}", f"-s3.port.grpc={g['s3']}", f"-s3.ip.bind={HOST}",
+            "-s3", f"-s3.port={p['s3']}", f"-s3.port.grpc={g['s3']}", f"-s3.ip.bind={self.host}",
             "-s3.port.iceberg=0", "-s3.port.lance=0",  # the extra catalog listeners: off
             f"-s3.config={self.config_path}",
             "-master.telemetry=false",
@@ -272,7 +273,7 @@ class S3Server:
 
         deadline = time.monotonic() + self.startup_timeout
         for attempt in range(3):
-            ports = free_ports(2 * len(COMPONENTS))
+            ports = free_ports(2 * len(COMPONENTS), self.host)
             self.ports = dict(zip(COMPONENTS, ports[: len(COMPONENTS)], strict=True))
             self.grpc_ports = dict(zip(COMPONENTS, ports[len(COMPONENTS):], strict=True))
             self.command = self._build_command()

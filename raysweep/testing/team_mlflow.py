@@ -219,8 +219,9 @@ class MlflowServer:
     users in `postgres`, artifacts proxied to s3://`bucket`/ on `s3`."""
 
     def __init__(self, folder: Path, postgres: Postgres, s3: S3Server, bucket: str, *,
-                 workers: int = 1, startup_timeout: float = 120.0) -> None:
+                 workers: int = 1, startup_timeout: float = 120.0, host: str = HOST) -> None:
         self.folder = folder
+        self.host = host  # another address than loopback: for hosts in network namespaces
         self.postgres, self.s3, self.bucket = postgres, s3, bucket
         self.workers = workers
         self.startup_timeout = startup_timeout
@@ -231,7 +232,7 @@ class MlflowServer:
 
     @property
     def uri(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def artifacts_destination(self) -> str:
@@ -263,11 +264,13 @@ class MlflowServer:
         env = self._env()
         deadline = time.monotonic() + self.startup_timeout
         for attempt in range(3):
-            self.port = free_port(HOST)
+            self.port = free_port(self.host)
             command = [sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth",
-                       "--host", HOST, "--port", str(self.port), "--workers", str(self.workers),
+                       "--host", self.host, "--port", str(self.port), "--workers", str(self.workers),
                        "--backend-store-uri", self.postgres.uri(),
-                       "--artifacts-destination", self.artifacts_destination]
+                       "--artifacts-destination", self.artifacts_destination,
+                       # (198.18.0.0/15, the test hosts' range, is not among its default private ranges)
+                       "--allowed-hosts", f"{self.host}:{self.port},{self.host},localhost:{self.port}"]
             with open(self.log_path, "ab") as log:
                 log.write(f"--- start: {' '.join(command)}\n".encode())
                 log.flush()
@@ -316,11 +319,12 @@ class TeamMlflow:
     """PostgreSQL + `mlflow server` (basic auth, artifacts in s3://`bucket`), started
     together; a context manager. `uri` is the tracking URI (no credentials in it)."""
 
-    def __init__(self, s3: S3Server, bucket: str = "mlflow", *, pg_user: str | None = None) -> None:
+    def __init__(self, s3: S3Server, bucket: str = "mlflow", *, pg_user: str | None = None,
+                 host: str = HOST) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="raysweep-team-mlflow-"))
         self.root.chmod(0o711)  # an unprivileged postgres reaches its own folder, lists nothing here
         self.postgres = Postgres(self.root / "pg", pg_user=pg_user)
-        self.server = MlflowServer(self.root / "mlflow", self.postgres, s3, bucket)
+        self.server = MlflowServer(self.root / "mlflow", self.postgres, s3, bucket, host=host)
 
     @property
     def uri(self) -> str:

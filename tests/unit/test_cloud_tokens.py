@@ -154,18 +154,19 @@ def test_submit_to_a_cloud_cluster_sends_that_clusters_token(state, tmp_path, mo
     cloud.launcher_command("up", aws)
     seen: dict = {}
 
-    def fake_submit(dashboard, spec_path, overrides, root, timeout_s=None, profile_path=None) -> int:
+    def fake_submit(dashboard, spec_path, overrides, root, timeout_s=None, profile_path=None, remote=False) -> int:
         import os
 
         seen.update(dashboard=dashboard, profile_path=profile_path, token_path=os.environ.get("RAY_AUTH_TOKEN_PATH"),
-                    token=os.environ.get("RAY_AUTH_TOKEN"))
+                    token=os.environ.get("RAY_AUTH_TOKEN"), remote=remote)
         return 0
 
     monkeypatch.setattr(submit_module, "submit", fake_submit)
     monkeypatch.setattr(submit_module, "use_token_auth", lambda: None)
     assert submit_module.submit_to_cluster("spec.yaml", [], aws, None) == 0
     assert seen == {"dashboard": cloud.JOB_API, "profile_path": aws,  # the head-side tune sizes by it
-                    "token_path": str(cloud.token_file("raysweep-aws")), "token": None}
+                    "token_path": str(cloud.token_file("raysweep-aws")), "token": None,
+                    "remote": True}  # (no laptop path or laptop-only tracking store goes)
     monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:18265")
     submit_module.submit_to_cluster("spec.yaml", [], aws, None)
     assert seen["dashboard"] == "http://127.0.0.1:18265"
