@@ -74,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--cluster", metavar="PROFILE", default="cluster/local.yaml",
                         help="profile of a cluster started with `raysweep cluster up` (default: %(default)s)")
     submit.add_argument("--timeout", type=float, help="stop the job after this many seconds")
+    submit.add_argument("--resume", nargs="?", const=True, metavar="SWEEP_ID",
+                        help="the job continues an interrupted sweep (`tune --resume`), e.g. after its head was lost: "
+                             "the sweep's state is read from its storage_path")
     cluster = add("cluster", "Start, stop or inspect a Ray cluster from a profile.", spec=False)
     cluster.add_argument("action", choices=["up", "down", "status"])
     cluster.add_argument("profile", nargs="?", default="cluster/local.yaml",
@@ -135,7 +138,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from raysweep.cluster.submit import submit_to_cluster  # (lazy: Ray's job client)
 
     prepare(args.spec, args.overrides, cluster=args.cluster, will_connect=False)
-    return submit_to_cluster(args.spec, args.overrides, args.cluster, args.timeout)
+    return submit_to_cluster(args.spec, args.overrides, args.cluster, args.timeout, resume=args.resume)
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:

@@ -26,6 +26,7 @@ from raysweep.config.load import storage_root
 from raysweep.config.profile import ClusterProfile
 from raysweep.config.spec import Spec
 from raysweep.data.loader import choose_loader, worker_data
+from raysweep.data.storage import uri_of, use_patient_io
 from raysweep.errors import RunFailedError, UserInputError, one_line_cause
 from raysweep.execution.driver import TrainMetricsCallback, build_trainer
 from raysweep.execution.plan import ExecutionMode, RunPlan, execution_mode, max_concurrent_trials, sweep_metrics
@@ -148,6 +149,7 @@ def train(spec: SpecLike, overrides: list[str] | tuple[str, ...] = (), *, cluste
     (bad input, nothing started) or RunFailedError (the run failed; MLflow run FAILED).
     """
     run = prepare(spec, overrides, cluster=cluster, address=address, source=source)
+    use_patient_io()  # (checked: from here on a storage blip is retried, not fatal)
     run_name = name or f"{run.spec.name}-train"
     started_at = time.time()
     with connected(run.profile, run.address):
@@ -170,7 +172,7 @@ def train(spec: SpecLike, overrides: list[str] | tuple[str, ...] = (), *, cluste
                 f"cause and re-run the same command (--name {run_name}) to resume from the latest") from exc
         finally:
             store.close(run_id, status)
-        checkpoint = result.checkpoint.path if result.checkpoint else None
+        checkpoint = uri_of(result.checkpoint.filesystem, result.checkpoint.path) if result.checkpoint else None
         if checkpoint:
             store.set_tags(run_id, {tag.CHECKPOINT: checkpoint})
     metrics = {k: float(v) for k, v in (result.metrics or {}).items()
@@ -244,6 +246,7 @@ def tune(spec: SpecLike, overrides: list[str] | tuple[str, ...] = (), *, cluster
     the MLflow store (tests and benchmarks). Trials that fail are recorded, not raised.
     """
     run = prepare(spec, overrides, cluster=cluster, address=address)
+    use_patient_io()  # (checked: from here on a storage blip is retried, not fatal)
     if pick is not None and (not register or pick not in run.spec.scheduler.metrics):
         raise UserInputError(f"--pick {pick}: " + ("needs --register" if not register else
                              f"not an objective of this sweep (scheduler.metric: {run.spec.scheduler.metric})"))

@@ -197,7 +197,8 @@ def _printable(text: str) -> str:
 
 
 def submit(dashboard: str, spec_path: str, overrides: list[str], root: Path,
-           timeout_s: float | None = None, profile_path: str | None = None, remote: bool = False) -> int:
+           timeout_s: float | None = None, profile_path: str | None = None, remote: bool = False,
+           resume: bool | str | None = None) -> int:
     """Submit `raysweep tune SPEC [--cluster PROFILE]` as a job, stream its logs,
     return its exit status. The spec and the profile travel in the upload (their
     paths are given relative to it). Refused before anything is sent: an upload holding
@@ -211,6 +212,8 @@ def submit(dashboard: str, spec_path: str, overrides: list[str], root: Path,
         args += ["--set", item]
     if profile_path:
         args += ["--cluster", in_upload(profile_path, root, "cluster profile")]
+    if resume:
+        args += ["--resume"] + ([resume] if isinstance(resume, str) else [])
     entrypoint = "python -m raysweep tune " + shlex.join(args)
     try:
         client = JobSubmissionClient(dashboard)
@@ -257,7 +260,8 @@ def _first_line(exc: Exception) -> str:
 
 
 
-def submit_to_cluster(spec_path: str, overrides: list[str], profile_path: str, timeout_s: float | None) -> int:
+def submit_to_cluster(spec_path: str, overrides: list[str], profile_path: str, timeout_s: float | None,
+                      resume: bool | str | None = None) -> int:
     """`raysweep submit SPEC --cluster PROFILE` to a cluster `raysweep cluster up` started."""
     if cloud.is_cloud_profile(profile_path):
         # A launcher config: the job API through `ray dashboard PROFILE`'s tunnel, and the
@@ -268,7 +272,8 @@ def submit_to_cluster(spec_path: str, overrides: list[str], profile_path: str, t
         os.environ.pop("RAY_AUTH_TOKEN", None)
         os.environ["RAY_AUTH_TOKEN_PATH"] = str(token)
         use_token_auth()
-        return submit(dashboard, spec_path, overrides, Path.cwd(), timeout_s, profile_path, remote=True)
+        return submit(dashboard, spec_path, overrides, Path.cwd(), timeout_s, profile_path, remote=True,
+                      resume=resume)
     profile = load_profile(profile_path)
     state = ClusterState.load(profile.name)
     if state is None:
@@ -276,4 +281,4 @@ def submit_to_cluster(spec_path: str, overrides: list[str], profile_path: str, t
     # That cluster's own token (RAY_AUTH_TOKEN, set by the user, still wins).
     os.environ.update(token_env(token_file(profile.name)))
     use_token_auth()
-    return submit(state.dashboard, spec_path, overrides, Path.cwd(), timeout_s, profile_path)
+    return submit(state.dashboard, spec_path, overrides, Path.cwd(), timeout_s, profile_path, resume=resume)

@@ -37,6 +37,23 @@ DEADLINE_S = 12.0
 CONNECT_TIMEOUT_S = 3.0
 REQUEST_TIMEOUT_S = 8.0
 MAX_ATTEMPTS = 2
+# In a run (the sweep's driver after `check`, the trial and worker processes, and Ray's
+# own checkpoint and state uploads: run_storage), a store that stops answering for a
+# while (a restart, a network blip: ordinary in a cloud) must not end the work: each
+# request waits longer and is retried with the AWS SDK's exponential backoff (up to
+# 20 s apart) for about two minutes in all. (GCS: its retry limit.)
+PATIENT_CONNECT_TIMEOUT_S = 10.0
+PATIENT_REQUEST_TIMEOUT_S = 30.0
+PATIENT_MAX_ATTEMPTS = 10
+PATIENT_RETRY_S = 120.0
+_patient = False
+
+
+def use_patient_io() -> None:
+    """From now on this process's object-store clients retry with backoff instead of
+    failing fast (call it where a run starts; `check` stays fail-fast)."""
+    global _patient
+    _patient = True
 
 
 @dataclass(frozen=True)
@@ -54,11 +71,14 @@ def is_object_store(location: str) -> bool:
     return location.startswith(OBJECT_STORES)
 
 
-def s3_options() -> dict[str, object]:
+def s3_options(patient: bool = False) -> dict[str, object]:
     """S3FileSystem settings from the standard AWS environment (credentials stay with
-    the AWS SDK's own lookup: env, config files, instance role)."""
-    options: dict[str, object] = {"connect_timeout": CONNECT_TIMEOUT_S, "request_timeout": REQUEST_TIMEOUT_S,
-                                  "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=MAX_ATTEMPTS)}
+    the AWS SDK's own lookup: env, config files, instance role); fail-fast, or
+    `patient` (in a run)."""
+    connect, request, attempts = ((PATIENT_CONNECT_TIMEOUT_S, PATIENT_REQUEST_TIMEOUT_S, PATIENT_MAX_ATTEMPTS)
+                                  if patient else (CONNECT_TIMEOUT_S, REQUEST_TIMEOUT_S, MAX_ATTEMPTS))
+    options: dict[str, object] = {"connect_timeout": connect, "request_timeout": request,
+                                  "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=attempts)}
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:
         parsed = urlparse(endpoint if "://" in endpoint else f"https://{endpoint}")
@@ -70,10 +90,10 @@ def s3_options() -> dict[str, object]:
 
 
 @functools.cache
-def _object_store(scheme: str, environment: tuple[tuple[str, str], ...]) -> pafs.FileSystem:
+def _object_store(scheme: str, environment: tuple[tuple[str, str], ...], patient: bool = False) -> pafs.FileSystem:
     if scheme == "s3":
-        return pafs.S3FileSystem(**s3_options())
-    return pafs.GcsFileSystem(retry_time_limit=timedelta(seconds=REQUEST_TIMEOUT_S))
+        return pafs.S3FileSystem(**s3_options(patient))
+    return pafs.GcsFileSystem(retry_time_limit=timedelta(seconds=PATIENT_RETRY_S if patient else REQUEST_TIMEOUT_S))
 
 
 def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
@@ -85,7 +105,28 @@ def filesystem(location: str) -> tuple[pafs.FileSystem, str]:
         return pafs.LocalFileSystem(), location
     scheme, rest = location.split("://", 1)
     environment = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(("AWS_", "GOOGLE_"))))
-    return _object_store(scheme, environment), rest
+    return _object_store(scheme, environment, _patient), rest
+
+
+def run_storage(path: str) -> dict[str, Any]:
+    """Ray's RunConfig storage arguments for `path`: an object store through this
+    process's client (patient in a run: Ray's own default retries a few times within
+    seconds, and a checkpoint upload that fails fails the trial)."""
+    if not is_object_store(path):
+        return {"storage_path": path}
+    fs, inner = filesystem(path)
+    return {"storage_path": inner, "storage_filesystem": fs}
+
+
+def uri_of(fs: Any, path: str) -> str:
+    """`path` inside pyarrow filesystem `fs` as a URI (s3://, gs://; a local path as it
+    is): what a Ray checkpoint's (filesystem, path) means outside that process."""
+    kind = getattr(fs, "type_name", "")
+    if kind == "s3":
+        return f"s3://{path.lstrip('/')}"
+    if kind == "gcs":
+        return f"gs://{path.lstrip('/')}"
+    return path
 
 
 def within_deadline(work: Callable[[], T], seconds: float, message: str) -> T:

@@ -12,6 +12,7 @@ from ray.train.torch import TorchTrainer
 from ray.train.v2.api.callback import UserCallback
 
 from raysweep._ray_compat import set_ray_env_defaults
+from raysweep.data.storage import run_storage
 from raysweep.execution import pg_cleaner
 from raysweep.execution.plan import RunPlan
 from raysweep.execution.worker import train_in_worker_group
@@ -49,7 +50,7 @@ def build_trainer(plan: RunPlan, run_name: str, callbacks: list[Any], storage_pa
                                      resources_per_worker=resources),
         run_config=RunConfig(
             name=run_name,
-            storage_path=storage_path or plan.storage_path,
+            **run_storage(storage_path or plan.storage_path),
             callbacks=callbacks,
             checkpoint_config=checkpoint_config(plan),
             failure_config=FailureConfig(max_failures=plan.max_failures),

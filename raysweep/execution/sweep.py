@@ -35,6 +35,7 @@ from raysweep._ray_compat import (
 from raysweep.config.constraints import Constraint, violations
 from raysweep.config.space import search_space, to_optuna_space
 from raysweep.config.spec import SamplerSpec, SchedulerSpec, Spec
+from raysweep.data.storage import run_storage, uri_of
 from raysweep.errors import UserInputError, one_line_cause
 from raysweep.execution.driver import build_trainer
 from raysweep.execution.mo_asha import MultiObjectiveASHA
@@ -290,7 +291,8 @@ class TrackerCallback(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         checkpoint = getattr(trial, "checkpoint", None)  # in-trial runs checkpoint through Tune
-        self.tracker.trial_completed(trial.trial_id, trial.config, checkpoint.path if checkpoint else None)
+        path = uri_of(checkpoint.filesystem, checkpoint.path) if checkpoint else None
+        self.tracker.trial_completed(trial.trial_id, trial.config, path)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.tracker.trial_failed(trial.trial_id, trial.config, error_summary(getattr(trial, "error_file", None)))
@@ -351,8 +353,10 @@ def run_sweep(spec: Spec, plan: RunPlan, sweep_id: str, tracker: SweepTracker, c
         callbacks.append(StudyMirror(sweep_dir, spec.name))
     if resume:
         pull_study(sweep_dir, spec.name)  # the bucket's journal, on a driver that lost (or never had) its copy
-        tuner = tune.Tuner.restore(f"{sweep_dir}/{TUNE_DIR}", trainable, resume_unfinished=True,
-                                   resume_errored=False, restart_errored=False)
+        stored = run_storage(f"{sweep_dir}/{TUNE_DIR}")
+        tuner = tune.Tuner.restore(stored["storage_path"], trainable, resume_unfinished=True,
+                                   resume_errored=False, restart_errored=False,
+                                   storage_filesystem=stored.get("storage_filesystem"))
         replace_tuner_callbacks(tuner, callbacks)
         replace_tuner_searcher(tuner, make_searcher(spec, sweep_dir, resume=True))
     else:
@@ -377,7 +381,7 @@ def run_sweep(spec: Spec, plan: RunPlan, sweep_id: str, tracker: SweepTracker, c
             ),
             run_config=tune.RunConfig(
                 name=TUNE_DIR,
-                storage_path=sweep_dir,
+                **run_storage(sweep_dir),
                 callbacks=callbacks,
                 verbose=0,
                 failure_config=tune.FailureConfig(max_failures=plan.max_failures if strategy.trial_is_worker else 0),

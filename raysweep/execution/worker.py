@@ -17,6 +17,7 @@ import torch
 
 from raysweep._ray_compat import set_deterministic_cublas, train_drain_deadline
 from raysweep.data.arrays import DataSplit
+from raysweep.data.storage import use_patient_io
 from raysweep.data.stream import StreamSplit
 from raysweep.execution.checkpoint import load_state, save_state
 from raysweep.execution.context import TrainContext
@@ -75,6 +76,7 @@ def splits(plan: RunPlan) -> tuple[DataSplit, DataSplit]:
 
 def _train(plan: RunPlan, report_fn: Any, checkpoint: dict[str, Any] | None, **placement: Any) -> None:
     """Build this process's TrainContext and run the trainer."""
+    use_patient_io()  # (a stream loader's reads: a storage blip is retried, not fatal)
     train_fn = resolve_train_fn(plan.trainer, plan.lightning)
     assert train_fn is not None, f"{plan.trainer} was checked on the driver"
     use_deterministic_algorithms(plan.deterministic)

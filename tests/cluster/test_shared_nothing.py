@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -140,15 +141,15 @@ def onprem(tmp_path_factory: pytest.TempPathFactory, isolated_home: Path) -> Ite
         try:
             cluster.raysweep("cluster", "up", cluster.profile)
             _wait_nodes(cluster, 3)
-            launcher = Path(os.environ["RAYSWEEP_STATE_DIR"]) / "clusters" / name / "launcher.yaml"
-            tunnel, port = _tunnel(env, project, launcher)
+            tunnel, port = _tunnel(env, project, Path(cluster.profile))  # (README: `ray dashboard PROFILE &`)
             cluster.env = {**env, "RAY_ADDRESS": f"http://127.0.0.1:{port}"}
             yield cluster
         finally:
             if tunnel is not None:
                 os.killpg(tunnel.pid, signal.SIGKILL)
-            down = cluster.raysweep("cluster", "down", cluster.profile, check=False, timeout=300)
-            print(down.stdout[-2000:], down.stderr[-2000:])
+            cluster.raysweep("cluster", "down", cluster.profile, check=False, timeout=300)
+    left = hosts.leftovers()
+    assert not left, f"namespaces or links left after the hosts stopped: {left}"
 
 
 def _ray_processes(hosts: Hosts, host) -> list[str]:
@@ -179,18 +180,68 @@ def test_hosts_share_nothing_with_the_laptop(onprem: Cluster) -> None:
         assert int(seen[-2]) > 16, f"{host.name} has no cluster token"
 
 
-def test_sweep_of_two_host_trials_submitted_from_the_laptop(onprem: Cluster) -> None:
+class SocketSampler(threading.Thread):
+    """Samples the TCP listeners of the worker hosts while a run is live."""
+
+    def __init__(self, hosts: Hosts) -> None:
+        super().__init__(daemon=True)
+        self.hosts, self.seen, self.done = hosts, set(), threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            for host in self.hosts.hosts[1:]:
+                for address, _port, process in self.hosts.listening(host):
+                    self.seen.add((host.name, host.ip, address, process.split('"')[1] if '"' in process else process))
+            time.sleep(0.5)
+
+
+def test_sweep_of_two_host_trials_submitted_from_the_laptop(onprem: Cluster, tmp_path: Path) -> None:
     overrides = ["data.train=s3://data/digits/train", "data.validation=s3://data/digits/validation",
                  "storage_path=s3://runs/sweeps", "scaling.num_workers=2", "budget.num_trials=2",
                  "scheduler.max_epochs=2", "scheduler.grace_period=1"]
     args = ["submit", "search_spaces/digits_mlp.yaml", "--cluster", onprem.profile]
     for item in overrides:
         args += ["--set", item]
-    result = onprem.raysweep(*args, "--timeout", "900", timeout=1000)
-    log = result.stdout
+    sampler = SocketSampler(onprem.hosts)
+    sampler.start()
+    try:
+        log = onprem.raysweep(*args, "--timeout", "900", timeout=1000).stdout
+    finally:
+        sampler.done.set()
+        sampler.join()
     assert "2 trials" in log, log[-3000:]
     # Each trial's two ranks ran on the two worker hosts (the head has no CPU, each
-    # worker host one): both ran training workers.
-    for host in onprem.hosts.hosts[1:]:
-        out = onprem.hosts.ssh(host, "grep -l 'RayTrainWorker' /tmp/ray/session_latest/logs/*.out | wc -l").stdout
-        assert int(out.strip()) >= 1, f"{host.name} ran no Train worker"
+    # worker host one), and their collective sockets listened on the host's address,
+    # never on its loopback (where a rank on the other host cannot connect).
+    training = {(h, ip, a, p) for h, ip, a, p in sampler.seen if "Train" in p}
+    assert {h for h, *_ in training} == {"h1", "h2"}, sorted(sampler.seen)
+    loopback = [s for s in training if s[2].startswith("127.")]
+    assert not loopback, loopback
+
+    # Everything arrived at the team MLflow server the hosts reached by address.
+    import mlflow
+
+    client = mlflow.MlflowClient(onprem.env["MLFLOW_TRACKING_URI"])
+    os.environ.update({k: onprem.env[k] for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")})
+    experiment = client.get_experiment_by_name("digits-mlp")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children), [r.info for r in children]
+    assert all(client.get_metric_history(r.info.run_id, "val_loss") for r in children)
+
+    # From the laptop: the best trial's model registered from its checkpoint in the
+    # bucket, and the sweep's report.
+    sweep = parents[0].info.run_id
+    registered = onprem.raysweep("register", sweep, "--name", "digits-onprem").stdout
+    assert "digits-onprem" in registered, registered
+    assert client.get_latest_versions("digits-onprem")
+    onprem.raysweep("report", sweep, "--out", str(tmp_path / "report"))
+    assert (tmp_path / "report" / "index.html").is_file()
+
+
+def test_cluster_down_stops_ray_on_every_host(onprem: Cluster) -> None:
+    onprem.raysweep("cluster", "down", onprem.profile, timeout=300)
+    left = {h.name: _ray_processes(onprem.hosts, h) for h in onprem.hosts.hosts}
+    assert not any(left.values()), left

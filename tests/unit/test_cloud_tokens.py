@@ -154,7 +154,8 @@ def test_submit_to_a_cloud_cluster_sends_that_clusters_token(state, tmp_path, mo
     cloud.launcher_command("up", aws)
     seen: dict = {}
 
-    def fake_submit(dashboard, spec_path, overrides, root, timeout_s=None, profile_path=None, remote=False) -> int:
+    def fake_submit(dashboard, spec_path, overrides, root, timeout_s=None, profile_path=None, remote=False,
+                    resume=None) -> int:
         import os
 
         seen.update(dashboard=dashboard, profile_path=profile_path, token_path=os.environ.get("RAY_AUTH_TOKEN_PATH"),

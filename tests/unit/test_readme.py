@@ -114,6 +114,18 @@ COMMANDS: dict[str, RunHere | ByTest] = {
         "test_cloud_tokens.py::test_submit_to_a_cloud_cluster_sends_that_clusters_token"),
     "raysweep cluster down cluster/aws.yaml": RunHere(
         "ray down -y ", command="raysweep cluster down cluster/aws.yaml --dry-run"),
+    # Your own machines: run for real on hosts in namespaces (a copy of onprem.yaml with
+    # their addresses, as a user edits it).
+    "raysweep cluster up cluster/onprem.yaml": ByTest("test_shared_nothing.py::onprem"),
+    "ray dashboard cluster/onprem.yaml &": ByTest("test_shared_nothing.py::_tunnel"),
+    "MLFLOW_TRACKING_URI=http://MLFLOW_HOST:5000 raysweep submit search_spaces/digits_mlp.yaml "
+    "--cluster cluster/onprem.yaml --set scaling.num_workers=2 --set data.train=s3://BUCKET/digits/train "
+    "--set data.validation=s3://BUCKET/digits/validation --set storage_path=s3://BUCKET/runs": ByTest(
+        "test_shared_nothing.py::test_sweep_of_two_host_trials_submitted_from_the_laptop"),
+    "raysweep register SWEEP_RUN_ID": ByTest(
+        "test_shared_nothing.py::test_sweep_of_two_host_trials_submitted_from_the_laptop"),
+    "raysweep cluster down cluster/onprem.yaml": ByTest(
+        "test_shared_nothing.py::test_cluster_down_stops_ray_on_every_host"),
 }
 
 

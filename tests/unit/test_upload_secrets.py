@@ -156,8 +156,8 @@ def test_submit_refuses_a_secret_before_reaching_the_job_api(tmp_path, monkeypat
     spec = write_spec()
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(submit_module, "submit_to_cluster",
-                        lambda spec_path, overrides, profile, timeout: submit("http://127.0.0.1:9", spec_path,
-                                                                             overrides, Path.cwd(), timeout))
+                        lambda spec_path, overrides, profile, timeout, resume=None: submit(
+                            "http://127.0.0.1:9", spec_path, overrides, Path.cwd(), timeout))
     capsys.readouterr()
     assert main(["submit", str(spec), "--cluster", str(REPO / "cluster" / "local.yaml")]) == 2
     err = capsys.readouterr().err
