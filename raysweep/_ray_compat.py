@@ -105,6 +105,16 @@ def walk_upload(root: Path, handle: Callable[[Path], None]) -> None:
     _dir_travel(root, [], handle, include_gitignore=True, logger=quiet)
 
 
+def local_provider_state(cluster_name: str) -> Path:
+    """Where Ray's cluster launcher keeps, on the machine running `ray up`, the `local`
+    provider's nodes and their tags (what it set up on each, with which file mounts):
+    `ray/autoscaler/_private/local/config.py: get_state_path` (the Ray temp dir:
+    RAY_TMPDIR, else TMPDIR, else /tmp)."""
+    from ray.autoscaler._private.local.config import get_state_path
+
+    return Path(get_state_path(cluster_name))
+
+
 def validate_launcher_config(raw: dict[str, Any]) -> None:
     """Ray's own cluster-launcher schema check, as `ray up` runs it (raises
     jsonschema.ValidationError, ValueError, KeyError or RuntimeError)."""

@@ -149,7 +149,13 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         if args.dry_run:
             print(" ".join(command))
             return EXIT_OK
-        return EXIT_OK if cloud.launch(command) else EXIT_FAILED
+        if args.action == "up":
+            cloud.forget_set_up_machines(args.profile)
+        launched = cloud.launch(command)
+        if args.action == "down" and (failed := cloud.stop_workers(args.profile)):
+            print(f"raysweep: could not stop Ray on {', '.join(failed)} over SSH", file=sys.stderr)
+            return EXIT_FAILED
+        return EXIT_OK if launched else EXIT_FAILED
     if args.dry_run:
         raise UserInputError(f"{args.profile}: --dry-run is for launcher configs (cluster/aws.yaml, cluster/gcp.yaml)")
     print(getattr(local, f"cluster_{args.action}")(args.profile))

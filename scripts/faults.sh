@@ -5,7 +5,9 @@
 # node; a drain notice on a node, as for a spot reclaim; torn and unsafe
 # checkpoints; out-of-memory and NaN trials; the hostile-input corpus; the exposure
 # report; the loopback-only socket tables of single-node clusters; 20 two-worker
-# trials beside a CPU hog), then sums the figures every case recorded.
+# trials beside a CPU hog; across hosts that share nothing: the head host killed with
+# its disk wiped mid-sweep, then resumed from the bucket), then sums the figures every
+# case recorded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-faults.json}"
@@ -18,6 +20,7 @@ RAYSWEEP_FAULTS_OUT="$lines" .venv/bin/python -m pytest -q -p no:cacheprovider -
   tests/faults/test_faults.py \
   tests/integration/test_worker_groups.py::test_twenty_two_worker_trials_beside_a_cpu_hog_lose_none \
   tests/integration/test_in_process_isolation.py tests/faults/test_cluster_faults.py \
-  tests/faults/test_cluster_preemption.py tests/cluster/test_cluster_isolation.py || status=$?
+  tests/faults/test_cluster_preemption.py tests/cluster/test_cluster_isolation.py \
+  tests/faults/test_cross_host.py || status=$?
 .venv/bin/python scripts/fault_figures.py "$lines" "$out" "$status"
 exit "$status"

@@ -40,6 +40,7 @@ from typing import Any
 
 import yaml
 
+from raysweep._ray_compat import local_provider_state
 from raysweep.cluster.auth import cluster_dir, ensure_cluster_token, token_file
 from raysweep.cluster.secrets import RSYNC_EXCLUDES, secret_match
 from raysweep.config.load import read_spec_file
@@ -241,6 +242,54 @@ def launcher_config(profile_path: str, up: bool = True) -> Path:
     )
     tmp.replace(out)
     return out
+
+
+def forget_set_up_machines(profile_path: str) -> Path | None:
+    """Before `up` of a `local` provider (machines you own): Ray skips the file mounts
+    and setup commands of a machine whose tags (kept on this machine) say it is set up,
+    so a head reinstalled, or replaced at the same address, would start without the
+    cluster's token ("RAY_AUTH_TOKEN_PATH is set but file cannot be opened"). Forget
+    them: `up` sets every machine up again (its commands are idempotent). Returns the
+    state file removed, if any."""
+    raw = read_spec_file(profile_path, what="profile")
+    provider = raw.get("provider")
+    if not isinstance(provider, dict) or provider.get("type") != "local":
+        return None
+    state = local_provider_state(cluster_name(raw, profile_path))
+    if not state.exists():
+        return None
+    state.unlink()
+    return state
+
+
+def stop_workers(profile_path: str, timeout_s: float = 120.0) -> list[str]:
+    """After `down` of a `local` provider: `ray stop` on every worker machine over SSH,
+    with the profile's user and key. Ray's `ray down` stops Ray on the head only and
+    marks the workers terminated in its state; their raylets, agents and actors live on
+    (seen: a worker host still running its raylet after `down`). Returns the addresses
+    where it failed."""
+    raw = read_spec_file(profile_path, what="profile")
+    provider, auth = raw.get("provider") or {}, raw.get("auth") or {}
+    if provider.get("type") != "local":
+        return []
+    key = os.path.expanduser(str(auth.get("ssh_private_key", "~/.ssh/id_rsa")))
+    user = str(auth.get("ssh_user", os.environ.get("USER", "root")))
+
+    def stop(address: str) -> str | None:
+        command = ["ssh", "-i", key, "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no",
+                   "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10",
+                   "-o", "BatchMode=yes", f"{user}@{address}", "bash --login -c 'ray stop --force'"]
+        try:
+            done = subprocess.run(command, capture_output=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return address
+        return None if done.returncode == 0 else address
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    addresses = [str(a) for a in provider.get("worker_ips") or []]
+    with ThreadPoolExecutor(max_workers=max(1, min(16, len(addresses)))) as pool:
+        return [a for a in pool.map(stop, addresses) if a is not None]
 
 
 def launcher_command(action: str, profile_path: str) -> list[str]:

@@ -35,7 +35,7 @@ from raysweep._ray_compat import (
 from raysweep.config.constraints import Constraint, violations
 from raysweep.config.space import search_space, to_optuna_space
 from raysweep.config.spec import SamplerSpec, SchedulerSpec, Spec
-from raysweep.data.storage import run_storage, uri_of
+from raysweep.data.storage import is_object_store, run_storage, uri_of
 from raysweep.errors import UserInputError, one_line_cause
 from raysweep.execution.driver import build_trainer
 from raysweep.execution.mo_asha import MultiObjectiveASHA
@@ -278,15 +278,21 @@ def find_sweep_to_resume(root: str, name: str, sweep_id: str | None) -> str:
 
 
 class TrackerCallback(tune.Callback):
-    """Forwards Tune's trial events to the (Ray-free) SweepTracker."""
+    """Forwards Tune's trial events to the (Ray-free) SweepTracker. `scheme` ("s3://",
+    "gs://" or ""): the sweep storage's, put back on the checkpoint paths Ray reports
+    (a path inside its filesystem: Train's `checkpoint_path` has no scheme)."""
 
-    def __init__(self, tracker: SweepTracker) -> None:
+    def __init__(self, tracker: SweepTracker, scheme: str = "") -> None:
         self.tracker = tracker
+        self.scheme = scheme
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.tracker.trial_started(trial.trial_id, trial.config)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        path = result.get("checkpoint_path")
+        if self.scheme and isinstance(path, str) and "://" not in path:
+            result = {**result, "checkpoint_path": self.scheme + path.lstrip("/")}
         self.tracker.trial_result(trial.trial_id, trial.config, result)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -348,7 +354,8 @@ def run_sweep(spec: Spec, plan: RunPlan, sweep_id: str, tracker: SweepTracker, c
     if isinstance(resources, dict):  # (a warm group's placement group has no driver resources: see execution_mode)
         resources = {**resources, **(driver_resources or {})}
     trainable = tune.with_resources(function, resources)
-    callbacks: list[tune.Callback] = [TrackerCallback(tracker)]
+    scheme = sweep_dir.split("://", 1)[0] + "://" if is_object_store(sweep_dir) else ""
+    callbacks: list[tune.Callback] = [TrackerCallback(tracker, scheme)]
     if "://" in sweep_dir:
         callbacks.append(StudyMirror(sweep_dir, spec.name))
     if resume:

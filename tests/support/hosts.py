@@ -116,6 +116,7 @@ class Hosts:
         self.subnet: ipaddress.IPv4Network | None = None
         self.laptop_ip = ""
         self.key = self.root / "key"
+        self.env: dict[str, str] = {}
 
     def __getitem__(self, i: int) -> Host:
         return self.hosts[i]
@@ -194,8 +195,9 @@ class Hosts:
             Subsystem sftp internal-sftp
             """))
         bashrc = host.home / ".bashrc"
-        if not bashrc.exists():  # the image's shell setup: its Python environment on PATH
-            bashrc.write_text(f"export PATH={IMAGE}/bin:$PATH\n")
+        if not bashrc.exists():  # the image's shell setup: its Python environment on PATH, its variables
+            exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in self.env.items())
+            bashrc.write_text(f"export PATH={IMAGE}/bin:$PATH\n{exports}")
             (host.home / ".profile").write_text("[ -f ~/.bashrc ] && . ~/.bashrc\n")
 
     def _mount_script(self, host: Host) -> str:
@@ -263,7 +265,8 @@ class Hosts:
 
     def environment(self, env: dict[str, str]) -> None:
         """Variables every host's login shell sets (what an image or an admin puts in a
-        machine's environment: credentials of its own, say)."""
+        machine's environment: credentials of its own, say); a wiped host gets them too."""
+        self.env.update(env)
         lines = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
         for host in self.hosts:
             with open(host.home / ".bashrc", "a") as bashrc:

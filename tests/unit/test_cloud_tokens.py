@@ -193,3 +193,16 @@ def test_kuberay_every_container_gets_the_token_from_the_secret() -> None:
     head = cluster["headGroupSpec"]
     assert head["serviceType"] == "ClusterIP" and not head.get("enableIngress")
     assert head["rayStartParams"]["dashboard-host"] == "$RAYSWEEP_POD_IP"  # the pod's IP (test_cloud_perimeter)
+
+
+def test_up_of_machines_you_own_sets_every_machine_up_again(state, tmp_path, monkeypatch) -> None:
+    """Ray skips the setup (the token's file mount included) of a machine its tags call
+    set up: a reinstalled head would start without the token."""
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "raytmp"))
+    onprem = REPO / "cluster" / "onprem.yaml"
+    stored = tmp_path / "raytmp" / "ray" / "cluster-raysweep-onprem.state"
+    stored.parent.mkdir(parents=True)
+    stored.write_text('{"10.0.0.10": {"tags": {"ray-runtime-config": "x"}, "state": "running"}}')
+    assert cloud.forget_set_up_machines(str(onprem)) == stored and not stored.exists()
+    assert cloud.forget_set_up_machines(str(onprem)) is None  # (nothing stored: nothing to do)
+    assert cloud.forget_set_up_machines(str(_configured("aws.yaml", tmp_path))) is None  # (a cloud's nodes: not ours)

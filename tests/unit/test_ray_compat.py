@@ -163,3 +163,10 @@ def test_the_experiment_state_is_never_seen_half_written(tmp_path, monkeypatch):
     assert seen_while_writing == [json.dumps({"previous": "state"})]
     assert json.loads(final.read_text())["trial_data"] == ["state of t1"]
     assert saved == ["searcher", "callbacks"] and sorted(p.name for p in tmp_path.iterdir()) == [final.name]
+
+
+def test_local_provider_state_is_in_rays_temp_dir(tmp_path, monkeypatch):
+    from raysweep._ray_compat import local_provider_state
+
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    assert local_provider_state("mine") == tmp_path / "ray" / "cluster-mine.state"

@@ -116,8 +116,8 @@ COMMANDS: dict[str, RunHere | ByTest] = {
         "ray down -y ", command="raysweep cluster down cluster/aws.yaml --dry-run"),
     # Your own machines: run for real on hosts in namespaces (a copy of onprem.yaml with
     # their addresses, as a user edits it).
-    "raysweep cluster up cluster/onprem.yaml": ByTest("test_shared_nothing.py::onprem"),
-    "ray dashboard cluster/onprem.yaml &": ByTest("test_shared_nothing.py::_tunnel"),
+    "raysweep cluster up cluster/onprem.yaml": ByTest("onprem.py::onprem_cluster"),
+    "ray dashboard cluster/onprem.yaml &": ByTest("onprem.py::tunnel"),
     "MLFLOW_TRACKING_URI=http://MLFLOW_HOST:5000 raysweep submit search_spaces/digits_mlp.yaml "
     "--cluster cluster/onprem.yaml --set scaling.num_workers=2 --set data.train=s3://BUCKET/digits/train "
     "--set data.validation=s3://BUCKET/digits/validation --set storage_path=s3://BUCKET/runs": ByTest(

@@ -1,0 +1,93 @@
+"""Faults across hosts that share nothing, during a sweep (slow: scripts/faults.sh).
+
+The head host is killed with every process on it and its disk wiped while a sweep
+submitted from the laptop runs; a new head comes up on the same address (`cluster up`
+again), and `submit --resume` finds the sweep in the bucket (Tune's state and the Optuna
+journal under storage_path) and finishes it. Nothing is lost and no finished trial runs
+again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests"))
+
+from support.onprem import RAYSWEEP, Cluster, missing, onprem_cluster, wait_nodes  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(missing() is not None, reason=missing() or "")]
+NUM_TRIALS, EPOCHS = 4, 4
+OVERRIDES = ["data.train=s3://data/digits/train", "data.validation=s3://data/digits/validation",
+             "storage_path=s3://runs/sweeps", f"budget.num_trials={NUM_TRIALS}",
+             f"scheduler.max_epochs={EPOCHS}", f"scheduler.grace_period={EPOCHS}", "failure.max_failures=1"]
+
+
+@pytest.fixture
+def onprem(tmp_path: Path, isolated_home: Path) -> Iterator[Cluster]:
+    with onprem_cluster(tmp_path / "onprem") as cluster:
+        yield cluster
+
+
+def _submit(cluster: Cluster, *extra: str) -> list[str]:
+    args = [RAYSWEEP, "submit", "search_spaces/digits_mlp.yaml", "--cluster", cluster.profile, *extra]
+    for item in OVERRIDES:
+        args += ["--set", item]
+    return args
+
+
+def _trials(cluster: Cluster) -> list:
+    import mlflow
+
+    client = mlflow.MlflowClient(cluster.env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("digits-mlp")
+    if experiment is None:
+        return []
+    return [r for r in client.search_runs([experiment.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+
+
+def test_head_lost_with_its_disk_then_resumed_from_the_bucket(onprem: Cluster, fault_figures) -> None:
+    import mlflow
+
+    os.environ.update({k: onprem.env[k] for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")})
+    first = subprocess.Popen(_submit(onprem, "--timeout", "900"), cwd=onprem.project, env=onprem.env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while not any(r.info.status == "FINISHED" for r in _trials(onprem)):
+        assert first.poll() is None, f"the sweep ended before the fault:\n{first.stdout.read()[-3000:]}"
+        assert time.monotonic() < deadline, "no trial finished within 600 s"
+        time.sleep(2)
+    finished_before = {r.info.run_id for r in _trials(onprem) if r.info.status == "FINISHED"}
+    head = onprem.hosts[0]
+    onprem.hosts.kill(head)  # power: every process of the head, its sshd too
+    onprem.hosts.wipe(head)  # and a new disk
+    os.killpg(first.pid, signal.SIGKILL)  # (the laptop's `submit` lost its job with the head)
+    first.wait()
+    fault_figures(faults_injected=1)
+
+    onprem.hosts.boot(head)
+    onprem.hosts.wait_ssh(head)
+    onprem.raysweep("cluster", "up", onprem.profile)
+    wait_nodes(onprem, 3)
+    onprem.connect()
+    resumed = onprem.raysweep(*_submit(onprem, "--resume", "--timeout", "900")[1:], timeout=1000).stdout
+
+    client = mlflow.MlflowClient(onprem.env["MLFLOW_TRACKING_URI"])
+    trials = _trials(onprem)
+    keys = [r.data.tags.get("raysweep.key") for r in trials]
+    duplicates = len(keys) - len(set(keys))
+    rerun = [r.info.run_id for r in trials if r.info.run_id in finished_before
+             and len(client.get_metric_history(r.info.run_id, "val_loss")) > EPOCHS]
+    finished = [r for r in trials if r.info.status == "FINISHED"]
+    fault_figures(faults_survived=int(len(finished) == NUM_TRIALS and not rerun and not duplicates),
+                  trials_rerun=len(rerun), duplicate_runs=duplicates, trials_not_finished=NUM_TRIALS - len(finished))
+    assert len(finished) == NUM_TRIALS, (resumed[-3000:], [(r.info.run_id, r.info.status) for r in trials])
+    assert not duplicates and not rerun, (duplicates, rerun)
