@@ -174,7 +174,9 @@ class _OptunaSearch(OptunaSearch):
                 self._reported[trial_id] = epoch
 
     def restore(self, checkpoint_path: str) -> None:
+        journal_dir = self.journal_dir  # this driver's copy (the stored state names an earlier driver's)
         super().restore(checkpoint_path)
+        self.journal_dir = journal_dir
         self.from_journal()
 
     def from_journal(self) -> None:

@@ -9,7 +9,7 @@ import optuna
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
-from raysweep.config.load import resolve_path
+from raysweep.config.load import base_dir, resolve_path
 
 STUDY_FILE = "optuna.journal"
 
@@ -17,10 +17,18 @@ STUDY_FILE = "optuna.journal"
 def study_dir(sweep_dir: str, study_name: str) -> str:
     """Where the study's journal lives: the sweep's folder, or, when that is an
     s3:// / gs:// URI, the same layout under ./results on the driver (the journal
-    needs a local file with locking)."""
+    needs a local file with locking). A driver that is a Ray job keeps it under the
+    raysweep state folder (~/.raysweep/journals) instead: the job's working dir is a
+    per-job path that Ray deletes and unpacks again, and a later job resuming the sweep
+    (on a new head, say) has another one."""
     if "://" not in sweep_dir:
         return sweep_dir
-    return resolve_path(f"results/{study_name}/{sweep_dir.rstrip('/').rsplit('/', 1)[-1]}")
+    relative = f"{study_name}/{sweep_dir.rstrip('/').rsplit('/', 1)[-1]}"
+    if "runtime_resources" in base_dir().parts:
+        from raysweep.cluster.auth import state_dir
+
+        return str(state_dir() / "journals" / relative)
+    return resolve_path(f"results/{relative}")
 
 
 def _remote_journal(sweep_dir: str) -> tuple[object, str]:

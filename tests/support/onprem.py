@@ -173,15 +173,18 @@ def ray_processes(hosts: Hosts, host: Host) -> list[str]:
     return [line for line in out.splitlines() if "ray" in line and "sshd" not in line]
 
 
-def wait_nodes(cluster: Cluster, count: int, timeout: float = 240) -> None:
-    """Until `count` nodes are alive (the head's autoscaler starts the workers over SSH)."""
+def wait_nodes(cluster: Cluster, count: int, timeout: float = 300) -> None:
+    """Until the head's cluster has `count` live nodes (its autoscaler starts the workers
+    over SSH; a worker's old raylet may still run after its head was lost)."""
+    probe = ("cd / && timeout 60 python -c \"import ray; ray.init(address='auto', logging_level='ERROR'); "
+             "print('alive', sum(n['Alive'] for n in ray.nodes()))\"")
     deadline = time.monotonic() + timeout
     while True:
-        found = [h.name for h in cluster.hosts.hosts if any("raylet" in p for p in ray_processes(cluster.hosts, h))]
-        if len(found) >= count:
+        answer = cluster.hosts.ssh(cluster.hosts[0], probe, check=False, timeout=90)
+        alive = [int(line.split()[1]) for line in answer.stdout.splitlines() if line.startswith("alive ")]
+        if alive and alive[-1] >= count:
             return
         if time.monotonic() > deadline:
-            raise AssertionError(f"only {found} run a raylet after {timeout:.0f} s")
+            raise AssertionError(f"{alive[-1] if alive else 'no'} live nodes after {timeout:.0f} s: "
+                                 f"{answer.stderr[-1000:]}")
         time.sleep(3)
-
-

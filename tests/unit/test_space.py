@@ -197,3 +197,14 @@ def _spec_dict(space, **extra):
     return {"name": "s", "trainer": "trainers.digits_mlp",
             "data": {"train": "t", "validation": "v", "features": ["x"], "label": "y"},
             "space": space, "scheduler": {"max_epochs": 2}, "budget": {"num_trials": 1}, **extra}
+
+
+def test_a_job_keeps_the_journal_out_of_its_per_job_working_dir(tmp_path, monkeypatch) -> None:
+    """A Ray job's working dir is per job (and Ray unpacks it again): a later job that
+    resumes the sweep must find the same local journal path."""
+    from raysweep.tracking.study import study_dir
+
+    monkeypatch.setenv("RAYSWEEP_STATE_DIR", str(tmp_path / "state"))
+    for job in ("_ray_pkg_aaaa", "_ray_pkg_bbbb"):
+        monkeypatch.setenv("RAYSWEEP_BASE_DIR", f"/tmp/ray/session_1/runtime_resources/working_dir_files/{job}")
+        assert study_dir("s3://bucket/runs/exp/sweep-1", "exp") == str(tmp_path / "state/journals/exp/sweep-1")
