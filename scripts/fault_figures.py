@@ -17,7 +17,7 @@ COUNTS = ("faults_injected", "faults_survived", "handled_as_expected", "checkpoi
           "torn_checkpoints_loaded", "unsafe_payloads_run", "bad_inputs_tried", "bad_inputs_wrong",
           "job_apis_tried", "unauthenticated_job_apis", "single_node_beyond_loopback", "in_process_sockets",
           "in_process_beyond_loopback", "stress_trials", "trials_lost_to_pg_removal", "trials_not_finished",
-          "rows_taken_twice")
+          "rows_taken_twice", "trials_missing_epochs")
 
 
 def merge(records: list[dict]) -> list[dict]:

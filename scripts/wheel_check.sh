@@ -14,7 +14,9 @@ trap 'rm -rf "$work"' EXIT
 "$PYTHON" -m venv "$work/venv"
 py="$work/venv/bin/python"
 "$py" -m pip install -q --upgrade pip
-"$py" -m pip wheel -q --no-deps -w "$work/dist" "$repo"
+# Built from a copy of the tracked files: setuptools leaves build/ where it builds.
+git -C "$repo" ls-files -z | (cd "$repo" && tar --null -T - -cf -) | (mkdir -p "$work/src" && tar -xf - -C "$work/src")
+"$py" -m pip wheel -q --no-deps -w "$work/dist" "$work/src"
 wheel=("$work"/dist/raysweep-*.whl)
 # Only the engine: no top-level trainers/ (it would shadow a project's own).
 others=$("$py" -c "import sys, zipfile; print(' '.join(sorted({n.split('/')[0] for n in zipfile.ZipFile(sys.argv[1]).namelist()} - {'raysweep'} - {n for n in {n.split('/')[0] for n in zipfile.ZipFile(sys.argv[1]).namelist()} if n.endswith('.dist-info')})))" "${wheel[0]}")

@@ -131,9 +131,10 @@ class _OptunaSearch(OptunaSearch):
     """
 
     def __init__(self, *args: Any, journal_dir: str, sampler_spec: SamplerSpec, max_epochs: int,
-                 constraints: Sequence[Constraint] = (), **kwargs: Any) -> None:
+                 constraints: Sequence[Constraint] = (), sweep_dir: str = "", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.journal_dir, self.sampler_spec, self.max_epochs = journal_dir, sampler_spec, max_epochs
+        self.sweep_dir = sweep_dir
         self.constraints = tuple(constraints)
         self._reported: dict[str, int] = {}
         self._last: dict[str, dict] = {}
@@ -143,9 +144,14 @@ class _OptunaSearch(OptunaSearch):
         config = super().suggest(trial_id)
         if new and trial_id in self._ot_trials:
             self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ATTR, trial_id)
+            # The bucket's journal gets the trial before Tune stores it in its own state (a
+            # driver lost in between left a trial the resumed searcher did not know).
+            push_study(getattr(self, "sweep_dir", ""), self._study_name)
         return config
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id not in self._ot_trials:
+            return  # (a trial Tune restored that the journal lacks: Optuna cannot be told of it)
         if result is not None and not error:  # (Tune passes a trial's last result here, not to on_trial_result)
             self.on_trial_result(trial_id, result)
         stopped_early = result is not None and int(result.get("epochs_completed", self.max_epochs)) < self.max_epochs
@@ -167,6 +173,8 @@ class _OptunaSearch(OptunaSearch):
             self._last[trial_id] = result
         if isinstance(self.metric, list):
             return
+        if trial_id not in self._ot_trials:
+            return  # (a trial Tune restored that the journal lacks: Optuna cannot be told of it)
         if self.metric in result and "epoch" in result and trial_id not in self._completed_trials:
             trial, epoch = self._ot_trials[trial_id], int(result["epoch"])
             if self._reported.get(trial_id, -1) < epoch:  # (a finished trial's last result comes twice)
@@ -174,9 +182,10 @@ class _OptunaSearch(OptunaSearch):
                 self._reported[trial_id] = epoch
 
     def restore(self, checkpoint_path: str) -> None:
-        journal_dir = self.journal_dir  # this driver's copy (the stored state names an earlier driver's)
+        # This driver's journal copy and sweep folder (the stored state names an earlier driver's).
+        journal_dir, sweep_dir = self.journal_dir, getattr(self, "sweep_dir", "")
         super().restore(checkpoint_path)
-        self.journal_dir = journal_dir
+        self.journal_dir, self.sweep_dir = journal_dir, sweep_dir
         self.from_journal()
 
     def from_journal(self) -> None:
@@ -209,6 +218,7 @@ def make_searcher(spec: Spec, sweep_dir: str, resume: bool = False) -> _OptunaSe
         sampler_spec=spec.sampler,
         max_epochs=spec.scheduler.max_epochs,
         constraints=spec.parsed_constraints(),
+        sweep_dir=sweep_dir,
     )
     if resume:
         searcher.from_journal()

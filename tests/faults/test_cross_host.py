@@ -91,3 +91,41 @@ def test_head_lost_with_its_disk_then_resumed_from_the_bucket(onprem: Cluster, f
                   trials_rerun=len(rerun), duplicate_runs=duplicates, trials_not_finished=NUM_TRIALS - len(finished))
     assert len(finished) == NUM_TRIALS, (resumed[-3000:], [(r.info.run_id, r.info.status) for r in trials])
     assert not duplicates and not rerun, (duplicates, rerun)
+
+
+def _pause(pgid: int, seconds: float) -> None:
+    """A server that stops answering (SIGSTOP to its process group), then comes back."""
+    os.killpg(pgid, signal.SIGSTOP)
+    try:
+        time.sleep(seconds)
+    finally:
+        os.killpg(pgid, signal.SIGCONT)
+
+
+def test_storage_and_tracking_each_stopped_for_20_s_mid_sweep(onprem: Cluster, fault_figures) -> None:
+    """The S3 server (data, checkpoints, Tune's state, the journal), then the tracking
+    server, each stop answering for 20 s while trials train on the hosts: the sweep
+    finishes and every epoch's metrics arrive."""
+    import mlflow
+
+    os.environ.update({k: onprem.env[k] for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")})
+    sweep = subprocess.Popen(_submit(onprem, "--timeout", "900"), cwd=onprem.project, env=onprem.env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    client = mlflow.MlflowClient(onprem.env["MLFLOW_TRACKING_URI"])
+    deadline = time.monotonic() + 600
+    while not any(client.get_metric_history(r.info.run_id, "val_loss") for r in _trials(onprem)):
+        assert sweep.poll() is None, f"the sweep ended before the fault:\n{sweep.stdout.read()[-3000:]}"
+        assert time.monotonic() < deadline, "no epoch reported within 600 s"
+        time.sleep(1)
+    _pause(onprem.s3.pgid, 20)  # type: ignore[attr-defined]
+    _pause(onprem.mlflow.server._proc.pid, 20)  # type: ignore[attr-defined]  # (its own process group)
+    fault_figures(faults_injected=2)
+    out, _ = sweep.communicate(timeout=1000)
+    trials = _trials(onprem)
+    epochs = {r.info.run_id: len(client.get_metric_history(r.info.run_id, "val_loss")) for r in trials}
+    finished = [r for r in trials if r.info.status == "FINISHED"]
+    complete = sum(1 for n in epochs.values() if n == EPOCHS)
+    fault_figures(faults_survived=2 * int(sweep.returncode == 0 and complete == NUM_TRIALS),
+                  trials_not_finished=NUM_TRIALS - len(finished), trials_missing_epochs=NUM_TRIALS - complete)
+    assert sweep.returncode == 0, out[-4000:]
+    assert len(finished) == NUM_TRIALS and complete == NUM_TRIALS, (epochs, out[-3000:])
