@@ -1,5 +1,0 @@
-import sys
-
-from raysweep.cli import main
-
-sys.exit(main())

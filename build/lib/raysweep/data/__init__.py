@@ -1,1 +1,0 @@
-"""Stage 3, data: Parquet files and their schema (driver), shard math (pure), the in-memory loader."""
