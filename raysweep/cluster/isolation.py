@@ -7,7 +7,7 @@ Loopback. Ray rewrites a 127.0.0.1 node address to the machine's
 bind `*` / the machine's address, the metrics exporters without a token check. With
 `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, read by `ray._private.ray_constants` at import,
 `get_node_ip_address` answers 127.0.0.1 and a single-node cluster puts every socket on
-loopback, token checks kept (`tests/integration/test_cluster_isolation.py` pins it).
+loopback, token checks kept (`tests/cluster/test_cluster_isolation.py` pins it).
 The price: `ray start --address` (a second node) aborts, so multi-node profiles keep
 Ray's default.
 

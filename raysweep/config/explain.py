@@ -1,8 +1,8 @@
 """Every spec field with its type, default and help: `raysweep check SPEC --explain`
-and the README's spec reference.
+and the spec reference (docs/spec-reference.md).
 
 The help is each field's attribute docstring in `spec.py` (pydantic's
-`use_attribute_docstrings`), so the code, `--explain` and the README say the same.
+`use_attribute_docstrings`), so the code, `--explain` and docs/spec-reference.md say the same.
 Imports only pydantic and the config models (no Ray, MLflow or torch).
 """
 
@@ -70,7 +70,7 @@ def explain(model: type[BaseModel] = Spec) -> str:
 
 
 def explain_markdown(model: type[BaseModel] = Spec) -> str:
-    """The same rows as a Markdown table (the README's spec reference)."""
+    """The same rows as a Markdown table (docs/spec-reference.md)."""
     lines = [
         "Every field of an experiment spec, generated from the field docstrings in "
         "`raysweep/config/spec.py` by `raysweep.config.explain.explain_markdown()`; "

@@ -28,7 +28,7 @@ Scalar = Union[bool, int, float, str]
 
 class _Section(BaseModel):
     # Unknown keys are errors; a field's docstring becomes its `description`
-    # (`raysweep check SPEC --explain`, the README's spec reference).
+    # (`raysweep check SPEC --explain`, docs/spec-reference.md).
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 

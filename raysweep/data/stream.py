@@ -9,7 +9,7 @@ at most `prefetch_windows` ahead of the trainer, so a worker holds about
   + (read_threads + 1) x (one decoded row group of the used columns)
 
 in memory, whatever the data set's size (row_bytes: the used columns' host size per
-row, `Layout.row_bytes`; tests/unit/test_stream_memory.py measures it).
+row, `Layout.row_bytes`; tests/integration/test_stream_memory.py measures it).
 """
 
 from __future__ import annotations

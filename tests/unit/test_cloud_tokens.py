@@ -206,3 +206,19 @@ def test_up_of_machines_you_own_sets_every_machine_up_again(state, tmp_path, mon
     assert cloud.forget_set_up_machines(str(onprem)) == stored and not stored.exists()
     assert cloud.forget_set_up_machines(str(onprem)) is None  # (nothing stored: nothing to do)
     assert cloud.forget_set_up_machines(str(_configured("aws.yaml", tmp_path))) is None  # (a cloud's nodes: not ours)
+
+
+def test_onprem_profile_validates_and_every_machine_gets_the_token(state) -> None:
+    """cluster/onprem.yaml (Ray's `local` provider) goes through the same checks as the
+    cloud profiles; tests/cluster/test_shared_nothing.py runs it on hosts for real."""
+    command, config, _ = _up(REPO / "cluster" / "onprem.yaml")
+    validate_launcher_config(config, Path(command[-1]))
+    assert config["provider"]["type"] == "local"
+    assert config["file_mounts"][cloud.REMOTE_TOKEN_PATH] == str(cloud.token_file(config["cluster_name"]))
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        starts = [c for c in config[key] if "ray start" in c]
+        assert starts and all("RAY_AUTH_MODE=token" in c and cloud.TOKEN_ENV in c for c in starts), key
+    head = " ".join(config["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head and "--num-cpus=0" in head
+    assert "RAY_enable_autoscaler_v2=0" in head  # (v2 starts one worker of a local provider only)
+    assert all(p in config["rsync_exclude"] for p in cloud.SECRET_EXCLUDES)
