@@ -200,18 +200,23 @@ def submit(dashboard: str, spec_path: str, overrides: list[str], root: Path,
            timeout_s: float | None = None, profile_path: str | None = None, remote: bool = False,
            resume: bool | str | None = None) -> int:
     """Submit `raysweep tune SPEC [--cluster PROFILE]` as a job, stream its logs,
-    return its exit status. The spec and the profile travel in the upload (their
-    paths are given relative to it). Refused before anything is sent: an upload holding
+    return its exit status. To a cluster of other machines (`remote`) the spec and the
+    profile travel in the upload (their paths given relative to it). Refused before anything is sent: an upload holding
     a secret-looking file, a spec or profile outside it, a tracking URI carrying
     credentials, and for a cluster of other machines (`remote`) a tracking store only
     this machine reaches (see job_env)."""
     check_upload(root)
     env = job_env(root, remote=remote)
-    args = [in_upload(spec_path, root, "spec")]
+    # A cluster of other machines reads them from the upload; one on this machine (a
+    # local profile) reads this machine's files too.
+    def travel(path: str, what: str) -> str:
+        return in_upload(path, root, what) if remote else path
+
+    args = [travel(spec_path, "spec")]
     for item in overrides:
         args += ["--set", item]
     if profile_path:
-        args += ["--cluster", in_upload(profile_path, root, "cluster profile")]
+        args += ["--cluster", travel(profile_path, "cluster profile")]
     if resume:
         args += ["--resume"] + ([resume] if isinstance(resume, str) else [])
     entrypoint = "python -m raysweep tune " + shlex.join(args)
