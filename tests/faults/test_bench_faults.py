@@ -18,20 +18,13 @@ from typing import Any
 import pytest
 
 from raysweep.testing import bench as bench_lib
-from raysweep.testing.bench import Entry, run_entry, stage
+from raysweep.testing.bench import run_entry, stage
+from tests.support.bench_entries import entry, names
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
 
 
-def entry(run: Callable[[Any], dict], name: str = "e", timeout_s: float | None = None) -> Entry:
-    return Entry(name, run, lambda r: ["table"], "anything", lambda r: True, timeout_s)
 
-
-def names(stages: list[dict]) -> list[str]:
-    """The stages' names, without a leading "start" (kept when the entry took over 50 ms,
-    as on a busy machine, to name its first stage)."""
-    out = [s["stage"] for s in stages]
-    return out[1:] if out[:1] == ["start"] else out
 
 
 def gone(pid: int, within: float = 5) -> bool:

@@ -9,34 +9,18 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
-from raysweep.data.columns import Layout
-from raysweep.data.files import ResolvedData
 from raysweep.testing.seaweed import S3Server
 from raysweep.tracking.record import compare_data, data_fingerprint
+from tests.support.fingerprint_files import resolved, write
 
 ROWS = 100
 TOP = 1000.0  # a new value for row 50: the column's new max
 
 
-def write(path: Path, change: float | None = None, rows: int = ROWS, **options: Any) -> None:
-    """Plain encoding, no compression: one changed value keeps the file's size, and
-    keeps its footer too unless it changes a column's min or max."""
-    x = [float(i) for i in range(rows)]
-    if change is not None:
-        x[50] = change
-    table = pa.table({"x": pa.array(x, pa.float64()), "y": pa.array([i % 3 for i in range(rows)], pa.int64())})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path, compression="none", use_dictionary=False, **options)
 
-
-def resolved(train: list[str], validation: list[str]) -> ResolvedData:
-    return ResolvedData(tuple(train), tuple(validation), Layout.scalars(["x"], "y", "int64"), 0, 0)
 
 
 def test_s3_footer_mode_records_the_etag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,7 +9,6 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,6 @@ import pytest
 
 from raysweep.testing import bench as bench_lib
 from raysweep.testing.bench import (
-    Entry,
     Registry,
     Watchdog,
     parse_time_limits,
@@ -26,17 +24,7 @@ from raysweep.testing.bench import (
     stage,
     time_limit,
 )
-
-
-def entry(run: Callable[[Any], dict], name: str = "e", timeout_s: float | None = None) -> Entry:
-    return Entry(name, run, lambda r: ["table"], "anything", lambda r: True, timeout_s)
-
-
-def names(stages: list[dict]) -> list[str]:
-    """The stages' names, without a leading "start" (kept when the entry took over 50 ms,
-    as on a busy machine, to name its first stage)."""
-    out = [s["stage"] for s in stages]
-    return out[1:] if out[:1] == ["start"] else out
+from tests.support.bench_entries import entry, names
 
 
 def test_an_entry_that_raises_fails_with_its_cause_and_stage_and_the_next_entry_runs(tmp_path: Path) -> None:

@@ -13,28 +13,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from raysweep.data.columns import Layout
 from raysweep.data.files import ResolvedData
 from raysweep.tracking import record
 from raysweep.tracking.record import TAIL_READ, compare_data, data_fingerprint, public_uri
+from tests.support.fingerprint_files import resolved, write
 
 ROWS = 100
 MIDDLE, TOP = 50.5, 1000.0  # a new value for row 50: inside the column's range, or its new max
 
 
-def write(path: Path, change: float | None = None, rows: int = ROWS, **options: Any) -> None:
-    """Plain encoding, no compression: one changed value keeps the file's size, and
-    keeps its footer too unless it changes a column's min or max."""
-    x = [float(i) for i in range(rows)]
-    if change is not None:
-        x[50] = change
-    table = pa.table({"x": pa.array(x, pa.float64()), "y": pa.array([i % 3 for i in range(rows)], pa.int64())})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path, compression="none", use_dictionary=False, **options)
 
-
-def resolved(train: list[str], validation: list[str]) -> ResolvedData:
-    return ResolvedData(tuple(train), tuple(validation), Layout.scalars(["x"], "y", "int64"), 0, 0)
 
 
 def shift_mtime(path: Path, seconds: float) -> None:
