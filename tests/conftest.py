@@ -11,6 +11,7 @@ import yaml
 
 from raysweep.testing.probe import probe_spec, write_probe_data
 from raysweep.testing.seaweed import S3Server
+from tests.support.mlflow_store import SqliteStores
 
 REPO = Path(__file__).resolve().parents[1]
 # Would send the suite's tokens, clusters and state to the user's own.
@@ -84,9 +85,16 @@ def ray_cluster(isolated_home, s3_server):
         disconnect()
 
 
+@pytest.fixture(scope="session")
+def mlflow_stores(tmp_path_factory: pytest.TempPathFactory) -> SqliteStores:
+    """mlflow_stores.new(path) -> the URI of a new, empty MLflow sqlite store at path
+    (a copy of one migrated once per session: tests/support/mlflow_store.py)."""
+    return SqliteStores(tmp_path_factory.mktemp("mlflow-template"))
+
+
 @pytest.fixture
-def mlflow_uri(tmp_path, monkeypatch) -> str:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def mlflow_uri(tmp_path, monkeypatch, mlflow_stores) -> str:
+    uri = mlflow_stores.new(tmp_path / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
 

@@ -57,9 +57,10 @@ def _tune(spec: Path, profile: Path, env: dict[str, str], *extra: str) -> subpro
                            "--no-report", *extra], cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
 
 
-def test_sweep_scales_the_cluster_up_to_its_cap_and_back_down(autoscaling, write_spec, tmp_path, fault_figures):
+def test_sweep_scales_the_cluster_up_to_its_cap_and_back_down(autoscaling, write_spec, tmp_path, fault_figures,
+                                                             mlflow_stores):
     cluster, profile = autoscaling
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_stores.new(tmp_path / "mlflow.db")
     env = {**cluster.env(), "MLFLOW_TRACKING_URI": uri}
     spec = write_spec(budget={"num_trials": NUM_TRIALS, "max_concurrent_trials": NUM_TRIALS},
                       scheduler={"type": "fifo", "metric": "val_loss", "mode": "min", "max_epochs": 1})

@@ -102,9 +102,9 @@ def test_dashboard_answers_only_on_loopback(cluster):
             assert sock.connect_ex((ip, port)) != 0, f"dashboard reachable on {ip}"
 
 
-def test_two_worker_training_spreads_over_the_worker_nodes(cluster, write_spec, tmp_path):
+def test_two_worker_training_spreads_over_the_worker_nodes(cluster, write_spec, tmp_path, mlflow_stores):
     _, state, _ = cluster
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_stores.new(tmp_path / "mlflow.db")}
     run = _raysweep("train", str(write_spec()), "--address", state.address,
                     "--set", "scaling.num_workers=2", "--set", "scheduler.max_epochs=1", env=env)
     assert run.returncode == 0, run.stderr[-2000:]
@@ -128,9 +128,9 @@ def _check_sweep(uri: str, results: Path, trials: int) -> None:
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * trials
 
 
-def test_raysweep_submit_runs_a_sweep_as_a_job(cluster, write_spec, tmp_path):
+def test_raysweep_submit_runs_a_sweep_as_a_job(cluster, write_spec, tmp_path, mlflow_stores):
     profile, _, _ = cluster
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_stores.new(tmp_path / "mlflow.db")
     job = _raysweep("submit", str(write_spec()), "--cluster", str(profile), "--timeout", "400",
                     env={**os.environ, "MLFLOW_TRACKING_URI": uri})
     out = job.stdout + job.stderr
@@ -162,14 +162,14 @@ def test_wrong_token_says_how_to_get_the_right_one(cluster, write_spec):
     assert "ray get-auth-token" in run.stderr
 
 
-def test_plain_ray_job_submit(cluster, write_spec, tmp_path):
+def test_plain_ray_job_submit(cluster, write_spec, tmp_path, mlflow_stores):
     """A spec whose data is in a bucket: the job uploads the repo only, and its
     workers stream the data from the store with the nodes' own credentials."""
     _, state, _ = cluster
     assert not [p for p, _ in upload_files(REPO) if p.suffix == ".parquet"], "no data in the upload"
     bucket_data = {"train": "s3://data/probe/train", "validation": "s3://data/probe/validation",
                    "features": ["row_id", "x*"], "label": "label", "loader": "stream"}
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_stores.new(tmp_path / "mlflow.db")
     runtime_env = yaml.safe_dump({"env_vars": {"MLFLOW_TRACKING_URI": uri, "RAY_TRAIN_V2_ENABLED": "1"}})
     (tmp_path / "runtime_env.yaml").write_text(runtime_env)
     # As `cluster up` prints it: the cluster's own token file.

@@ -129,12 +129,13 @@ def test_exposure_report_and_no_unauthenticated_job_submission(nodes, tmp_path, 
         server.wait(timeout=30)
 
 
-def test_killed_worker_node_run_finishes_on_the_other(nodes, write_spec, tmp_path, fault_figures, probe_data):
+def test_killed_worker_node_run_finishes_on_the_other(nodes, write_spec, tmp_path, fault_figures, probe_data,
+                                                     mlflow_stores):
     """Case 2: SIGKILL every process of the node the worker runs on (raylet, its
     workers) mid-epoch; with max_failures=1 the run restarts on the other node from
     its checkpoint and ends with the uninterrupted metrics."""
     _, state = nodes
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_stores.new(tmp_path / "mlflow.db")
     spec = write_spec(params=probe_params(tmp_path, pause_epoch=1), failure={"max_failures": 1},
                       scheduler={"type": "fifo", "metric": "val_loss", "mode": "min", "max_epochs": 3})
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}

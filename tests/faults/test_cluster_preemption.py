@@ -25,7 +25,7 @@ DEADLINE_S = 8
 
 
 def test_drained_node_run_checkpoints_at_once_and_moves_without_spending_failures(
-        nodes, write_spec, tmp_path, fault_figures, probe_data):
+        nodes, write_spec, tmp_path, fault_figures, probe_data, mlflow_stores):
     """Drain notice mid-epoch (epoch 1, after its first batch): the worker saves a
     mid-epoch checkpoint at the next step and takes no further batch; at the deadline
     Ray Train restarts the group on the other node from it. With max_failures=0 any
@@ -33,7 +33,7 @@ def test_drained_node_run_checkpoints_at_once_and_moves_without_spending_failure
     on exactly once across both attempts, val_loss equals an uninterrupted run's, and
     the run's MLflow tags say it was preempted."""
     _, state = nodes
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_stores.new(tmp_path / "mlflow.db")
     spec = write_spec(params=probe_params(tmp_path, pause_epoch=1, pause_until_drained=True, pause_s=120),
                       failure={"max_failures": 0},
                       scheduler={"type": "fifo", "metric": "val_loss", "mode": "min", "max_epochs": 3})

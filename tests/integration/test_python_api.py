@@ -25,7 +25,8 @@ def test_check_train_and_tune_from_python(ray_cluster, mlflow_uri, write_spec):
         t.best("val_loss", "min")["val_loss"] for t in sweep.state.trials.values())
 
 
-def test_bad_input_raises_before_anything_starts(mlflow_uri, write_spec, tmp_path):
+def test_bad_input_raises_before_anything_starts(monkeypatch, write_spec, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     with pytest.raises(raysweep.UserInputError, match="budget.num_trials"):
         raysweep.tune(write_spec(), ["budget.num_trials=0"])
     assert not (tmp_path / "mlflow.db").exists()

@@ -34,16 +34,31 @@ def _runs(uri: str) -> list:
     return experiment_runs(uri, order_by=["attributes.start_time ASC"])
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_train_record_and_reproduce_same_metrics(ray_cluster, mlflow_uri, own_data_spec, tmp_path, capsys,
-                                                  workers):
+def test_train_record_and_reproduce_same_metrics(ray_cluster, mlflow_uri, own_data_spec, tmp_path, capsys):
+    """A 2-worker, 3-epoch training run: its two ranks' shards, its record, `reproduce`
+    of it (same metrics per epoch), and `reproduce` refused once a data file changed."""
     spec, root = own_data_spec
-    overrides = ["--set", f"scaling.num_workers={workers}", "--set", "params.lr=0.2"]
-    if workers == 2:  # the deterministic-kernels flag must not break a run (on CPU it changes nothing)
-        overrides += ["--set", "deterministic=true"]
+    workers = 2
+    # (the deterministic-kernels flag must not break a run; on CPU it changes nothing)
+    overrides = ["--set", f"scaling.num_workers={workers}", "--set", "params.lr=0.2", "--set", "deterministic=true",
+                 "--set", "scheduler.max_epochs=3"]
     assert main(["train", str(spec), *overrides]) == 0
     (run,) = _runs(mlflow_uri)
+
+    # Each epoch the two ranks see disjoint shards that cover the train set, validation
+    # exactly once, a new order each epoch; the loss falls.
+    probe = tmp_path / "probe"
+    for epoch in range(3):
+        ranks = [np.load(probe / f"train-rank{r}-epoch{epoch}.npy") for r in range(2)]
+        assert not set(ranks[0]) & set(ranks[1]), "shards overlap"
+        assert sorted(np.concatenate(ranks).tolist()) == list(range(203)), "shards miss rows"
+        val = np.concatenate([np.load(probe / f"val-rank{r}-epoch{epoch}.npy") for r in range(2)])
+        assert sorted(val.tolist()) == list(range(203, 264)), "validation not exactly once"
+    first = [np.load(probe / f"train-rank0-epoch{e}.npy") for e in range(2)]
+    assert not np.array_equal(first[0], first[1]), "no per-epoch shuffle"
     client = MlflowClient(mlflow_uri)
+    losses = metric_series(client, run.info.run_id, "train_loss")
+    assert [s for s, _ in losses] == [0, 1, 2] and losses[-1][1] < losses[0][1], "loss did not fall"
     (tmp_path / "dl").mkdir()
     record = json.loads(Path(client.download_artifacts(run.info.run_id, "record.json", str(tmp_path / "dl")))
                         .read_text())
@@ -75,15 +90,15 @@ def test_train_record_and_reproduce_same_metrics(ray_cluster, mlflow_uri, own_da
     for metric in ("train_loss", "val_loss"):
         old = metric_series(client, first.info.run_id, metric)
         new = metric_series(client, again.info.run_id, metric)
-        assert old == new and len(old) == 2, f"{metric}: same seed, same per-epoch values"
+        assert old == new and len(old) == 3, f"{metric}: same seed, same per-epoch values"
 
-    if workers == 1:  # a changed data file: refused, naming it; nothing new in MLflow
-        part = root / "train" / "part-0.parquet"
-        table = pq.read_table(part)
-        x0 = table.column("x0").to_numpy().copy()
-        x0[0] += 1.0
-        pq.write_table(table.set_column(1, "x0", [np.asarray(x0)]), part)
-        assert main(["reproduce", run.info.run_id]) == 2
-        err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and str(part) in err and "changed (" in err and "--force" in err
-        assert len(_runs(mlflow_uri)) == 2
+    # A changed data file: refused, naming it; nothing new in MLflow.
+    part = root / "train" / "part-0.parquet"
+    table = pq.read_table(part)
+    x0 = table.column("x0").to_numpy().copy()
+    x0[0] += 1.0
+    pq.write_table(table.set_column(1, "x0", [np.asarray(x0)]), part)
+    assert main(["reproduce", run.info.run_id]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(part) in err and "changed (" in err and "--force" in err
+    assert len(_runs(mlflow_uri)) == 2

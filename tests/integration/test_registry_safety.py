@@ -30,10 +30,11 @@ from raysweep.testing.probe import probe_spec
 
 
 @pytest.fixture(scope="module")
-def trained(ray_cluster, probe_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+def trained(ray_cluster, probe_data: Path, tmp_path_factory: pytest.TempPathFactory,
+            mlflow_stores) -> Iterator[tuple[str, str]]:
     """(tracking URI, run id) of one finished probe training run with a checkpoint."""
     tmp = tmp_path_factory.mktemp("registry")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    uri = mlflow_stores.new(tmp / "mlflow.db")
     spec = tmp / "spec.yaml"
     spec.write_text(yaml.safe_dump(probe_spec(probe_data, tmp / "results", tmp / "probe")))
     with pytest.MonkeyPatch.context() as env:
