@@ -48,15 +48,24 @@ def pair(tmp_path_factory):
                                                   "dashboard_port": free_port(), "num_cpus": 1}))
     outputs = {}
     try:
-        for name in NAMES:
-            up = raysweep_cli("cluster", "up", str(profiles[name]), cwd=REPO)
-            assert up.returncode == 0, up.stderr[-2000:]
-            outputs[name] = up.stdout
+        # Both come up at the same time (as two users' would), and go down so.
+        ups = {name: _cli_started("cluster", "up", str(profiles[name])) for name in NAMES}
+        for name, up in ups.items():
+            out, err = up.communicate(timeout=600)
+            assert up.returncode == 0, err[-2000:]
+            outputs[name] = out
         yield {name: (profiles[name], ClusterState.load(name), outputs[name]) for name in NAMES}
     finally:
-        for name in NAMES:
-            if ClusterState.load(name) is not None:
-                raysweep_cli("cluster", "down", str(profiles[name]), cwd=REPO)
+        downs = [_cli_started("cluster", "down", str(profiles[name])) for name in NAMES
+                 if ClusterState.load(name) is not None]
+        for down in downs:
+            down.communicate(timeout=600)
+
+
+def _cli_started(*args: str) -> subprocess.Popen:
+    """`python -m raysweep ARGS`, started (output captured as text)."""
+    return subprocess.Popen([sys.executable, "-m", "raysweep", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def test_single_node_clusters_listen_on_loopback_only(pair, fault_figures):
