@@ -77,6 +77,24 @@ def use_token_auth() -> None:
     AuthenticationTokenLoader.instance().reset_cache()
 
 
+def gcs_refuses_token(gcs_address: str, timeout_s: float = 5.0) -> bool:
+    """True when the GCS at host:port refuses this process's token (or its lack of
+    one) on a single request: `ray.init` retries such a refusal for about 20 s
+    before it raises. Any other outcome (an answer, a timeout, another error) is False:
+    `ray.init` then says what it finds. Uses Ray's Cython GCS client
+    (`ray._raylet.GcsClient`), whose refusal is `ray.exceptions.AuthenticationError`."""
+    from ray._raylet import GcsClient  # type: ignore[attr-defined]  # (Cython)
+    from ray.exceptions import AuthenticationError
+
+    try:
+        GcsClient(address=gcs_address).internal_kv_get(b"session_name", namespace=b"session", timeout=timeout_s)
+    except AuthenticationError:
+        return True
+    except Exception:  # noqa: BLE001 - not ours to judge: ray.init reports it
+        return False
+    return False
+
+
 def generate_token() -> str:
     """A new cluster token, as `ray get-auth-token --generate` makes it."""
     from ray._private.authentication.authentication_token_generator import generate_new_authentication_token

@@ -78,7 +78,9 @@ echo "Tiers (wall time, counts; the tiers of a group ran at the same time):"
 for group in "${groups[@]}"; do echo "  group: $group"; done
 printf '%s\n' "${lines[@]}"
 took=$((SECONDS - all_started))
-printf '  %-8s %3d min %02d s\n' total $((took / 60)) $((took % 60))
+printf '  %-8s %3d min %02d s\n' tiers $((took / 60)) $((took % 60))
+printf '  %-8s %3d min %02d s   (the install check, lint and types included)\n' total $((SECONDS / 60)) \
+  $((SECONDS % 60))
 if [ "$failed" != 0 ]; then
   exit 1
 elif [ "$ran" = 0 ]; then

@@ -11,7 +11,7 @@ from typing import Any
 
 import ray
 
-from raysweep._ray_compat import record_cluster_address, set_ray_env_defaults, use_token_auth
+from raysweep._ray_compat import gcs_refuses_token, record_cluster_address, set_ray_env_defaults, use_token_auth
 from raysweep.cluster.address import check_reachable
 from raysweep.cluster.auth import token_available, token_env, token_file
 from raysweep.cluster.isolation import PrivatePlace, loopback_only
@@ -47,13 +47,16 @@ def connect(profile: ClusterProfile = DEFAULT_PROFILE, address: str | None = Non
             os.environ.update(token_env(token_file(own.name)))  # a cluster `raysweep cluster up` started
         if token_available():
             use_token_auth()
+        refused = UserInputError(
+            f"{address}: the cluster did not let this process in; if it uses token auth, set "
+            "RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to its token (`ray get-auth-token` on its head prints it)")
+        # A refused token is said at once (ray.init retries the refusal for about 20 s).
+        if address != "auto" and "://" not in address and gcs_refuses_token(address):
+            raise refused
         try:
             ray.init(address=address, **common)
         except ConnectionError:
-            raise UserInputError(
-                f"{address}: the cluster did not let this process in; if it uses token auth, set "
-                "RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to its token (`ray get-auth-token` on its head prints it)"
-            ) from None
+            raise refused from None
     else:
         global _place
         _place = PrivatePlace()

@@ -33,6 +33,15 @@ def test_token_generator_and_token_config():
     assert callable(Config.initialize)
 
 
+def test_token_probe_uses_a_gcs_client_that_raises_authentication_error():
+    """gcs_refuses_token: Ray's Cython GCS client and the error a refused token raises
+    (the refusal itself: tests/cluster/test_cluster.py::test_wrong_token_says_how_to_get_the_right_one)."""
+    from ray._raylet import GcsClient  # type: ignore[attr-defined]
+    from ray.exceptions import AuthenticationError, RayError
+
+    assert isinstance(GcsClient, type) and issubclass(AuthenticationError, RayError)
+
+
 def test_cluster_address_writer_exists():
     from ray._private.utils import write_ray_address
 
