@@ -6,8 +6,9 @@
 # checkpoints; out-of-memory and NaN trials; the hostile-input corpus; the exposure
 # report; the loopback-only socket tables of single-node clusters; 20 two-worker
 # trials beside a CPU hog; across hosts that share nothing: the head host killed with
-# its disk wiped mid-sweep, then resumed from the bucket), then sums the figures every
-# case recorded.
+# its disk wiped mid-sweep, then resumed from the bucket; the S3 and tracking servers
+# each stopped for 20 s; a worker host cut off the network), then sums the figures
+# every case recorded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-faults.json}"

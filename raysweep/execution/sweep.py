@@ -315,6 +315,11 @@ class TrackerCallback(tune.Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.tracker.trial_failed(trial.trial_id, trial.config, error_summary(getattr(trial, "error_file", None)))
 
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """A failed trial Tune runs again (failure.max_failures): said, with its cause."""
+        self.tracker.trial_retried(trial.trial_id, trial.config, int(trial.num_failures),
+                                   error_summary(getattr(trial, "error_file", None)))
+
 
 class StudyMirror(tune.Callback):
     """A sweep on object storage: its Optuna journal copied up beside the sweep at every

@@ -147,6 +147,13 @@ class SweepTracker:
         self.writer.close_trial(record)
         self.printer.ended(record)
 
+    def trial_retried(self, trial_id: str, config: dict[str, Any], failures: int, error: str) -> None:
+        """A failed trial that runs again from its latest checkpoint: one line, and the
+        count of its failures on its MLflow run (`raysweep.failures`)."""
+        record = self._record(trial_id, config)
+        self.writer.store.set_tags(record.run_id, {tag.FAILURES: str(failures)})
+        self.printer.retried(trial_id, failures, error)
+
     def trial_failed(self, trial_id: str, config: dict[str, Any], error: str) -> None:
         self._record(trial_id, config)
         record = self.state.fail(trial_id, error)

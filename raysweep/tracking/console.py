@@ -46,6 +46,9 @@ class ConsolePrinter:
     def preempted(self, trial_id: str, where: str) -> None:
         self._say(f"[{trial_id}] {where}")
 
+    def retried(self, trial_id: str, failures: int, error: str) -> None:
+        self._say(f"[{trial_id}] failed ({error}); retrying from its latest checkpoint (failure {failures})")
+
     def ended(self, record: TrialRecord) -> None:
         if record.state is TrialState.FAILED:
             self._say(f"[{record.trial_id}] FAILED: {record.error}")

@@ -4,7 +4,8 @@ The head host is killed with every process on it and its disk wiped while a swee
 submitted from the laptop runs; a new head comes up on the same address (`cluster up`
 again), and `submit --resume` finds the sweep in the bucket (Tune's state and the Optuna
 journal under storage_path) and finishes it. Nothing is lost and no finished trial runs
-again.
+again. The S3 and tracking servers each stop answering for 20 s. A worker host is cut
+off the network (node loss): its trial retries on the other host.
 """
 
 from __future__ import annotations
@@ -129,3 +130,43 @@ def test_storage_and_tracking_each_stopped_for_20_s_mid_sweep(onprem: Cluster, f
                   trials_not_finished=NUM_TRIALS - len(finished), trials_missing_epochs=NUM_TRIALS - complete)
     assert sweep.returncode == 0, out[-4000:]
     assert len(finished) == NUM_TRIALS and complete == NUM_TRIALS, (epochs, out[-3000:])
+
+
+def test_a_worker_host_cut_off_mid_sweep_its_trial_retries_on_the_other(onprem: Cluster, fault_figures) -> None:
+    """A worker host's network unplugged while trials train on both worker hosts (its
+    processes live on, unreachable): Ray declares the node dead, the trial that was on
+    it fails once and is retried on the other host from its latest checkpoint
+    (failure.max_failures=1). The sweep finishes: every trial FINISHED with every
+    epoch's metrics, one MLflow run per trial."""
+    import mlflow
+
+    os.environ.update({k: onprem.env[k] for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")})
+    sweep = subprocess.Popen(_submit(onprem, "--timeout", "900"), cwd=onprem.project, env=onprem.env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    client = mlflow.MlflowClient(onprem.env["MLFLOW_TRACKING_URI"])
+    deadline = time.monotonic() + 600
+    # Two trials train at once, one on each worker host (1 CPU each, the head none).
+    while sum(bool(client.get_metric_history(r.info.run_id, "val_loss")) for r in _trials(onprem)) < 2:
+        assert sweep.poll() is None, f"the sweep ended before the fault:\n{sweep.stdout.read()[-3000:]}"
+        assert time.monotonic() < deadline, "two trials did not report an epoch within 600 s"
+        time.sleep(1)
+    onprem.hosts.cut(onprem.hosts[2])
+    fault_figures(faults_injected=1)
+    out, _ = sweep.communicate(timeout=1000)
+    trials = _trials(onprem)
+    epochs = {r.info.run_id: sorted({m.step for m in client.get_metric_history(r.info.run_id, "val_loss")})
+              for r in trials}
+    keys = [r.data.tags.get("raysweep.key") for r in trials]
+    finished = [r for r in trials if r.info.status == "FINISHED"]
+    complete = sum(1 for steps in epochs.values() if steps == list(range(EPOCHS)))
+    duplicates = len(keys) - len(set(keys))
+    retried = [r.data.tags.get("raysweep.key") for r in trials if r.data.tags.get("raysweep.failures") == "1"]
+    fault_figures(faults_survived=int(sweep.returncode == 0 and complete == NUM_TRIALS and not duplicates
+                                      and len(retried) == 1),
+                  trials_not_finished=NUM_TRIALS - len(finished), trials_missing_epochs=NUM_TRIALS - complete,
+                  duplicate_runs=duplicates)
+    assert sweep.returncode == 0, out[-4000:]
+    assert len(trials) == NUM_TRIALS and not duplicates, keys
+    assert len(finished) == NUM_TRIALS and complete == NUM_TRIALS, (epochs, out[-3000:])
+    # The trial that was on the cut host failed once (the node's loss) and ran again.
+    assert len(retried) == 1 and "retrying from its latest checkpoint (failure 1)" in out, out[-4000:]

@@ -230,3 +230,22 @@ def test_a_trial_run_again_after_a_resume_is_running_again(tmp_path):
     resumed.trial_result("t", {"lr": 0.1}, {"epoch": 1, "val_loss": 0.5})
     resumed.trial_completed("t", {"lr": 0.1})
     assert resumed.trials["t"].state is TrialState.FINISHED
+
+
+def test_a_retried_trial_says_so_and_counts_its_failures(store, capsys) -> None:
+    """A trial Tune runs again after a failure (failure.max_failures): one line with its
+    cause, `raysweep.failures` on its run, and it stays one run that can still finish."""
+    parent_id = store.open("sweep/sweep-1", "sweep-1")
+    t = new_tracker(store, parent_id)
+    t.trial_started("a", CONFIGS["a"])
+    t.trial_result("a", CONFIGS["a"], report(0, 0.9))
+    t.trial_retried("a", CONFIGS["a"], 1, "node 10.0.0.2 died")
+    t.trial_started("a", CONFIGS["a"])
+    t.trial_result("a", CONFIGS["a"], report(1, 0.6))
+    t.trial_completed("a", CONFIGS["a"])
+    out = capsys.readouterr().out
+    assert "[a] failed (node 10.0.0.2 died); retrying from its latest checkpoint (failure 1)" in out
+    client = MlflowClient(store.uri)
+    (run,) = [r for r in client.search_runs([client.get_experiment_by_name("exp").experiment_id])
+              if r.info.run_id != parent_id]
+    assert run.data.tags["raysweep.failures"] == "1" and run.info.status == "FINISHED"
