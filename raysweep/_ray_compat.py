@@ -37,6 +37,11 @@ RAY_ENV_DEFAULTS = {
     # Train V2's preemption watcher polls Ray's drain notices every 5 s by default; a
     # spot node's notice can come 30 s before it goes: look every second (one GCS call).
     "RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S": "1",
+    # A trial's mid-epoch checkpoint reports (checkpoint.every_n_steps, a drain notice's
+    # just-in-time checkpoint) carry no metric; Tune's check would fail the trial on
+    # them. raysweep checks its own: an epoch report without the sweep's metric or a
+    # constrained one fails the run naming it (MissingMetricError).
+    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
 }
 
 
@@ -278,6 +283,16 @@ def _atomic_local_uploads() -> None:
 
     _sync_up_command._raysweep_atomic = True  # type: ignore[attr-defined]
     _FilesystemSyncer._sync_up_command = _sync_up_command  # type: ignore[method-assign]
+
+
+def draining_nodes() -> dict[str, int]:
+    """Ray Core's nodes under a drain notice, as {node id (hex): deadline in ms since the
+    epoch, 0 when the notice has none}: one GCS call, the one Train V2's own preemption
+    watcher makes (`ray/train/v2/_internal/execution/preemption.py`), from any
+    process connected to the cluster."""
+    import ray._private.state
+
+    return dict(ray._private.state.state.get_draining_nodes())
 
 
 _DRAIN_SEEN_AT: dict[str, float] = {}

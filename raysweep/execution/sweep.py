@@ -297,8 +297,10 @@ class TrackerCallback(tune.Callback):
     def __init__(self, tracker: SweepTracker, scheme: str = "") -> None:
         self.tracker = tracker
         self.scheme = scheme
+        self._failures: dict[str, int] = {}  # trial id -> Tune's failure count when last seen
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._failures[trial.trial_id] = int(trial.num_failures)
         self.tracker.trial_started(trial.trial_id, trial.config)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
@@ -316,9 +318,15 @@ class TrackerCallback(tune.Callback):
         self.tracker.trial_failed(trial.trial_id, trial.config, error_summary(getattr(trial, "error_file", None)))
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        """A failed trial Tune runs again (failure.max_failures): said, with its cause."""
-        self.tracker.trial_retried(trial.trial_id, trial.config, int(trial.num_failures),
-                                   error_summary(getattr(trial, "error_file", None)))
+        """A trial Tune runs again: after a failure (failure.max_failures), or after its
+        node was taken away under a drain notice, which Tune does not count as one
+        (its actor's RayActorError.preempted): said, with its cause."""
+        failures, cause = int(trial.num_failures), error_summary(getattr(trial, "error_file", None))
+        if failures > self._failures.get(trial.trial_id, 0):
+            self.tracker.trial_retried(trial.trial_id, trial.config, failures, cause)
+        else:
+            self.tracker.trial_preempted(trial.trial_id, trial.config, cause)
+        self._failures[trial.trial_id] = failures
 
 
 class StudyMirror(tune.Callback):

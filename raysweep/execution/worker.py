@@ -21,6 +21,7 @@ from raysweep.data.storage import use_patient_io
 from raysweep.data.stream import StreamSplit
 from raysweep.execution.checkpoint import load_state, save_state
 from raysweep.execution.context import TrainContext
+from raysweep.execution.drain import NodeDrainWatch
 from raysweep.execution.plan import LightningSettings, RunPlan
 
 
@@ -98,13 +99,16 @@ def train_in_trial(plan: RunPlan) -> None:
     Reports and checkpoints go straight to Tune (`tune.report`), and a restored or
     retried trial resumes from `tune.get_checkpoint()`, so checkpointing, resume and
     failure handling stay Tune's. Ray gives the trial's actor its CPUs (and thread
-    count) and GPU, as it would a Train worker.
+    count) and GPU, as it would a Train worker. A drain notice for its node is watched
+    (raysweep.execution.drain): the run checkpoints at once and waits for the node to
+    go; Tune runs it again elsewhere without counting a failure.
     """
     from ray import tune  # (lazy: Train workers never load Tune)
 
     use_cuda = plan.use_gpu and torch.cuda.is_available()
-    _train(plan, functools.partial(_report, tune.report, tune.Checkpoint), _state_of(tune.get_checkpoint()),
-           device=torch.device("cuda", 0) if use_cuda else torch.device("cpu"))
+    with NodeDrainWatch(ray.get_runtime_context().get_node_id()) as drain:
+        _train(plan, functools.partial(_report, tune.report, tune.Checkpoint), _state_of(tune.get_checkpoint()),
+               device=torch.device("cuda", 0) if use_cuda else torch.device("cpu"), preemption=drain.deadline)
 
 
 def train_in_worker_group(config: dict[str, Any]) -> None:

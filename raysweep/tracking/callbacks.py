@@ -154,6 +154,12 @@ class SweepTracker:
         self.writer.store.set_tags(record.run_id, {tag.FAILURES: str(failures)})
         self.printer.retried(trial_id, failures, error)
 
+    def trial_preempted(self, trial_id: str, config: dict[str, Any], cause: str) -> None:
+        """A trial whose node was taken away (a drain notice, a spot reclaim) runs again
+        from its latest checkpoint, without spending a failure: one line."""
+        self._record(trial_id, config)
+        self.printer.moved(trial_id, cause)
+
     def trial_failed(self, trial_id: str, config: dict[str, Any], error: str) -> None:
         self._record(trial_id, config)
         record = self.state.fail(trial_id, error)

@@ -49,6 +49,10 @@ class ConsolePrinter:
     def retried(self, trial_id: str, failures: int, error: str) -> None:
         self._say(f"[{trial_id}] failed ({error}); retrying from its latest checkpoint (failure {failures})")
 
+    def moved(self, trial_id: str, cause: str) -> None:
+        self._say(f"[{trial_id}] its node was taken away ({cause}); running again on another node "
+                  "from its latest checkpoint (a preemption, not counted in failure.max_failures)")
+
     def ended(self, record: TrialRecord) -> None:
         if record.state is TrialState.FAILED:
             self._say(f"[{record.trial_id}] FAILED: {record.error}")

@@ -32,6 +32,7 @@ from raysweep.testing.helpers import (
     wait_for_epoch,
     wait_for_pid,
 )
+from tests.support.nodes import node_group_of
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -66,17 +67,6 @@ def unauthenticated_responses(dashboard: str, job: bytes) -> dict[str, int]:
         except urllib.error.HTTPError as error:
             codes[f"{method} {path}"] = error.code
     return codes
-
-
-def node_group_of(pid: int, node_groups: list[int]) -> int:
-    """The process group of the worker node whose raylet started `pid` (up the parents)."""
-    current = pid
-    while current > 1:
-        group = os.getpgid(current)
-        if group in node_groups:
-            return group
-        current = int(Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    raise AssertionError(f"process {pid} does not descend from a worker node")
 
 
 def test_exposure_report_and_no_unauthenticated_job_submission(nodes, tmp_path, fault_figures):

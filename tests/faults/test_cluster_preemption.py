@@ -2,13 +2,14 @@
 worker is on (`ray drain-node --reason PREEMPTION` with a deadline, what a cloud
 autoscaler sends before it takes a spot node away).
 
-The module's own cluster (the `nodes` fixture: head without CPUs + 2 one-CPU worker
-nodes): a drained node stays drained, so no other module shares it.
+The module's own cluster (the `nodes` fixture: head without CPUs + 3 one-CPU worker
+nodes): a drained node stays drained (or is taken away), so no other module shares it.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -17,11 +18,20 @@ from pathlib import Path
 
 from raysweep.cluster.local import cluster_env
 from raysweep.testing.evidence import checkpoint_evidence, probe_row_ids, run_figures, steps_by_attempt
-from raysweep.testing.helpers import max_rel_change, only_run, probe_params, reference, wait_for_pid
+from raysweep.testing.helpers import (
+    max_rel_change,
+    only_run,
+    probe_params,
+    reference,
+    sweep_runs,
+    wait_for_pid,
+)
 from raysweep.tracking import tags
+from tests.support.nodes import node_group_of
 
 REPO = Path(__file__).resolve().parents[2]
 DEADLINE_S = 8
+WORKER_NODES = 3  # (the first case leaves one drained; the second takes one away)
 
 
 def test_drained_node_run_checkpoints_at_once_and_moves_without_spending_failures(
@@ -43,12 +53,7 @@ def test_drained_node_run_checkpoints_at_once_and_moves_without_spending_failure
                               stderr=subprocess.STDOUT)
     wait_for_pid(tmp_path / "probe" / "pause.pid")
     first_node = (tmp_path / "probe" / "node-rank0.txt").read_text()
-    drain = subprocess.run(
-        [str(Path(sys.executable).parent / "ray"), "drain-node", "--address", state.address, "--node-id", first_node,
-         "--reason", "DRAIN_NODE_REASON_PREEMPTION", "--reason-message", "spot reclaim (test)",
-         "--deadline-remaining-seconds", str(DEADLINE_S)],
-        env=cluster_env(state), capture_output=True, text=True, timeout=60)
-    assert drain.returncode == 0, drain.stdout + drain.stderr
+    drain_node(state, first_node)
     drained_at = time.time()
     fault_figures(faults_injected=1)
     folder = tmp_path / "results" / "probe" / "probe-train"
@@ -77,6 +82,72 @@ def test_drained_node_run_checkpoints_at_once_and_moves_without_spending_failure
     # val_loss: the weights equal an uninterrupted run's (the probe's epoch-1 train_loss
     # averages only the resumed attempt's steps: its running sum is not checkpointed).
     change = max_rel_change(uri, run.info.run_id, reference(spec, 3, tmp_path), metrics=("val_loss",))
+    fault_figures(metric_change=change)
+    assert change <= 1e-6
+    fault_figures(faults_survived=1, recovery_s=time.time() - drained_at)
+
+
+def drain_node(state, node_id: str) -> None:
+    """What a cloud autoscaler sends before it takes a spot node away."""
+    drain = subprocess.run(
+        [str(Path(sys.executable).parent / "ray"), "drain-node", "--address", state.address, "--node-id", node_id,
+         "--reason", "DRAIN_NODE_REASON_PREEMPTION", "--reason-message", "spot reclaim (test)",
+         "--deadline-remaining-seconds", str(DEADLINE_S)],
+        env=cluster_env(state), capture_output=True, text=True, timeout=60)
+    assert drain.returncode == 0, drain.stdout + drain.stderr
+
+
+def test_a_sweep_trial_on_a_drained_node_checkpoints_and_moves_without_spending_failures(
+        nodes, write_spec, tmp_path, fault_figures, probe_data, mlflow_stores):
+    """A one-worker sweep trial trains in its Tune trial's own process (no Train worker
+    group, no Train preemption watcher). Drain notice mid-epoch 1; at the deadline the
+    node is taken away (its processes get SIGTERM, as a cloud's shutdown sends). With
+    max_failures=0 any counted failure would end the trial: it finishes on another
+    node, every row of epoch 1 trained on once across both attempts, val_loss equals an
+    uninterrupted run's, the trial's MLflow run says it was preempted (and not failed),
+    and the sweep's console says the trial moved."""
+    _, state = nodes
+    uri = mlflow_stores.new(tmp_path / "mlflow.db")
+    spec = write_spec(params=probe_params(tmp_path, pause_epoch=1, pause_until_drained=True, pause_s=120),
+                      space={"lr": {"type": "categorical", "choices": [0.1]}},
+                      budget={"num_trials": 1}, failure={"max_failures": 0},
+                      scheduler={"type": "fifo", "metric": "val_loss", "mode": "min", "max_epochs": 3})
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    driver = subprocess.Popen([sys.executable, "-m", "raysweep", "tune", str(spec), "--address", state.address],
+                              cwd=REPO, env=env, stdout=(tmp_path / "driver.log").open("w"),
+                              stderr=subprocess.STDOUT)
+    pid = wait_for_pid(tmp_path / "probe" / "pause.pid")
+    first_node = (tmp_path / "probe" / "node-rank0.txt").read_text()
+    group = node_group_of(pid, state.pids[1:])
+    drain_node(state, first_node)
+    drained_at = time.time()
+    fault_figures(faults_injected=1)
+    folder = tmp_path / "results" / "probe"
+    at_drain = checkpoint_evidence(folder, uri)
+    time.sleep(max(0.0, drained_at + DEADLINE_S + 1 - time.time()))
+    os.killpg(group, signal.SIGTERM)  # (the cloud takes the node away at the deadline)
+    code = driver.wait(timeout=400)
+    log = (tmp_path / "driver.log").read_text()
+    fault_figures(**run_figures(uri, folder, earlier=[at_drain], probe=tmp_path / "probe", epochs=range(3),
+                                expected=probe_row_ids(probe_data / "train"), rows_from="steps"))
+    assert code == 0, log[-3000:]
+    assert (tmp_path / "probe" / "node-rank0.txt").read_text() != first_node, "did not move off the drained node"
+    assert "its node was taken away" in log and "a preemption, not counted in failure.max_failures" in log, log[-3000:]
+
+    attempts = steps_by_attempt(tmp_path / "probe", 0)
+    assert len(attempts) == 2, list(attempts)
+    taken = Counter(r for steps in attempts.values() for s in steps if s.epoch == 1 for r in s.ids)
+    fault_figures(rows_taken_twice=sum(1 for n in taken.values() if n > 1))
+    assert set(taken) == probe_row_ids(probe_data / "train") and set(taken.values()) == {1}, taken.most_common(3)
+    first, second = attempts.values()
+    resumed_at = [s for s in second if s.epoch == 1][0].step
+    assert resumed_at == max(s.step for s in first if s.epoch == 1) + 1, "resumed at the batch after the last one"
+
+    _, (trial,) = sweep_runs(uri)
+    assert trial.info.status == "FINISHED"
+    assert trial.data.tags[tags.PREEMPTIONS] == "1" and tags.FAILURES not in trial.data.tags
+    assert trial.data.tags[tags.PREEMPTED_AT].startswith(f"epoch 1 step {resumed_at}: drain notice")
+    change = max_rel_change(uri, trial.info.run_id, reference(spec, 3, tmp_path), metrics=("val_loss",))
     fault_figures(metric_change=change)
     assert change <= 1e-6
     fault_figures(faults_survived=1, recovery_s=time.time() - drained_at)

@@ -179,3 +179,15 @@ def test_local_provider_state_is_in_rays_temp_dir(tmp_path, monkeypatch):
 
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
     assert local_provider_state("mine") == tmp_path / "ray" / "cluster-mine.state"
+
+
+def test_draining_nodes_reads_the_gcs_accessor_train_v2s_watcher_reads():
+    """draining_nodes: the GlobalState method Train V2's PreemptionWatcher calls (the
+    call itself, against a drained node: tests/faults/test_cluster_preemption.py)."""
+    import inspect
+
+    import ray._private.state
+    from ray.train.v2._internal.execution import preemption
+
+    assert "get_draining_nodes" in inspect.getsource(preemption._get_draining_nodes)
+    assert list(inspect.signature(ray._private.state.state.get_draining_nodes).parameters) == []

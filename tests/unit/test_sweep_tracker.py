@@ -249,3 +249,28 @@ def test_a_retried_trial_says_so_and_counts_its_failures(store, capsys) -> None:
     (run,) = [r for r in client.search_runs([client.get_experiment_by_name("exp").experiment_id])
               if r.info.run_id != parent_id]
     assert run.data.tags["raysweep.failures"] == "1" and run.info.status == "FINISHED"
+
+
+def test_a_preempted_trial_is_told_apart_from_a_failed_one(store, capsys) -> None:
+    """Tune runs a trial again after its node was taken away under a drain notice
+    without counting a failure (num_failures stays); the callback says which it was: a
+    preemption line and no `raysweep.failures` tag, then, for a real failure, the
+    failure line with its count."""
+    from types import SimpleNamespace
+
+    from raysweep.execution.sweep import TrackerCallback
+
+    parent_id = store.open("sweep/sweep-1", "sweep-1")
+    callback = TrackerCallback(new_tracker(store, parent_id))
+    trial = SimpleNamespace(trial_id="a", config=CONFIGS["a"], num_failures=0, error_file=None)
+    callback.on_trial_start(0, [], trial)
+    callback.on_trial_recover(1, [], trial)
+    out = capsys.readouterr().out
+    assert "[a] its node was taken away (unknown error); running again on another node" in out
+    assert "not counted in failure.max_failures" in out and "failure 1" not in out
+    (run_id,) = [r.run_id for r in callback.tracker.trials.values()]
+    assert "raysweep.failures" not in store.client.get_run(run_id).data.tags
+    trial.num_failures = 1
+    callback.on_trial_recover(2, [], trial)
+    assert "[a] failed (unknown error); retrying from its latest checkpoint (failure 1)" in capsys.readouterr().out
+    assert store.client.get_run(run_id).data.tags["raysweep.failures"] == "1"
