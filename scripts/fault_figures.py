@@ -17,7 +17,7 @@ COUNTS = ("faults_injected", "faults_survived", "handled_as_expected", "checkpoi
           "torn_checkpoints_loaded", "unsafe_payloads_run", "bad_inputs_tried", "bad_inputs_wrong",
           "job_apis_tried", "unauthenticated_job_apis", "single_node_beyond_loopback", "in_process_sockets",
           "in_process_beyond_loopback", "stress_trials", "trials_lost_to_pg_removal", "trials_not_finished",
-          "rows_taken_twice", "trials_missing_epochs")
+          "rows_taken_twice", "trials_missing_epochs", "failures_spent", "runs", "passed")
 
 
 def merge(records: list[dict]) -> list[dict]:
@@ -55,6 +55,9 @@ def main() -> None:
     single = [s for c in cases for s in c.get("single_node_sockets", [])]
     summary["single_node_sockets"] = single  # `cluster up` single-node clusters: expected all loopback
     summary["cases_recorded"] = len(cases)
+    # Per case: passed/runs (tests/conftest.py records both for every case that records figures).
+    summary["pass_counts"] = {c["case"]: f"{c.get('passed', 0)}/{c.get('runs', 0)}" for c in cases}
+    summary["cases_passed_every_run"] = sum(1 for c in cases if c.get("runs") and c.get("passed") == c["runs"])
     summary["pytest_exit_status"] = status
     summary["cases"] = cases
     out.write_text(json.dumps(summary, indent=2))

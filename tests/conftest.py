@@ -200,6 +200,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: (TIER_ORDER.index(tiers[item.nodeid]), item.path.name.startswith("test_cluster")))
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """With $RAYSWEEP_FAULTS_OUT set, every case that records fault figures also records
+    that it ran and whether it passed (`runs`, `passed`: scripts/faults.sh's pass counts)."""
+    outcome = yield
+    report = outcome.get_result()
+    out = os.environ.get("RAYSWEEP_FAULTS_OUT")
+    if not out or "fault_figures" not in getattr(item, "fixturenames", ()):
+        return
+    if report.when == "call" or (report.when == "setup" and not report.passed):
+        import json
+
+        with open(out, "a") as handle:
+            handle.write(json.dumps({"case": item.name, "runs": 1, "passed": int(report.passed)}) + "\n")
+
+
 @pytest.fixture
 def fault_figures(request):
     """figures(**fields): one JSON line per fault case into $RAYSWEEP_FAULTS_OUT

@@ -5,7 +5,9 @@ submitted from the laptop runs; a new head comes up on the same address (`cluste
 again), and `submit --resume` finds the sweep in the bucket (Tune's state and the Optuna
 journal under storage_path) and finishes it. Nothing is lost and no finished trial runs
 again. The S3 and tracking servers each stop answering for 20 s. A worker host is cut
-off the network (node loss): its trial retries on the other host.
+off the network (node loss): its trial retries on the other host. A worker host gets a
+drain notice and is powered off at its deadline (a spot reclaim): its trial checkpoints
+at once and moves, spending no failure.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from support.onprem import RAYSWEEP, Cluster, missing, onprem_cluster, wait_node
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(missing() is not None, reason=missing() or "")]
 NUM_TRIALS, EPOCHS = 4, 4
+DRAIN_DEADLINE_S = 8
 OVERRIDES = ["data.train=s3://data/digits/train", "data.validation=s3://data/digits/validation",
              "storage_path=s3://runs/sweeps", f"budget.num_trials={NUM_TRIALS}",
              f"scheduler.max_epochs={EPOCHS}", f"scheduler.grace_period={EPOCHS}", "failure.max_failures=1"]
@@ -170,3 +173,68 @@ def test_a_worker_host_cut_off_mid_sweep_its_trial_retries_on_the_other(onprem: 
     assert len(finished) == NUM_TRIALS and complete == NUM_TRIALS, (epochs, out[-3000:])
     # The trial that was on the cut host failed once (the node's loss) and ran again.
     assert len(retried) == 1 and "retrying from its latest checkpoint (failure 1)" in out, out[-4000:]
+
+
+def _node_id(cluster: Cluster, host) -> str:
+    """The Ray node id of `host`'s raylet, asked on the head."""
+    answer = cluster.hosts.ssh(cluster.hosts[0], (
+        "cd / && timeout 60 python -c \"import ray; ray.init(address='auto', logging_level='ERROR'); "
+        "print('node', *[n['NodeID'] for n in ray.nodes() "
+        f"if n['Alive'] and n['NodeManagerAddress'] == '{host.ip}'])\""),
+        timeout=90)
+    (line,) = [line for line in answer.stdout.splitlines() if line.startswith("node ")]
+    (node,) = line.split()[1:]
+    return node
+
+
+def test_a_worker_host_drained_mid_sweep_its_trial_moves_without_spending_a_failure(
+        onprem: Cluster, fault_figures) -> None:
+    """A spot reclaim: `ray drain-node --reason PREEMPTION` for a worker host while
+    trials train on both worker hosts, then the host powered off at the deadline. The
+    trial on it saves a just-in-time checkpoint and takes no more batches; Tune runs it
+    again on the other host from that checkpoint without counting a failure
+    (failure.max_failures=0 here: a counted failure would end it). Every trial
+    FINISHED with every epoch, one MLflow run each, none with raysweep.failures, and
+    the sweep says one trial moved."""
+    import mlflow
+
+    os.environ.update({k: onprem.env[k] for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")})
+    args = [a if a != "failure.max_failures=1" else "failure.max_failures=0"
+            for a in _submit(onprem, "--timeout", "900")]
+    sweep = subprocess.Popen(args, cwd=onprem.project, env=onprem.env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    client = mlflow.MlflowClient(onprem.env["MLFLOW_TRACKING_URI"])
+    deadline = time.monotonic() + 600
+    while sum(bool(client.get_metric_history(r.info.run_id, "val_loss")) for r in _trials(onprem)) < 2:
+        assert sweep.poll() is None, f"the sweep ended before the fault:\n{sweep.stdout.read()[-3000:]}"
+        assert time.monotonic() < deadline, "two trials did not report an epoch within 600 s"
+        time.sleep(1)
+    host = onprem.hosts[2]
+    onprem.hosts.ssh(onprem.hosts[0], (
+        f"cd / && ray drain-node --address {onprem.hosts[0].ip}:6379 --node-id {_node_id(onprem, host)} "
+        f"--reason DRAIN_NODE_REASON_PREEMPTION --reason-message 'spot reclaim (test)' "
+        f"--deadline-remaining-seconds {DRAIN_DEADLINE_S}"), timeout=90)
+    drained_at = time.monotonic()
+    fault_figures(faults_injected=1)
+    time.sleep(max(0.0, drained_at + DRAIN_DEADLINE_S + 1 - time.monotonic()))
+    onprem.hosts.kill(host)  # (the cloud takes the machine away at the deadline)
+    out, _ = sweep.communicate(timeout=1000)
+    trials = _trials(onprem)
+    epochs = {r.info.run_id: sorted({m.step for m in client.get_metric_history(r.info.run_id, "val_loss")})
+              for r in trials}
+    keys = [r.data.tags.get("raysweep.key") for r in trials]
+    finished = [r for r in trials if r.info.status == "FINISHED"]
+    complete = sum(1 for steps in epochs.values() if steps == list(range(EPOCHS)))
+    duplicates = len(keys) - len(set(keys))
+    failed = [r.data.tags.get("raysweep.key") for r in trials if "raysweep.failures" in r.data.tags]
+    preempted = [r.data.tags.get("raysweep.key") for r in trials if r.data.tags.get("raysweep.preemptions") == "1"]
+    moved = out.count("its node was taken away")
+    fault_figures(faults_survived=int(sweep.returncode == 0 and complete == NUM_TRIALS and not duplicates
+                                      and not failed and moved == 1),
+                  trials_not_finished=NUM_TRIALS - len(finished), trials_missing_epochs=NUM_TRIALS - complete,
+                  duplicate_runs=duplicates, failures_spent=len(failed))
+    assert sweep.returncode == 0, out[-4000:]
+    assert len(trials) == NUM_TRIALS and not duplicates, keys
+    assert len(finished) == NUM_TRIALS and complete == NUM_TRIALS, (epochs, out[-3000:])
+    assert not failed and moved == 1 and "not counted in failure.max_failures" in out, out[-4000:]
+    assert len(preempted) == 1 and "drain notice, checkpointed" in out, (preempted, out[-4000:])
