@@ -4,10 +4,13 @@ tests/conftest.py)."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import multiprocessing.process
 import os
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,16 @@ from typing import Any
 import pytest
 import ray
 import ray._private.worker as ray_worker
+
+# Imported before any guard: the first import of MLflow runs `uname -p` (its
+# telemetry's platform.processor()) and of matplotlib `fc-list` (its font cache). A
+# test module that is the first to import them, run alone (test_hostile_input.py in
+# scripts/faults.sh), would trip the guard on them. Matplotlib's cache goes to a
+# folder of this run's, not the user's ~/.cache.
+_MPL = tempfile.mkdtemp(prefix="raysweep-unit-mpl-")
+atexit.register(shutil.rmtree, _MPL, ignore_errors=True)
+os.environ.setdefault("MPLCONFIGDIR", _MPL)
+import raysweep.run  # noqa: E402,F401
 
 
 @pytest.fixture
