@@ -33,6 +33,7 @@ from raysweep.execution.plan import ExecutionMode, RunPlan, execution_mode, max_
 from raysweep.execution.sweep import find_sweep_to_resume, run_sweep
 from raysweep.prepare import Prepared, prepare
 from raysweep.tracking import tags as tag
+from raysweep.tracking.buffer import WriteBehind
 from raysweep.tracking.callbacks import SweepTracker
 from raysweep.tracking.html_report import write_report
 from raysweep.tracking.record import RECORD_FILE, build_record, save_record
@@ -260,7 +261,8 @@ def tune(spec: SpecLike, overrides: list[str] | tuple[str, ...] = (), *, cluster
         store = store or RunStore(tracking_uri(), run.spec.name)
         parent_id = store.open(f"sweep/{sweep_id}", sweep_id, params=sweep_params(run.spec))
         scheduler = run.spec.scheduler
-        tracker = SweepTracker(store, sweep_id, parent_id, scheduler.primary, scheduler.primary_mode,
+        # (trial runs written behind: a tracking server that stops answering holds up no trial)
+        tracker = SweepTracker(WriteBehind(store), sweep_id, parent_id, scheduler.primary, scheduler.primary_mode,
                                scheduler.max_epochs, echo=echo,
                                objectives=list(zip(scheduler.metrics, scheduler.modes, strict=True)),
                                constraints=run.spec.parsed_constraints())

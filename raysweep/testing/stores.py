@@ -44,7 +44,7 @@ class NullStore(RunStore):
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         pass
 
-    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int, timestamp_ms: int | None = None) -> None:
         pass
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:

@@ -66,6 +66,19 @@ class SweepWriter:
                 ended=(run.info.end_time or 0) / 1000 or None, checkpoint=tags.get(tag.CHECKPOINT)))
         return records
 
+    def resolve_runs(self, state: SweepState) -> None:
+        """A store that writes behind (raysweep.tracking.buffer) hands out stand-in run
+        ids: the real ones, once every queued write was sent."""
+        resolve = getattr(self.store, "resolve", None)
+        if resolve is not None:
+            for record in state.trials.values():
+                record.run_id = resolve(record.run_id)
+
+    def flush(self) -> None:
+        flush = getattr(self.store, "flush", None)
+        if flush is not None:
+            flush()
+
     def close_sweep(self, state: SweepState, status: str) -> None:
         """The parent run gets the best trial's metrics (several objectives: the Pareto
         front too) and `status`."""
@@ -179,4 +192,6 @@ class SweepTracker:
         lost_as = TrialState.FAILED if status == "FAILED" else TrialState.KILLED
         for record in self.state.end(lost_as):
             self.writer.close_trial(record)
+        self.writer.resolve_runs(self.state)
         self.writer.close_sweep(self.state, status)
+        self.writer.flush()

@@ -119,8 +119,8 @@ class RunStore:
         for start in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[start:start + 100])
 
-    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
-        now = int(time.time() * 1000)
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int, timestamp_ms: int | None = None) -> None:
+        now = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
         batch = [Metric(k, v, now, step) for k, v in metrics.items()]
         self.client.log_batch(run_id, metrics=batch)
 

@@ -22,7 +22,6 @@ from pathlib import Path
 from raysweep.cluster.auth import token_file
 from raysweep.testing.evidence import checkpoint_evidence, probe_row_ids, run_figures
 from raysweep.testing.helpers import (
-    free_port,
     listening_sockets,
     max_rel_change,
     only_run,
@@ -32,6 +31,7 @@ from raysweep.testing.helpers import (
     wait_for_epoch,
     wait_for_pid,
 )
+from tests.support.mlflow_store import mlflow_server
 from tests.support.nodes import node_group_of
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,23 +73,7 @@ def test_exposure_report_and_no_unauthenticated_job_submission(nodes, tmp_path, 
     """Case 10: with the cluster up and an MLflow server the test starts, the job API
     refuses a job without the token, and every listening socket is reported."""
     _, state = nodes
-    port = free_port()
-    mlflow_cli = str(Path(sys.executable).with_name("mlflow"))
-    server = subprocess.Popen(
-        [mlflow_cli, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"],
-        stdout=(tmp_path / "mlflow.log").open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            raise AssertionError("the MLflow server did not come up: " + (tmp_path / "mlflow.log").read_text()[-2000:])
-
+    with mlflow_server(tmp_path, f"sqlite:///{tmp_path / 'mlflow.db'}") as (server, _):
         # Were the job run, it would run on the cluster (this machine, this user): it
         # could write here.
         marker = tmp_path / "unauthenticated-job-ran"
@@ -114,9 +98,6 @@ def test_exposure_report_and_no_unauthenticated_job_submission(nodes, tmp_path, 
         (tmp_path / "sockets.json").write_text(json.dumps(sockets, indent=2))
         fault_figures(sockets=sockets,
                       beyond_loopback=sum(not s["loopback_only"] for s in sockets))
-    finally:
-        os.killpg(server.pid, signal.SIGKILL)
-        server.wait(timeout=30)
 
 
 def test_killed_worker_node_run_finishes_on_the_other(nodes, write_spec, tmp_path, fault_figures, probe_data,
