@@ -79,4 +79,9 @@ def prepare(spec: str | Path | Spec, overrides: tuple[str, ...] | list[str] = ()
         except UserInputError as exc:
             raise UserInputError(f"{source}: {exc} (cluster {cluster}: its node types at their maximum "
                                  "counts)") from None
+        if profile.driver_slots() < 1:
+            wanted = ", ".join(f"{k}: {v:g}" for k, v in profile.trial_driver_resources.items())
+            raise UserInputError(
+                f"{cluster}: trial drivers need {{{wanted}}} (on-demand nodes), but no node type can be started "
+                "with it (at their maximum counts: check max_workers and the node types' resources)")
     return Prepared(spec, data, profile, source, tuple(overrides), address, cluster)

@@ -256,6 +256,8 @@ def tune(spec: SpecLike, overrides: list[str] | tuple[str, ...] = (), *, cluster
     driver_resources = run.profile.trial_driver_resources
     with connected(run.profile, run.address):
         concurrency = max_concurrent_trials(run.spec.scaling, run.spec.budget, *sweep_capacity(run.profile, echo))
+        if run.profile.node_types and run.profile.trial_driver_resources:  # (one pinned driver per trial)
+            concurrency = max(1, min(concurrency, int(run.profile.driver_slots() + 1e-9)))
         plan = dataclasses.replace(_plan(run, execution_mode(run.spec.scaling, driver_resources), echo),
                                    required_metrics=sweep_metrics(run.spec))
         store = store or RunStore(tracking_uri(), run.spec.name)

@@ -88,6 +88,13 @@ class ClusterProfile(_Section):
                 total[name] = total.get(name, 0.0) + count * amount
         return total
 
+    def driver_slots(self) -> float:
+        """How many trial drivers the node types can hold at their maximum counts
+        (trial_driver_resources; unbounded without them)."""
+        capacity = self.max_capacity()
+        return min((capacity.get(name, 0.0) / amount for name, amount in self.trial_driver_resources.items()
+                    if amount > 0), default=float("inf"))
+
     def largest_node(self, cpus: float, gpus: float) -> str | None:
         """None when the head or one node type holds `cpus` CPUs and `gpus` GPUs (one
         worker: Ray places it on one node); else a description of what the nodes hold."""
@@ -143,6 +150,13 @@ def validate_launcher_config(raw: dict, path: str | Path) -> None:
 
 DEFAULT_PROFILE = ClusterProfile(name="local")
 
+TRIAL_DRIVER = "trial_driver"
+"""The custom resource a launcher config's on-demand node types offer (e.g.
+`resources: {..., "trial_driver": 4}`: four trial drivers per node). A launcher
+profile with such a node type pins each trial's driver, and with it Train's
+controller, to them (one unit each): a spot node that is reclaimed takes trial
+workers with it, never the process that drives the trial."""
+
 
 def profile_from_launcher(raw: dict, path: str | Path) -> ClusterProfile:
     """A launcher config as a profile: runs join the cluster they run in (`auto`: a job
@@ -157,6 +171,8 @@ def profile_from_launcher(raw: dict, path: str | Path) -> ClusterProfile:
             num_cpus=int(head_resources.pop("CPU")) if "CPU" in head_resources else None,
             num_gpus=int(head_resources.pop("GPU")) if "GPU" in head_resources else None,
             resources=head_resources, max_workers=raw.get("max_workers"),
+            trial_driver_resources={TRIAL_DRIVER: 1.0} if any(
+                TRIAL_DRIVER in t.get("resources", {}) for t in types.values()) else {},
             node_types={name: NodeType(resources=t.get("resources", {}), min_workers=t.get("min_workers", 0),
                                        max_workers=t.get("max_workers", 0))
                         for name, t in types.items() if name != raw.get("head_node_type")})

@@ -76,10 +76,40 @@ def test_a_launcher_config_is_a_profile_sized_by_its_node_types() -> None:
     aws = load_profile(REPO / "cluster" / "aws.yaml")
     assert aws.name == "raysweep-aws" and aws.address == "auto" and aws.spans_hosts()
     assert aws.num_cpus == 0 and set(aws.node_types) == {"gpu_worker", "gpu_worker_on_demand"}
-    # max_workers 8 in all: the 8 spot nodes first (the order given), no on-demand one left.
-    assert aws.max_capacity() == {"CPU": 32.0, "GPU": 8.0, "preemptible": 8.0, "trial_driver": 0.0}
+    # max_workers 10 in all: the 8 spot nodes and the 2 on-demand ones (4 trial drivers each).
+    assert aws.max_capacity() == {"CPU": 40.0, "GPU": 10.0, "preemptible": 8.0, "trial_driver": 8.0}
     gcp = load_profile(REPO / "cluster" / "gcp.yaml")
-    assert gcp.max_capacity()["GPU"] == 8.0 and gcp.max_capacity()["CPU"] == 64.0
+    assert gcp.max_capacity() == {"CPU": 80.0, "GPU": 10.0, "preemptible": 8.0, "trial_driver": 8.0}
+    # Both pin each trial's driver (and Train's controller) to the on-demand nodes.
+    for profile in (aws, gcp):
+        assert profile.trial_driver_resources == {"trial_driver": 1.0} and profile.driver_slots() == 8.0
+
+
+def test_pinned_trial_drivers_make_sweeps_use_worker_groups_and_cap_concurrency() -> None:
+    """On a profile that pins trial drivers, a one-worker trial is a Train worker group
+    (its workers on any node, its driver on an on-demand one: Train's drain watcher
+    moves the workers), never trained in the driver's own process."""
+    from raysweep.config.profile import load_profile
+    from raysweep.config.spec import ScalingSpec
+    from raysweep.execution.plan import ExecutionMode, execution_mode
+
+    aws = load_profile(REPO / "cluster" / "aws.yaml")
+    assert execution_mode(ScalingSpec(), aws.trial_driver_resources) is ExecutionMode.WORKER_GROUP
+    assert execution_mode(ScalingSpec(), load_profile(None).trial_driver_resources) is ExecutionMode.IN_TRIAL
+
+
+def test_check_refuses_a_cloud_profile_whose_on_demand_nodes_cannot_start(capsys, write_spec, tmp_path) -> None:
+    """The global max_workers spent on the spot type (listed first) leaves no on-demand
+    node for the trial drivers: `check --cluster` says so before anything starts."""
+    aws = tmp_path / "aws.yaml"
+    aws.write_text((REPO / "cluster" / "aws.yaml").read_text().replace("max_workers: 10 ", "max_workers: 8 "))
+    spec = write_spec(scaling={"num_workers": 1, "cpus_per_worker": 2, "gpus_per_worker": 1})
+    storage = ["--set", "storage_path=s3://bucket/runs"]
+    assert main(["check", str(spec), "--cluster", str(REPO / "cluster" / "aws.yaml"), *storage]) == 0
+    capsys.readouterr()
+    assert main(["check", str(spec), "--cluster", str(aws), *storage]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"error: {aws}: trial drivers need {{trial_driver: 1}} (on-demand nodes)" in err, err
 
 
 def test_check_against_a_cloud_profile_before_any_node_is_up(capsys, write_spec) -> None:
@@ -91,10 +121,10 @@ def test_check_against_a_cloud_profile_before_any_node_is_up(capsys, write_spec)
     assert "storage_path" in capsys.readouterr().err
     assert main(["check", str(spec), "--cluster", aws, "--set", "storage_path=s3://bucket/runs"]) == 0
     capsys.readouterr()
-    too_big = ["--set", "storage_path=s3://bucket/runs", "--set", "scaling.num_workers=9"]
+    too_big = ["--set", "storage_path=s3://bucket/runs", "--set", "scaling.num_workers=11"]
     assert main(["check", str(spec), "--cluster", aws, *too_big]) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "needs 18 CPUs and 9 GPUs, but the cluster has 32 CPUs and 8 GPUs" in err, err
+    assert "\n" not in err and "needs 22 CPUs and 11 GPUs, but the cluster has 40 CPUs and 10 GPUs" in err, err
     assert "its node types at their maximum counts" in err
     # A worker runs on one node: 5 CPUs fit the node types' total, but no g5.xlarge (4 CPUs).
     one_node = ["--set", "storage_path=s3://bucket/runs", "--set", "scaling.cpus_per_worker=5"]
