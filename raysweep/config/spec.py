@@ -52,6 +52,22 @@ class ColumnOptionsSpec(_Section):
     fails the run naming it)."""
 
 
+RESOURCE_STEP = 0.0001
+"""Ray counts CPUs and GPUs in steps of this (RESOURCE_UNIT_SCALING = 10000): a smaller
+request is refused once Ray has started."""
+
+URI_ONE_SLASH = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/(?!/)")
+"""`s3:/bucket`: a URI missing a slash, which a filesystem would take as a local path."""
+
+
+def no_missing_slash(value: str) -> str:
+    if URI_ONE_SLASH.match(value):
+        scheme, rest = value.split(":/", 1)
+        raise ValueError(f"{value!r} has one slash after {scheme}: (a local folder named {scheme}:); "
+                         f"write {scheme}://{rest}")
+    return value
+
+
 class DataSpec(_Section):
     """Where the Parquet data lives and which columns the trainer reads."""
 
@@ -103,6 +119,11 @@ class DataSpec(_Section):
     `transform`, or for variable-length columns (gathered on the host)."""
     gather_threads: PositiveInt = 4
     """Memory loader on GPU workers: threads gathering each batch's rows."""
+
+    @field_validator("train", "validation")
+    @classmethod
+    def _data_uri(cls, value: str) -> str:
+        return no_missing_slash(value)
 
     @model_validator(mode="after")
     def _one_batch_form(self) -> DataSpec:
@@ -234,7 +255,7 @@ class SamplerSpec(_Section):
     """Optuna sampler: `tpe` (the default), `random`, `gp` (Gaussian-process Bayesian
     optimization, Optuna's GPSampler), `cmaes` (CMA-ES; categorical params drawn at
     random) or `nsga2` (the NSGA-II genetic algorithm)."""
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=2**32)
     """Seed of the sampler's own random draws; independent of the top-level `seed`."""
     n_startup_trials: PositiveInt | None = None
     """Random trials before a model-based sampler (tpe, gp, cmaes) takes over; null:
@@ -367,6 +388,15 @@ class ScalingSpec(_Section):
     def use_gpu(self) -> bool:
         return self.gpus_per_worker > 0
 
+    @field_validator("cpus_per_worker", "gpus_per_worker")
+    @classmethod
+    def _ray_can_count_it(cls, value: float, info: ValidationInfo) -> float:
+        if value and value < RESOURCE_STEP:
+            raise ValueError(f"{value:g} is below {RESOURCE_STEP:g}, the smallest amount Ray counts")
+        if info.field_name == "gpus_per_worker" and value > 1 and not float(value).is_integer():
+            raise ValueError(f"{value:g}: above one GPU a worker takes whole GPUs (Ray refuses a fraction above 1)")
+        return value
+
     @field_validator("gpus_per_worker")
     @classmethod
     def _one_gpu_per_rank(cls, value: float, info: ValidationInfo) -> float:
@@ -460,8 +490,8 @@ class Spec(_Section):
     """Trainer settings used only when `trainer` is a LightningModule."""
     failure: FailureSpec = FailureSpec()
     """What a run does when a process or node dies."""
-    seed: int = 0
-    """Seeds model init and the per-epoch shuffle."""
+    seed: int = Field(default=0, ge=0, lt=2**32)
+    """Seeds model init and the per-epoch shuffle (0 <= seed < 2**32, NumPy's range)."""
     deterministic: bool = False
     """Deterministic kernels in every worker (torch.use_deterministic_algorithms, cuDNN
     benchmark off, CUBLAS_WORKSPACE_CONFIG): needed for bit-equal GPU re-runs, slower
@@ -504,6 +534,11 @@ class Spec(_Section):
         if cycle:
             raise ValueError(f"space.{cycle[0]}.when: the conditions form a cycle ({' -> '.join(cycle)})")
         return self
+
+    @field_validator("storage_path")
+    @classmethod
+    def _storage_uri(cls, value: str) -> str:
+        return no_missing_slash(value)
 
     @field_validator("trainer")
     @classmethod

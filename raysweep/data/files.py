@@ -220,6 +220,11 @@ def resolve_data(data: DataSpec, source: str) -> ResolvedData:
                      [data.train], f"{source}: data.train: {data.train}")
     validation = _guarded(lambda: find_parquet_files(data.validation, source=source, field="data.validation"),
                           [data.validation], f"{source}: data.validation: {data.validation}")
+    shared = sorted(set(train) & set(validation))
+    if shared:
+        raise UserInputError(
+            f"{source}: data.validation: {len(shared)} file(s) are in data.train too (e.g. {shared[0]}): "
+            f"{data.train} takes in {data.validation}; give the two splits folders that do not overlap")
     footers = _guarded(lambda: read_footers([*train, *validation]), [data.train, data.validation],
                        f"{source}: data: reading the Parquet footers")
     first_schema = footers[0].schema.to_arrow_schema()

@@ -121,6 +121,12 @@ def bad_override(root, spec, data):
     return ["--set", "scaling.num_workers"], "--set 'scaling.num_workers'", ""
 
 
+def overlapping_splits(root, spec, data):
+    """data.train is the data folder: it lists validation/ too (recursively)."""
+    edit_spec(set_path("data.train", str(data)))(root, spec, data)
+    return [], spec, "data.validation"
+
+
 CORPUS: dict[str, tuple[Callable, str]] = {
     "spec is not YAML": (spec_text("name: [unclosed\n"), ""),
     "spec is a list": (spec_text("- name: x\n"), ""),
@@ -149,6 +155,14 @@ CORPUS: dict[str, tuple[Callable, str]] = {
     "empty Parquet file": (empty_file, ""),
     "truncated Parquet file": (truncated_file, ""),
     "mixed schemas in one folder": (mixed_schemas, "data.features"),
+    "train folder holds the validation files": (overlapping_splits, "data.validation"),
+    "negative sampler seed": (edit_spec(set_path("sampler.seed", -1)), "sampler.seed"),
+    "seed past NumPy's range": (edit_spec(set_path("seed", 2**32)), "seed"),
+    "seed 1e30": (edit_spec(set_path("seed", 1e30)), "seed"),
+    "a fraction above one GPU": (edit_spec(set_path("scaling.gpus_per_worker", 1.5)), "scaling.gpus_per_worker"),
+    "CPUs below Ray's step": (edit_spec(set_path("scaling.cpus_per_worker", 0.00001)), "scaling.cpus_per_worker"),
+    "storage URI with one slash": (edit_spec(set_path("storage_path", "s3:/bucket/runs")), "storage_path"),
+    "data URI with one slash": (edit_spec(set_path("data.train", "s3:/bucket/train")), "data.train"),
 }
 
 
