@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     train = add("train", "One data-parallel training run at the spec's fixed params.")
     train.add_argument("--name", help="run name; re-using it resumes from the latest checkpoint "
                                       "(default: SPEC_NAME-train)")
+    train.add_argument("--force", action="store_true",
+                       help="resume the named run even though the spec or data changed since it started")
     tune = add("tune", "An Optuna sweep of data-parallel trials on Ray Tune.")
     tune.add_argument("--resume", nargs="?", const=True, metavar="SWEEP_ID",
                       help="continue an interrupted sweep (default: the newest of this spec): finished trials "
@@ -111,7 +113,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     result = api().train(args.spec, args.overrides, cluster=args.cluster, address=args.address, name=args.name,
-                         fingerprint=args.fingerprint)
+                         fingerprint=args.fingerprint, force=args.force)
     print(f"run {result.run_name}: " + " ".join(f"{k}={v:.4g}" for k, v in result.metrics.items()))
     print(f"checkpoint: {result.checkpoint}")
     print(f"MLflow: {result.tracking_uri} run {result.run_id}")

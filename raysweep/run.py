@@ -36,7 +36,7 @@ from raysweep.tracking import tags as tag
 from raysweep.tracking.buffer import WriteBehind
 from raysweep.tracking.callbacks import SweepTracker
 from raysweep.tracking.html_report import write_report
-from raysweep.tracking.record import RECORD_FILE, build_record, save_record
+from raysweep.tracking.record import RECORD_FILE, build_record, data_fingerprint, save_record
 from raysweep.tracking.store import RunStore, tracking_uri
 from raysweep.tracking.trials import SweepState, TrialRecord
 
@@ -141,17 +141,20 @@ def root_cause(exc: BaseException) -> str:
 
 def train(spec: SpecLike, overrides: list[str] | tuple[str, ...] = (), *, cluster: str | None = None,
           address: str | None = None, name: str | None = None, source: str | None = None,
-          fingerprint: str = "footer") -> TrainResult:
+          fingerprint: str = "footer", force: bool = False) -> TrainResult:
     """One data-parallel training run at the spec's fixed params, recorded in MLflow.
 
-    Re-using `name` resumes the run from its latest checkpoint. `fingerprint`: how the
+    Re-using `name` resumes the run from its latest checkpoint, with the spec and data
+    it started with (only `scheduler.max_epochs` may grow; `force` resumes anyway). `fingerprint`: how the
     record identifies the data, "footer" (size, mtime or ETag, footer hash) or "full"
     (a sha256 of every byte: slow for big data). Raises UserInputError
     (bad input, nothing started) or RunFailedError (the run failed; MLflow run FAILED).
     """
     run = prepare(spec, overrides, cluster=cluster, address=address, source=source)
-    use_patient_io()  # (checked: from here on a storage blip is retried, not fatal)
     run_name = name or f"{run.spec.name}-train"
+    if not force:
+        refuse_a_changed_spec(run, run_name)
+    use_patient_io()  # (checked: from here on a storage blip is retried, not fatal)
     started_at = time.time()
     with connected(run.profile, run.address):
         plan = _plan(run, ExecutionMode.WORKER_GROUP)
@@ -179,6 +182,58 @@ def train(spec: SpecLike, overrides: list[str] | tuple[str, ...] = (), *, cluste
     metrics = {k: float(v) for k, v in (result.metrics or {}).items()
                if isinstance(v, (int, float)) and not k.endswith("_unix")}
     return TrainResult(run_name, run_id, store.uri, metrics, checkpoint)
+
+
+def spec_changes(recorded: dict[str, Any], now: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of the fields that differ between two dumped specs (sections
+    compared field by field; params, space and any other mapping key by key)."""
+    changed = []
+    for key in sorted(set(recorded) | set(now)):
+        old, new = recorded.get(key), now.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changed += spec_changes(old, new, f"{prefix}{key}.")
+        elif old != new:
+            changed.append(f"{prefix}{key}")
+    return changed
+
+
+def refuse_a_changed_spec(run: Prepared, run_name: str) -> None:
+    """A `train` that would resume `run_name` from its checkpoints refuses a spec or
+    data other than those it started with (MLflow keeps the first params; the
+    checkpoint holds a model of the first spec): only scheduler.max_epochs may grow."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from raysweep.tracking.lookup import read_record
+
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return  # (no store yet: nothing to resume, and nothing is created here)
+    try:
+        store = MlflowClient(uri)
+        experiment = store.get_experiment_by_name(run.spec.name)
+        found = [] if experiment is None else store.search_runs(
+            [experiment.experiment_id], filter_string=f"tags.`{tag.KEY}` = 'train/{run_name}'", max_results=1)
+    except MlflowException:
+        return  # (no store yet, or not reachable: train() says so when it opens the run)
+    if not found:
+        return
+    try:
+        recorded = read_record(found[0])
+    except UserInputError:
+        return  # (a run recorded before records existed)
+    changed = spec_changes(recorded["spec"], run.spec.model_dump(mode="json"))
+    grown = "scheduler.max_epochs"
+    if grown in changed and run.spec.scheduler.max_epochs > int(recorded["spec"]["scheduler"]["max_epochs"]):
+        changed.remove(grown)
+    data = recorded.get("data", {})
+    if data.get("sha256") != data_fingerprint(run.data, data.get("mode", "footer"))["sha256"]:
+        changed.append("data (its files' fingerprint)")
+    if changed:
+        raise UserInputError(
+            f"{run.source}: {', '.join(changed)}: differ from what run {run_name!r} started with (MLflow run "
+            f"{found[0].info.run_id}); re-running it resumes its checkpoints: use the same spec, another --name "
+            "for a new run, or --force to resume it with these changes")
 
 
 def resume_target(run: Prepared, resume: bool | str | None) -> str | None:
