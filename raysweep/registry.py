@@ -260,14 +260,16 @@ def register(run_id: str, name: str | None = None, pick: str | None = None) -> R
         raise UserInputError(
             f"trainer {spec['trainer']!r}: its model must take {wanted}: {type(exc).__name__}: {exc}") from None
     mlflow.set_tracking_uri(tracking_uri())
-    status = recorded.run.info.status
-    with mlflow.start_run(run_id=recorded.run_id):
-        # pt2 (torch.export): the graph and weights, no pickled Python objects to trust. Said
-        # explicitly: MLflow's default is pickle when the tracking URI is Databricks.
-        info = mlflow.pytorch.log_model(model, name="model", input_example=inputs, signature=signature,
-                                        serialization_format=SERIALIZATION_FORMAT,
-                                        pip_requirements=[f"torch=={torch.__version__}"])
-    client().set_terminated(recorded.run_id, status)
+    status, ended = recorded.run.info.status, recorded.run.info.end_time
+    try:
+        with mlflow.start_run(run_id=recorded.run_id):
+            # pt2 (torch.export): the graph and weights, no pickled Python objects to trust. Said
+            # explicitly: MLflow's default is pickle when the tracking URI is Databricks.
+            info = mlflow.pytorch.log_model(model, name="model", input_example=inputs, signature=signature,
+                                            serialization_format=SERIALIZATION_FORMAT,
+                                            pip_requirements=[f"torch=={torch.__version__}"])
+    finally:  # (start_run reopened the run, and ends a failed log_model's as FAILED: put back what it was)
+        client().set_terminated(recorded.run_id, status, end_time=ended)
     version = mlflow.register_model(info.model_uri, name)
     tags = {
         tag.RUN_ID: recorded.run_id,

@@ -124,3 +124,22 @@ def test_a_spec_trainer_name_passes() -> None:
                  "trainers.digits_mlp ", None, 3, "x" * 201):
         with pytest.raises(UserInputError, match="is not a dotted Python module name"):
             check_trainer_name("r", name)
+
+
+def test_a_register_that_fails_leaves_the_run_as_it_was(trained, monkeypatch) -> None:
+    """register reopens the run to log the model into it; a log that fails (here: the
+    artifact store's disk full, planted) used to leave the run FAILED, and a FAILED run
+    is never registered. Its status and end time are put back; it registers after."""
+    uri, run_id = trained
+    before = MlflowClient(uri).get_run(run_id).info
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as broken:
+        broken.setattr(mlflow.pytorch, "log_model", disk_full)
+        with pytest.raises(OSError, match="No space left"):
+            register(run_id, "disk-full")
+    after = MlflowClient(uri).get_run(run_id).info
+    assert (after.status, after.end_time) == (before.status, before.end_time) == ("FINISHED", before.end_time)
+    assert register(run_id, "after-a-failure").version == "1"
