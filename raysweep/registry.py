@@ -72,10 +72,42 @@ def check_trainer_name(run_id: str, trainer: Any) -> str:
         shown = repr(trainer[:200] if isinstance(trainer, str) else trainer)
         raise UserInputError(f"{where} {shown} is not a dotted Python module name (letters, digits, _ and dots); "
                              "not imported")
-    if module_file(trainer) is None:
+    found = module_file(trainer)
+    if found is None:
         raise UserInputError(f"{where} {trainer!r} is no module file under {os.getcwd()} or among the installed "
                              "packages; not imported (run `raysweep register` from the repo the run trained from)")
+    if not trusted_module(trainer, found):
+        raise UserInputError(
+            f"{where} {trainer!r} is {found}, not a module of the project under {os.getcwd()}; not imported "
+            f"(a record could name any installed module, and importing it runs its code: name trusted package "
+            f"prefixes in {TRUSTED_ENV}, comma-separated, to allow one)")
     return trainer
+
+
+TRUSTED_ENV = "RAYSWEEP_TRUSTED_TRAINERS"
+"""Module name prefixes (comma-separated) of installed packages whose trainers a record
+may name, beside the project's own modules and raysweep's."""
+
+
+def trusted_module(name: str, origin: str) -> bool:
+    """Whether a recorded module name may be imported: a file of the project (under the
+    working dir), of raysweep itself, or of a package the user named in
+    RAYSWEEP_TRUSTED_TRAINERS; never a `__main__` module (it acts on import)."""
+    if "__main__" in name.split("."):
+        return False
+    path = os.path.realpath(origin)
+
+    def under(root: str) -> bool:
+        return path.startswith(os.path.realpath(root) + os.sep)
+
+    if under(os.path.dirname(os.path.abspath(__file__))):  # raysweep's own (raysweep.testing.probe)
+        return True
+    installed = any(under(p) for p in {sys.prefix, sys.base_prefix, sys.exec_prefix}) or any(
+        part in ("site-packages", "dist-packages") for part in path.split(os.sep))
+    if under(os.getcwd()) and not installed:  # (a virtualenv inside the project is not the project)
+        return True
+    prefixes = [p.strip() for p in os.environ.get(TRUSTED_ENV, "").split(",") if p.strip()]
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
 def module_file(name: str) -> str | None:

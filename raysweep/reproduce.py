@@ -73,6 +73,13 @@ def reproduce(run_id: str, force: bool = False, tolerance: float = 1e-6, *, clus
         raise UserInputError(
             f"run {run_id!r}: it is a sweep's parent run; reproduce one of its trials (`raysweep runs` lists them)")
     source = f"record of run {run_id}"
+    # (the record names code: imported only from the project, raysweep or trusted packages)
+    from raysweep.registry import check_trainer_name  # (lazy: it loads mlflow.pytorch)
+
+    check_trainer_name(run_id, recorded.record["spec"].get("trainer"))
+    space_function = recorded.record["spec"].get("space_function")
+    if space_function:
+        check_trainer_name(run_id, str(space_function).split(":", 1)[0])
     raw = {**recorded.record["spec"], "params": recorded.params}
     spec = validate_spec(raw, source)
     data = resolve_data(spec.data, source)

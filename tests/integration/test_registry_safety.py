@@ -143,3 +143,18 @@ def test_a_register_that_fails_leaves_the_run_as_it_was(trained, monkeypatch) ->
     after = MlflowClient(uri).get_run(run_id).info
     assert (after.status, after.end_time) == (before.status, before.end_time) == ("FINISHED", before.end_time)
     assert register(run_id, "after-a-failure").version == "1"
+
+
+@pytest.mark.parametrize("name", ["venv.__main__", "json.tool", "this", "pip", "mlflow.cli"])
+def test_an_installed_module_outside_the_project_is_not_imported(name, monkeypatch) -> None:
+    """A record can name any importable module, and importing one runs its code
+    (`venv.__main__` runs the venv CLI on the process's arguments; `this` prints):
+    only the project's modules, raysweep's, and prefixes in RAYSWEEP_TRUSTED_TRAINERS."""
+    monkeypatch.delenv("RAYSWEEP_TRUSTED_TRAINERS", raising=False)
+    modules = set(sys.modules)
+    with pytest.raises(UserInputError, match="not a module of the project under"):
+        check_trainer_name("r", name)
+    assert name not in set(sys.modules) - modules
+    if "__main__" not in name:
+        monkeypatch.setenv("RAYSWEEP_TRUSTED_TRAINERS", f"other, {name.split('.')[0]}")
+        assert check_trainer_name("r", name) == name
