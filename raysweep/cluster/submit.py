@@ -23,7 +23,7 @@ from raysweep._ray_compat import use_token_auth, walk_upload
 from raysweep.cluster import cloud
 from raysweep.cluster.auth import token_env, token_file
 from raysweep.cluster.local import ClusterState
-from raysweep.cluster.secrets import SECRET_DIRS, SECRET_FILES, secret_match  # noqa: F401  (re-exported)
+from raysweep.cluster.secrets import SECRET_DIRS, SECRET_FILES, secret_file, secret_match  # noqa: F401  (re-exported)
 from raysweep.config.profile import load_profile
 from raysweep.errors import RunFailedError, UserInputError
 from raysweep.tracking.store import tracking_uri
@@ -56,11 +56,11 @@ def upload_files(root: Path) -> list[tuple[Path, int]]:
 
 def check_secrets(root: Path, files: list[tuple[Path, int]]) -> None:
     """UserInputError naming the first secret-looking files of an upload, if any."""
-    found = sorted((path.relative_to(root).as_posix(), pattern) for path, _ in files
-                   if (pattern := secret_match(path.relative_to(root))) is not None)
+    found = sorted((path.relative_to(root).as_posix(), why) for path, _ in files
+                   if (why := secret_file(path, path.relative_to(root))) is not None)
     if not found:
         return
-    shown = ", ".join(f"{_printable(path)} (matches {pattern})" for path, pattern in found[:3])
+    shown = ", ".join(f"{_printable(path)} ({why})" for path, why in found[:3])
     more = f" and {len(found) - 3} more" if len(found) > 3 else ""
     raise UserInputError(
         f"{root}: the working dir upload would hold secret-looking file(s): {shown}{more}; add them to "

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import raysweep
+from raysweep.cluster.secrets import scrub_diff
 from raysweep.data.files import FOOTER_THREADS, ResolvedData
 from raysweep.data.storage import filesystem, is_object_store
 from raysweep.errors import UserInputError
@@ -61,7 +62,7 @@ def git_state(repo: Path | None = None) -> tuple[dict[str, Any], str]:
     except (OSError, subprocess.CalledProcessError):
         return {"commit": None, "dirty": None, "branch": None}, ""
     status = git("status", "--porcelain", "--untracked-files=no")
-    diff = git("diff", "HEAD") if status.strip() else ""
+    diff = scrub_diff(git("diff", "HEAD")) if status.strip() else ""  # (no secret file's lines in MLflow)
     branch = git("rev-parse", "--abbrev-ref", "HEAD").strip()
     return {"commit": commit, "dirty": bool(status.strip()), "branch": branch}, diff
 

@@ -18,6 +18,7 @@ from raysweep.cluster.submit import (
     check_tracking_uri,
     check_upload,
     job_env,
+    secret_file,
     secret_match,
     submit,
     upload_files,
@@ -45,6 +46,16 @@ PLANTED = {
     ".kube/": ".kube/config",
     "id_ecdsa*": "deploy/id_ecdsa",
     ".ssh/": ".ssh/known_hosts",
+    ".envrc": ".envrc",
+    "key.json": "deploy/key.json",
+    ".databrickscfg": ".databrickscfg",
+    ".npmrc": "web/.npmrc",
+    ".pypirc": ".pypirc",
+    "kubeconfig": "kubeconfig",
+    "*.kubeconfig": "prod.kubeconfig",
+    ".docker/": ".docker/config.json",
+    ".huggingface/": ".huggingface/token",
+    ".cache/huggingface/": "home/.cache/huggingface/token",
 }
 SECRET = "hunter2-Zq9"  # a password no message may show
 
@@ -136,8 +147,8 @@ def test_the_message_names_the_first_three_sorted_and_counts_the_rest(tmp_path) 
 def test_the_repos_own_upload_holds_no_secret() -> None:
     files = upload_files(REPO)
     assert any(p.name == "submit.py" for p, _ in files), "the walk saw the repo"
-    found = [p.relative_to(REPO).as_posix() for p, _ in files if secret_match(p.relative_to(REPO))]
-    assert found == []
+    found = [p.relative_to(REPO).as_posix() for p, _ in files if secret_file(p, p.relative_to(REPO))]
+    assert found == []  # (by name and by content: the tests below build their key text at run time)
 
 
 def test_submit_refuses_a_secret_before_reaching_the_job_api(tmp_path, monkeypatch, capsys, write_spec) -> None:
@@ -218,3 +229,38 @@ def test_the_job_env_forwards_no_credentials(monkeypatch, tmp_path) -> None:
     assert set(env) == {"RAY_TRAIN_V2_ENABLED", "MLFLOW_TRACKING_URI", "RAYSWEEP_BASE_DIR"}
     assert not set(env) & set(secrets)
     assert not any(SECRET in value or value == "alice" for value in env.values())
+
+
+# Key text built here, not written out: the repo's own upload must hold none (above).
+BEGIN_KEY = "-----BEGIN {}PRIVATE " + "KEY-----"
+ACCOUNT = '{"type": "service_' + 'account", "private_key_id": "x"}'
+
+
+@pytest.mark.parametrize(("name", "content", "why"), [
+    ("deploy/prod.txt", BEGIN_KEY.format("OPENSSH ") + "\nb3Blbn...\n", "a private key"),
+    ("config/settings.yaml", "tls: |\n  " + BEGIN_KEY.format("RSA ") + "\n", "a private key"),
+    ("ops/my-project-1a2b3c.json", ACCOUNT, "a service-account key"),
+])
+def test_a_secret_under_a_harmless_name_is_refused_by_its_content(tmp_path, name, content, why) -> None:
+    _tree(tmp_path, "README.md", RAYIGNORE.read_text())
+    (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / name).write_text(content)
+    assert secret_match(PurePosixPath(name)) is None
+    with pytest.raises(UserInputError, match=rf"secret-looking file\(s\): {name} \(holds {why}\);"):
+        check_upload(tmp_path)
+
+
+def test_a_runs_git_diff_leaves_secret_files_out() -> None:
+    """The diff attached to a run's MLflow record: a secret-looking file's section (by
+    name or content) becomes one line saying it was left out; the rest stays whole."""
+    from raysweep.cluster.secrets import scrub_diff
+
+    code = "diff --git a/trainers/x.py b/trainers/x.py\n--- a/trainers/x.py\n+++ b/trainers/x.py\n@@ -1 +1 @@\n-a\n+b\n"
+    env = f"diff --git a/.envrc b/.envrc\n--- a/.envrc\n+++ b/.envrc\n@@ -1 +1 @@\n+export TOKEN={SECRET}\n"
+    key = ("diff --git a/notes/k.txt b/notes/k.txt\n+++ b/notes/k.txt\n@@ -0,0 +1 @@\n"
+           f"+{BEGIN_KEY.format('')}{SECRET}\n")
+    scrubbed = scrub_diff(code + env + key)
+    assert SECRET not in scrubbed and scrubbed.startswith(code)
+    assert "diff --git a/.envrc b/.envrc\n# (left out: matches .envrc)\n" in scrubbed
+    assert "diff --git a/notes/k.txt b/notes/k.txt\n# (left out: holds a private key)\n" in scrubbed
+    assert scrub_diff(code) == code and scrub_diff("") == ""
