@@ -17,6 +17,7 @@ from raysweep.execution import pg_cleaner
 from raysweep.execution.plan import RunPlan
 from raysweep.execution.worker import train_in_worker_group
 from raysweep.tracking import tags
+from raysweep.tracking.buffer import WriteBehind
 from raysweep.tracking.store import MID_EPOCH, PREEMPTED, RunStore, epoch_metrics, preemption_tags
 
 
@@ -65,12 +66,22 @@ class TrainMetricsCallback(UserCallback):
     def __init__(self, uri: str, experiment_name: str, run_id: str, started_at: float) -> None:
         self.uri, self.experiment_name, self.run_id = uri, experiment_name, run_id
         self.started_at = started_at
-        self._store: RunStore | None = None
+        self._store: WriteBehind | None = None
         self.preemptions = 0
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         if self._store is None:
-            self._store = RunStore(self.uri, self.experiment_name)
+            # (a tracking server that stops answering: the writes are retried with backoff, up
+            # to raysweep.tracking.buffer.PATIENCE_S, and this report waits for them, where
+            # MLflow's own retries would give up after about 2 minutes and fail the run)
+            self._store = WriteBehind(RunStore(self.uri, self.experiment_name))
+        try:
+            self._log(metrics)
+        finally:
+            self._store.flush()
+
+    def _log(self, metrics: list[dict[str, Any]]) -> None:
+        assert self._store is not None
         if metrics[0].get(PREEMPTED):  # a drain notice's just-in-time checkpoint
             self.preemptions += 1
             preempted = preemption_tags(metrics[0], self.preemptions)
