@@ -32,6 +32,8 @@ def tables(figures: dict) -> str:
             got[0] += int(case.get("passed", 0))
             got[1] += int(case["runs"])
     every = sum(1 for passed, ran in passes.values() if passed == ran)
+    sockets = figures.get("listening_sockets", [])
+    last_sockets = sockets[-len(sockets) // max(runs, 1):] if sockets else []  # (each run lists them again)
     lines = [
         f"Runs of the suite: {runs}; pytest exit status {figures['pytest_exit_status']}; "
         f"{every} of {len(passes)} cases passed every run.",
@@ -65,6 +67,9 @@ def tables(figures: dict) -> str:
         f"{figures['unauthenticated_job_apis']} | 0 |",
         f"| single-node clusters' listening sockets beyond loopback (`cluster up`; in-process) | "
         f"{figures['single_node_beyond_loopback']}; {figures['in_process_beyond_loopback']} | 0 |",
+        f"| listening sockets of a 3-node cluster + MLflow server (the last run) / beyond loopback | "
+        f"{len(last_sockets)} / {sum(not s['loopback_only'] for s in last_sockets)} (Ray-internal: GCS, raylets, "
+        "agents, Ray Client; see docs/security.md) | |",
         "",
         "Recovery (fault -> the run reports again), the last run: "
         + ", ".join(f"`{case}` {seconds} s" for case, seconds in figures["recovery_s"].items()) + ".",
