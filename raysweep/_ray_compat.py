@@ -183,6 +183,14 @@ def persist_trials_before_they_start() -> None:
     TuneController._actor_started = _actor_started  # type: ignore[method-assign]
 
 
+BEFORE_TUNE_STATE_SAVE: list[Callable[[], None]] = []
+"""Called, in order, before each save of Tune's experiment state (the patched
+`save_to_dir` below). A sweep puts its MLflow writer's flush here: Tune's stored state
+then never records a trial event (a result, a trial's end) whose MLflow write is still
+queued, so a driver lost right after a save leaves nothing that a resumed sweep (which
+does not replay those events) would miss."""
+
+
 def atomic_tune_state() -> None:
     """Make every file of Tune's stored experiment state (trial table, searcher) whole at
     any moment, so that a driver killed at any point leaves a state `Tuner.restore` reads.
@@ -223,6 +231,8 @@ def _atomic_experiment_state_save() -> None:
         return
 
     def save_to_dir(self: Any) -> None:
+        for hook in list(BEFORE_TUNE_STATE_SAVE):  # (e.g. the sweep's MLflow writes: see the list)
+            hook()
         runner_state = {
             "trial_data": list(self._get_trial_checkpoints().values()),
             "runner_data": self.__getstate__(),

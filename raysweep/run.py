@@ -318,7 +318,7 @@ def tune(spec: SpecLike, overrides: list[str] | tuple[str, ...] = (), *, cluster
         store = store or RunStore(tracking_uri(), run.spec.name)
         parent_id = store.open(f"sweep/{sweep_id}", sweep_id, params=sweep_params(run.spec))
         scheduler = run.spec.scheduler
-        # (trial runs written behind: a tracking server that stops answering holds up no trial)
+        # (trial writes retried while a tracking server does not answer: see tracking.buffer)
         tracker = SweepTracker(WriteBehind(store), sweep_id, parent_id, scheduler.primary, scheduler.primary_mode,
                                scheduler.max_epochs, echo=echo,
                                objectives=list(zip(scheduler.metrics, scheduler.modes, strict=True)),

@@ -26,6 +26,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from raysweep._ray_compat import (
+    BEFORE_TUNE_STATE_SAVE,
     atomic_tune_state,
     persist_trials_before_they_start,
     replace_tuner_callbacks,
@@ -426,7 +427,11 @@ def run_sweep(spec: Spec, plan: RunPlan, sweep_id: str, tracker: SweepTracker, c
             ),
         )
     started = time.perf_counter()
-    tuner.fit()
+    BEFORE_TUNE_STATE_SAVE.append(tracker.writer.flush)  # (MLflow never behind Tune's stored state)
+    try:
+        tuner.fit()
+    finally:
+        BEFORE_TUNE_STATE_SAVE.remove(tracker.writer.flush)
     lost = fail_stale_trials(sweep_dir, spec.name)
     push_study(sweep_dir, spec.name)
     if lost:

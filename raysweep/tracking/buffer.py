@@ -1,13 +1,17 @@
-"""MLflow writes off the driver's loop, kept while the tracking server is away.
+"""MLflow writes that outlive a tracking server that stops answering.
 
-A sweep's tracker writes from Tune's driver loop: a tracking server that stops
-answering used to stall the loop for MLflow's own retries (about 2 minutes) and then
+A sweep's tracker writes from Tune's driver loop: a tracking server that stopped
+answering used to hold the loop for MLflow's own retries (about 2 minutes) and then
 end the sweep with the error. `WriteBehind` takes the writes (`open`, metrics, tags,
-params, text, `close`) in order, returns at once, and one thread sends them,
-retrying each with backoff while the server is unreachable, for up to `patience_s`.
-A write the server refuses (a bad value, an unknown run) is said in one line and
-dropped: the sweep goes on. Reads flush first, and `flush()` at the sweep's end waits
-for every queued write.
+params, text, `close`) in order and returns at once; one thread sends them, retrying
+each with backoff while the server is unreachable, for up to `patience_s`. A write
+the server refuses (a bad value, an unknown run) is said in one line and dropped.
+
+Writes are not let run ahead of what Tune stores: a sweep flushes them before every
+save of Tune's experiment state (`_ray_compat.BEFORE_TUNE_STATE_SAVE`), since a
+resumed sweep does not replay the trial events Tune stored as done; so while the
+server is away the sweep waits there (its trials wait on their next report) instead
+of failing, and goes on when it answers. Reads flush first too.
 
 `open` returns a stand-in run id (`pending:KEY`) at once; later writes may use it,
 and `resolve` gives the real id once the run exists.
@@ -161,8 +165,8 @@ class WriteBehind(RunStore):
                     return
                 if self._away_since is None:
                     self._away_since = now
-                    self._say(f"MLflow: {self.uri} does not answer ({cause}); training goes on, and its writes "
-                              f"are kept and retried for up to {self.patience_s:.0f} s")
+                    self._say(f"MLflow: {self.uri} does not answer ({cause}); its writes are kept and retried "
+                              f"for up to {self.patience_s:.0f} s")
                 self.retried += 1
                 time.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
