@@ -209,7 +209,8 @@ def test_reproduce_fingerprints_today_in_the_recorded_mode(local: tuple[Resolved
     write(train, change=MIDDLE)
     shift_mtime(train, 1)
     for mode, phrase in (("full", "changed (sha256)"), ("footer", "changed (mtime only")):
-        run = SimpleNamespace(kind="train", params={}, record={"spec": {}, "data": recorded[mode],
+        run = SimpleNamespace(kind="train", params={}, record={"spec": {"trainer": "raysweep.testing.probe"},
+                                                              "data": recorded[mode],
                                                               "versions": versions()})
         monkeypatch.setattr(reproduce, "load_recorded", lambda run_id, run=run: run)
         with pytest.raises(UserInputError, match="refusing to reproduce") as refused:

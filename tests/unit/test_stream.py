@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -24,11 +27,20 @@ def write_rows(root, num_rows=1000, files=3, row_group_size=37):
     return root / "train"
 
 
+def validation_copy(train: Path) -> str:
+    """A validation split of its own (a copy of the first train file): check refuses
+    splits that share files."""
+    folder = train.parent / "validation"
+    folder.mkdir(exist_ok=True)
+    shutil.copyfile(train / "part-0.parquet", folder / "part-0.parquet")
+    return str(folder)
+
+
 @pytest.fixture
 def split(tmp_path):
     folder = write_rows(tmp_path)
-    data = resolve_data(DataSpec(train=str(folder), validation=str(folder), features=["x0", "x1"], label="label"),
-                        "spec.yaml")
+    data = resolve_data(DataSpec(train=str(folder), validation=validation_copy(folder), features=["x0", "x1"],
+                                 label="label"), "spec.yaml")
     source = StreamSource(data.train_files, data.train_units, data.layout)
     return StreamSplit(source, StreamSettings(window_rows=50, prefetch_windows=2, read_threads=2))
 
@@ -79,7 +91,8 @@ def test_evaluation_blocks_cover_every_row_once_in_order(split):
 
 def test_a_deleted_file_fails_naming_it(tmp_path):
     folder = write_rows(tmp_path)
-    data = resolve_data(DataSpec(train=str(folder), validation=str(folder), features=["x0"], label="label"), "s")
+    data = resolve_data(DataSpec(train=str(folder), validation=validation_copy(folder), features=["x0"],
+                                 label="label"), "s")
     split = StreamSplit(StreamSource(data.train_files, data.train_units, data.layout))
     (folder / "part-1.parquet").unlink()
     with pytest.raises(DataReadError, match="part-1.parquet"):
