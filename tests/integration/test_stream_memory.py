@@ -16,7 +16,7 @@ FEATURES, ROWS_PER_FILE, FILES = 64, 200_000, 8  # 8 x 200k x 65 x 4 B = 416 MB 
 CAP_BYTES = 99 * 2**20  # a quarter of the decoded training set (streamed with the default settings)
 
 STREAM_ONE_EPOCH = """
-import json, sys
+import json, shutil, sys
 from pathlib import Path
 from raysweep.config.spec import DataSpec
 from raysweep.data.files import resolve_data
@@ -29,7 +29,10 @@ def status(key):
     return int(line.split()[1]) * 1024
 
 folder = sys.argv[1]
-data = resolve_data(DataSpec(train=folder, validation=folder, features=["f*"], label="label"), "spec")
+validation = Path(folder).with_name(Path(folder).name + "-validation")  # (its own: check refuses shared files)
+validation.mkdir(exist_ok=True)
+shutil.copyfile(sorted(Path(folder).glob("*.parquet"))[0], validation / "part-0.parquet")
+data = resolve_data(DataSpec(train=folder, validation=str(validation), features=["f*"], label="label"), "spec")
 split = StreamSplit(stream_sources(data)[0], StreamSettings())  # the defaults: 16,384-row windows, 2 ahead, 2 threads
 next(split.train_batches(0, 1, 1024, 0, 0))  # threads, file handles and first reads set up
 before = status("VmRSS")
