@@ -28,6 +28,7 @@ from ray.tune.search.optuna import OptunaSearch
 from raysweep._ray_compat import (
     BEFORE_TUNE_STATE_SAVE,
     atomic_tune_state,
+    one_failure_per_actor_death,
     persist_trials_before_they_start,
     replace_tuner_callbacks,
     replace_tuner_searcher,
@@ -372,6 +373,7 @@ def run_sweep(spec: Spec, plan: RunPlan, sweep_id: str, tracker: SweepTracker, c
     set_ray_env_defaults()
     persist_trials_before_they_start()
     atomic_tune_state()
+    one_failure_per_actor_death()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sweep_dir = f"{plan.storage_path}/{sweep_id}"
     strategy = STRATEGIES[plan.mode]

@@ -191,3 +191,23 @@ def test_draining_nodes_reads_the_gcs_accessor_train_v2s_watcher_reads():
 
     assert "get_draining_nodes" in inspect.getsource(preemption._get_draining_nodes)
     assert list(inspect.signature(ray._private.state.state.get_draining_nodes).parameters) == []
+
+
+def test_tune_still_processes_one_actor_death_in_two_callbacks():
+    """one_failure_per_actor_death patches TuneController for the path in Ray 2.60 where
+    one RayActorError reaches both the actor's and the task's error callback (its effect
+    on a real Tune run: tests/integration/test_tune_failures.py)."""
+    import inspect
+
+    from ray.air.execution._internal.actor_manager import RayActorManager
+    from ray.tune.execution.tune_controller import TuneController
+
+    both = inspect.getsource(RayActorManager._actor_task_failed)
+    assert both.index("tracked_actor._on_error(tracked_actor, exception)") < \
+        both.index("tracked_actor_task._on_error(tracked_actor, exception)"), "Ray's ActorManager changed"
+    assert "self._trial_task_failure(trial, exception=exception)" in inspect.getsource(TuneController._actor_failed)
+    assert "self._resetting_trials.add(trial)" in inspect.getsource(TuneController._schedule_trial_reset)
+
+    _ray_compat.one_failure_per_actor_death()
+    _ray_compat.one_failure_per_actor_death()  # (idempotent)
+    assert TuneController._trial_task_failure._raysweep_once
