@@ -14,7 +14,7 @@ import os
 import stat
 from pathlib import Path
 
-from raysweep._ray_compat import generate_token
+from raysweep._upstream.cluster import generate_token
 
 
 def state_dir() -> Path:

@@ -40,7 +40,7 @@ from typing import Any
 
 import yaml
 
-from raysweep._ray_compat import local_provider_state
+from raysweep._upstream.cluster import local_provider_state
 from raysweep.cluster.auth import cluster_dir, ensure_cluster_token, token_file
 from raysweep.cluster.secrets import RSYNC_EXCLUDES, secret_match
 from raysweep.config.load import read_spec_file

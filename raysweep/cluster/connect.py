@@ -11,10 +11,11 @@ from typing import Any
 
 import ray
 
-from raysweep._ray_compat import gcs_refuses_token, record_cluster_address, set_ray_env_defaults, use_token_auth
+from raysweep._ray_compat import set_ray_env_defaults
+from raysweep._upstream.cluster import gcs_refuses_token, loopback_only, record_cluster_address, use_token_auth
 from raysweep.cluster.address import check_reachable
 from raysweep.cluster.auth import token_available, token_env, token_file
-from raysweep.cluster.isolation import PrivatePlace, loopback_only
+from raysweep.cluster.isolation import PrivatePlace
 from raysweep.cluster.local import cluster_at
 from raysweep.config.profile import DEFAULT_PROFILE, ClusterProfile
 from raysweep.errors import UserInputError
@@ -29,7 +30,7 @@ def connect(profile: ClusterProfile = DEFAULT_PROFILE, address: str | None = Non
     own Ray temp folder and its own token (a 0600 file in that folder; a user-set
     RAY_AUTH_TOKEN wins), and token auth on. The dashboard stays on: it serves the job
     API and the state API (Ray's own placement-group cleaner asks it; raysweep's runs
-    use `execution.pg_cleaner`, which asks the GCS).
+    use `_upstream.pg_cleaner`, which asks the GCS).
 
     Returns True when this call initialised Ray (the caller then shuts it down).
     """

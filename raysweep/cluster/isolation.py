@@ -19,17 +19,14 @@ raysweep starts gets a private folder of its own as RAY_TMPDIR.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
+from raysweep._upstream.cluster import LOOPBACK_SWITCH
 from raysweep.cluster.auth import token_env, write_token
-
-LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def loopback_env(loopback: bool) -> dict[str, str]:
@@ -49,25 +46,6 @@ def metric_ports(host: str = "127.0.0.1") -> dict[str, str]:
     """Free ports for the head's autoscaler and dashboard Prometheus servers (Ray's
     defaults, 44217 and 44227, are fixed: a second cluster on the machine loses them)."""
     return {key: str(free_port(host)) for key in ("AUTOSCALER_METRIC_PORT", "DASHBOARD_METRIC_PORT")}
-
-
-@contextlib.contextmanager
-def loopback_only() -> Iterator[None]:
-    """While an in-process cluster starts: its processes inherit the switch, and this
-    process (where Ray may be imported already) reads the constant it sets."""
-    from ray._private import ray_constants
-
-    before_env, before_flag = os.environ.get(LOOPBACK_SWITCH), ray_constants.ENABLE_RAY_CLUSTER
-    os.environ[LOOPBACK_SWITCH] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
-        yield
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = before_flag
-        if before_env is None:
-            os.environ.pop(LOOPBACK_SWITCH, None)
-        else:
-            os.environ[LOOPBACK_SWITCH] = before_env
 
 
 class PrivatePlace:

@@ -19,7 +19,7 @@ from urllib.parse import unquote_plus, urlsplit
 
 from ray.job_submission import JobStatus, JobSubmissionClient
 
-from raysweep._ray_compat import use_token_auth, walk_upload
+from raysweep._upstream.cluster import use_token_auth, walk_upload
 from raysweep.cluster import cloud
 from raysweep.cluster.auth import token_env, token_file
 from raysweep.cluster.local import ClusterState

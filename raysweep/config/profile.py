@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import Field, ValidationError
 
-from raysweep._ray_compat import validate_launcher_config as ray_validate
+from raysweep._upstream.cluster import validate_launcher_config as ray_validate
 from raysweep.config.load import describe_error, read_spec_file
 from raysweep.config.spec import _Section
 from raysweep.errors import UserInputError

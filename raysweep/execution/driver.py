@@ -12,8 +12,8 @@ from ray.train.torch import TorchTrainer
 from ray.train.v2.api.callback import UserCallback
 
 from raysweep._ray_compat import set_ray_env_defaults
+from raysweep._upstream import pg_cleaner
 from raysweep.data.storage import run_storage
-from raysweep.execution import pg_cleaner
 from raysweep.execution.plan import RunPlan
 from raysweep.execution.worker import train_in_worker_group
 from raysweep.tracking import tags
@@ -26,14 +26,6 @@ def checkpoint_config(plan: RunPlan) -> CheckpointConfig:
                             checkpoint_score_order=plan.score_mode)
 
 
-class RaysweepTorchTrainer(TorchTrainer):
-    """TorchTrainer with Ray's placement-group cleaner swapped for one that never
-    removes a live run's group and stops at once (`pg_cleaner`)."""
-
-    def _create_default_callbacks(self) -> list[Any]:
-        return pg_cleaner.install(super()._create_default_callbacks())  # type: ignore[misc]  # (V2's method)
-
-
 def build_trainer(plan: RunPlan, run_name: str, callbacks: list[Any], storage_path: str | None = None) -> TorchTrainer:
     """A TorchTrainer whose workers run `plan.trainer` on the plan's data.
 
@@ -44,7 +36,7 @@ def build_trainer(plan: RunPlan, run_name: str, callbacks: list[Any], storage_pa
     resources = {"CPU": plan.cpus_per_worker}
     if plan.use_gpu:
         resources["GPU"] = plan.gpus_per_worker
-    return RaysweepTorchTrainer(
+    return pg_cleaner.RaysweepTorchTrainer(
         train_in_worker_group,
         train_loop_config={"plan": plan},
         scaling_config=ScalingConfig(num_workers=plan.num_workers, use_gpu=plan.use_gpu,

@@ -25,14 +25,14 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from raysweep._ray_compat import (
+from raysweep._ray_compat import set_ray_env_defaults
+from raysweep._upstream.tune_failures import one_failure_per_actor_death
+from raysweep._upstream.tune_state import (
     BEFORE_TUNE_STATE_SAVE,
     atomic_tune_state,
-    one_failure_per_actor_death,
     persist_trials_before_they_start,
     replace_tuner_callbacks,
     replace_tuner_searcher,
-    set_ray_env_defaults,
 )
 from raysweep.config.constraints import Constraint, violations
 from raysweep.config.space import search_space, to_optuna_space

@@ -297,7 +297,7 @@ def _watch(address: str, out: str, interval_s: float) -> None:
 
     import ray
 
-    from raysweep._ray_compat import use_token_auth
+    from raysweep._upstream.cluster import use_token_auth
 
     use_token_auth()
     ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)

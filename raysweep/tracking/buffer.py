@@ -8,7 +8,7 @@ each with backoff while the server is unreachable, for up to `patience_s`. A wri
 the server refuses (a bad value, an unknown run) is said in one line and dropped.
 
 Writes are not let run ahead of what Tune stores: a sweep flushes them before every
-save of Tune's experiment state (`_ray_compat.BEFORE_TUNE_STATE_SAVE`), since a
+save of Tune's experiment state (`_upstream.tune_state.BEFORE_TUNE_STATE_SAVE`), since a
 resumed sweep does not replay the trial events Tune stored as done; so while the
 server is away the sweep waits there (its trials wait on their next report) instead
 of failing, and goes on when it answers. Reads flush first too.

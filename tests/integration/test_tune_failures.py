@@ -1,12 +1,13 @@
 """A trial actor that dies is one failure for Tune, also when it dies while a new trial
-reuses it (`_ray_compat.one_failure_per_actor_death`): the trial is retried as
+reuses it (`_upstream.tune_failures`): the trial is retried as
 failure.max_failures allows, not errored by one death counted twice."""
 
 from __future__ import annotations
 
 from ray import tune
 
-from raysweep._ray_compat import one_failure_per_actor_death, set_ray_env_defaults
+from raysweep._ray_compat import set_ray_env_defaults
+from raysweep._upstream.tune_failures import one_failure_per_actor_death
 
 
 def test_an_actor_that_dies_while_being_reused_is_one_failure(ray_cluster, tmp_path):

@@ -1,5 +1,5 @@
 """Tune's stored experiment state holds a trial before the trial trains
-(`_ray_compat.persist_trials_before_they_start`): a sweep driver killed at any moment
+(`_upstream.tune_state.persist_trials_before_they_start`): a sweep driver killed at any moment
 after a trial started leaves that trial for `--resume` to continue, not to replace."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ import optuna
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
-from raysweep._ray_compat import persist_trials_before_they_start, set_ray_env_defaults
+from raysweep._ray_compat import set_ray_env_defaults
+from raysweep._upstream.tune_state import persist_trials_before_they_start
 from raysweep.testing.stores import slow_upload_filesystem
 
 

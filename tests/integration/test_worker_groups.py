@@ -1,5 +1,5 @@
 """Issue 17: Ray Train's placement-group cleaner, as raysweep runs it
-(`raysweep/execution/pg_cleaner.py`), on the shared cluster.
+(`raysweep/_upstream/pg_cleaner.py`), on the shared cluster.
 
 - It still does its job: SIGKILL a controller and its placement group is removed.
 - It never removes a live run's group, even when the state API (which Ray's own
@@ -26,9 +26,9 @@ from ray.exceptions import RayActorError
 from ray.train.v2._internal.execution.controller.placement_group_cleaner import PlacementGroupCleaner
 from ray.util.placement_group import PlacementGroup, placement_group, placement_group_table, remove_placement_group
 
+from raysweep._upstream.pg_cleaner import LivePlacementGroupCleaner
 from raysweep.cli import main
 from raysweep.cluster.local import ClusterState
-from raysweep.execution.pg_cleaner import LivePlacementGroupCleaner
 from raysweep.testing.helpers import experiment_runs, free_port, probe_params, raysweep_cli, wait_for_pid
 from raysweep.tracking import tags as tag
 

@@ -1,5 +1,6 @@
-"""Every private Ray API and environment variable raysweep relies on still exists in
-the installed Ray (no cluster started): a Ray upgrade that moves one fails here,
+"""Every environment variable raysweep sets is still read by the installed Ray, and the
+private Ray APIs of raysweep._upstream still behave as its modules expect (no cluster
+started; their pinned sources: test_upstream.py): a Ray upgrade that moves one fails here,
 naming it, instead of inside a run."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import ray
 from ray import tune
 
 from raysweep import _ray_compat
+from raysweep._upstream import cluster, tune_failures, tune_state
 
 
 def test_checked_against_the_installed_ray_version():
@@ -28,8 +30,8 @@ def test_ray_still_reads_each_environment_variable_raysweep_sets(name):
 def test_token_generator_and_token_config():
     from ray._raylet import Config  # type: ignore[attr-defined]
 
-    token = _ray_compat.generate_token()
-    assert isinstance(token, str) and len(token) >= 32 and token != _ray_compat.generate_token()
+    token = cluster.generate_token()
+    assert isinstance(token, str) and len(token) >= 32 and token != cluster.generate_token()
     assert callable(Config.initialize)
 
 
@@ -53,19 +55,19 @@ def test_upload_walk_honours_gitignore(tmp_path):
     (tmp_path / "secret.txt").write_text("x")
     (tmp_path / "spec.yaml").write_text("name: x\n")
     seen: list[str] = []
-    _ray_compat.walk_upload(tmp_path, lambda p: seen.append(p.name) if p.is_file() else None)
+    cluster.walk_upload(tmp_path, lambda p: seen.append(p.name) if p.is_file() else None)
     assert "spec.yaml" in seen and "secret.txt" not in seen
 
 
 def test_launcher_config_validation_rejects_a_broken_config():
     with pytest.raises(Exception, match="provider|cluster_name|required"):
-        _ray_compat.validate_launcher_config({"cluster_name": "x"})
+        cluster.validate_launcher_config({"cluster_name": "x"})
 
 
 def test_tuner_keeps_its_run_config_where_replace_tuner_callbacks_looks():
     tuner = tune.Tuner(lambda config: None, run_config=tune.RunConfig(callbacks=[]))
     marker = tune.Callback()
-    _ray_compat.replace_tuner_callbacks(tuner, [marker])
+    tune_state.replace_tuner_callbacks(tuner, [marker])
     assert tuner._local_tuner._run_config.callbacks == [marker]
 
 
@@ -74,7 +76,7 @@ def test_tuner_keeps_its_searcher_where_replace_tuner_searcher_looks():
 
     tuner = tune.Tuner(lambda config: None, tune_config=tune.TuneConfig(search_alg=BasicVariantGenerator()))
     marker = BasicVariantGenerator()
-    _ray_compat.replace_tuner_searcher(tuner, marker)
+    tune_state.replace_tuner_searcher(tuner, marker)
     assert tuner._local_tuner._tune_config.search_alg is marker
 
 
@@ -88,7 +90,7 @@ def test_tune_state_uploads_to_a_local_path_leave_each_file_whole(tmp_path, monk
     import pyarrow.fs as pafs
     from ray.train._internal.storage import _FilesystemSyncer, _upload_to_fs_path
 
-    from raysweep._ray_compat import atomic_tune_state
+    from raysweep._upstream.tune_state import atomic_tune_state
 
     atomic_tune_state()
     atomic_tune_state()  # (idempotent)
@@ -140,7 +142,7 @@ def test_the_experiment_state_is_never_seen_half_written(tmp_path, monkeypatch):
 
     from ray.tune.execution.tune_controller import TuneController
 
-    from raysweep._ray_compat import atomic_tune_state
+    from raysweep._upstream.tune_state import atomic_tune_state
 
     atomic_tune_state()
     ours = TuneController.save_to_dir
@@ -175,7 +177,7 @@ def test_the_experiment_state_is_never_seen_half_written(tmp_path, monkeypatch):
 
 
 def test_local_provider_state_is_in_rays_temp_dir(tmp_path, monkeypatch):
-    from raysweep._ray_compat import local_provider_state
+    from raysweep._upstream.cluster import local_provider_state
 
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
     assert local_provider_state("mine") == tmp_path / "ray" / "cluster-mine.state"
@@ -208,6 +210,6 @@ def test_tune_still_processes_one_actor_death_in_two_callbacks():
     assert "self._trial_task_failure(trial, exception=exception)" in inspect.getsource(TuneController._actor_failed)
     assert "self._resetting_trials.add(trial)" in inspect.getsource(TuneController._schedule_trial_reset)
 
-    _ray_compat.one_failure_per_actor_death()
-    _ray_compat.one_failure_per_actor_death()  # (idempotent)
+    tune_failures.one_failure_per_actor_death()
+    tune_failures.one_failure_per_actor_death()  # (idempotent)
     assert TuneController._trial_task_failure._raysweep_once

@@ -25,7 +25,12 @@ faults that raysweep's worker-group trials hit (docs/ray-pg-cleaner-bug.md):
 DEAD (or has had no record of it for NOT_FOUND_GRACE_S), and stops at once (the
 monitor thread is a daemon: it dies with the actor process, so it cannot remove a
 group after stop). `LiveCleanerCallback` launches it instead of Ray's; `install`
-swaps it into a trainer's default callbacks.
+swaps it into a trainer's default callbacks, and `RaysweepTorchTrainer` (the
+TorchTrainer every worker-group run uses) does that in its default callbacks.
+
+Why private: Train V2 has no public way to replace a default callback. Recheck on an
+upgrade: whether Ray fixed either fault (docs/ray-pg-cleaner-bug.md; then delete this
+module), else the pinned sources; tests/integration/test_worker_groups.py.
 """
 
 from __future__ import annotations
@@ -37,10 +42,23 @@ from typing import Any
 
 import ray
 from ray._common.constants import HEAD_NODE_RESOURCE_NAME
+from ray.train.torch import TorchTrainer
 from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
 from ray.train.v2._internal.execution.controller.placement_group_cleaner import PlacementGroupCleaner
 
+from raysweep._upstream import Pin
+
 logger = logging.getLogger(__name__)
+
+CHECKED = ("2.60.0", "2.61.0")
+PINS: list[Pin] = [  # (python -m raysweep._upstream prints the current digests)
+    Pin('ray.train.v2._internal.execution.controller.placement_group_cleaner:PlacementGroupCleaner',
+        '82a5ec4420fd2ee5'),
+    Pin('ray.train.v2._internal.callbacks.placement_group_callback:PlacementGroupCleanerCallback', '6f3589ac2afd9d03'),
+    Pin('ray.train.v2.api.data_parallel_trainer:DataParallelTrainer._create_default_callbacks', '26327738c2efc146'),
+    Pin('ray._common.constants:HEAD_NODE_RESOURCE_NAME', ''),
+    Pin('ray._private.state:actors', '96a84dd8aeb2eef6'),
+]
 
 NOT_FOUND_GRACE_S = 30.0
 """How long the GCS may have no record of the controller before it counts as gone (a
@@ -133,5 +151,13 @@ def install(callbacks: list[Any]) -> list[Any]:
     swapped = [LiveCleanerCallback() if type(cb) is PlacementGroupCleanerCallback else cb for cb in callbacks]
     if not any(isinstance(cb, LiveCleanerCallback) for cb in swapped):
         raise RuntimeError("Ray Train's PlacementGroupCleanerCallback is not among the trainer's callbacks "
-                           "(Ray changed): raysweep/execution/pg_cleaner.py needs a look")
+                           "(Ray changed): raysweep/_upstream/pg_cleaner.py needs a look")
     return swapped
+
+
+class RaysweepTorchTrainer(TorchTrainer):
+    """TorchTrainer with Ray's placement-group cleaner swapped for one that never
+    removes a live run's group and stops at once."""
+
+    def _create_default_callbacks(self) -> list[Any]:
+        return install(super()._create_default_callbacks())  # type: ignore[misc]  # (V2's method)
