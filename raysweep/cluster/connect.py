@@ -30,7 +30,7 @@ def connect(profile: ClusterProfile = DEFAULT_PROFILE, address: str | None = Non
     own Ray temp folder and its own token (a 0600 file in that folder; a user-set
     RAY_AUTH_TOKEN wins), and token auth on. The dashboard stays on: it serves the job
     API and the state API (Ray's own placement-group cleaner asks it; raysweep's runs
-    use `_upstream.pg_cleaner`, which asks the GCS).
+    use `_upstream.train`, which asks the GCS).
 
     Returns True when this call initialised Ray (the caller then shuts it down).
     """

@@ -1,7 +1,7 @@
 """Drain notices for a trial that trains in its Tune trial's own process.
 
 A Ray Train worker group has Train's preemption watcher (read through
-`_upstream.train_drain.train_drain_deadline`). A one-worker sweep trial in the default
+`_upstream.train.train_drain_deadline`). A one-worker sweep trial in the default
 `worker_group: auto` trains in its Tune trial's process, with no worker group and
 so no watcher: `NodeDrainWatch` is that watcher for the one node the process is on.
 With a notice the training loop saves a just-in-time checkpoint and takes no more
@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from raysweep._upstream import train_drain
+from raysweep._upstream import train as upstream_train
 
 POLL_S = 1.0
 """Seconds between two asks of the GCS (one call; a cloud's notice comes about 30 s
@@ -33,7 +33,7 @@ class NodeDrainWatch:
     the thread stops with the run (a reused trial process runs the next trial)."""
 
     def __init__(self, node_id: str, poll_s: float = POLL_S,
-                 draining: Callable[[], dict[str, int]] = train_drain.draining_nodes) -> None:
+                 draining: Callable[[], dict[str, int]] = upstream_train.draining_nodes) -> None:
         self.node_id, self.poll_s, self._draining = node_id, poll_s, draining
         self._deadline: float | None = None
         self._stop = threading.Event()

@@ -12,7 +12,7 @@ from ray.train.torch import TorchTrainer
 from ray.train.v2.api.callback import UserCallback
 
 from raysweep._ray_compat import set_ray_env_defaults
-from raysweep._upstream import pg_cleaner
+from raysweep._upstream import train as upstream_train
 from raysweep.data.storage import run_storage
 from raysweep.execution.plan import RunPlan
 from raysweep.execution.worker import train_in_worker_group
@@ -36,7 +36,7 @@ def build_trainer(plan: RunPlan, run_name: str, callbacks: list[Any], storage_pa
     resources = {"CPU": plan.cpus_per_worker}
     if plan.use_gpu:
         resources["GPU"] = plan.gpus_per_worker
-    return pg_cleaner.RaysweepTorchTrainer(
+    return upstream_train.RaysweepTorchTrainer(
         train_in_worker_group,
         train_loop_config={"plan": plan},
         scaling_config=ScalingConfig(num_workers=plan.num_workers, use_gpu=plan.use_gpu,

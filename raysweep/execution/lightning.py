@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from raysweep._upstream.torch_internals import lightning_checkpoint
 from raysweep.data.arrays import Batch
 from raysweep.errors import UserInputError
 from raysweep.execution.context import TrainContext
@@ -118,7 +119,7 @@ class ReportCallback:
         metrics.update(epoch=epoch, samples_per_s=train_rows / max(elapsed, 1e-9))
         state = None
         if self.ctx.rank == 0 and self.ctx.checkpoint_due(epoch):
-            state = trainer._checkpoint_connector.dump_checkpoint(weights_only=False)
+            state = lightning_checkpoint(trainer)
         self.ctx.report(metrics, checkpoint=state)
 
     def _exact_means(self, logged: dict[str, torch.Tensor]) -> dict[str, float]:

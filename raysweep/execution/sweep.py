@@ -26,6 +26,14 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from raysweep._ray_compat import set_ray_env_defaults
+from raysweep._upstream.optuna_internals import (
+    live_trial,
+    rebind_searcher,
+    searcher_completed,
+    searcher_knows,
+    searcher_study_name,
+    searcher_trial,
+)
 from raysweep._upstream.tune_failures import one_failure_per_actor_death
 from raysweep._upstream.tune_state import (
     BEFORE_TUNE_STATE_SAVE,
@@ -142,25 +150,25 @@ class _OptunaSearch(OptunaSearch):
         self._last: dict[str, dict] = {}
 
     def suggest(self, trial_id: str) -> dict | None:
-        new = trial_id not in self._ot_trials
+        new = not searcher_knows(self, trial_id)
         config = super().suggest(trial_id)
-        if new and trial_id in self._ot_trials:
-            self._ot_trials[trial_id].set_user_attr(TUNE_TRIAL_ATTR, trial_id)
+        if new and searcher_knows(self, trial_id):
+            searcher_trial(self, trial_id).set_user_attr(TUNE_TRIAL_ATTR, trial_id)
             # The bucket's journal gets the trial before Tune stores it in its own state (a
             # driver lost in between left a trial the resumed searcher did not know).
-            push_study(getattr(self, "sweep_dir", ""), self._study_name)
+            push_study(getattr(self, "sweep_dir", ""), searcher_study_name(self))
         return config
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id not in self._ot_trials:
+        if not searcher_knows(self, trial_id):
             return  # (a trial Tune restored that the journal lacks: Optuna cannot be told of it)
         if result is not None and not error:  # (Tune passes a trial's last result here, not to on_trial_result)
             self.on_trial_result(trial_id, result)
         stopped_early = result is not None and int(result.get("epochs_completed", self.max_epochs)) < self.max_epochs
-        if self.constraints and trial_id in self._ot_trials and trial_id not in self._completed_trials:
+        if self.constraints and not searcher_completed(self, trial_id):
             # The samplers read a trial's constraints (<= 0: met) from the study (Optuna 5's
             # Trial.set_constraint): the last epoch's; a metric never reported counts as far outside.
-            trial, last = self._ot_trials[trial_id], self._last.get(trial_id, {})
+            trial, last = searcher_trial(self, trial_id), self._last.get(trial_id, {})
             for constraint, violation in zip(self.constraints, violations(self.constraints, last), strict=True):
                 trial.set_constraint(str(constraint), min(violation, MAX_VIOLATION))
         # (no result: OptunaSearch tells FAIL when errored, else PRUNED)
@@ -175,10 +183,10 @@ class _OptunaSearch(OptunaSearch):
             self._last[trial_id] = result
         if isinstance(self.metric, list):
             return
-        if trial_id not in self._ot_trials:
+        if not searcher_knows(self, trial_id):
             return  # (a trial Tune restored that the journal lacks: Optuna cannot be told of it)
-        if self.metric in result and "epoch" in result and trial_id not in self._completed_trials:
-            trial, epoch = self._ot_trials[trial_id], int(result["epoch"])
+        if self.metric in result and "epoch" in result and not searcher_completed(self, trial_id):
+            trial, epoch = searcher_trial(self, trial_id), int(result["epoch"])
             if self._reported.get(trial_id, -1) < epoch:  # (a finished trial's last result comes twice)
                 trial.report(float(result[self.metric]), epoch)
                 self._reported[trial_id] = epoch
@@ -194,14 +202,13 @@ class _OptunaSearch(OptunaSearch):
         """Study, trial map and finished trials from the journal; the sampler reseeded
         from (seed, trials in the study), so it never replays the draws an earlier
         driver made."""
-        study = optuna.load_study(study_name=self._study_name, storage=study_storage(self.journal_dir))
+        study = optuna.load_study(study_name=searcher_study_name(self), storage=study_storage(self.journal_dir))
         known = study.get_trials(deepcopy=False)
-        self._sampler = study.sampler = make_sampler(self.sampler_spec, seed_offset=len(known))
-        self._ot_study = study  # type: ignore[assignment]  # (OptunaSearch annotates it None)
-        self._ot_trials = {t.user_attrs[TUNE_TRIAL_ATTR]: optuna.Trial(study, t._trial_id)
-                           for t in known if TUNE_TRIAL_ATTR in t.user_attrs}
-        self._completed_trials = {t.user_attrs[TUNE_TRIAL_ATTR] for t in known
-                                  if TUNE_TRIAL_ATTR in t.user_attrs and t.state.is_finished()}
+        rebind_searcher(self, study, make_sampler(self.sampler_spec, seed_offset=len(known)),
+                        trials={t.user_attrs[TUNE_TRIAL_ATTR]: live_trial(study, t)
+                                for t in known if TUNE_TRIAL_ATTR in t.user_attrs},
+                        completed={t.user_attrs[TUNE_TRIAL_ATTR] for t in known
+                                   if TUNE_TRIAL_ATTR in t.user_attrs and t.state.is_finished()})
         self._reported = {t.user_attrs[TUNE_TRIAL_ATTR]: max(t.intermediate_values) for t in known
                           if TUNE_TRIAL_ATTR in t.user_attrs and t.intermediate_values}
 

@@ -42,6 +42,7 @@ import torch.distributed as dist
 from ray.util.placement_group import PlacementGroup
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from raysweep._upstream.torch_internals import abort_process_groups
 from raysweep.execution.plan import RunPlan
 from raysweep.execution.worker import _report, _state_of, _train
 
@@ -169,7 +170,7 @@ class WarmGroup:
         self.workers = []
         if abort and self.backend == "nccl":
             try:
-                dist.distributed_c10d._abort_process_group()
+                abort_process_groups()
             except Exception:  # (an experimental torch API: the timeout still ends the wait)
                 pass
 

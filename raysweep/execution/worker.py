@@ -16,7 +16,7 @@ import ray
 import torch
 
 from raysweep._ray_compat import set_deterministic_cublas
-from raysweep._upstream.train_drain import train_drain_deadline
+from raysweep._upstream.train import train_drain_deadline
 from raysweep.data.arrays import DataSplit
 from raysweep.data.storage import use_patient_io
 from raysweep.data.stream import StreamSplit

@@ -10,8 +10,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-import numpy as np
-
 MODES = ("min", "max")
 
 
@@ -101,6 +99,6 @@ def hypervolume(points: Sequence[Sequence[float]], reference: Sequence[float]) -
                 volume += (float(reference[0]) - x) * (ceiling - y)
                 ceiling = y
         return volume
-    from optuna._hypervolume import compute_hypervolume
+    from raysweep._upstream.optuna_internals import hypervolume as optuna_hypervolume
 
-    return float(compute_hypervolume(np.asarray(inside, dtype=float), np.asarray(reference, dtype=float)))
+    return optuna_hypervolume(inside, reference)

@@ -4,6 +4,7 @@ writes it, the report and a resumed sweep read it."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.storages import JournalStorage
@@ -120,6 +121,27 @@ def warm_start_marks(study: optuna.Study) -> tuple[dict[str, str], int]:
     return enqueued, added
 
 
+def drawable(distribution: optuna.distributions.BaseDistribution, value: Any) -> bool:
+    """Whether `distribution` can draw `value` (from its public fields: a choice, or a
+    number within [low, high] on its step)."""
+    if isinstance(distribution, optuna.distributions.CategoricalDistribution):
+        try:
+            distribution.to_internal_repr(value)  # (Optuna's own match of a value to a choice)
+        except ValueError:
+            return False
+        return True
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    low, high = distribution.low, distribution.high  # type: ignore[attr-defined]
+    step = getattr(distribution, "step", None)
+    if not low <= value <= high:
+        return False
+    if step is None:
+        return True
+    k = (value - low) / step
+    return abs(k - round(k)) < 1e-8
+
+
 def seed_study(sweep_dir: str, study_name: str, source_dir: str, source_id: str, space: dict,
                directions: list[str], top_k: int, required: set[str] | None = None,
                open_space: bool = False) -> tuple[int, int]:
@@ -133,8 +155,7 @@ def seed_study(sweep_dir: str, study_name: str, source_dir: str, source_id: str,
 
     def fits(t: optuna.trial.FrozenTrial) -> bool:
         return required <= set(t.params) and all(
-            space[k]._contains(space[k].to_internal_repr(v)) if k in space else open_space
-            for k, v in t.params.items())
+            drawable(space[k], v) if k in space else open_space for k, v in t.params.items())
 
     pull_study(source_dir, study_name)
     source = load_study(study_dir(source_dir, study_name), study_name)

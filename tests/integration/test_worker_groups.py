@@ -1,5 +1,5 @@
 """Issue 17: Ray Train's placement-group cleaner, as raysweep runs it
-(`raysweep/_upstream/pg_cleaner.py`), on the shared cluster.
+(`raysweep/_upstream/train.py`), on the shared cluster.
 
 - It still does its job: SIGKILL a controller and its placement group is removed.
 - It never removes a live run's group, even when the state API (which Ray's own
@@ -26,7 +26,7 @@ from ray.exceptions import RayActorError
 from ray.train.v2._internal.execution.controller.placement_group_cleaner import PlacementGroupCleaner
 from ray.util.placement_group import PlacementGroup, placement_group, placement_group_table, remove_placement_group
 
-from raysweep._upstream.pg_cleaner import LivePlacementGroupCleaner
+from raysweep._upstream.train import LivePlacementGroupCleaner
 from raysweep.cli import main
 from raysweep.cluster.local import ClusterState
 from raysweep.testing.helpers import experiment_runs, free_port, probe_params, raysweep_cli, wait_for_pid
@@ -122,7 +122,7 @@ def test_a_live_group_survives_a_state_api_that_looks_elsewhere(ray_cluster, oth
     removed = _wait_for(lambda: _group_state(theirs) == "REMOVED", 40)
     assert _group_state(ours) == "CREATED", "raysweep's cleaner removed a live run's group"
     assert ray.get(controller.whoami.remote())[1] == controller_id, "the controller died"
-    assert removed, "Ray's cleaner kept the group: the upstream bug may be fixed (see pg_cleaner.py)"
+    assert removed, "Ray's cleaner kept the group: the upstream bug may be fixed (see raysweep/_upstream/train.py)"
     remove_placement_group(ours)
 
 

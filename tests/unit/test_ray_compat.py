@@ -12,7 +12,7 @@ import ray
 from ray import tune
 
 from raysweep import _ray_compat
-from raysweep._upstream import cluster, tune_failures, tune_state
+from raysweep._upstream import Pin, cluster, tune_failures, tune_state
 
 
 def test_checked_against_the_installed_ray_version():
@@ -207,7 +207,8 @@ def test_tune_still_processes_one_actor_death_in_two_callbacks():
     both = inspect.getsource(RayActorManager._actor_task_failed)
     assert both.index("tracked_actor._on_error(tracked_actor, exception)") < \
         both.index("tracked_actor_task._on_error(tracked_actor, exception)"), "Ray's ActorManager changed"
-    assert "self._trial_task_failure(trial, exception=exception)" in inspect.getsource(TuneController._actor_failed)
+    upstream = Pin("ray.tune.execution.tune_controller:TuneController._actor_failed", "").resolve()  # (unpatched)
+    assert "self._trial_task_failure(trial, exception=exception)" in inspect.getsource(upstream)
     assert "self._resetting_trials.add(trial)" in inspect.getsource(TuneController._schedule_trial_reset)
 
     tune_failures.one_failure_per_actor_death()

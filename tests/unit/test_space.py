@@ -208,3 +208,31 @@ def test_a_job_keeps_the_journal_out_of_its_per_job_working_dir(tmp_path, monkey
     for job in ("_ray_pkg_aaaa", "_ray_pkg_bbbb"):
         monkeypatch.setenv("RAYSWEEP_BASE_DIR", f"/tmp/ray/session_1/runtime_resources/working_dir_files/{job}")
         assert study_dir("s3://bucket/runs/exp/sweep-1", "exp") == str(tmp_path / "state/journals/exp/sweep-1")
+
+
+def test_drawable_agrees_with_optunas_own_check():
+    """tracking.study.drawable (a warm start's "does this trial fit the space") decides as
+    Optuna's private check does, from public fields."""
+    import optuna
+
+    from raysweep.tracking.study import drawable
+
+    dists = [optuna.distributions.FloatDistribution(0.001, 0.1, log=True),
+             optuna.distributions.FloatDistribution(0.0, 1.0, step=0.25),
+             optuna.distributions.IntDistribution(2, 64, step=2),
+             optuna.distributions.IntDistribution(1, 8),
+             optuna.distributions.CategoricalDistribution(["adam", "sgd", None, 3])]
+    values = [0.001, 0.1, 0.2, 0.0005, 0.25, 0.3, 0.75, 1.0, 2, 3, 64, 65, 8, 0, 9, "adam", "rmsprop", None, 3, 4,
+              "x", True]
+    checked = 0
+    for dist in dists:
+        for value in values:
+            try:
+                expected = dist._contains(dist.to_internal_repr(value))
+            except (ValueError, TypeError):
+                expected = False
+            if isinstance(value, bool) and not isinstance(dist, optuna.distributions.CategoricalDistribution):
+                expected = False  # (a bool is no number of a space: Optuna would read True as 1)
+            assert drawable(dist, value) == expected, (dist, value)
+            checked += expected
+    assert checked >= 10  # (the values include many that fit)

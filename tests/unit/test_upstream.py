@@ -21,19 +21,7 @@ PACKAGE = Path(_upstream.__file__).resolve().parents[1]
 LIBS = ("ray", "optuna", "lightning", "pytorch_lightning", "torch")
 NAMEDTUPLE_API = {"_replace", "_asdict", "_fields", "_make"}
 
-NOT_MOVED_YET = {
-    # (file, private name): uses still to move into raysweep._upstream (issue 26).
-    ("execution/lightning.py", "._checkpoint_connector"),
-    ("execution/sweep.py", "._ot_trials"),
-    ("execution/sweep.py", "._ot_study"),
-    ("execution/sweep.py", "._sampler"),
-    ("execution/sweep.py", "._study_name"),
-    ("execution/sweep.py", "._completed_trials"),
-    ("execution/sweep.py", "._trial_id"),
-    ("execution/warm_group.py", "._abort_process_group"),
-    ("tracking/pareto.py", "optuna._hypervolume"),
-    ("tracking/study.py", "._contains"),
-}
+NOT_MOVED_YET: set[tuple[str, str]] = set()  # (file, private name): uses still to move here
 
 
 def _modules() -> list:

@@ -1,4 +1,9 @@
-"""Ray Train V2's placement-group cleaner, made safe for live runs and quick to stop.
+"""Ray Train V2 internals: its placement-group cleaner, made safe for live runs and
+quick to stop; and drain notices (a spot node's reclaim): the nodes Ray Core has
+under one and, inside a Train worker, the deadline Train's preemption watcher passed
+to it.
+
+## The placement-group cleaner
 
 Every worker-group run (`TorchTrainer.fit`) gets a detached `PlacementGroupCleaner`
 actor that removes the run's placement group if the Train controller dies without
@@ -28,9 +33,16 @@ group after stop). `LiveCleanerCallback` launches it instead of Ray's; `install`
 swaps it into a trainer's default callbacks, and `RaysweepTorchTrainer` (the
 TorchTrainer every worker-group run uses) does that in its default callbacks.
 
-Why private: Train V2 has no public way to replace a default callback. Recheck on an
-upgrade: whether Ray fixed either fault (docs/ray-pg-cleaner-bug.md; then delete this
-module), else the pinned sources; tests/integration/test_worker_groups.py.
+## Drain notices
+
+Ray Core's drain notices are read the way Train V2's own preemption watcher reads them
+(`ray._private.state`); a worker's view is Train's internal context.
+
+Why private: Train V2 has no public way to replace a default callback, and Ray has no
+public API for drain notices. Recheck on an upgrade: whether Ray fixed either cleaner
+fault (docs/ray-pg-cleaner-bug.md; then delete the cleaner), else the pinned sources;
+tests/integration/test_worker_groups.py, tests/faults/test_cluster_preemption.py and
+the cross-host drain case.
 """
 
 from __future__ import annotations
@@ -58,6 +70,9 @@ PINS: list[Pin] = [  # (python -m raysweep._upstream prints the current digests)
     Pin('ray.train.v2.api.data_parallel_trainer:DataParallelTrainer._create_default_callbacks', '26327738c2efc146'),
     Pin('ray._common.constants:HEAD_NODE_RESOURCE_NAME', ''),
     Pin('ray._private.state:actors', '96a84dd8aeb2eef6'),
+    Pin('ray._private.state:GlobalState.get_draining_nodes', '14c0ea6d4336d9f8'),
+    Pin('ray.train.v2._internal.execution.context:get_train_context', 'a9d3e397e6ee8458'),
+    Pin('ray.train.v2._internal.constants:DEFAULT_PREEMPTION_DEADLINE_S', ''),
 ]
 
 NOT_FOUND_GRACE_S = 30.0
@@ -151,7 +166,7 @@ def install(callbacks: list[Any]) -> list[Any]:
     swapped = [LiveCleanerCallback() if type(cb) is PlacementGroupCleanerCallback else cb for cb in callbacks]
     if not any(isinstance(cb, LiveCleanerCallback) for cb in swapped):
         raise RuntimeError("Ray Train's PlacementGroupCleanerCallback is not among the trainer's callbacks "
-                           "(Ray changed): raysweep/_upstream/pg_cleaner.py needs a look")
+                           "(Ray changed): raysweep/_upstream/train.py needs a look")
     return swapped
 
 
@@ -161,3 +176,39 @@ class RaysweepTorchTrainer(TorchTrainer):
 
     def _create_default_callbacks(self) -> list[Any]:
         return install(super()._create_default_callbacks())  # type: ignore[misc]  # (V2's method)
+
+
+def draining_nodes() -> dict[str, int]:
+    """Ray Core's nodes under a drain notice, as {node id (hex): deadline in ms since the
+    epoch, 0 when the notice has none}: one GCS call, the one Train V2's own preemption
+    watcher makes (`ray/train/v2/_internal/execution/preemption.py`), from any
+    process connected to the cluster."""
+    import ray._private.state
+
+    return dict(ray._private.state.state.get_draining_nodes())
+
+
+
+_DRAIN_SEEN_AT: dict[str, float] = {}
+
+
+
+def train_drain_deadline() -> float | None:
+    """In a Ray Train worker: the Unix time at which a node of this worker group will be
+    taken away, once Train V2's preemption watcher has told the worker of a drain
+    notice (`ray drain-node --reason PREEMPTION`), else None. Read from the worker's
+    own context (`get_train_context().preemption_context`), no collective; a notice
+    without a deadline gets Train's own default (DEFAULT_PREEMPTION_DEADLINE_S after
+    it was first seen)."""
+    import time
+
+    from ray.train.v2._internal.constants import DEFAULT_PREEMPTION_DEADLINE_S
+    from ray.train.v2._internal.execution.context import get_train_context
+
+    info = get_train_context().preemption_context.preemption_info
+    if info is None:
+        return None
+    if info.deadline_ms:
+        return float(info.deadline_ms) / 1000
+    seen = _DRAIN_SEEN_AT.setdefault(",".join(info.preempted_node_ids), time.time())
+    return seen + DEFAULT_PREEMPTION_DEADLINE_S
