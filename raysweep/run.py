@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from raysweep.tracking.callbacks import SweepTracker
 from raysweep.tracking.html_report import write_report
 from raysweep.tracking.record import RECORD_FILE, build_record, data_fingerprint, save_record
 from raysweep.tracking.store import RunStore, tracking_uri
-from raysweep.tracking.trials import SweepState, TrialRecord
+from raysweep.tracking.trials import SweepResult, SweepState, TrialRecord
 
 SpecLike = str | Path | Spec
 
@@ -51,28 +51,6 @@ class TrainResult:
     metrics: dict[str, float]
     checkpoint: str | None
 
-
-@dataclass
-class SweepResult:
-    sweep_id: str
-    experiment: str
-    parent_id: str
-    tracking_uri: str
-    sweep_dir: str
-    state: SweepState
-    wall_s: float
-    space: list[str]
-    """The searched params' names."""
-    resumed_trials: int | None = None
-    """Trials an earlier driver recorded, when the sweep was resumed."""
-    report: Path | None = None
-    warnings: list[str] = field(default_factory=list)
-    registered: Any = None
-
-    @property
-    def ok(self) -> bool:
-        """At least one trial ended well (finished, or stopped early by the scheduler)."""
-        return any(t.state.ended_well for t in self.state.trials.values())
 
     @property
     def best_trial(self) -> TrialRecord | None:

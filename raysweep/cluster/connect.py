@@ -17,9 +17,9 @@ from raysweep.cluster.address import check_reachable
 from raysweep.cluster.auth import token_available, token_env, token_file
 from raysweep.cluster.isolation import PrivatePlace
 from raysweep.cluster.local import cluster_at
+from raysweep.cluster.network import SETUP_HOOK
 from raysweep.config.profile import DEFAULT_PROFILE, ClusterProfile
 from raysweep.errors import UserInputError
-from raysweep.execution.network import SETUP_HOOK
 
 
 def connect(profile: ClusterProfile = DEFAULT_PROFILE, address: str | None = None) -> bool:
@@ -38,7 +38,7 @@ def connect(profile: ClusterProfile = DEFAULT_PROFILE, address: str | None = Non
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or profile.address
-    # Every worker process pins gloo to the node's own address (execution.network).
+    # Every worker process pins gloo to the node's own address (cluster.network).
     common: dict[str, Any] = dict(logging_level=logging.WARNING, log_to_driver=False, configure_logging=True,
                                   runtime_env={"worker_process_setup_hook": SETUP_HOOK})
     if address:

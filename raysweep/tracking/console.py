@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from raysweep.tracking import tags as tag
-from raysweep.tracking.trials import SweepState, TrialRecord, TrialState
-
-if TYPE_CHECKING:
-    from raysweep.run import SweepResult
+from raysweep.tracking.trials import SweepResult, SweepState, TrialRecord, TrialState
 
 
 def fmt(value: Any) -> str:

@@ -11,6 +11,7 @@ import enum
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from raysweep.config.constraints import Constraint, feasible
@@ -219,3 +220,28 @@ class SweepState:
             if best is not None:
                 scored.append((sign * best[self.metric], record))
         return min(scored, key=lambda pair: pair[0])[1] if scored else None
+
+
+@dataclass
+class SweepResult:
+    """What `raysweep.run.tune` returns: the sweep's ids and where it lives, its trials' state."""
+
+    sweep_id: str
+    experiment: str
+    parent_id: str
+    tracking_uri: str
+    sweep_dir: str
+    state: SweepState
+    wall_s: float
+    space: list[str]
+    """The searched params' names."""
+    resumed_trials: int | None = None
+    """Trials an earlier driver recorded, when the sweep was resumed."""
+    report: Path | None = None
+    warnings: list[str] = field(default_factory=list)
+    registered: Any = None
+
+    @property
+    def ok(self) -> bool:
+        """At least one trial ended well (finished, or stopped early by the scheduler)."""
+        return any(t.state.ended_well for t in self.state.trials.values())

@@ -19,7 +19,7 @@ import os
 import socket
 import struct
 
-SETUP_HOOK = "raysweep.execution.network.pin_gloo_interface"  # (Ray: module.attr)
+SETUP_HOOK = "raysweep.cluster.network.pin_gloo_interface"  # (Ray: module.attr)
 _SIOCGIFADDR = 0x8915
 
 
