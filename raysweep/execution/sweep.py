@@ -19,9 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import ray
 from ray import tune
-from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
@@ -47,12 +45,10 @@ from raysweep.config.space import search_space, to_optuna_space
 from raysweep.config.spec import SamplerSpec, SchedulerSpec, Spec
 from raysweep.data.storage import is_object_store, run_storage, uri_of
 from raysweep.errors import UserInputError, one_line_cause
-from raysweep.execution.driver import build_trainer
 from raysweep.execution.mo_asha import MultiObjectiveASHA
 from raysweep.execution.plan import ExecutionMode, RunPlan
+from raysweep.execution.trial import run_in_trial, run_warm_group, run_worker_group
 from raysweep.execution.warm_group import resources as warm_group_resources
-from raysweep.execution.warm_group import train_in_warm_group
-from raysweep.execution.worker import train_in_trial
 from raysweep.tracking.callbacks import SweepTracker
 from raysweep.tracking.study import (
     TUNE_TRIAL_ATTR,
@@ -65,36 +61,9 @@ from raysweep.tracking.study import (
 )
 
 TUNE_DIR = "tune"
-DRIVER_NODE_FILE = "driver_node"
 # A worker-group trial's function only waits on its TorchTrainer: it takes no CPU
 # (Train's workers do). Tune refuses an empty request, so it reserves a little memory.
 TRIAL_DRIVER_RESOURCES = {"CPU": 0, "memory": 256 * 1024**2}
-
-
-def _note_driver_node(trials_dir: str) -> str:
-    """Record where this trial's function (and a Train controller) ran; returns the trial id."""
-    trial_id = tune.get_context().get_trial_id()
-    if "://" not in trials_dir:
-        folder = Path(trials_dir) / trial_id
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / DRIVER_NODE_FILE).write_text(ray.get_runtime_context().get_node_id())
-    return trial_id
-
-
-def _run_in_trial(config: dict[str, Any], *, plan: RunPlan, trials_dir: str) -> None:
-    _note_driver_node(trials_dir)
-    train_in_trial(plan.with_params(config))
-
-
-def _run_warm_group(config: dict[str, Any], *, plan: RunPlan, trials_dir: str) -> None:
-    _note_driver_node(trials_dir)
-    train_in_warm_group(plan.with_params(config))
-
-
-def _run_worker_group(config: dict[str, Any], *, plan: RunPlan, trials_dir: str) -> None:
-    trial_id = _note_driver_node(trials_dir)
-    build_trainer(plan.with_params(config), run_name=trial_id, callbacks=[TuneReportCallback()],
-                  storage_path=trials_dir).fit()
 
 
 @dataclass(frozen=True)
@@ -119,9 +88,9 @@ class TrialStrategy:
 
 
 STRATEGIES = {
-    ExecutionMode.IN_TRIAL: TrialStrategy(_run_in_trial, trial_is_worker=True),
-    ExecutionMode.WARM_GROUP: TrialStrategy(_run_warm_group, trial_is_worker=True),
-    ExecutionMode.WORKER_GROUP: TrialStrategy(_run_worker_group, trial_is_worker=False),
+    ExecutionMode.IN_TRIAL: TrialStrategy(run_in_trial, trial_is_worker=True),
+    ExecutionMode.WARM_GROUP: TrialStrategy(run_warm_group, trial_is_worker=True),
+    ExecutionMode.WORKER_GROUP: TrialStrategy(run_worker_group, trial_is_worker=False),
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import resource
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,9 @@ def train(ctx: TrainContext) -> None:
     probe.mkdir(parents=True, exist_ok=True)
     if ray.is_initialized():  # which node each rank ran on (multi-node tests)
         (probe / f"node-rank{ctx.rank}.txt").write_text(ray.get_runtime_context().get_node_id())
+    # What the training process has imported (a trial's or a Train worker's: the driver's
+    # libraries must not be among them), once per process.
+    (probe / f"modules-rank{ctx.rank}-pid{os.getpid()}.txt").write_text("\n".join(sorted(sys.modules)))
     batch_size = int(ctx.params["batch_size"])
     loss_fn = torch.nn.CrossEntropyLoss()
     for epoch in range(ctx.start_epoch, ctx.num_epochs):

@@ -72,6 +72,14 @@ def test_sweep_leaves_parent_children_and_study(ray_cluster, mlflow_uri, write_s
         assert child.data.tags["raysweep.early_stopped"] == str(state == "STOPPED_EARLY")
         assert f"[{trial_id}] {word} after {len(steps)} epoch(s)" in out.splitlines()
 
+    # The processes that trained (the trial's own, or the Train workers) imported none of
+    # the driver's libraries and modules: the searcher, the tracker, the spec's models.
+    imported = {p.name: set(p.read_text().split()) for p in (tmp_path / "probe").glob("modules-*.txt")}
+    assert imported and all("raysweep.execution.worker" in names for names in imported.values()), sorted(imported)
+    driver_side = {"optuna", "mlflow", "raysweep.execution.sweep", "raysweep.execution.driver",
+                   "raysweep.tracking.callbacks", "raysweep.tracking.store", "raysweep.config.spec"}
+    assert {name: names & driver_side for name, names in imported.items() if names & driver_side} == {}
+
     (sweep_dir,) = [p for p in (tmp_path / "results" / "probe").iterdir() if p.is_dir()]
     study = load_study(str(sweep_dir), "probe")
     states = [t.state for t in study.trials]
