@@ -38,7 +38,7 @@ from raysweep.tracking.callbacks import SweepTracker
 from raysweep.tracking.html_report import write_report
 from raysweep.tracking.record import RECORD_FILE, build_record, data_fingerprint, save_record
 from raysweep.tracking.store import RunStore, tracking_uri
-from raysweep.tracking.trials import SweepResult, SweepState, TrialRecord
+from raysweep.tracking.trials import SweepResult, SweepState
 
 SpecLike = str | Path | Spec
 
@@ -50,11 +50,6 @@ class TrainResult:
     tracking_uri: str
     metrics: dict[str, float]
     checkpoint: str | None
-
-
-    @property
-    def best_trial(self) -> TrialRecord | None:
-        return self.state.best_trial()
 
 
 def spec_yaml(spec: Spec) -> str:

@@ -245,3 +245,7 @@ class SweepResult:
     def ok(self) -> bool:
         """At least one trial ended well (finished, or stopped early by the scheduler)."""
         return any(t.state.ended_well for t in self.state.trials.values())
+
+    @property
+    def best_trial(self) -> TrialRecord | None:
+        return self.state.best_trial()
