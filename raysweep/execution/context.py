@@ -23,15 +23,10 @@ from raysweep.data.arrays import ArraySet, Batch, DataSplit
 from raysweep.data.columns import Block, Layout
 from raysweep.data.shards import num_train_batches
 from raysweep.execution.feed import DeviceCache, PinnedFeed, choose_feed, to_device
+from raysweep.report import Report
 
 CURSOR = "cursor"
 """Key of the data cursor {epoch, step} in a mid-epoch checkpoint's state."""
-MID_EPOCH = "mid_epoch"
-"""Marks a mid-epoch report: no epoch metrics, only its checkpoint (the tracker,
-MLflow and the scheduler skip it). Same string as raysweep.tracking.store.MID_EPOCH."""
-PREEMPTED = "preempted"
-"""Marks the mid-epoch report a drain notice made (a just-in-time checkpoint): the
-tracker counts it and tags the run."""
 ReportFn = Callable[[dict[str, float], "dict[str, Any] | None"], None]
 PreemptionFn = Callable[[], "float | None"]
 """Returns None, or the Unix time at which this worker's node (or one of its group's)
@@ -175,7 +170,7 @@ class TrainContext:
                 continue
             deadline = self._drain_deadline(step) if self.preempted_at is None else None
             if deadline is not None:
-                self._save_cursor(epoch, step + 1, state, {PREEMPTED: 1, "drain_deadline_unix": deadline})
+                self._save_cursor(epoch, step + 1, state, drain_deadline=deadline)
                 self.preempted_at = (epoch, step + 1)
                 self._wait_for_node_to_go(deadline)
             elif every and (step + 1) % every == 0:
@@ -205,12 +200,12 @@ class TrainContext:
             time.sleep(0.2)
 
     def _save_cursor(self, epoch: int, step: int, state: Callable[[], dict[str, Any]],
-                     extra: dict[str, float] | None = None) -> None:
-        """A mid-epoch checkpoint: the trainer's state plus the data cursor. Every rank
-        reports (Ray Train's reports are collective); rank 0's checkpoint is kept."""
+                     drain_deadline: float | None = None) -> None:
+        """A mid-epoch checkpoint: the trainer's state plus the data cursor (a drain
+        notice's when `drain_deadline` is set). Every rank reports (Ray Train's reports
+        are collective); rank 0's checkpoint is kept."""
         checkpoint = {**state(), CURSOR: {"epoch": epoch, "step": step}} if self.rank == 0 else None
-        self.report_fn({"epoch": epoch, "step": step, MID_EPOCH: 1, "report_unix": time.time(), **(extra or {})},
-                       checkpoint)
+        self.report_fn(Report.checkpoint(epoch, step, drain_deadline).to_ray(), checkpoint)
 
     def validation_batches(self, batch_size: int) -> Iterator[Batch]:
         """This rank's block of the validation set; all blocks cover every row once."""
@@ -318,15 +313,13 @@ class TrainContext:
             raise MissingMetricError(
                 f"{self.required_metrics[missing[0]]} names metric {missing[0]!r}, which the trainer does not report "
                 f"(it reports: {', '.join(sorted(metrics))})")
-        # The scheduler's clock: ASHA's grace period counts completed epochs.
-        metrics = {**metrics, "epochs_completed": int(metrics["epoch"]) + 1, "report_unix": time.time()}
+        first_step = None
         if self._first_step_at is not None and not self._first_step_reported:
             # Wall-clock time of the first training step: the driver turns it
             # into the run's start-up time (trial start -> first step).
-            metrics["first_step_unix"] = self._first_step_at
-            self._first_step_reported = True
+            first_step, self._first_step_reported = self._first_step_at, True
         keep = self.rank == 0 and self.checkpoint_due(int(metrics["epoch"]))
-        self.report_fn(metrics, checkpoint if keep else None)
+        self.report_fn(Report.of_epoch(metrics, first_step).to_ray(), checkpoint if keep else None)
 
     @classmethod
     def in_process(

@@ -16,9 +16,9 @@ from raysweep._upstream import train as upstream_train
 from raysweep.data.storage import run_storage
 from raysweep.execution.plan import RunPlan
 from raysweep.execution.worker import train_in_worker_group
-from raysweep.tracking import tags
+from raysweep.report import Report
 from raysweep.tracking.buffer import WriteBehind
-from raysweep.tracking.store import MID_EPOCH, PREEMPTED, RunStore, epoch_metrics, preemption_tags
+from raysweep.tracking.store import RunStore, record_preemption
 
 
 def checkpoint_config(plan: RunPlan) -> CheckpointConfig:
@@ -74,14 +74,12 @@ class TrainMetricsCallback(UserCallback):
 
     def _log(self, metrics: list[dict[str, Any]]) -> None:
         assert self._store is not None
-        if metrics[0].get(PREEMPTED):  # a drain notice's just-in-time checkpoint
-            self.preemptions += 1
-            preempted = preemption_tags(metrics[0], self.preemptions)
-            self._store.set_tags(self.run_id, preempted)
-            print(f"run {self.experiment_name}: {preempted[tags.PREEMPTED_AT]}", flush=True)
-        if metrics[0].get(MID_EPOCH):  # a mid-epoch checkpoint: no epoch metrics to log
+        report = Report.from_ray(metrics[0])
+        self.preemptions = record_preemption(self._store, self.run_id, report, self.preemptions,
+                                             lambda said: print(f"run {self.experiment_name}: {said}", flush=True))
+        if report.mid_epoch:  # a checkpoint's report: no epoch metrics to log
             return
-        values = epoch_metrics(metrics[0])
-        if "first_step_unix" in metrics[0]:
-            values["startup_s"] = float(metrics[0]["first_step_unix"]) - self.started_at
+        values = dict(report.metrics)
+        if report.first_step_unix is not None:
+            values["startup_s"] = report.first_step_unix - self.started_at
         self._store.log_metrics(self.run_id, values, step=int(values.get("epoch", 0)))

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from raysweep.report import EPOCHS_COMPLETED
 from raysweep.tracking.pareto import MODES, minimized, rank_order
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ class MultiObjectiveASHA(FIFOScheduler):
     """
 
     def __init__(self, metrics: list[str], modes: list[str], max_t: int, grace_period: int = 1,
-                 reduction_factor: float = 2.0, time_attr: str = "epochs_completed") -> None:
+                 reduction_factor: float = 2.0, time_attr: str = EPOCHS_COMPLETED) -> None:
         if not metrics or len(metrics) != len(modes):
             raise ValueError(f"need one mode per metric and at least one metric, got {metrics} and {modes}")
         if any(mode not in MODES for mode in modes):

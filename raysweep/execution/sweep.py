@@ -49,6 +49,7 @@ from raysweep.execution.mo_asha import MultiObjectiveASHA
 from raysweep.execution.plan import ExecutionMode, RunPlan
 from raysweep.execution.trial import run_in_trial, run_warm_group, run_worker_group
 from raysweep.execution.warm_group import resources as warm_group_resources
+from raysweep.report import EPOCHS_COMPLETED
 from raysweep.tracking.callbacks import SweepTracker
 from raysweep.tracking.study import (
     TUNE_TRIAL_ATTR,
@@ -133,7 +134,7 @@ class _OptunaSearch(OptunaSearch):
             return  # (a trial Tune restored that the journal lacks: Optuna cannot be told of it)
         if result is not None and not error:  # (Tune passes a trial's last result here, not to on_trial_result)
             self.on_trial_result(trial_id, result)
-        stopped_early = result is not None and int(result.get("epochs_completed", self.max_epochs)) < self.max_epochs
+        stopped_early = result is not None and int(result.get(EPOCHS_COMPLETED, self.max_epochs)) < self.max_epochs
         if self.constraints and not searcher_completed(self, trial_id):
             # The samplers read a trial's constraints (<= 0: met) from the study (Optuna 5's
             # Trial.set_constraint): the last epoch's; a metric never reported counts as far outside.
@@ -235,7 +236,7 @@ def make_scheduler(scheduler: SchedulerSpec) -> TrialScheduler:
         return MultiObjectiveASHA(scheduler.metrics, scheduler.modes, max_t=scheduler.max_epochs,
                                   grace_period=scheduler.grace_period, reduction_factor=scheduler.reduction_factor)
     return ASHAScheduler(
-        time_attr="epochs_completed",
+        time_attr=EPOCHS_COMPLETED,
         metric=scheduler.primary,
         mode=scheduler.primary_mode,
         max_t=scheduler.max_epochs,

@@ -15,9 +15,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from raysweep.config.constraints import Constraint
+from raysweep.report import Report
 from raysweep.tracking import tags as tag
 from raysweep.tracking.console import ConsolePrinter
-from raysweep.tracking.store import MID_EPOCH, PREEMPTED, RunStore, epoch_metrics, preemption_tags
+from raysweep.tracking.store import RunStore, record_preemption
 from raysweep.tracking.trials import SweepState, TrialRecord, TrialState
 
 
@@ -135,17 +136,13 @@ class SweepTracker:
     def trial_result(self, trial_id: str, config: dict[str, Any], result: dict[str, Any]) -> None:
         record = self._record(trial_id, config)
         record.checkpoint = result.get("checkpoint_path", record.checkpoint)
-        if result.get(PREEMPTED):  # a drain notice's just-in-time checkpoint
-            record.preemptions += 1
-            preempted = preemption_tags(result, record.preemptions)
-            self.writer.store.set_tags(record.run_id, preempted)
-            self.printer.preempted(trial_id, preempted[tag.PREEMPTED_AT])
-        if result.get(MID_EPOCH):  # a mid-epoch checkpoint: no epoch metrics to log
+        report = Report.from_ray(result)
+        record.preemptions = record_preemption(self.writer.store, record.run_id, report, record.preemptions,
+                                               lambda said: self.printer.preempted(trial_id, said))
+        if report.mid_epoch:  # a checkpoint's report: no epoch metrics to log
             return
-        values = epoch_metrics(result)
-        first_step, reported = result.get("first_step_unix"), result.get("report_unix")
-        is_best = self.state.result(trial_id, values, None if first_step is None else float(first_step),
-                                    None if reported is None else float(reported))
+        values = dict(report.metrics)
+        is_best = self.state.result(trial_id, values, report.first_step_unix, report.report_unix)
         self.writer.log_result(record, values)
         self.printer.result(record, values, is_best, self.state.best_so_far)
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,19 +12,10 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from raysweep.config.load import base_dir
+from raysweep.report import Report
 from raysweep.tracking import tags as tag
 
 MAX_PARAM_LENGTH = 6000
-MID_EPOCH = "mid_epoch"
-"""The flag a mid-epoch checkpoint's report carries (raysweep.execution.context.MID_EPOCH)."""
-PREEMPTED = "preempted"
-"""The flag a drain notice's just-in-time checkpoint report carries
-(raysweep.execution.context.PREEMPTED)."""
-# Tune's and raysweep's bookkeeping in a report: not the trainer's metrics.
-NOT_METRICS = {"done", "training_iteration", "first_step_unix", "report_unix", "timestamp", "time_this_iter_s",
-               "time_total_s", "time_since_restore", "iterations_since_restore", "pid", "trial_id"}
-
-
 def tracking_uri() -> str:
     """MLFLOW_TRACKING_URI, else MLflow's default `sqlite:///mlflow.db`, made absolute
     (against base_dir()) so Ray actors with another working directory, and submitted
@@ -55,22 +46,25 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def epoch_metrics(result: dict[str, Any]) -> dict[str, float]:
-    """The trainer's own finite numeric metrics from a report."""
-    return {
-        k: float(v)
-        for k, v in result.items()
-        if k not in NOT_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)
-        and math.isfinite(float(v))
-    }
-
-
-def preemption_tags(report: dict[str, Any], count: int) -> dict[str, Any]:
+def preemption_tags(report: Report, count: int) -> dict[str, Any]:
     """The MLflow tags of a run's `count`-th drain notice, from its checkpoint report."""
-    deadline = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(report.get("drain_deadline_unix", 0))))
+    deadline = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(report.drain_deadline_unix or 0))
     return {tag.PREEMPTIONS: count,
-            tag.PREEMPTED_AT: f"epoch {int(report['epoch'])} step {int(report['step'])}: drain notice, "
+            tag.PREEMPTED_AT: f"epoch {report.epoch} step {report.step}: drain notice, "
                               f"checkpointed; node taken away at {deadline}"}
+
+
+def record_preemption(store: Any, run_id: str, report: Report, preemptions: int,
+                      say: Callable[[str], None]) -> int:
+    """What a report does to its run before any metric is logged, the same for a `train`
+    run and a sweep trial: a drain notice's checkpoint is counted, tagged on the run and
+    said. Returns the run's count of drain notices."""
+    if not report.preempted:
+        return preemptions
+    tags = preemption_tags(report, preemptions + 1)
+    store.set_tags(run_id, tags)
+    say(tags[tag.PREEMPTED_AT])
+    return preemptions + 1
 
 
 class RunStore:

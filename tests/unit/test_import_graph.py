@@ -13,8 +13,8 @@ from pathlib import Path
 import raysweep
 
 PACKAGE = Path(raysweep.__file__).resolve().parent
-LAYERS = {"errors": 0, "_ray_compat": 0, "_upstream": 0, "config": 1, "data": 2, "tracking": 2, "cluster": 2,
-          "execution": 3, "prepare": 4, "run": 4, "registry": 4, "reproduce": 4, "cli": 5, "__main__": 5}
+LAYERS = {"errors": 0, "report": 0, "_ray_compat": 0, "_upstream": 0, "config": 1, "data": 2, "tracking": 2,
+          "cluster": 2, "execution": 3, "prepare": 4, "run": 4, "registry": 4, "reproduce": 4, "cli": 5, "__main__": 5}
 
 
 def _modules(root: Path) -> dict[str, ast.Module]:

@@ -1,0 +1,94 @@
+"""What a training process reports to the driver, as one type.
+
+Ray Train and Tune carry a report as a flat dict of numbers; `Report.to_ray` writes
+one and `Report.from_ray` reads one back (with the keys Ray adds left out), so the
+key names live here only. Two kinds: an epoch's report (the trainer's metrics, with
+`epoch`) and a mid-epoch checkpoint's (`step` set: the data cursor it saved; no
+metrics to log, and `preempted` when a drain notice made it).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+MID_EPOCH = "mid_epoch"
+PREEMPTED = "preempted"
+EPOCHS_COMPLETED = "epochs_completed"
+"""Completed epochs, the schedulers' clock (ASHA's grace period counts them)."""
+_STEP, _REPORTED, _FIRST_STEP, _DEADLINE = "step", "report_unix", "first_step_unix", "drain_deadline_unix"
+
+RAY_ADDED = {"done", "training_iteration", "timestamp", "time_this_iter_s", "time_total_s", "time_since_restore",
+             "iterations_since_restore", "pid", "trial_id", "date", "hostname", "node_ip", "checkpoint_dir_name",
+             "should_checkpoint", "config", "experiment_tag", "checkpoint_path"}
+"""Keys Ray Train and Tune add to a report (not the trainer's metrics)."""
+NOT_METRICS = RAY_ADDED | {_REPORTED, _FIRST_STEP}
+"""Keys of an epoch's report that are not the trainer's metrics."""
+
+
+@dataclass(frozen=True)
+class Report:
+    epoch: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    """The trainer's own finite numbers, `epoch` and `epochs_completed` among them (an
+    epoch's report; empty for a mid-epoch one)."""
+    step: int | None = None
+    """A mid-epoch checkpoint's cursor (the next batch of `epoch`); None: an epoch's report."""
+    preempted: bool = False
+    drain_deadline_unix: float | None = None
+    report_unix: float | None = None
+    first_step_unix: float | None = None
+    """When the run's first training step began (its first epoch's report only)."""
+
+    @property
+    def mid_epoch(self) -> bool:
+        return self.step is not None
+
+    @classmethod
+    def of_epoch(cls, metrics: dict[str, Any], first_step_unix: float | None = None) -> Report:
+        """An epoch's report from the trainer's metrics (`epoch` 0-based among them)."""
+        epoch = int(metrics["epoch"])
+        values = {k: float(v) for k, v in metrics.items() if _number(v)}
+        return cls(epoch, {**values, EPOCHS_COMPLETED: float(epoch + 1)}, report_unix=time.time(),
+                   first_step_unix=first_step_unix)
+
+    @classmethod
+    def checkpoint(cls, epoch: int, step: int, drain_deadline_unix: float | None = None) -> Report:
+        """A mid-epoch checkpoint's report; `drain_deadline_unix` set: a drain notice's."""
+        return cls(epoch, step=step, preempted=drain_deadline_unix is not None,
+                   drain_deadline_unix=drain_deadline_unix, report_unix=time.time())
+
+    def to_ray(self) -> dict[str, Any]:
+        """The flat dict Ray Train / Tune carry."""
+        out: dict[str, Any] = {**self.metrics, "epoch": self.epoch}
+        if EPOCHS_COMPLETED in out:
+            out[EPOCHS_COMPLETED] = int(out[EPOCHS_COMPLETED])
+        for key, value in ((_STEP, self.step), (_REPORTED, self.report_unix), (_FIRST_STEP, self.first_step_unix),
+                           (_DEADLINE, self.drain_deadline_unix)):
+            if value is not None:
+                out[key] = value
+        if self.mid_epoch:
+            out[MID_EPOCH] = 1
+        if self.preempted:
+            out[PREEMPTED] = 1
+        return out
+
+    @classmethod
+    def from_ray(cls, result: dict[str, Any]) -> Report:
+        """A report back from what Ray delivered (Ray's own keys left out; a non-finite
+        metric, which the trainer's context refuses to send, left out too)."""
+        def number(key: str) -> float | None:
+            value = result.get(key)
+            return float(value) if _number(value) else None
+
+        step = number(_STEP) if result.get(MID_EPOCH) else None
+        metrics = {} if step is not None else \
+            {k: float(v) for k, v in result.items() if k not in NOT_METRICS and _number(v) and math.isfinite(float(v))}
+        return cls(int(result.get("epoch", 0)), metrics, None if step is None else int(step),
+                   bool(result.get(PREEMPTED)), number(_DEADLINE), number(_REPORTED), number(_FIRST_STEP))
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

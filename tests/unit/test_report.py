@@ -1,0 +1,30 @@
+"""raysweep.report.Report: what a training process reports reads back the same on the
+driver, whichever kind, with the keys Ray adds left out."""
+
+from __future__ import annotations
+
+from raysweep.report import EPOCHS_COMPLETED, Report
+
+
+def test_an_epoch_report_reads_back_with_the_trainers_metrics():
+    sent = Report.of_epoch({"epoch": 2, "val_loss": 0.5, "step": 40, "note": "text"}, first_step_unix=12.5)
+    through_ray = {**sent.to_ray(), "training_iteration": 3, "time_this_iter_s": 1.5, "pid": 7, "done": False,
+                   "trial_id": "abc", "date": "2026-12-07"}
+    back = Report.from_ray(through_ray)
+    assert back == sent
+    assert back.metrics == {"epoch": 2.0, "val_loss": 0.5, "step": 40.0, EPOCHS_COMPLETED: 3.0}
+    assert not back.mid_epoch and not back.preempted and back.first_step_unix == 12.5
+    assert through_ray["epoch"] == 2 and through_ray[EPOCHS_COMPLETED] == 3  # (ints for Tune's schedulers)
+
+
+def test_a_checkpoint_report_reads_back_as_one_with_no_metrics():
+    plain, drained = Report.checkpoint(1, 17), Report.checkpoint(1, 18, drain_deadline_unix=99.0)
+    for sent in (plain, drained):
+        back = Report.from_ray({**sent.to_ray(), "training_iteration": 5})
+        assert back == sent and back.mid_epoch and back.metrics == {}
+    assert not plain.preempted and drained.preempted and Report.from_ray(drained.to_ray()).drain_deadline_unix == 99.0
+
+
+def test_a_non_finite_or_non_numeric_value_is_no_metric():
+    back = Report.from_ray({"epoch": 0, "a": float("nan"), "b": float("inf"), "c": True, "d": "x", "e": 1})
+    assert back.metrics == {"epoch": 0.0, "e": 1.0}
