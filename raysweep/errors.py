@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from typing import Any
 
 
 class UserInputError(Exception):
@@ -48,3 +50,70 @@ def _cause(text: str) -> str:
             name, message = match.groups()
             return f"{name}: {message}" if message else name
     return lines[-1][:500] if lines else "unknown error"
+
+
+CAUSE_ATTR = "raysweep_cause"
+"""The attribute a trainer's exception carries its Cause in (it travels with the
+exception when Ray pickles it: an exception's __dict__ is part of its pickle)."""
+
+
+@dataclass(frozen=True)
+class Cause:
+    """Why a trainer failed, as the training process saw it: which rank (of how many),
+    the exception's type and message, and the trainer's own frame it came through."""
+
+    rank: int
+    world_size: int
+    type: str
+    message: str
+    frame: str = ""
+    """"module:line in function" of the deepest frame in the trainer's module ("" when
+    the exception never passed through it)."""
+
+    def line(self) -> str:
+        text = self.message.strip().splitlines()[0] if self.message.strip() else ""
+        where = f" (at {self.frame})" if self.frame else ""
+        rank = f"rank {self.rank}: " if self.world_size > 1 else ""
+        return f"{rank}{self.type}{': ' + text if text else ''}{where}"
+
+
+def note_cause(exc: BaseException, rank: int, world_size: int, trainer_module: str) -> None:
+    """Attach the Cause of `exc`, raised by the trainer in `trainer_module`, to it (once:
+    the innermost rank that saw it keeps it)."""
+    if getattr(exc, CAUSE_ATTR, None) is not None:
+        return
+    frame, tb = "", exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if tb.tb_frame.f_globals.get("__name__") == trainer_module:
+            frame = f"{trainer_module}:{tb.tb_lineno} in {code.co_name}"
+        tb = tb.tb_next
+    try:
+        setattr(exc, CAUSE_ATTR, Cause(rank, world_size, type(exc).__name__, str(exc), frame))
+    except AttributeError:  # (an exception type that takes no attributes: read from text)
+        pass
+
+
+def cause_of(exc: BaseException) -> Cause | None:
+    """The Cause a trainer's exception carries, looked for through the wrappers Ray puts
+    round it (a task error's `cause`, Train's per-rank `worker_failures` and
+    `controller_failure`, chained exceptions unless raised `from None`); of several
+    ranks, the lowest."""
+    found: list[Cause] = []
+    seen: set[int] = set()
+    todo: list[Any] = [exc]
+    while todo:
+        item = todo.pop()
+        if not isinstance(item, BaseException) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        cause = getattr(item, CAUSE_ATTR, None)
+        if isinstance(cause, Cause):  # (what the trainer raised: the exceptions it led to are not looked at)
+            found.append(cause)
+            continue
+        failures = getattr(item, "worker_failures", None)
+        inner = list(failures.values()) if isinstance(failures, dict) else []
+        todo += inner + [getattr(item, "cause", None), getattr(item, "controller_failure", None), item.__cause__]
+        if not item.__suppress_context__:  # (`raise ... from None` says the context is not the cause)
+            todo.append(item.__context__)
+    return min(found, key=lambda c: c.rank) if found else None

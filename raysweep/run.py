@@ -27,7 +27,7 @@ from raysweep.config.profile import ClusterProfile
 from raysweep.config.spec import Spec
 from raysweep.data.loader import choose_loader, worker_data
 from raysweep.data.storage import uri_of, use_patient_io
-from raysweep.errors import RunFailedError, UserInputError, one_line_cause
+from raysweep.errors import RunFailedError, UserInputError, cause_of, one_line_cause
 from raysweep.execution.driver import TrainMetricsCallback, build_trainer
 from raysweep.execution.plan import ExecutionMode, RunPlan, execution_mode, max_concurrent_trials, sweep_metrics
 from raysweep.execution.sweep import find_sweep_to_resume, run_sweep
@@ -103,8 +103,12 @@ def _record(kind: str, run: Prepared, plan: RunPlan, name: str, store: RunStore,
 
 
 def root_cause(exc: BaseException) -> str:
-    """One line: the innermost error's root cause (errors.one_line_cause: Ray wraps
-    worker errors with tracebacks and per-rank snippets)."""
+    """One line: the trainer's exception as its rank saw it (errors.cause_of), else the
+    innermost error's root cause read from Ray's text (errors.one_line_cause: a process
+    Ray killed raised nothing of raysweep's)."""
+    cause = cause_of(exc)
+    if cause is not None:
+        return cause.line()
     while True:  # (Ray Train's ControllerError holds the controller's own exception)
         inner = exc.__cause__ or getattr(exc, "controller_failure", None)
         if not isinstance(inner, BaseException) or inner is exc:

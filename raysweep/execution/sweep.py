@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import ray.cloudpickle as cloudpickle
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
@@ -44,7 +45,7 @@ from raysweep.config.constraints import Constraint, violations
 from raysweep.config.space import search_space, to_optuna_space
 from raysweep.config.spec import SamplerSpec, SchedulerSpec, Spec
 from raysweep.data.storage import is_object_store, run_storage, uri_of
-from raysweep.errors import UserInputError, one_line_cause
+from raysweep.errors import UserInputError, cause_of, one_line_cause
 from raysweep.execution.mo_asha import MultiObjectiveASHA
 from raysweep.execution.plan import ExecutionMode, RunPlan
 from raysweep.execution.trial import run_in_trial, run_warm_group, run_worker_group
@@ -294,13 +295,13 @@ class TrackerCallback(tune.Callback):
         self.tracker.trial_completed(trial.trial_id, trial.config, path)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.tracker.trial_failed(trial.trial_id, trial.config, error_summary(getattr(trial, "error_file", None)))
+        self.tracker.trial_failed(trial.trial_id, trial.config, error_summary(trial))
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """A trial Tune runs again: after a failure (failure.max_failures), or after its
         node was taken away under a drain notice, which Tune does not count as one
         (its actor's RayActorError.preempted): said, with its cause."""
-        failures, cause = int(trial.num_failures), error_summary(getattr(trial, "error_file", None))
+        failures, cause = int(trial.num_failures), error_summary(trial)
         if failures > self._failures.get(trial.trial_id, 0):
             self.tracker.trial_retried(trial.trial_id, trial.config, failures, cause)
         else:
@@ -323,8 +324,20 @@ class StudyMirror(tune.Callback):
     on_trial_start = on_trial_result = on_trial_complete = on_trial_error = _push
 
 
-def error_summary(error_file: str | None) -> str:
-    """A trial's root cause in one line (errors.one_line_cause), not a traceback."""
+def error_summary(trial: Any) -> str:
+    """A trial's root cause in one line, not a traceback: the trainer's exception as its
+    rank saw it (errors.cause_of, from the exception Tune pickled), else read from Tune's
+    error text (errors.one_line_cause: a process Ray killed raised nothing of raysweep's)."""
+    pickled = getattr(trial, "pickled_error_file", None)
+    if pickled and os.path.exists(pickled):
+        try:
+            with open(pickled, "rb") as f:
+                cause = cause_of(cloudpickle.load(f))
+        except Exception:  # noqa: BLE001  (an error that does not unpickle here: its text)
+            cause = None
+        if cause is not None:
+            return cause.line()
+    error_file = getattr(trial, "error_file", None)
     text = Path(error_file).read_text(errors="replace") if error_file and os.path.exists(error_file) else ""
     return one_line_cause(text) if text.strip() else "unknown error"
 

@@ -20,6 +20,7 @@ from raysweep._upstream.train import train_drain_deadline
 from raysweep.data.arrays import DataSplit
 from raysweep.data.storage import use_patient_io
 from raysweep.data.stream import StreamSplit
+from raysweep.errors import note_cause
 from raysweep.execution.checkpoint import load_state, save_state
 from raysweep.execution.context import TrainContext
 from raysweep.execution.drain import NodeDrainWatch
@@ -91,7 +92,11 @@ def _train(plan: RunPlan, report_fn: Any, checkpoint: dict[str, Any] | None, **p
                        transform_name=f"{plan.trainer}.transform", transform_workers=plan.transform_workers,
                        cache=plan.cache, gather_threads=plan.gather_threads,
                        required_metrics=plan.required_metrics, **placement)
-    train_fn(ctx)
+    try:
+        train_fn(ctx)
+    except Exception as exc:  # (re-raised as it was, with its Cause attached for the driver)
+        note_cause(exc, ctx.rank, ctx.world_size, plan.trainer)
+        raise
 
 
 def train_in_trial(plan: RunPlan) -> None:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 import subprocess
@@ -29,6 +30,7 @@ from ray.util.placement_group import PlacementGroup, placement_group, placement_
 from raysweep._upstream.train import LivePlacementGroupCleaner
 from raysweep.cli import main
 from raysweep.cluster.local import ClusterState
+from raysweep.testing import probe
 from raysweep.testing.helpers import experiment_runs, free_port, probe_params, raysweep_cli, wait_for_pid
 from raysweep.tracking import tags as tag
 
@@ -183,7 +185,11 @@ def test_a_failed_trials_cause_is_one_line(ray_cluster, mlflow_uri, write_spec, 
     spec = write_spec(budget={"num_trials": 1}, scaling={"num_workers": 2, "cpus_per_worker": 0.5},
                       params=probe_params(tmp_path, fault="raise", fault_rank=1))
     assert main(["tune", str(spec)]) == 1
-    want = "rank 1: ValueError: planted failure on rank 1"
+    # (the rank, its exception, and the trainer's line it came from: carried with the
+    # exception from the worker, errors.note_cause, not read back from Ray's text)
+    line = next(i for i, text in enumerate(inspect.getsource(probe).splitlines(), start=1)
+                if 'raise ValueError(f"planted failure' in text)
+    want = f"rank 1: ValueError: planted failure on rank 1 (at raysweep.testing.probe:{line} in train)"
     out = capsys.readouterr().out
     assert f"FAILED: {want}\n" in out
     (trial,) = [r for r in experiment_runs(mlflow_uri) if "mlflow.parentRunId" in r.data.tags]

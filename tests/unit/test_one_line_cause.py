@@ -80,3 +80,61 @@ def test_root_cause_of_a_controller_error_is_the_controllers_own_exception():
     inner = RestException("API request to /api/2.0/mlflow/runs/log-batch failed with error code 401")
     assert root_cause(ControllerError(inner)) == (
         "RestException: API request to /api/2.0/mlflow/runs/log-batch failed with error code 401")
+
+
+def _raised_in(module: str, message: str) -> BaseException:
+    """A ValueError raised from a function of `module` (as a trainer module raises it)."""
+    namespace = {"__name__": module}
+    exec(compile(f"def train():\n    raise ValueError({message!r})\n", f"/somewhere/{module}.py", "exec"), namespace)
+    try:
+        namespace["train"]()
+    except ValueError as exc:
+        return exc
+    raise AssertionError("not raised")
+
+
+def test_a_trainers_exception_carries_its_rank_and_frame_through_rays_wrappers():
+    """The worker attaches the Cause (errors.note_cause); the driver finds it inside the
+    exceptions Ray wraps round it, after a pickle round trip as Ray sends them."""
+    from ray import cloudpickle
+    from ray.exceptions import RayTaskError
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    from raysweep.errors import cause_of, note_cause
+
+    rank1, rank0 = _raised_in("trainers.mlp", "planted failure on rank 1"), _raised_in("trainers.mlp", "rank 0 too")
+    note_cause(rank1, 1, 2, "trainers.mlp")
+    note_cause(rank0, 0, 2, "trainers.mlp")
+    note_cause(rank0, 5, 9, "elsewhere")  # (the innermost rank's cause stays)
+    group = WorkerGroupError("2 workers failed", {1: rank1, 0: rank0})
+    wrapped = cloudpickle.loads(cloudpickle.dumps(RayTaskError("train_fn", "traceback text", group)))
+    assert cause_of(wrapped).line() == "rank 0: ValueError: rank 0 too (at trainers.mlp:2 in train)"
+    only_one = cloudpickle.loads(cloudpickle.dumps(RayTaskError("t", "tb", WorkerGroupError("x", {1: rank1}))))
+    assert cause_of(only_one).line() == "rank 1: ValueError: planted failure on rank 1 (at trainers.mlp:2 in train)"
+    assert root_cause(RuntimeError("the run failed")) == "RuntimeError: the run failed"  # (no cause: Ray's text)
+
+
+def test_a_one_worker_cause_names_no_rank_and_a_frame_only_from_the_trainer():
+    from raysweep.errors import Cause, cause_of, note_cause
+
+    exc = _raised_in("helpers.io", "disk gone")
+    note_cause(exc, 0, 1, "trainers.mlp")  # (raised outside the trainer's module: no frame to name)
+    assert cause_of(exc) == Cause(0, 1, "ValueError", "disk gone", "")
+    assert cause_of(exc).line() == "ValueError: disk gone"
+
+
+def test_an_error_raised_from_none_is_read_from_its_text_not_from_its_context():
+    """The warm group's rank 0 re-raises a worker's failure as text `from None` while
+    its own secondary error (a broken collective) carries a cause: the text wins."""
+    from raysweep.errors import cause_of, note_cause
+
+    secondary = _raised_in("trainers.mlp", "connection closed by peer")
+    note_cause(secondary, 0, 2, "trainers.mlp")
+    try:
+        try:
+            raise secondary
+        except ValueError:
+            raise RuntimeError(WORKER_GROUP_ERROR) from None
+    except RuntimeError as outer:
+        assert cause_of(outer) is None
+        assert root_cause(outer) == "rank 1: ValueError: planted failure on rank 1"
