@@ -17,8 +17,8 @@ on a laptop, most of a short trial. A warm group is built once per trial slot an
 - rank 0 reports to Tune; after each report it broadcasts whether the trial goes on,
   so when the scheduler stops the trial (Tune ends rank 0's thread at its next report)
   every rank leaves `train` at the same point and the group stays usable;
-- a failure anywhere fails the trial with the first failing rank's cause
-  (`[Rank r Error Snippet]`, one line through `errors.one_line_cause`): a worker that
+- a failure anywhere fails the trial with the first failing rank's cause (its
+  errors.Cause; Train's `[Rank r Error Snippet]` text when a process died): a worker that
   raises or dies has every worker killed, which breaks rank 0's pending collective; rank
   0's own error kills the workers too. The next trial builds a new group; Tune retries a
   failed trial from its checkpoint (`failure.max_failures`), as for one-worker trials.
@@ -34,6 +34,7 @@ from __future__ import annotations
 import datetime
 import threading
 import traceback
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -43,6 +44,7 @@ from ray.util.placement_group import PlacementGroup
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from raysweep._upstream.torch_internals import abort_process_groups
+from raysweep.errors import CAUSE_ATTR, Cause
 from raysweep.execution.plan import RunPlan
 from raysweep.execution.worker import _report, _state_of, _train
 
@@ -53,7 +55,27 @@ GO, STOP = 1.0, 0.0
 
 class WarmGroupError(RuntimeError):
     """A rank of a warm group failed; the message is Train's form of the first failing
-    rank's error (`[Rank r Error Snippet]:` and its traceback)."""
+    rank's error (`[Rank r Error Snippet]:` and its traceback), and it carries that
+    rank's Cause (errors.CAUSE_ATTR) when the trainer raised it."""
+
+
+@dataclass(frozen=True)
+class RankFailure:
+    """How a rank failed: Train's text form, and the trainer's Cause (None: the process
+    died, or something outside the trainer failed)."""
+
+    text: str
+    cause: Cause | None = None
+
+    @classmethod
+    def of(cls, rank: int, exc: BaseException) -> RankFailure:
+        return cls(_snippet(rank, traceback.format_exc()), getattr(exc, CAUSE_ATTR, None))
+
+    def error(self) -> WarmGroupError:
+        error = WarmGroupError(self.text)
+        if self.cause is not None:
+            setattr(error, CAUSE_ATTR, self.cause)
+        return error
 
 
 class _Stopped(Exception):
@@ -107,9 +129,9 @@ class GroupWorker:
         """Join rank 0's process group (its TCP store at address:port)."""
         _join(address, port, rank, world, backend)
 
-    def run(self, plan: RunPlan, checkpoint: dict[str, Any] | None, rank: int, world: int) -> str | None:
+    def run(self, plan: RunPlan, checkpoint: dict[str, Any] | None, rank: int, world: int) -> RankFailure | None:
         """Train one trial as `rank`. Returns None when the trial ran to its end or was
-        stopped, else the failure as a rank error snippet."""
+        stopped, else how it failed."""
         device = _device(plan)
 
         def follow(metrics: dict[str, float], state: dict[str, Any] | None) -> None:
@@ -120,8 +142,8 @@ class GroupWorker:
             _train(plan, follow, checkpoint, rank=rank, world_size=world, device=device)
         except _Stopped:
             return None
-        except BaseException:  # the trial fails with it: rank 0 is told through the result
-            return _snippet(rank, traceback.format_exc())
+        except BaseException as exc:  # the trial fails with it: rank 0 is told through the result
+            return RankFailure.of(rank, exc)
         return None
 
 
@@ -179,7 +201,7 @@ class WarmGroup:
         device = _device(plan)
         shared = ray.put(checkpoint)
         runs = {w.run.remote(plan, shared, rank, self.world): rank for rank, w in enumerate(self.workers, start=1)}
-        failure: list[str] = []
+        failure: list[RankFailure] = []
         done = threading.Event()
 
         def watch() -> None:
@@ -211,29 +233,29 @@ class WarmGroup:
             if failure or any(out is not None for out in self._results(runs)):
                 self.close()
             raise
-        except BaseException:
+        except BaseException as exc:
             done.set()
             watcher.join(timeout=10)
             if failure:
-                raise WarmGroupError(failure[0]) from None
+                raise failure[0].error() from None
             self.close()  # rank 0's own error: the workers wait in a collective
-            raise WarmGroupError(_snippet(0, traceback.format_exc())) from None
+            raise RankFailure.of(0, exc).error() from None
         done.set()
         watcher.join(timeout=10)
         bad = failure or [out for out in self._results(runs) if out is not None]
         if bad:
             self.close()
-            raise WarmGroupError(bad[0])
+            raise bad[0].error()
 
     @staticmethod
-    def _results(runs: dict[Any, int]) -> list[str | None]:
-        """Each worker's outcome of the trial (a dead worker: its error as a snippet)."""
-        outs: list[str | None] = []
+    def _results(runs: dict[Any, int]) -> list[RankFailure | None]:
+        """Each worker's outcome of the trial (a dead worker: Ray's error, as text)."""
+        outs: list[RankFailure | None] = []
         for ref, rank in runs.items():
             try:
                 outs.append(ray.get(ref, timeout=PROCESS_GROUP_TIMEOUT_S))
             except Exception as exc:
-                outs.append(_snippet(rank, f"{type(exc).__name__}: {exc}"))
+                outs.append(RankFailure(_snippet(rank, f"{type(exc).__name__}: {exc}")))
         return outs
 
 

@@ -12,6 +12,7 @@ cluster, with the probe trainer (which logs every step of every rank with its pi
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 import threading
@@ -23,6 +24,7 @@ import numpy as np
 import pytest
 
 from raysweep.cli import main
+from raysweep.testing import probe
 from raysweep.testing.helpers import experiment_runs, probe_params, wait_for_pid
 from raysweep.tracking import tags as tag
 
@@ -65,7 +67,9 @@ def test_a_workers_exception_fails_the_trial_in_one_line(ray_cluster, mlflow_uri
     spec = write_spec(scaling=WARM, budget={"num_trials": 1},
                       params=probe_params(tmp_path, fault="raise", fault_rank=1))
     assert main(["tune", str(spec)]) == 1
-    want = "rank 1: ValueError: planted failure on rank 1"
+    line = next(i for i, text in enumerate(inspect.getsource(probe).splitlines(), start=1)
+                if 'raise ValueError(f"planted failure' in text)
+    want = f"rank 1: ValueError: planted failure on rank 1 (at raysweep.testing.probe:{line} in train)"
     assert f"FAILED: {want}\n" in capsys.readouterr().out
     (trial,) = child_runs(mlflow_uri)
     assert trial.data.tags[tag.ERROR] == want
