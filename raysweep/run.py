@@ -38,6 +38,7 @@ from raysweep.tracking.callbacks import SweepTracker
 from raysweep.tracking.html_report import write_report
 from raysweep.tracking.record import RECORD_FILE, build_record, data_fingerprint, save_record
 from raysweep.tracking.store import RunStore, tracking_uri
+from raysweep.tracking.study import check_journal
 from raysweep.tracking.trials import SweepResult, SweepState
 
 SpecLike = str | Path | Spec
@@ -213,8 +214,9 @@ def refuse_a_changed_spec(run: Prepared, run_name: str) -> None:
             "for a new run, or --force to resume it with these changes")
 
 
-def resume_target(run: Prepared, resume: bool | str | None) -> str | None:
-    """The sweep id a resume continues, refused (before Ray) when the spec changed."""
+def resume_target(run: Prepared, resume: bool | str | None, echo: bool = True) -> str | None:
+    """The sweep id a resume continues, refused (before Ray) when the spec changed or
+    its journal is corrupt (a record cut off at its end is dropped, and said)."""
     if not resume:
         return None
     root = storage_root(run.spec.storage_path, run.spec.name)
@@ -227,6 +229,9 @@ def resume_target(run: Prepared, resume: bool | str | None) -> str | None:
         if changed:
             raise UserInputError(f"{run.source}: {', '.join(changed)}: differ from the spec sweep {sweep_id} "
                                  f"started with ({record_file}); resume with the same spec and --set values")
+    note = check_journal(f"{root.rstrip('/')}/{sweep_id}", run.spec.name)
+    if note and echo:
+        print(f"resuming sweep {sweep_id}: {note}", flush=True)
     return sweep_id
 
 
@@ -283,7 +288,7 @@ def tune(spec: SpecLike, overrides: list[str] | tuple[str, ...] = (), *, cluster
     if pick is not None and (not register or pick not in run.spec.scheduler.metrics):
         raise UserInputError(f"--pick {pick}: " + ("needs --register" if not register else
                              f"not an objective of this sweep (scheduler.metric: {run.spec.scheduler.metric})"))
-    resumed = resume_target(run, resume)
+    resumed = resume_target(run, resume, echo)
     sweep_id = resumed or new_sweep_id(storage_root(run.spec.storage_path, run.spec.name), run.spec.name)
     driver_resources = run.profile.trial_driver_resources
     with connected(run.profile, run.address):

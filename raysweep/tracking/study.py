@@ -3,6 +3,7 @@ writes it, the report and a resumed sweep read it."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 from raysweep.config.load import base_dir, resolve_path
+from raysweep.errors import UserInputError
 
 STUDY_FILE = "optuna.journal"
 
@@ -72,6 +74,44 @@ def pull_study(sweep_dir: str, study_name: str) -> bool:
     tmp.write_bytes(remote)
     tmp.replace(local)
     return True
+
+
+def check_journal(sweep_dir: str, study_name: str) -> str | None:
+    """A resumed sweep's journal, checked before anything starts (for a sweep on object
+    storage, the bucket's copy is fetched first). Raises UserInputError, naming the file
+    and line, when a record is not a journal record or the study is not in it. A last
+    record cut off mid-write (a driver killed while writing it, which Optuna skips on
+    read but would then append after, corrupting the next record) is dropped, the
+    original kept beside the journal; returns a one-line note saying so, else None."""
+    import json
+
+    pull_study(sweep_dir, study_name)
+    path = Path(study_dir(sweep_dir, study_name)) / STUDY_FILE
+    if not path.is_file():
+        raise UserInputError(f"{path}: no Optuna journal: the sweep cannot be resumed (start a new one)")
+    data = path.read_bytes()
+    complete, _, torn = data.rpartition(b"\n")
+    lines = complete.split(b"\n") if complete else []
+    created = False
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+        except ValueError as exc:
+            raise UserInputError(f"{path}: line {number}: not an Optuna journal record ({exc}): the journal is "
+                                 "corrupt; restore it from a copy or start a new sweep") from None
+        created |= isinstance(record, dict) and record.get("op_code") == 0 and record.get("study_name") == study_name
+    if not created:
+        raise UserInputError(f"{path}: the study {study_name!r} is not in the journal (empty or another sweep's): "
+                             "the sweep cannot be resumed (start a new one)")
+    if not torn:
+        return None
+    kept = path.with_name(f"{STUDY_FILE}.torn-{int(time.time())}")
+    kept.write_bytes(data)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(complete + b"\n")
+    tmp.replace(path)
+    return (f"{path}: its last record was cut off mid-write ({len(torn)} bytes, a driver stopped while writing "
+            f"it): dropped, that trial event is lost and the trial runs again; the original is kept in {kept}")
 
 
 def study_exists(sweep_dir: str, study_name: str) -> bool:
