@@ -440,6 +440,11 @@ class Layout:
                 seen.append(table)
             if y is not None and table.column(self.label).null_count:
                 to_array(table.column(self.label).combine_chunks(), label)  # type: ignore[arg-type]  # (raises)
+            for name in self.features:  # (a null would become NaN: files without statistics get past `check`)
+                nulls = table.column(name).null_count
+                if nulls:
+                    raise ColumnDataError(f"column {name!r} ({table.schema.field(name).type}) has {nulls} null "
+                                          "row(s); raysweep reads no nulls (fill or drop them)")
             offset = to_matrix(table, list(self.features), self.label if y is not None else None, x, y, offset)
         if label is None:
             return {"x": x}

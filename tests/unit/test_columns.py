@@ -563,6 +563,23 @@ def test_nulls_in_a_list_column_fail_the_read_naming_the_column(tmp_path, loader
 
 
 @pytest.mark.parametrize("loader", LOADERS)
+def test_nulls_in_a_feature_of_files_without_statistics_fail_the_read_naming_file_and_column(tmp_path, loader):
+    """`check` finds nulls in the footer's statistics; a file written without them gets
+    past it, and the read refuses the nulls (else they become NaN in the feature matrix
+    and the run fails later on a "non-finite metric")."""
+    table = pa.table({"x0": pa.array([0.5, None, 1.5, 2.0], pa.float32()), "x1": [1.0, 2.0, 3.0, 4.0],
+                      "label": [0, 1, 0, 1]})
+    for split in ("train", "validation"):
+        (tmp_path / split).mkdir()
+        pq.write_table(table, tmp_path / split / "part-0.parquet", write_statistics=False)
+    data = resolve_data(spec(tmp_path, features=["x0", "x1"], label="label"), "s.yaml")  # (passes: no statistics)
+    with pytest.raises(ColumnDataError, match=r"part-0\.parquet: (row group \d+: )?column 'x0' \(float\) has 1 "
+                                              r"null row\(s\); raysweep reads no nulls") as caught:
+        read_all(data, loader)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("loader", LOADERS)
 def test_a_ragged_row_in_a_list_read_with_a_shape_fails_naming_the_column(tmp_path, loader) -> None:
     grid = pa.array([[1.0, 2, 3, 4], [1.0, 2, 3], [1.0, 2, 3, 4]], pa.list_(pa.float32()))
     write_split_files(tmp_path, [pa.table({"id": [0, 1, 2], "grid": grid})])
