@@ -133,6 +133,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print(f"report: {result.report} (also attached to the parent run under report/)")
     if result.registered:
         print(result.registered.summary())
+    if result.stopped_by:
+        print(f"sweep {result.sweep_id} stopped: {result.stopped_by}; its unfinished trials keep their latest "
+              f"checkpoints: `raysweep tune {args.spec} --resume {result.sweep_id}` continues it")
+        if result.stopped_by.startswith("budget.max_hours"):  # (time is up: a clean stop, not a failure)
+            return EXIT_OK
     return EXIT_OK if result.ok else EXIT_FAILED
 
 

@@ -214,6 +214,10 @@ def refuse_a_changed_spec(run: Prepared, run_name: str) -> None:
             "for a new run, or --force to resume it with these changes")
 
 
+RESUME_MAY_CHANGE = ("max_hours", "max_failed_trials")
+"""budget fields a resumed sweep may be given anew."""
+
+
 def resume_target(run: Prepared, resume: bool | str | None, echo: bool = True) -> str | None:
     """The sweep id a resume continues, refused (before Ray) when the spec changed or
     its journal is corrupt (a record cut off at its end is dropped, and said)."""
@@ -225,6 +229,9 @@ def resume_target(run: Prepared, resume: bool | str | None, echo: bool = True) -
     if "://" not in root and record_file.is_file():
         recorded = json.loads(record_file.read_text())["spec"]
         now = run.spec.model_dump(mode="json")
+        for spec_dict in (recorded, now):  # (a resumed sweep may be given a new time or failure budget)
+            for key in RESUME_MAY_CHANGE:
+                spec_dict.get("budget", {}).pop(key, None)
         changed = sorted(k for k in set(recorded) | set(now) if recorded.get(k) != now.get(k))
         if changed:
             raise UserInputError(f"{run.source}: {', '.join(changed)}: differ from the spec sweep {sweep_id} "
@@ -314,13 +321,17 @@ def tune(spec: SpecLike, overrides: list[str] | tuple[str, ...] = (), *, cluster
         try:
             outcome = run_sweep(run.spec, plan, sweep_id, tracker, concurrency, driver_resources, bool(resumed))
             status = "FINISHED"
+            if outcome.stopped_by:  # (its budget: the parent run says which; --resume continues it)
+                status = "KILLED"
+                tracker.writer.store.set_tags(parent_id, {tag.STOPPED_BY: outcome.stopped_by})
         except KeyboardInterrupt:
             status = "KILLED"
             raise
         finally:
             tracker.close(status)
     result = SweepResult(sweep_id, run.spec.name, parent_id, store.uri, outcome.sweep_dir, tracker.state,
-                         outcome.wall_s, searched_names(run.spec, tracker.state), resumed_trials)
+                         outcome.wall_s, searched_names(run.spec, tracker.state), resumed_trials,
+                         stopped_by=outcome.stopped_by)
     if report:
         try:
             result.report = write_report(parent_id)

@@ -352,7 +352,7 @@ class SchedulerSpec(_Section):
 
 
 class BudgetSpec(_Section):
-    """How many trials a sweep runs, and how many at once."""
+    """How many trials a sweep runs, how many at once, and when it stops early."""
 
     num_trials: PositiveInt
     """Trials the sweep runs in all (Tune's num_samples); stopped and failed
@@ -360,6 +360,14 @@ class BudgetSpec(_Section):
     max_concurrent_trials: PositiveInt | None = None
     """Trials running at once, an upper bound: raysweep also caps it by the trials
     that fit the cluster's CPUs/GPUs and by num_trials; null: as many as fit."""
+    max_hours: float | None = Field(default=None, gt=0)
+    """Stop the sweep after this many hours of this driver's run: the running trials
+    stop and keep their latest checkpoints, the parent run records why, and
+    `tune --resume` continues them (with the max_hours it is given then); null: no
+    limit."""
+    max_failed_trials: PositiveInt | None = None
+    """Stop the sweep (resumable, as for max_hours) once this many of its trials have
+    failed (a trial retried after a failure is not failed); null: no limit."""
 
 
 class ScalingSpec(_Section):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -61,6 +62,7 @@ from raysweep.tracking.study import (
     study_dir,
     study_storage,
 )
+from raysweep.tracking.trials import TrialState
 
 TUNE_DIR = "tune"
 # A worker-group trial's function only waits on its TorchTrainer: it takes no CPU
@@ -324,6 +326,35 @@ class StudyMirror(tune.Callback):
     on_trial_start = on_trial_result = on_trial_complete = on_trial_error = _push
 
 
+class SweepBudget(tune.Callback):
+    """Stops the sweep when its budget is spent (budget.max_hours of this driver's run,
+    budget.max_failed_trials), the way Tune stops on an interrupt: Tune's own SIGUSR1
+    handler ends the run after the current step and stores its state with the running
+    trials still to run, so `--resume` continues them from their latest checkpoints
+    (Tune's `Stopper.stop_all` would instead mark them finished)."""
+
+    def __init__(self, max_hours: float | None, max_failed: int | None, failed: Callable[[], int]) -> None:
+        self.max_hours, self.max_failed, self.failed = max_hours, max_failed, failed
+        self.deadline = None if max_hours is None else time.monotonic() + max_hours * 3600
+        self.reason: str | None = None
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if self.reason is not None:
+            return
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            self._stop(f"budget.max_hours ({self.max_hours:g} h) reached")
+        elif self.max_failed is not None and self.failed() >= self.max_failed:
+            self._stop(f"budget.max_failed_trials ({self.max_failed}) reached")
+
+    def _stop(self, reason: str) -> None:
+        self.reason = reason
+        if callable(signal.getsignal(signal.SIGUSR1)):  # (Tune's handler: set in the thread that runs it)
+            os.kill(os.getpid(), signal.SIGUSR1)
+        else:
+            warnings.warn(f"{reason}, but Tune's interrupt handler is not set in this process: the sweep "
+                          "runs on", stacklevel=1)
+
+
 def error_summary(trial: Any) -> str:
     """A trial's root cause in one line, not a traceback: the trainer's exception as its
     rank saw it (errors.cause_of, from the exception Tune pickled), else read from Tune's
@@ -348,6 +379,8 @@ class SweepOutcome:
     sweep_dir: str
     tracker: SweepTracker
     wall_s: float
+    stopped_by: str | None = None
+    """The budget that stopped the sweep (its unfinished trials continue on --resume)."""
 
 
 def run_sweep(spec: Spec, plan: RunPlan, sweep_id: str, tracker: SweepTracker, concurrency: int,
@@ -374,6 +407,9 @@ def run_sweep(spec: Spec, plan: RunPlan, sweep_id: str, tracker: SweepTracker, c
     trainable = tune.with_resources(function, resources)
     scheme = sweep_dir.split("://", 1)[0] + "://" if is_object_store(sweep_dir) else ""
     callbacks: list[tune.Callback] = [TrackerCallback(tracker, scheme)]
+    budget = SweepBudget(spec.budget.max_hours, spec.budget.max_failed_trials,
+                         lambda: len(tracker.state.in_state(TrialState.FAILED)))
+    callbacks.append(budget)
     if "://" in sweep_dir:
         callbacks.append(StudyMirror(sweep_dir, spec.name))
     if resume:
@@ -424,8 +460,9 @@ def run_sweep(spec: Spec, plan: RunPlan, sweep_id: str, tracker: SweepTracker, c
         tuner.fit()
     finally:
         BEFORE_TUNE_STATE_SAVE.remove(tracker.writer.flush)
-    lost = fail_stale_trials(sweep_dir, spec.name)
+    if budget.reason is None:  # (stopped by its budget: the running trials are to be resumed, not lost)
+        lost = fail_stale_trials(sweep_dir, spec.name)
+        if lost:
+            print(f"{lost} Optuna trial(s) lost with an earlier driver marked FAIL", flush=True)
     push_study(sweep_dir, spec.name)
-    if lost:
-        print(f"{lost} Optuna trial(s) lost with an earlier driver marked FAIL", flush=True)
-    return SweepOutcome(sweep_id, sweep_dir, tracker, time.perf_counter() - started)
+    return SweepOutcome(sweep_id, sweep_dir, tracker, time.perf_counter() - started, budget.reason)

@@ -57,3 +57,7 @@ VERSION_PREFIX = "raysweep.version."
 RUN_ID = "raysweep.run_id"
 SWEEP_RUN_ID = "raysweep.sweep_run_id"
 TRAINER = "raysweep.trainer"
+
+STOPPED_BY = "raysweep.stopped_by"
+"""On a sweep's parent run: the budget that stopped it (budget.max_hours,
+budget.max_failed_trials); `tune --resume` continues it."""

@@ -240,6 +240,8 @@ class SweepResult:
     report: Path | None = None
     warnings: list[str] = field(default_factory=list)
     registered: Any = None
+    stopped_by: str | None = None
+    """The budget that stopped the sweep early (`tune --resume` continues it)."""
 
     @property
     def ok(self) -> bool:

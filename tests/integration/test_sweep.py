@@ -265,3 +265,56 @@ def test_a_constraint_on_a_metric_the_trainer_never_reports_fails_the_trial_nami
     assert "constraint 'latency_ms <= 5' names metric 'latency_ms', which the trainer does not report" in \
         child.data.tags["raysweep.error"]
     assert "latency_ms" in capsys.readouterr().out
+
+
+def test_a_time_budget_stops_the_sweep_and_resume_continues_it(ray_cluster, mlflow_uri, write_spec, tmp_path,
+                                                                capsys):
+    """budget.max_hours: the sweep stops when it is spent (here its first trial sits in
+    its second epoch), says so, records why on the parent run; `--resume` with a new
+    budget continues the stopped trial from its checkpoint (no epoch logged twice) and
+    runs the rest."""
+    from raysweep.testing.helpers import probe_params
+    from raysweep.tracking import tags as tag
+
+    spec = write_spec(budget={"num_trials": 2, "max_concurrent_trials": 1, "max_hours": 12 / 3600},
+                      scheduler={"type": "fifo", "metric": "val_loss", "mode": "min", "max_epochs": MAX_EPOCHS},
+                      params=probe_params(tmp_path, pause_epoch=1, pause_s=120))
+    assert main(["tune", str(spec)]) == 0
+    out = capsys.readouterr().out
+    (line,) = [ln for ln in out.splitlines() if " stopped: budget.max_hours " in ln]
+    sweep_id = line.split()[1]
+    assert f"--resume {sweep_id}` continues it" in line
+    (parent,) = [r for r in experiment_runs(mlflow_uri) if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.data.tags[tag.STOPPED_BY].startswith("budget.max_hours") and parent.info.status == "KILLED"
+    assert (tmp_path / "probe" / "paused").exists(), "the budget ran out before the first trial's second epoch"
+
+    assert main(["tune", str(spec), "--resume", sweep_id, "--set", "budget.max_hours=1"]) == 0
+    assert " stopped: " not in capsys.readouterr().out
+    client = MlflowClient(mlflow_uri)
+    children = [r for r in experiment_runs(mlflow_uri) if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children), \
+        [(c.info.status, c.data.tags.get(tag.ERROR)) for c in children]
+    for child in children:
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_loss")]
+        assert steps == list(range(MAX_EPOCHS)), steps  # (each epoch once: the stopped one resumed, not rerun)
+    # The study learned both trials' ends (the stopped one was not marked FAIL as lost).
+    (sweep_dir,) = [p for p in (tmp_path / "results" / "probe").iterdir() if p.is_dir()]
+    states = [t.state for t in load_study(str(sweep_dir), "probe").trials]
+    assert states == [optuna.trial.TrialState.COMPLETE] * 2, states
+
+
+def test_a_failure_budget_stops_the_sweep(ray_cluster, mlflow_uri, write_spec, tmp_path, capsys):
+    """budget.max_failed_trials: a sweep whose trials all fail stops once that many have,
+    instead of running every trial of num_trials."""
+    from raysweep.testing.helpers import probe_params
+    from raysweep.tracking import tags as tag
+
+    spec = write_spec(budget={"num_trials": 6, "max_concurrent_trials": 1, "max_failed_trials": 2},
+                      params=probe_params(tmp_path, fault="raise"))
+    assert main(["tune", str(spec)]) == 1  # (no trial ended well)
+    assert "stopped: budget.max_failed_trials (2) reached" in capsys.readouterr().out
+    runs = experiment_runs(mlflow_uri)
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.data.tags[tag.STOPPED_BY] == "budget.max_failed_trials (2) reached"
+    failed = [r for r in runs if r.data.tags.get("raysweep.state") == "FAILED"]
+    assert len(failed) == 2 and len(runs) - 1 < 6, [r.data.tags.get("raysweep.state") for r in runs]
