@@ -10,12 +10,16 @@ metrics to log, and `preempted` when a drain notice made it).
 from __future__ import annotations
 
 import math
+import resource
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 MID_EPOCH = "mid_epoch"
 PREEMPTED = "preempted"
+SYSTEM = "system/"
+"""Prefix of the resource-use keys of a report (MLflow's own name for system metrics)."""
 EPOCHS_COMPLETED = "epochs_completed"
 """Completed epochs, the schedulers' clock (ASHA's grace period counts them)."""
 _STEP, _REPORTED, _FIRST_STEP, _DEADLINE = "step", "report_unix", "first_step_unix", "drain_deadline_unix"
@@ -41,18 +45,22 @@ class Report:
     report_unix: float | None = None
     first_step_unix: float | None = None
     """When the run's first training step began (its first epoch's report only)."""
+    system: dict[str, float] = field(default_factory=dict)
+    """What the training processes used during the epoch (`usage`: CPU, peak memory),
+    logged as MLflow's `system/` metrics, never read as the trainer's."""
 
     @property
     def mid_epoch(self) -> bool:
         return self.step is not None
 
     @classmethod
-    def of_epoch(cls, metrics: dict[str, Any], first_step_unix: float | None = None) -> Report:
+    def of_epoch(cls, metrics: dict[str, Any], first_step_unix: float | None = None,
+                 system: dict[str, float] | None = None) -> Report:
         """An epoch's report from the trainer's metrics (`epoch` 0-based among them)."""
         epoch = int(metrics["epoch"])
-        values = {k: float(v) for k, v in metrics.items() if _number(v)}
+        values = {k: float(v) for k, v in metrics.items() if _number(v) and not k.startswith(SYSTEM)}
         return cls(epoch, {**values, EPOCHS_COMPLETED: float(epoch + 1)}, report_unix=time.time(),
-                   first_step_unix=first_step_unix)
+                   first_step_unix=first_step_unix, system=dict(system or {}))
 
     @classmethod
     def checkpoint(cls, epoch: int, step: int, drain_deadline_unix: float | None = None) -> Report:
@@ -69,6 +77,7 @@ class Report:
                            (_DEADLINE, self.drain_deadline_unix)):
             if value is not None:
                 out[key] = value
+        out.update({SYSTEM + k: v for k, v in self.system.items()})
         if self.mid_epoch:
             out[MID_EPOCH] = 1
         if self.preempted:
@@ -84,11 +93,47 @@ class Report:
             return float(value) if _number(value) else None
 
         step = number(_STEP) if result.get(MID_EPOCH) else None
+        finite = {k: float(v) for k, v in result.items() if _number(v) and math.isfinite(float(v))}
         metrics = {} if step is not None else \
-            {k: float(v) for k, v in result.items() if k not in NOT_METRICS and _number(v) and math.isfinite(float(v))}
+            {k: v for k, v in finite.items() if k not in NOT_METRICS and not k.startswith(SYSTEM)}
+        system = {k.removeprefix(SYSTEM): v for k, v in finite.items() if k.startswith(SYSTEM)}
         return cls(int(result.get("epoch", 0)), metrics, None if step is None else int(step),
-                   bool(result.get(PREEMPTED)), number(_DEADLINE), number(_REPORTED), number(_FIRST_STEP))
+                   bool(result.get(PREEMPTED)), number(_DEADLINE), number(_REPORTED), number(_FIRST_STEP), system)
+
+    def system_metrics(self) -> dict[str, float]:
+        """The resource use as MLflow's `system/...` metrics."""
+        return {SYSTEM + k: v for k, v in self.system.items()}
+
+    def mlflow_metrics(self) -> dict[str, float]:
+        """What MLflow logs for an epoch's report: the trainer's metrics and `system/...`."""
+        return {**self.metrics, **self.system_metrics()}
 
 
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+class Usage:
+    """This process's resource use between two reads: CPU (100 = one core busy the whole
+    time) and peak resident memory, from getrusage (no extra dependency), plus the peak
+    GPU memory torch allocated on `device` when it is a CUDA device."""
+
+    def __init__(self) -> None:
+        self._mark = (time.monotonic(), self._cpu_s())
+
+    @staticmethod
+    def _cpu_s() -> float:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    def read(self, device: Any = None) -> dict[str, float]:
+        wall, cpu = time.monotonic(), self._cpu_s()
+        (wall0, cpu0), self._mark = self._mark, (wall, cpu)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # (KiB on Linux, bytes on macOS)
+        peak_mb = peak / 2**20 if sys.platform == "darwin" else peak / 1024
+        out = {"cpu_percent": 100 * (cpu - cpu0) / max(wall - wall0, 1e-9), "peak_rss_mb": peak_mb}
+        if device is not None and getattr(device, "type", "") == "cuda":
+            import torch
+
+            out["gpu_peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        return out

@@ -13,10 +13,12 @@ from raysweep import run
 from raysweep.config.load import validate_spec
 from raysweep.data.files import resolve_data
 from raysweep.errors import UserInputError
+from raysweep.report import SYSTEM
 from raysweep.tracking.lookup import client, load_recorded
 from raysweep.tracking.record import compare_data, compare_versions, data_fingerprint, versions
 
-# Wall-clock figures differ run to run by nature; everything else must match.
+# Wall-clock figures and resource use (report.SYSTEM) differ run to run by nature;
+# everything else must match.
 NOT_COMPARED = {"samples_per_s", "startup_s", "epochs_completed"}
 
 @dataclass
@@ -44,7 +46,7 @@ class Outcome:
 
 def metric_history(run_id: str) -> dict[str, dict[int, float]]:
     mlflow = client()
-    keys = [k for k in mlflow.get_run(run_id).data.metrics if k not in NOT_COMPARED]
+    keys = [k for k in mlflow.get_run(run_id).data.metrics if k not in NOT_COMPARED and not k.startswith(SYSTEM)]
     return {k: {m.step: m.value for m in mlflow.get_metric_history(run_id, k)} for k in keys}
 
 

@@ -32,6 +32,7 @@ from raysweep.execution.driver import TrainMetricsCallback, build_trainer
 from raysweep.execution.plan import ExecutionMode, RunPlan, execution_mode, max_concurrent_trials, sweep_metrics
 from raysweep.execution.sweep import find_sweep_to_resume, run_sweep
 from raysweep.prepare import Prepared, prepare
+from raysweep.report import Report
 from raysweep.tracking import tags as tag
 from raysweep.tracking.buffer import WriteBehind
 from raysweep.tracking.callbacks import SweepTracker
@@ -157,8 +158,7 @@ def train(spec: SpecLike, overrides: list[str] | tuple[str, ...] = (), *, cluste
         checkpoint = uri_of(result.checkpoint.filesystem, result.checkpoint.path) if result.checkpoint else None
         if checkpoint:
             store.set_tags(run_id, {tag.CHECKPOINT: checkpoint})
-    metrics = {k: float(v) for k, v in (result.metrics or {}).items()
-               if isinstance(v, (int, float)) and not k.endswith("_unix")}
+    metrics = dict(Report.from_ray(result.metrics).metrics) if result.metrics else {}
     return TrainResult(run_name, run_id, store.uri, metrics, checkpoint)
 
 

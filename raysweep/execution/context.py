@@ -23,7 +23,7 @@ from raysweep.data.arrays import ArraySet, Batch, DataSplit
 from raysweep.data.columns import Block, Layout
 from raysweep.data.shards import num_train_batches
 from raysweep.execution.feed import DeviceCache, PinnedFeed, choose_feed, to_device
-from raysweep.report import Report
+from raysweep.report import Report, Usage
 
 CURSOR = "cursor"
 """Key of the data cursor {epoch, step} in a mid-epoch checkpoint's state."""
@@ -117,6 +117,7 @@ class TrainContext:
     _feeds: dict[int, PinnedFeed | DeviceCache | None] = field(default_factory=dict, init=False, repr=False)
     _first_step_at: float | None = field(default=None, init=False, repr=False)
     _first_step_reported: bool = field(default=False, init=False, repr=False)
+    _usage: Usage = field(default_factory=Usage, init=False, repr=False)
 
     @property
     def start_epoch(self) -> int:
@@ -319,7 +320,19 @@ class TrainContext:
             # into the run's start-up time (trial start -> first step).
             first_step, self._first_step_reported = self._first_step_at, True
         keep = self.rank == 0 and self.checkpoint_due(int(metrics["epoch"]))
-        self.report_fn(Report.of_epoch(metrics, first_step).to_ray(), checkpoint if keep else None)
+        report = Report.of_epoch(metrics, first_step, self._system_usage())
+        self.report_fn(report.to_ray(), checkpoint if keep else None)
+
+    def _system_usage(self) -> dict[str, float]:
+        """This epoch's resource use (report.Usage): the busiest rank's CPU and the largest
+        peak memory across ranks (every rank reports each epoch, so all take part)."""
+        usage = self._usage.read(self.device)
+        if self.world_size == 1 or not dist.is_initialized():
+            return usage
+        names = sorted(usage)
+        values = torch.tensor([usage[n] for n in names], dtype=torch.float64, device=self.device)
+        dist.all_reduce(values, op=dist.ReduceOp.MAX)
+        return dict(zip(names, values.tolist(), strict=True))
 
     @classmethod
     def in_process(

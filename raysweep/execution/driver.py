@@ -79,7 +79,7 @@ class TrainMetricsCallback(UserCallback):
                                              lambda said: print(f"run {self.experiment_name}: {said}", flush=True))
         if report.mid_epoch:  # a checkpoint's report: no epoch metrics to log
             return
-        values = dict(report.metrics)
+        values = report.mlflow_metrics()
         if report.first_step_unix is not None:
             values["startup_s"] = report.first_step_unix - self.started_at
         self._store.log_metrics(self.run_id, values, step=int(values.get("epoch", 0)))

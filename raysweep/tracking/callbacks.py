@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from raysweep.config.constraints import Constraint
-from raysweep.report import Report
+from raysweep.report import SYSTEM, Report
 from raysweep.tracking import tags as tag
 from raysweep.tracking.console import ConsolePrinter
 from raysweep.tracking.store import RunStore, record_preemption
@@ -58,6 +58,8 @@ class SweepWriter:
                 continue
             rows: dict[int, dict[str, float]] = {}
             for key in run.data.metrics:
+                if key.startswith(SYSTEM):  # (resource use: not the trainer's metrics)
+                    continue
                 for m in self.store.metric_history(run.info.run_id, key):
                     rows.setdefault(m.step, {"epoch": float(m.step)})[key] = m.value
             records.append(TrialRecord(
@@ -143,7 +145,7 @@ class SweepTracker:
             return
         values = dict(report.metrics)
         is_best = self.state.result(trial_id, values, report.first_step_unix, report.report_unix)
-        self.writer.log_result(record, values)
+        self.writer.log_result(record, {**values, **report.system_metrics()})
         self.printer.result(record, values, is_best, self.state.best_so_far)
 
     def trial_completed(self, trial_id: str, config: dict[str, Any], checkpoint: str | None = None) -> None:

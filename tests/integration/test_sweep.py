@@ -66,6 +66,10 @@ def test_sweep_leaves_parent_children_and_study(ray_cluster, mlflow_uri, write_s
             assert "non-finite" in line
             continue
         assert steps == list(range(len(steps))) and steps
+        # What the training process used, per epoch, as MLflow system metrics.
+        for name in ("system/cpu_percent", "system/peak_rss_mb"):
+            used = {m.step: m.value for m in client.get_metric_history(child.info.run_id, name)}
+            assert sorted(used) == steps and all(v > 0 for v in used.values()), (name, used)
         # Ended well: all epochs (finished), or fewer (ASHA stopped it early).
         word = {"FINISHED": "finished", "STOPPED_EARLY": "stopped early"}[state]
         assert (len(steps) == MAX_EPOCHS) == (state == "FINISHED"), (state, steps)

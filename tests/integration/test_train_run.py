@@ -25,3 +25,5 @@ def test_rerun_with_same_name_resumes_from_the_checkpoint(ray_cluster, mlflow_ur
     assert sorted(p.name for p in probe.glob("train-*")) == [
         "train-rank0-epoch1.npy", "train-rank0-epoch2.npy"], "epoch 0 ran again"
     assert [s for s, _ in _history(mlflow_uri, "val_loss")] == [0, 1, 2]
+    # What the workers used, per epoch, as MLflow system metrics.
+    assert [s for s, v in _history(mlflow_uri, "system/peak_rss_mb") if v > 0] == [0, 1, 2]

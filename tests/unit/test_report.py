@@ -28,3 +28,26 @@ def test_a_checkpoint_report_reads_back_as_one_with_no_metrics():
 def test_a_non_finite_or_non_numeric_value_is_no_metric():
     back = Report.from_ray({"epoch": 0, "a": float("nan"), "b": float("inf"), "c": True, "d": "x", "e": 1})
     assert back.metrics == {"epoch": 0.0, "e": 1.0}
+
+
+def test_usage_measures_this_processs_cpu_and_peak_memory_and_travels_as_system_metrics():
+    import time
+
+    import numpy as np
+
+    from raysweep.report import SYSTEM, Usage
+
+    usage = Usage()
+    end = time.monotonic() + 0.3
+    while time.monotonic() < end:  # (one core busy)
+        pass
+    busy = usage.read()
+    time.sleep(0.3)
+    idle = usage.read()
+    assert busy["cpu_percent"] > 60 and idle["cpu_percent"] < 40, (busy, idle)
+    held = np.ones(200 * 2**20, dtype=np.uint8)  # (200 MiB touched: the peak grows)
+    assert usage.read()["peak_rss_mb"] >= busy["peak_rss_mb"] + 150 and held.sum() > 0
+    report = Report.of_epoch({"epoch": 0, "val_loss": 1.0}, system=busy)
+    back = Report.from_ray(report.to_ray())
+    assert back.system == busy and back.metrics == {"epoch": 0.0, "val_loss": 1.0, EPOCHS_COMPLETED: 1.0}
+    assert set(back.mlflow_metrics()) == {"epoch", "val_loss", EPOCHS_COMPLETED} | {SYSTEM + k for k in busy}
