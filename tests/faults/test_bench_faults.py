@@ -158,7 +158,9 @@ def test_plain_ddp_with_a_rank_that_exits_early_fails_fast(bench_script: Any, di
 
     started = time.monotonic()
     result = run_entry(entry(dp, "dp"), None, timeout_s=150)
-    assert time.monotonic() - started < 60  # the ranks' imports of scripts/bench.py take most of it
+    # Fast = without waiting for plain_ddp's 120 s deadline (it took 67 s once beside other
+    # test runs on 2 cores, 60 s being the old bound; the ranks' imports take most of it).
+    assert time.monotonic() - started < 110
     assert result["met"] is False and result["timed_out"] is False and result["stage"] == "plain DDP baseline"
     assert result["error"].startswith(f"RuntimeError: plain DDP: {message}"), result["error"]
     assert f"rank 1 at \"planted failure '{fail}'\"" in result["error"] and "\n" not in result["error"]
