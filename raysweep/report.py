@@ -77,7 +77,7 @@ class Report:
                            (_DEADLINE, self.drain_deadline_unix)):
             if value is not None:
                 out[key] = value
-        out.update({SYSTEM + k: v for k, v in self.system.items()})
+        out.update(self.system_metrics())
         if self.mid_epoch:
             out[MID_EPOCH] = 1
         if self.preempted:

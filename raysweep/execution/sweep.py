@@ -56,7 +56,6 @@ from raysweep.tracking.callbacks import SweepTracker
 from raysweep.tracking.study import (
     TUNE_TRIAL_ATTR,
     fail_stale_trials,
-    pull_study,
     push_study,
     seed_study,
     study_dir,
@@ -413,7 +412,8 @@ def run_sweep(spec: Spec, plan: RunPlan, sweep_id: str, tracker: SweepTracker, c
     if "://" in sweep_dir:
         callbacks.append(StudyMirror(sweep_dir, spec.name))
     if resume:
-        pull_study(sweep_dir, spec.name)  # the bucket's journal, on a driver that lost (or never had) its copy
+        # (the bucket's journal, on a driver that lost or never had its copy, was fetched and
+        # checked before Ray started: run.resume_target -> tracking.study.check_journal)
         stored = run_storage(f"{sweep_dir}/{TUNE_DIR}")
         tuner = tune.Tuner.restore(stored["storage_path"], trainable, resume_unfinished=True,
                                    resume_errored=False, restart_errored=False,
