@@ -14,7 +14,7 @@ import resource
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 MID_EPOCH = "mid_epoch"
 PREEMPTED = "preempted"
@@ -109,7 +109,7 @@ class Report:
         return {**self.metrics, **self.system_metrics()}
 
 
-def _number(value: Any) -> bool:
+def _number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 

@@ -2,14 +2,17 @@
 
 Params: hidden (units), num_layers, hidden_0, hidden_1, ... (one layer's units, else
 hidden), momentum (sgd; 0.9), lr, optimizer ('adam' | 'sgd'), batch_size,
-weight_decay, dropout, precision ('32' | 'bf16-mixed': bf16 autocast). Reports per
-epoch: train_loss, val_loss, val_accuracy, epoch, samples_per_s, params_count (the
-model's size, an objective of search_spaces/digits_mlp_pareto.yaml); checkpoints model, optimizer, epoch and RNG state.
+weight_decay, dropout, precision ('32' | 'bf16-mixed': bf16 autocast, as
+scaling.precision bf16-mixed does). Reports per epoch: train_loss, val_loss,
+val_accuracy, epoch, samples_per_s, params_count (the model's size, an objective of
+search_spaces/digits_mlp_pareto.yaml); checkpoints model, optimizer, epoch and RNG
+state. Written for every scaling.strategy (ddp, fsdp), accumulate_steps and compile:
+the optimizer is built after ctx.prepare_model, state goes through ctx.state and
+ctx.restore, and steps through ctx.backward.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Any
 
@@ -65,20 +68,19 @@ def evaluate(model: nn.Module, ctx: TrainContext, batch_size: int) -> dict[str, 
     return {"val_loss": loss_sum / count, "val_accuracy": correct / count}
 
 
-def snapshot(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def snapshot(ctx: TrainContext, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """What a checkpoint holds (the context adds the epoch or the mid-epoch cursor)."""
-    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()}
+    return ctx.state(model, optimizer, rng=torch.get_rng_state())
 
 
 def train(ctx: TrainContext) -> None:
     torch.manual_seed(ctx.seed)
     model = build_model(ctx.params)
-    optimizer = build_optimizer(model, ctx.params)
-    if ctx.checkpoint is not None:
-        model.load_state_dict(ctx.checkpoint["model"])
-        optimizer.load_state_dict(ctx.checkpoint["optimizer"])
-        torch.set_rng_state(ctx.checkpoint["rng"])
     ddp_model = ctx.prepare_model(model)
+    optimizer = build_optimizer(model, ctx.params)
+    resumed = ctx.restore(model, optimizer)
+    if "rng" in resumed:
+        torch.set_rng_state(resumed["rng"])
     batch_size = int(ctx.params.get("batch_size", 64))
     loss_fn = nn.CrossEntropyLoss()
     bf16 = ctx.params.get("precision", "32") == "bf16-mixed"
@@ -88,12 +90,10 @@ def train(ctx: TrainContext) -> None:
         started, seen = time.perf_counter(), 0
         # Summed on the device: one host sync per epoch, not one per step.
         loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
-        for x, y in ctx.train_batches(epoch, batch_size, state=lambda: snapshot(model, optimizer)):
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(ctx.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+        for x, y in ctx.train_batches(epoch, batch_size, state=lambda: snapshot(ctx, model, optimizer)):
+            with torch.autocast(ctx.device.type, dtype=torch.bfloat16) if bf16 else ctx.autocast():
                 loss = loss_fn(ddp_model(x), y)
-            loss.backward()
-            optimizer.step()
+            ctx.backward(loss, optimizer)
             loss_sum += loss.detach() * len(y)
             seen += len(y)
         train_loss_sum = float(loss_sum)
@@ -106,4 +106,4 @@ def train(ctx: TrainContext) -> None:
             "samples_per_s": seen_all / max(elapsed, 1e-9),
             "params_count": float(sum(p.numel() for p in model.parameters())),
         }
-        ctx.report(metrics, checkpoint={**snapshot(model, optimizer), "epoch": epoch})
+        ctx.report(metrics, checkpoint={**snapshot(ctx, model, optimizer), "epoch": epoch})

@@ -391,6 +391,28 @@ class ScalingSpec(_Section):
     next trial Tune runs in that process: no drain-notice watching, no Train worker
     restarts (a failure fails the trial, which Tune retries from its checkpoint), plain
     train(ctx) trainers only. `raysweep train` always runs a Ray Train worker group."""
+    strategy: Literal["ddp", "fsdp"] = "ddp"
+    """How a plain trainer's model is spread over its workers (`ctx.prepare_model`):
+    ddp, every rank holds the whole model and gradients are all-reduced; fsdp, FSDP2
+    (`fully_shard`): each rank holds 1/N of the weights, gradients and optimizer
+    state, and checkpoints are saved sharded (every rank its part) and can resume on
+    another number of workers. Runs in Ray Train worker groups, not warm groups."""
+    shard_modules: list[str] = Field(default_factory=list)
+    """fsdp: class names of the submodules sharded one by one (e.g. [Block]); empty:
+    the model's shard_units() if defined, else the children of its ModuleLists (a
+    transformer's blocks), else its direct children with parameters."""
+    precision: Literal["32", "bf16-mixed", "bf16-true"] = "32"
+    """Plain trainers: 32; bf16-mixed, bf16 compute with fp32 weights (`ctx.autocast()`
+    under ddp, FSDP2's mixed-precision policy with fp32 gradient reduction under
+    fsdp); bf16-true, the weights themselves in bf16. Lightning trainers: set
+    lightning.precision instead."""
+    accumulate_steps: PositiveInt = 1
+    """Micro-batches whose gradients are summed before one optimizer step
+    (`ctx.backward`); only the last one communicates. The step sees the same gradient
+    as one batch N times as large."""
+    compile: Literal[False, "default", "max-autotune"] = False
+    """torch.compile the prepared model (false: off). The first step's wait for the
+    compiler is reported as the metric compile_s."""
 
     @property
     def use_gpu(self) -> bool:
@@ -414,6 +436,15 @@ class ScalingSpec(_Section):
                 f"{workers} workers at a fraction of a GPU each could put two NCCL ranks of one run on one GPU, "
                 "which NCCL refuses ('invalid usage'); use 1 or more, or one worker per trial to pack trials")
         return value
+
+    @model_validator(mode="after")
+    def _fsdp_in_train_groups(self) -> ScalingSpec:
+        if self.strategy == "fsdp" and self.worker_group == "warm" and self.num_workers > 1:
+            raise ValueError("strategy: fsdp runs in Ray Train worker groups, which save each rank's shards; "
+                             "warm groups keep rank 0's checkpoint only (use worker_group: auto or always)")
+        if self.shard_modules and self.strategy != "fsdp":
+            raise ValueError("shard_modules: only strategy fsdp shards modules")
+        return self
 
 
 class CheckpointSpec(_Section):
@@ -523,6 +554,14 @@ class Spec(_Section):
         if named:
             raise ValueError(f"constraints: {', '.join(sorted(named))} is an objective (scheduler.metric); "
                              "constrain other metrics")
+        return self
+
+    @model_validator(mode="after")
+    def _checkpoints_between_optimizer_steps(self) -> Spec:
+        every, accumulate = self.checkpoint.every_n_steps, self.scaling.accumulate_steps
+        if every is not None and every % accumulate:
+            raise ValueError(f"checkpoint.every_n_steps: {every} is not a multiple of scaling.accumulate_steps "
+                             f"({accumulate}); a mid-epoch checkpoint is taken between optimizer steps")
         return self
 
     @model_validator(mode="after")

@@ -1,4 +1,13 @@
-"""Checkpoint files: written atomically, loaded without unpickling code."""
+"""Checkpoint files: written atomically, loaded without unpickling code.
+
+A full checkpoint is one `state.pt` and its digest, written by rank 0. A sharded one
+(FSDP, see raysweep.execution.parallel) is a torch.distributed.checkpoint folder:
+each rank writes its shard files and `shards-RANK.sha256` (their digests) into its own
+folder, which Ray Train merges into one checkpoint; rank 0 also writes DCP's
+`.metadata` and `state.pt` (everything but the model and optimizer, with the world
+size that saved it). It is loaded only when every rank's digest file is there and
+every file matches: a save cut short anywhere is never loaded.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +20,12 @@ import torch
 
 STATE_FILE = "state.pt"
 DIGEST_FILE = "state.sha256"
+SHARDS_FILE = "shards-{rank}.sha256"
+DCP_METADATA = ".metadata"
+SHARDED = "__sharded__"
+"""The key of a checkpoint dict whose model and optimizer state are FSDP shards
+({"model": ..., "optimizer": ...} of DTensors, see raysweep.execution.parallel): every
+rank saves its own part. In an opened checkpoint: the checked folder holding them."""
 
 
 class CorruptCheckpointError(RuntimeError):
@@ -25,9 +40,17 @@ def _digest(path: Path) -> str:
     return f"{digest.hexdigest()}  {path.stat().st_size}"
 
 
-def save_state(state: dict[str, Any], directory: str | Path) -> Path:
+def save_state(state: dict[str, Any], directory: str | Path) -> Path | None:
     """Write `state` to directory/state.pt via a temp file and rename, then its
-    sha256 and size (the proof that the file is complete) the same way."""
+    sha256 and size (the proof that the file is complete) the same way. A sharded
+    state (every rank calls this at once) writes this rank's shards and digests, and
+    on rank 0 state.pt with the rest; returns None on the other ranks."""
+    if SHARDED in state:
+        return _save_sharded(state, Path(directory))
+    return _save_full(state, directory)
+
+
+def _save_full(state: dict[str, Any], directory: str | Path) -> Path:
     path = Path(directory) / STATE_FILE
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -39,9 +62,82 @@ def save_state(state: dict[str, Any], directory: str | Path) -> Path:
     return path
 
 
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _save_sharded(state: dict[str, Any], directory: Path) -> Path | None:
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    dcp.save(state[SHARDED], checkpoint_id=str(directory))
+    mine = sorted(p for p in directory.iterdir() if p.name.startswith(f"__{rank}_") and p.name.endswith(".distcp"))
+    if rank == 0:
+        mine.append(directory / DCP_METADATA)
+    _write_atomically(directory / SHARDS_FILE.format(rank=rank), "".join(f"{p.name}  {_digest(p)}\n" for p in mine))
+    if rank != 0:
+        return None
+    rest = {k: v for k, v in state.items() if k != SHARDED}
+    return _save_full({**rest, SHARDED: {"world_size": world}}, directory)
+
+
+def _check_sharded(directory: Path, world: int) -> None:
+    """Every rank's shard digests present and every file they list matching."""
+    for rank in range(world):
+        listing = directory / SHARDS_FILE.format(rank=rank)
+        if not listing.is_file():
+            raise CorruptCheckpointError(
+                f"checkpoint {directory} is incomplete: no {listing.name} (rank {rank} of {world} did not finish "
+                "its save); not loaded")
+        for line in listing.read_text().splitlines():
+            name, digest = line.split("  ", 1)
+            path = directory / name
+            if not path.is_file() or _digest(path) != digest:
+                raise CorruptCheckpointError(
+                    f"checkpoint {directory} is incomplete: shard {name} of rank {rank} is "
+                    f"{'missing' if not path.is_file() else 'cut short or altered'}; not loaded")
+
+
+def is_sharded(directory: str | Path) -> bool:
+    """Whether `directory` holds a sharded checkpoint (rank 0's shard digests)."""
+    return (Path(directory) / SHARDS_FILE.format(rank=0)).is_file()
+
+
+def open_state(directory: str | Path) -> dict[str, Any]:
+    """A worker's checkpoint: `load_state`'s dict for a full one; for a sharded one its
+    state.pt (epoch, cursor, RNG...) with SHARDED set to the checked folder, from which
+    `parallel.restore` reads the shards (on any world size)."""
+    state = _load_full(directory)
+    if SHARDED in state:
+        _check_sharded(Path(directory), int(state[SHARDED]["world_size"]))
+        state[SHARDED] = str(directory)
+    return state
+
+
 def load_state(directory: str | Path) -> dict[str, Any]:
     """Load directory/state.pt once its sha256 matches (a torn or altered file raises
-    CorruptCheckpointError), with `weights_only=True`: a pickled payload is refused."""
+    CorruptCheckpointError), with `weights_only=True`: a pickled payload is refused.
+    A sharded checkpoint is checked and consolidated into one full state dict (model
+    and optimizer as saved, keyed by parameter name), as `register` and `reproduce`
+    need it."""
+    state = open_state(directory)
+    if SHARDED not in state:
+        return state
+    import tempfile
+
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dcp_to_torch_save(state[SHARDED], Path(tmp) / "full.pt")
+        full = torch.load(Path(tmp) / "full.pt", map_location="cpu", weights_only=True)
+    return {**{k: v for k, v in state.items() if k != SHARDED}, **full}
+
+
+def _load_full(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / STATE_FILE
     marker = Path(directory) / DIGEST_FILE
     if not path.is_file() or not marker.is_file():

@@ -22,7 +22,10 @@ import torch.distributed as dist
 from raysweep.data.arrays import ArraySet, Batch, DataSplit
 from raysweep.data.columns import Block, Layout
 from raysweep.data.shards import num_train_batches
+from raysweep.execution import parallel
+from raysweep.execution.checkpoint import SHARDED
 from raysweep.execution.feed import DeviceCache, PinnedFeed, choose_feed, to_device
+from raysweep.execution.parallel import ParallelSettings, Prepared
 from raysweep.report import Report, Usage
 
 CURSOR = "cursor"
@@ -111,6 +114,9 @@ class TrainContext:
     required_metrics: dict[str, str] = field(default_factory=dict)
     """Metrics the first report must hold, each with what needs it (`scheduler.metric`,
     a constraint); a missing one raises MissingMetricError."""
+    parallel: ParallelSettings = field(default_factory=ParallelSettings)
+    """scaling.strategy, precision, accumulate_steps, compile (raysweep.execution.parallel):
+    applied by `prepare_model`, `autocast`, `backward`, `state` and `restore`."""
     preempted_at: tuple[int, int] | None = field(default=None, init=False)
     """(epoch, step) of the just-in-time checkpoint a drain notice made, if any."""
     _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
@@ -118,6 +124,11 @@ class TrainContext:
     _first_step_at: float | None = field(default=None, init=False, repr=False)
     _first_step_reported: bool = field(default=False, init=False, repr=False)
     _usage: Usage = field(default_factory=Usage, init=False, repr=False)
+    _prepared: Prepared | None = field(default=None, init=False, repr=False)
+    _step: tuple[int, int] = field(default=(0, 1), init=False, repr=False)
+    """(the batch of the epoch the trainer holds, the epoch's batch count)."""
+    _step_times: list[float] = field(default_factory=list, init=False, repr=False)
+    _compile_s: float | None = field(default=None, init=False, repr=False)
 
     @property
     def start_epoch(self) -> int:
@@ -163,12 +174,20 @@ class TrainContext:
         else:
             blocks = self.train.train_blocks(self.rank, self.world_size, batch_size, self.seed, epoch, start)
             batches = (to_device(b, self.device) for b in self._batches(self.train.layout, blocks, epoch, start))
+        accumulate = self.parallel.accumulate_steps
         for step, batch in enumerate(batches, start=start):
             if self._first_step_at is None:
                 self._first_step_at = time.time()
+            self._step = (step, total)
+            if accumulate > 1 and self._prepared is not None:
+                parallel.set_gradient_sync(self._prepared, self._step_ends_group(step, total))
+            began = time.perf_counter()
             yield batch
+            self._time_step(time.perf_counter() - began)
             if state is None or step + 1 >= total:  # (the epoch's end report follows)
                 continue
+            if accumulate > 1 and (step + 1) % accumulate:
+                continue  # (checkpoints only between optimizer steps: no half-summed gradients)
             deadline = self._drain_deadline(step) if self.preempted_at is None else None
             if deadline is not None:
                 self._save_cursor(epoch, step + 1, state, drain_deadline=deadline)
@@ -176,6 +195,19 @@ class TrainContext:
                 self._wait_for_node_to_go(deadline)
             elif every and (step + 1) % every == 0:
                 self._save_cursor(epoch, step + 1, state)
+
+    def _step_ends_group(self, step: int, total: int) -> bool:
+        """Whether batch `step` is the last micro-batch of its accumulation group."""
+        return (step + 1) % self.parallel.accumulate_steps == 0 or step + 1 >= total
+
+    def _time_step(self, seconds: float) -> None:
+        """With compile on: the first steps' times, from which `compile_s` is the first
+        step's excess over the median of the next ones (the compile it waited for)."""
+        if self.parallel.compile == "false" or self._compile_s is not None:
+            return
+        self._step_times.append(seconds)
+        if len(self._step_times) >= 6:
+            self._compile_s = max(0.0, self._step_times[0] - float(np.median(self._step_times[1:])))
 
     def _drain_deadline(self, step: int) -> float | None:
         """A drain notice every rank agrees on at this step (one worker: at every step;
@@ -205,11 +237,27 @@ class TrainContext:
         """A mid-epoch checkpoint: the trainer's state plus the data cursor (a drain
         notice's when `drain_deadline` is set). Every rank reports (Ray Train's reports
         are collective); rank 0's checkpoint is kept."""
-        checkpoint = {**state(), CURSOR: {"epoch": epoch, "step": step}} if self.rank == 0 else None
+        checkpoint = {**state(), CURSOR: {"epoch": epoch, "step": step}} \
+            if self.rank == 0 or self._sharded else None
         self.report_fn(Report.checkpoint(epoch, step, drain_deadline).to_ray(), checkpoint)
 
     def validation_batches(self, batch_size: int) -> Iterator[Batch]:
-        """This rank's block of the validation set; all blocks cover every row once."""
+        """This rank's block of the validation set; all blocks cover every row once.
+        Under FSDP every rank yields as many batches (each forward gathers weights from
+        all ranks): a rank with fewer ends with empty ones (0 rows)."""
+        last: Batch | None = None
+        count = 0
+        for last in self._validation_batches(batch_size):
+            count += 1
+            yield last
+        if not self._sharded:
+            return
+        most = int(self.all_reduce_max([float(count)])[0])
+        if last is not None:
+            for _ in range(most - count):
+                yield {k: v[:0] for k, v in last.items()} if isinstance(last, dict) else tuple(v[:0] for v in last)
+
+    def _validation_batches(self, batch_size: int) -> Iterator[Batch]:
         feed = self._feed(self.validation)
         if feed is not None:
             yield from feed.validation(self.rank, self.world_size, batch_size)
@@ -281,12 +329,56 @@ class TrainContext:
         return batch
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        """Move to the device; wrap in DistributedDataParallel when world_size > 1."""
-        model = model.to(self.device)
-        if self.world_size > 1 and dist.is_initialized():
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-        return model
+        """Move to the device and apply scaling.precision, strategy (DDP or FSDP2 when
+        world_size > 1) and compile; returns the model to train.
+
+        Build the optimizer after this (FSDP replaces the parameters with shards), and
+        take and put back state with `state` and `restore`, which work for every
+        strategy. `model` itself stays usable for evaluation (FSDP shards it in place).
+        """
+        self._prepared = parallel.prepare(model, self.parallel, self.device,
+                                          self.world_size if dist.is_initialized() else 1)
+        return self._prepared.model
+
+    @property
+    def _sharded(self) -> bool:
+        return self._prepared is not None and self._prepared.sharded
+
+    def autocast(self) -> Any:
+        """A context for the forward pass: bf16 autocast for scaling.precision
+        bf16-mixed (under FSDP its policy casts instead), else nothing."""
+        return parallel.autocast(self.parallel, self._prepared, self.device)
+
+    def backward(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> bool:
+        """Backward of one micro-batch's mean loss; at the end of its accumulation group
+        (scaling.accumulate_steps, or the epoch's last batch) the optimizer steps and the
+        gradients are zeroed. Returns whether it stepped. The loss is divided by the
+        group's size, so N micro-batches step as one N-times larger batch would."""
+        step, total = self._step
+        k = self.parallel.accumulate_steps
+        group = k if (step // k + 1) * k <= total else total - (step // k) * k
+        (loss / group if group > 1 else loss).backward()
+        if not self._step_ends_group(step, total):
+            return False
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return True
+
+    def state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+              **extra: Any) -> dict[str, Any]:
+        """What a checkpoint holds: model and optimizer state in keys that do not depend
+        on the strategy (sharded under FSDP: every rank saves its part), plus `extra`
+        (the trainer's own, e.g. an RNG state; the context adds epoch or cursor)."""
+        return {**parallel.state_of(self._prepared, model, optimizer), **extra}
+
+    def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
+        """Load the resumed checkpoint (if any) into the prepared `model` and its
+        optimizer, whatever strategy and world size saved it; returns the checkpoint's
+        other entries ({} without one)."""
+        if self.checkpoint is None:
+            return {}
+        parallel.restore(self._prepared, model, optimizer, self.checkpoint)
+        return {k: v for k, v in self.checkpoint.items() if k not in ("model", "optimizer", SHARDED)}
 
     def all_reduce_sum(self, values: list[float]) -> list[float]:
         """Sums `values` across ranks (identity for one worker)."""
@@ -294,6 +386,14 @@ class TrainContext:
             return list(values)
         tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    def all_reduce_max(self, values: list[float]) -> list[float]:
+        """Element-wise maximum of `values` across ranks (identity for one worker)."""
+        if self.world_size == 1 or not dist.is_initialized():
+            return list(values)
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
         return tensor.tolist()
 
     def report(self, metrics: dict[str, float], checkpoint: dict[str, Any] | None = None) -> None:
@@ -319,7 +419,9 @@ class TrainContext:
             # Wall-clock time of the first training step: the driver turns it
             # into the run's start-up time (trial start -> first step).
             first_step, self._first_step_reported = self._first_step_at, True
-        keep = self.rank == 0 and self.checkpoint_due(int(metrics["epoch"]))
+        keep = (self.rank == 0 or self._sharded) and self.checkpoint_due(int(metrics["epoch"]))
+        if self._compile_s is not None and "compile_s" not in metrics:
+            metrics = {**metrics, "compile_s": self._compile_s}
         report = Report.of_epoch(metrics, first_step, self._system_usage())
         self.report_fn(report.to_ray(), checkpoint if keep else None)
 

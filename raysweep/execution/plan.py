@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from raysweep.data.shards import StreamSettings
 from raysweep.errors import UserInputError
+from raysweep.execution.parallel import ParallelSettings
 
 if TYPE_CHECKING:
     from raysweep.config.spec import BudgetSpec, ScalingSpec, Spec
@@ -103,6 +104,7 @@ class RunPlan:
     max_failures: int = 0
     required_metrics: dict[str, str] = dataclasses.field(default_factory=dict)
     """Metrics every report must hold, each with what needs it (a sweep's: sweep_metrics)."""
+    parallel: ParallelSettings = ParallelSettings()
 
     @property
     def use_gpu(self) -> bool:
@@ -128,7 +130,14 @@ class RunPlan:
             score_mode=spec.checkpoint.score_mode,
             lightning=LightningSettings(spec.lightning.precision, spec.lightning.gradient_clip_val),
             deterministic=spec.deterministic, max_failures=spec.failure.max_failures,
+            parallel=parallel_settings(spec.scaling),
         )
+
+
+def parallel_settings(scaling: ScalingSpec) -> ParallelSettings:
+    return ParallelSettings(strategy=scaling.strategy, precision=scaling.precision,
+                            accumulate_steps=scaling.accumulate_steps, compile=scaling.compile or "false",
+                            shard_modules=tuple(scaling.shard_modules))
 
 
 def sweep_metrics(spec: Spec) -> dict[str, str]:

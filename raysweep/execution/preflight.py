@@ -54,6 +54,8 @@ def check_trainer(spec: Spec, data: ResolvedData, source: str) -> None:
         raise UserInputError(
             f"{source}: checkpoint.every_n_steps: mid-epoch checkpoints need a plain train(ctx) trainer; "
             f"{spec.trainer!r} is a LightningModule (checkpoint every N epochs instead)")
+    if factory is not None:
+        check_lightning_scaling(spec, source)
     if factory is None:
         raise UserInputError(
             f"{source}: trainer: module {spec.trainer!r} defines neither train(ctx) nor one "
@@ -62,6 +64,22 @@ def check_trainer(spec: Spec, data: ResolvedData, source: str) -> None:
     settings = LightningSettings(spec.lightning.precision, spec.lightning.gradient_clip_val)
     sample = transformed if transformed is not None else sample_batch(data)
     check_module(factory, sample_params(spec), sample, settings, spec.scaling.use_gpu, source)
+
+
+def check_lightning_scaling(spec: Spec, source: str) -> None:
+    """The scaling options only plain train(ctx) trainers have (ctx.prepare_model,
+    ctx.backward, ctx.autocast): refused for a LightningModule, naming what to use."""
+    scaling = spec.scaling
+    refused = [
+        ("strategy", scaling.strategy != "ddp", "Lightning trainers run Ray's DDP strategy"),
+        ("precision", scaling.precision != "32", "set lightning.precision"),
+        ("accumulate_steps", scaling.accumulate_steps != 1, "Lightning's accumulate_grad_batches is not wired"),
+        ("compile", scaling.compile is not False, "compile the model in build_module"),
+    ]
+    for name, set_, instead in refused:
+        if set_:
+            raise UserInputError(f"{source}: scaling.{name}: plain train(ctx) trainers only; {spec.trainer!r} is a "
+                                 f"LightningModule ({instead})")
 
 
 def check_transform(spec: Spec, data: ResolvedData, module: ModuleType, source: str) -> Batch | None:

@@ -6,8 +6,10 @@ entry point per execution mode; both report and resume the same way.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import importlib
+import shutil
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -21,7 +23,7 @@ from raysweep.data.arrays import DataSplit
 from raysweep.data.storage import use_patient_io
 from raysweep.data.stream import StreamSplit
 from raysweep.errors import note_cause
-from raysweep.execution.checkpoint import load_state, save_state
+from raysweep.execution.checkpoint import is_sharded, load_state, open_state, save_state
 from raysweep.execution.context import TrainContext
 from raysweep.execution.drain import NodeDrainWatch
 from raysweep.execution.plan import LightningSettings, RunPlan
@@ -61,11 +63,18 @@ def _report(report: Callable[..., None], checkpoint_type: Any, metrics: dict[str
 
 
 def _state_of(checkpoint: Any) -> dict[str, Any] | None:
-    """The state a Ray checkpoint holds (None: start from scratch)."""
+    """The state a Ray checkpoint holds (None: start from scratch). A sharded one is
+    copied to a local folder this process keeps until it exits: the trainer reads its
+    shards later, in `ctx.restore`."""
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as directory:
-        return load_state(directory)
+        if not is_sharded(directory):
+            return load_state(directory)
+        local = tempfile.mkdtemp(prefix="raysweep-shards-")
+        atexit.register(shutil.rmtree, local, ignore_errors=True)
+        shutil.copytree(directory, local, dirs_exist_ok=True)
+    return open_state(local)
 
 
 def splits(plan: RunPlan) -> tuple[DataSplit, DataSplit]:
@@ -91,7 +100,7 @@ def _train(plan: RunPlan, report_fn: Any, checkpoint: dict[str, Any] | None, **p
                        checkpoint_every_steps=plan.checkpoint_every_steps, transform=transform,
                        transform_name=f"{plan.trainer}.transform", transform_workers=plan.transform_workers,
                        cache=plan.cache, gather_threads=plan.gather_threads,
-                       required_metrics=plan.required_metrics, **placement)
+                       required_metrics=plan.required_metrics, parallel=plan.parallel, **placement)
     try:
         train_fn(ctx)
     except Exception as exc:  # (re-raised as it was, with its Cause attached for the driver)

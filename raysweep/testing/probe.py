@@ -118,11 +118,9 @@ def train(ctx: TrainContext) -> None:
     """Logistic regression on x0, x1; writes the row ids each rank saw per epoch."""
     torch.manual_seed(ctx.seed)
     model = build_model(ctx.params)
-    optimizer = torch.optim.SGD(model.parameters(), lr=float(ctx.params["lr"]))
-    if ctx.checkpoint is not None:
-        model.load_state_dict(ctx.checkpoint["model"])
-        optimizer.load_state_dict(ctx.checkpoint["optimizer"])
     ddp = ctx.prepare_model(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=float(ctx.params["lr"]))
+    ctx.restore(model, optimizer)
     probe = Path(ctx.params["probe_dir"])
     probe.mkdir(parents=True, exist_ok=True)
     if ray.is_initialized():  # which node each rank ran on (multi-node tests)
@@ -139,7 +137,7 @@ def train(ctx: TrainContext) -> None:
             _run_out_of_memory()
         if ctx.params.get("fault") == "raise" and ctx.rank == int(ctx.params.get("fault_rank", 0)):
             raise ValueError(f"planted failure on rank {ctx.rank}")
-        snapshot = lambda: {"model": model.state_dict(), "optimizer": optimizer.state_dict()}  # noqa: E731
+        snapshot = lambda: ctx.state(model, optimizer)  # noqa: E731
         first = ctx.start_step if epoch == ctx.start_epoch else 0
         steps = open(probe / f"steps-rank{ctx.rank}.log", "a")  # noqa: SIM115  (closed after the epoch)
         for step, (x, y) in enumerate(ctx.train_batches(epoch, batch_size, state=snapshot), start=first):
@@ -169,7 +167,7 @@ def train(ctx: TrainContext) -> None:
         metrics = {"epoch": epoch, "train_loss": total / count, "val_loss": val_loss / val_n}
         if epoch == int(ctx.params.get("nan_epoch", -1)) or ctx.params.get("fault") == "nan":
             metrics["val_loss"] = float("nan")
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch}
+        state = {**ctx.state(model, optimizer), "epoch": epoch}
         ctx.report(metrics, checkpoint=state)
     if ctx.rank == 0:  # one line per completed run: a run that ran twice shows two
         with open(probe / f"done-{ctx.params['lr']}", "a") as handle:

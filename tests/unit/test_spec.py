@@ -66,12 +66,23 @@ BAD = [
     ("zero trials", "budget.num_trials", 0, "budget.num_trials"),
     ("grace beyond max", "scheduler.grace_period", 9, "scheduler: grace_period <= max_epochs"),
     ("empty choices", "space.lr", {"type": "categorical", "choices": []}, "space.lr.choices"),
+    ("fsdp in a warm group", "scaling", {"num_workers": 2, "strategy": "fsdp", "worker_group": "warm"},
+     "scaling: strategy: fsdp runs in Ray Train worker groups"),
+    ("unknown strategy", "scaling.strategy", "zero3", "scaling.strategy"),
+    ("shard modules without fsdp", "scaling.shard_modules", ["Block"], "shard_modules: only strategy fsdp"),
+    ("plain precision 16-mixed", "scaling.precision", "16-mixed", "scaling.precision"),
+    ("zero accumulation", "scaling.accumulate_steps", 0, "scaling.accumulate_steps"),
+    ("compile mode", "scaling.compile", "fast", "scaling.compile"),
+    ("mid-epoch saves inside an accumulation group", "scaling.accumulate_steps", 3,
+     "checkpoint.every_n_steps: 4 is not a multiple of scaling.accumulate_steps (3)"),
 ]
 
 
 @pytest.mark.parametrize("case, path, value, expected", BAD, ids=[b[0] for b in BAD])
 def test_bad_spec_names_file_and_field(write_spec, tmp_path, case, path, value, expected) -> None:
     good = yaml.safe_load(write_spec().read_text())
+    if case.startswith("mid-epoch"):
+        good["checkpoint"] = {"every_n_steps": 4}
     bad_path = tmp_path / "bad.yaml"
     bad_path.write_text(yaml.safe_dump(_mutate(good, path, value)))
     with pytest.raises(UserInputError) as err:
