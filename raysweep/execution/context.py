@@ -341,6 +341,12 @@ class TrainContext:
         return self._prepared.model
 
     @property
+    def compile_s(self) -> float | None:
+        """With scaling.compile: how long the first step waited for the compiler (its
+        time above the median of the next steps; None until measured, or compile off)."""
+        return self._compile_s
+
+    @property
     def _sharded(self) -> bool:
         return self._prepared is not None and self._prepared.sharded
 
