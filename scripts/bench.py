@@ -78,7 +78,7 @@ from raysweep.data.shards import train_batch_indices
 from raysweep.errors import one_line_cause
 from raysweep.execution.context import TrainContext
 from raysweep.execution.lightning import find_module_factory, fit
-from raysweep.testing import columns_bench
+from raysweep.testing import columns_bench, fsdp_bench
 from raysweep.testing.bench import DEFAULT_TIMEOUT_S, Registry, Stage, md_table, parse_time_limits, run_entries, stage
 from trainers import digits_mlp, digits_mlp_lightning
 
@@ -1518,6 +1518,17 @@ ENTRIES.register("columns_transform", target="PNG decode epoch: transform_worker
                  table=columns_bench.transform_table, met=columns_bench.transform_met)(columns_bench.bench_transform)
 ENTRIES.register("columns_padding", target="padded tokens + lengths >= 0.9x the hand-written pad loop's speed",
                  table=columns_bench.padding_table, met=columns_bench.padding_met)(columns_bench.bench_padding)
+
+
+# ---------------------------------------------------------------- strategies (raysweep.testing.fsdp_bench)
+
+
+ENTRIES.register("fsdp_step", target="raysweep's FSDP step <= 1.05x the same hand-written FSDP2 loop (2 gloo ranks)",
+                 table=fsdp_bench.step_table, met=fsdp_bench.step_met, timeout_s=900)(fsdp_bench.bench_step)
+ENTRIES.register("fsdp_checkpoint", target="sharded save + load <= 1.1x torch.distributed.checkpoint alone",
+                 table=fsdp_bench.checkpoint_table, met=fsdp_bench.checkpoint_met)(fsdp_bench.bench_checkpoint)
+ENTRIES.register("compile_tokens", target="char_gpt tokens/s with compile >= 1.0x without (CPU)",
+                 table=fsdp_bench.compile_table, met=fsdp_bench.compile_met)(fsdp_bench.bench_compile)
 
 
 # ---------------------------------------------------------------- main

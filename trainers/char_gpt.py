@@ -97,8 +97,11 @@ def peak_flops(device: torch.device, params: dict[str, Any]) -> float | None:
 
 def build_optimizer(model: nn.Module, params: dict[str, Any]) -> torch.optim.Optimizer:
     """AdamW; weight decay on matrices only (not on biases, norms or embeddings)."""
-    decay = [p for name, p in model.named_parameters() if p.dim() >= 2 and not name.startswith(("embed", "position"))]
-    others = [p for name, p in model.named_parameters() if not (p.dim() >= 2 and not name.startswith(("embed", "position")))]
+    def decayed(name: str, p: torch.Tensor) -> bool:
+        return p.dim() >= 2 and not name.startswith(("embed", "position"))
+
+    decay = [p for name, p in model.named_parameters() if decayed(name, p)]
+    others = [p for name, p in model.named_parameters() if not decayed(name, p)]
     return torch.optim.AdamW([{"params": decay, "weight_decay": float(params.get("weight_decay", 0.1))},
                               {"params": others, "weight_decay": 0.0}],
                              lr=float(params.get("lr", 3e-3)), betas=(0.9, 0.95))
