@@ -88,6 +88,8 @@ COMMANDS: dict[str, RunHere | ByTest] = {
         "test_column_examples.py::test_example_sweeps_train_on_every_column_shape"),
     "raysweep tune search_spaces/char_lm.yaml": ByTest(
         "test_column_examples.py::test_example_sweeps_train_on_every_column_shape"),
+    "raysweep tune search_spaces/char_gpt.yaml": ByTest(
+        "test_column_examples.py::test_the_gpt_example_trains_sharded_and_registers_a_full_model"),
     # A local multi-node cluster.
     "raysweep cluster up cluster/local.yaml": ByTest(
         "test_cluster.py::test_up_prints_address_and_how_to_submit_without_the_token"),
