@@ -174,9 +174,35 @@ def tier_of(path: Path) -> str | None:
     return TIERS.get(parts[0]) if len(parts) > 1 else None
 
 
+FILE_SECONDS = {
+    "test_stream_on_ray.py": 175, "test_s3.py": 130, "test_sweep.py": 150, "test_team_mlflow.py": 85,
+    "test_strategies.py": 125, "test_column_examples.py": 140, "test_worker_groups.py": 95,
+    "test_lightning_on_ray.py": 40, "test_warm_group.py": 36, "test_registry_safety.py": 30,
+    "test_record.py": 28, "test_train_run.py": 30, "test_readme_commands.py": 20,
+}
+"""Seconds each slow file of the ray tier took (its tests' --durations summed, rounded):
+what `--shard` balances. A file not listed counts as DEFAULT_FILE_SECONDS."""
+DEFAULT_FILE_SECONDS = 10
+
+
+def shard_files(files: list[str], count: int) -> list[set[str]]:
+    """`files` (names) in `count` sets of about equal FILE_SECONDS, longest first, each to
+    the lightest set so far (a file's tests stay together: module fixtures)."""
+    shards: list[set[str]] = [set() for _ in range(count)]
+    load = [0.0] * count
+    for name in sorted(files, key=lambda n: (-FILE_SECONDS.get(n, DEFAULT_FILE_SECONDS), n)):
+        lightest = load.index(min(load))
+        shards[lightest].add(name)
+        load[lightest] += FILE_SECONDS.get(name, DEFAULT_FILE_SECONDS)
+    return shards
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--tier", action="append", choices=TIER_ORDER, default=[],
                      help="run only the tests of this tier (repeatable): " + ", ".join(TIER_ORDER))
+    parser.addoption("--shard", default=None, metavar="K/N",
+                     help="run only the K-th of N sets of test files of about equal time (FILE_SECONDS): "
+                     "N pytests at once, each with its own cluster and servers, run the selection")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -197,6 +223,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if deselected:
             config.hook.pytest_deselected(items=deselected)
             items[:] = [item for item in items if tiers[item.nodeid] in wanted]
+    shard = config.getoption("shard")
+    if shard:
+        k, n = (int(x) for x in shard.split("/"))
+        mine = shard_files(sorted({item.path.name for item in items}), n)[k - 1]
+        deselected = [item for item in items if item.path.name not in mine]
+        if deselected:
+            config.hook.pytest_deselected(items=deselected)
+            items[:] = [item for item in items if item.path.name in mine]
     items.sort(key=lambda item: (TIER_ORDER.index(tiers[item.nodeid]), item.path.name.startswith("test_cluster")))
 
 
