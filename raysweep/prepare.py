@@ -65,6 +65,13 @@ def prepare(spec: str | Path | Spec, overrides: tuple[str, ...] | list[str] = ()
         if not study_exists(f"{root}/{spec.sampler.warm_start}", spec.name):
             raise UserInputError(f"{source}: sampler.warm_start: no sweep {spec.sampler.warm_start!r} with an "
                                  f"Optuna study under {root}")
+    wanted = spec.scaling.accelerator_type
+    # (a cluster reached by address alone: its nodes are not known before it runs)
+    offered = None if address and not (profile.node_types or profile.worker_nodes) else profile.accelerator_types()
+    if wanted and offered is not None and wanted not in offered:
+        raise UserInputError(
+            f"{source}: scaling.accelerator_type: {wanted!r} is offered by no node of cluster "
+            f"{cluster or profile.name} (its GPU types: {', '.join(sorted(offered)) or 'none'})")
     if profile.node_types:  # an autoscaling cluster: whether one trial fits is known now
         scaling = spec.scaling
         nodes = profile.largest_node(scaling.cpus_per_worker, scaling.gpus_per_worker)

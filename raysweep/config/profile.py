@@ -24,6 +24,37 @@ class WorkerNode(_Section):
     """Custom resources, e.g. {preemptible: 1}."""
 
 
+ACCELERATOR = "accelerator_type:"
+"""The prefix of Ray's accelerator resource label (`accelerator_type:A100`): what a
+node with that GPU offers and what `scaling.accelerator_type` asks for."""
+AWS_ACCELERATORS = {"p3": "V100", "p3dn": "V100", "p4d": "A100", "p4de": "A100", "p5": "H100", "p5e": "H200",
+                    "p5en": "H200", "g4dn": "T4", "g5": "A10G", "g6": "L4", "g6e": "L40S"}
+"""GPU of an EC2 instance family (what Ray's AWS node provider labels its nodes with)."""
+GCP_ACCELERATORS = {"nvidia-tesla-v100": "V100", "nvidia-tesla-t4": "T4", "nvidia-tesla-a100": "A100",
+                    "nvidia-a100-80gb": "A100", "nvidia-l4": "L4", "nvidia-h100-80gb": "H100",
+                    "nvidia-h100-mega-80gb": "H100", "nvidia-h200-141gb": "H200"}
+GCP_MACHINE_ACCELERATORS = {"a2": "A100", "a3": "H100", "g2": "L4"}
+"""GPU of a GCP accelerator type, and of the machine families that come with one."""
+
+
+def accelerator_of(resources: dict[str, float], node_config: dict) -> str | None:
+    """The GPU type a node type offers: an explicit `accelerator_type:X` resource, else
+    the one its instance (AWS InstanceType) or machine (GCP guestAccelerators,
+    machineType) comes with; None if neither says."""
+    for name in resources:
+        if name.startswith(ACCELERATOR):
+            return name[len(ACCELERATOR):]
+    instance = str(node_config.get("InstanceType", ""))
+    if instance:
+        return AWS_ACCELERATORS.get(instance.split(".")[0])
+    for accelerator in node_config.get("guestAccelerators", []) or []:
+        kind = str(accelerator.get("acceleratorType", "")).rsplit("/", 1)[-1]
+        if kind in GCP_ACCELERATORS:
+            return GCP_ACCELERATORS[kind]
+    machine = str(node_config.get("machineType", "")).rsplit("/", 1)[-1]
+    return GCP_MACHINE_ACCELERATORS.get(machine.split("-")[0]) if machine else None
+
+
 class NodeType(_Section):
     """One worker node type of an autoscaling cluster (a launcher config's
     `available_node_types` entry)."""
@@ -35,6 +66,8 @@ class NodeType(_Section):
     """Nodes of this type kept up even when idle."""
     max_workers: int = Field(default=0, ge=0)
     """The most nodes of this type the autoscaler starts."""
+    accelerator_type: str | None = None
+    """The GPU type its nodes have (see accelerator_of); None: none known."""
 
 
 class ClusterProfile(_Section):
@@ -105,6 +138,18 @@ class ClusterProfile(_Section):
             return None
         return ", ".join(f"{name} {c:g} CPUs/{g:g} GPUs" for name, (c, g) in nodes.items())
 
+    def accelerator_types(self) -> set[str] | None:
+        """The GPU types the cluster's nodes offer: its node types' (autoscaling) or its
+        head's and worker nodes' `accelerator_type:X` resources (a local cluster); None
+        for a cluster joined by address, whose nodes are not known before it runs."""
+        if self.node_types:
+            return {t.accelerator_type for t in self.node_types.values()
+                    if t.accelerator_type and t.max_workers > 0}
+        if self.address not in (None, "auto") and not self.worker_nodes:
+            return None
+        offered = [self.resources, *(node.resources for node in self.worker_nodes)]
+        return {name[len(ACCELERATOR):] for resources in offered for name in resources if name.startswith(ACCELERATOR)}
+
     def spans_hosts(self) -> bool:
         """Whether nodes may sit on other machines (a joined, non-loopback cluster)."""
         if self.launcher:
@@ -174,7 +219,9 @@ def profile_from_launcher(raw: dict, path: str | Path) -> ClusterProfile:
             trial_driver_resources={TRIAL_DRIVER: 1.0} if any(
                 TRIAL_DRIVER in t.get("resources", {}) for t in types.values()) else {},
             node_types={name: NodeType(resources=t.get("resources", {}), min_workers=t.get("min_workers", 0),
-                                       max_workers=t.get("max_workers", 0))
+                                       max_workers=t.get("max_workers", 0),
+                                       accelerator_type=accelerator_of(t.get("resources", {}),
+                                                                       t.get("node_config", {}) or {}))
                         for name, t in types.items() if name != raw.get("head_node_type")})
     except ValidationError as exc:
         raise UserInputError(f"{path}: {describe_error(exc.errors()[0])}") from None

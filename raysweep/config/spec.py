@@ -410,6 +410,10 @@ class ScalingSpec(_Section):
     """Micro-batches whose gradients are summed before one optimizer step
     (`ctx.backward`); only the last one communicates. The step sees the same gradient
     as one batch N times as large."""
+    accelerator_type: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    """GPU type every worker of a run needs (Ray's accelerator_type resource label: A100,
+    H100, L4, ...); null: any. `check --cluster PROFILE` refuses a type no node type of
+    the cluster offers."""
     compile: Literal[False, "default", "max-autotune"] = False
     """torch.compile the prepared model (false: off). The first step's wait for the
     compiler is reported as the metric compile_s."""

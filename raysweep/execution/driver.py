@@ -33,9 +33,7 @@ def build_trainer(plan: RunPlan, run_name: str, callbacks: list[Any], storage_pa
     checkpoint (Ray Train V2 behaviour).
     """
     set_ray_env_defaults()  # the controller inherits the health-check interval
-    resources = {"CPU": plan.cpus_per_worker}
-    if plan.use_gpu:
-        resources["GPU"] = plan.gpus_per_worker
+    resources = plan.worker_resources()
     return upstream_train.RaysweepTorchTrainer(
         train_in_worker_group,
         train_loop_config={"plan": plan},

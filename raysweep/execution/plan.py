@@ -21,6 +21,11 @@ if TYPE_CHECKING:
     from raysweep.config.spec import BudgetSpec, ScalingSpec, Spec
 
 
+ACCELERATOR_SLIVER = 0.001
+"""How much of a node's `accelerator_type:X` resource (1 per node) a worker asks for:
+enough to land only on such nodes, small enough never to limit how many fit."""
+
+
 class ExecutionMode(enum.Enum):
     """How one trial (or `raysweep train` run) executes."""
 
@@ -105,6 +110,18 @@ class RunPlan:
     required_metrics: dict[str, str] = dataclasses.field(default_factory=dict)
     """Metrics every report must hold, each with what needs it (a sweep's: sweep_metrics)."""
     parallel: ParallelSettings = ParallelSettings()
+    accelerator_type: str | None = None
+    """scaling.accelerator_type: every worker asks for Ray's `accelerator_type:X` label."""
+
+    def worker_resources(self) -> dict[str, float]:
+        """What one worker reserves: its CPUs, GPUs and (with accelerator_type) a sliver
+        of the GPU-type label, which only nodes with that GPU offer."""
+        resources = {"CPU": self.cpus_per_worker}
+        if self.use_gpu:
+            resources["GPU"] = self.gpus_per_worker
+        if self.accelerator_type:
+            resources[f"accelerator_type:{self.accelerator_type}"] = ACCELERATOR_SLIVER
+        return resources
 
     @property
     def use_gpu(self) -> bool:
@@ -130,7 +147,7 @@ class RunPlan:
             score_mode=spec.checkpoint.score_mode,
             lightning=LightningSettings(spec.lightning.precision, spec.lightning.gradient_clip_val),
             deterministic=spec.deterministic, max_failures=spec.failure.max_failures,
-            parallel=parallel_settings(spec.scaling),
+            parallel=parallel_settings(spec.scaling), accelerator_type=spec.scaling.accelerator_type,
         )
 
 

@@ -86,7 +86,7 @@ class TrialStrategy:
         if plan.mode is ExecutionMode.WARM_GROUP:
             return warm_group_resources(plan)
         if self.trial_is_worker:
-            return {"CPU": plan.cpus_per_worker, "GPU": plan.gpus_per_worker}
+            return {"GPU": 0.0, **plan.worker_resources()}
         return dict(TRIAL_DRIVER_RESOURCES)
 
 

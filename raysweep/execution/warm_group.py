@@ -157,7 +157,8 @@ class WarmGroup:
     def __init__(self, plan: RunPlan, placement: PlacementGroup) -> None:
         self.world, self.placement, self.broken = plan.num_workers, placement, False
         self.key = (plan.num_workers, plan.cpus_per_worker, plan.gpus_per_worker)
-        resources = {"num_cpus": plan.cpus_per_worker, "num_gpus": plan.gpus_per_worker}
+        custom = {k: v for k, v in plan.worker_resources().items() if k not in ("CPU", "GPU")}
+        resources = {"num_cpus": plan.cpus_per_worker, "num_gpus": plan.gpus_per_worker, "resources": custom}
         actor: Any = ray.remote(GroupWorker)
         self.workers: list[Any] = [actor.options(**resources, scheduling_strategy=PlacementGroupSchedulingStrategy(
             placement, placement_group_bundle_index=rank)).remote() for rank in range(1, self.world)]
@@ -264,7 +265,7 @@ def resources(plan: RunPlan) -> Any:
     process, rank 0), packed on as few nodes as fit."""
     from ray import tune
 
-    bundle = {k: v for k, v in {"CPU": plan.cpus_per_worker, "GPU": plan.gpus_per_worker}.items() if v}
+    bundle = {k: v for k, v in plan.worker_resources().items() if v}
     return tune.PlacementGroupFactory([dict(bundle) for _ in range(plan.num_workers)], strategy="PACK")
 
 

@@ -30,7 +30,7 @@ from typing import Any
 from raysweep.testing.bench import md_table
 
 WORLD = 2
-STEP_PARAMS = {"batch_size": 64, "hidden": 512, "num_layers": 2, "lr": 0.01, "optimizer": "adam"}
+STEP_PARAMS: dict[str, Any] = {"batch_size": 64, "hidden": 512, "num_layers": 2, "lr": 0.01, "optimizer": "adam"}
 STEP_TILE = 8  # the 1280 digits training rows repeated: 80 steps per epoch per rank
 MIN_REPEATS = 3
 
@@ -93,7 +93,7 @@ def _hand_epochs(rank: int, train: Any, epochs: int) -> tuple[list[float], list[
 
     torch.manual_seed(0)
     model = build_model(STEP_PARAMS)
-    for layer in model:
+    for layer in model.children():
         if any(True for _ in layer.parameters()):
             fully_shard(layer)
     fully_shard(model)
@@ -218,7 +218,7 @@ def _checkpoint_rank(rank: int, port: int, out: str, repeats: int, root: str) ->
 
         def dcp_load(folder: Path = plain) -> None:
             model_state, optim_state = get_state_dict(model, optimizer)
-            state = {"model": model_state, "optimizer": optim_state}
+            state: dict[str, Any] = {"model": model_state, "optimizer": optim_state}
             dcp.load(state, checkpoint_id=str(folder))
             set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
 
@@ -299,9 +299,12 @@ def bench_compile(bench: Any, epochs: int = 3) -> dict[str, Any]:
         for mode in ("false", "default"):
             torch.compiler.reset()
             reports: list[dict[str, float]] = []
+
+            def keep(flat: dict[str, Any], _state: Any, out: list[dict[str, float]] = reports) -> None:
+                out.append(Report.from_ray(flat).metrics)
+
             ctx = TrainContext(params=params, num_epochs=epochs, seed=0, train=train, validation=validation,
-                               report_fn=lambda flat, _s, out=reports: out.append(Report.from_ray(flat).metrics),
-                               parallel=ParallelSettings(compile=mode))
+                               report_fn=keep, parallel=ParallelSettings(compile=mode))
             char_gpt.train(ctx)
             samples[mode] += [r["tokens_per_s"] for r in reports[1:]]
             losses[mode] = [round(r["train_loss"], 4) for r in reports]

@@ -134,6 +134,40 @@ def test_check_against_a_cloud_profile_before_any_node_is_up(capsys, write_spec)
     assert "gpu_worker 4 CPUs/1 GPUs" in err
 
 
+def test_check_refuses_a_gpu_type_no_node_type_offers(capsys, write_spec, tmp_path) -> None:
+    """scaling.accelerator_type against the node types' GPUs: aws.yaml's g5 nodes have
+    A10G (the instance family), gcp.yaml's g2 nodes L4 (the machine family); a local
+    profile's nodes offer what their `accelerator_type:X` resources say."""
+    storage = ["--set", "storage_path=s3://bucket/runs"]
+    spec = write_spec(scaling={"num_workers": 1, "cpus_per_worker": 2, "gpus_per_worker": 1})
+    for profile, offered, other in (("aws", "A10G", "H100"), ("gcp", "L4", "A100")):
+        path = str(REPO / "cluster" / f"{profile}.yaml")
+        assert main(["check", str(spec), "--cluster", path, *storage, "--set",
+                     f"scaling.accelerator_type={offered}"]) == 0
+        capsys.readouterr()
+        assert main(["check", str(spec), "--cluster", path, *storage, "--set",
+                     f"scaling.accelerator_type={other}"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and f"scaling.accelerator_type: '{other}' is offered by no node" in err, err
+        assert f"its GPU types: {offered}" in err
+    local = tmp_path / "local.yaml"
+    local.write_text("name: lab\nnum_cpus: 2\nworker_nodes:\n  - {num_cpus: 2, num_gpus: 1, "
+                     "resources: {'accelerator_type:L4': 1}}\n")
+    cpu_only = write_spec("cpu.yaml")
+    assert main(["check", str(cpu_only), "--cluster", str(local), "--set", "scaling.accelerator_type=L4"]) == 0
+    capsys.readouterr()
+    assert main(["check", str(cpu_only), "--set", "scaling.accelerator_type=L4"]) == 2  # (the laptop: no GPU)
+    assert "its GPU types: none" in capsys.readouterr().err
+
+
+def test_a_gpu_type_is_asked_of_ray_in_every_execution_mode() -> None:
+    from raysweep.execution.plan import RunPlan
+
+    plan = RunPlan("t", {}, 1, 0, "s", None, cpus_per_worker=2, gpus_per_worker=1, accelerator_type="H100")
+    assert plan.worker_resources() == {"CPU": 2, "GPU": 1, "accelerator_type:H100": 0.001}
+    assert RunPlan("t", {}, 1, 0, "s", None).worker_resources() == {"CPU": 1.0}
+
+
 def test_unreachable_address_fails_within_seconds(capsys, write_spec, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
