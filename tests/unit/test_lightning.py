@@ -98,6 +98,16 @@ def test_precision_the_machine_cannot_do(capsys, write_spec) -> None:
     assert "lightning.precision: '16-mixed' needs a GPU" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option, value", [("strategy", "fsdp"), ("precision", "bf16-mixed"),
+                                           ("accumulate_steps", 2), ("compile", "default")])
+def test_scaling_options_of_plain_trainers_are_refused_for_a_lightning_module(capsys, write_spec, option,
+                                                                              value) -> None:
+    spec = write_spec(trainer="trainers.digits_mlp_lightning", scaling={"num_workers": 2, option: value})
+    assert main(["check", str(spec)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"scaling.{option}: plain train(ctx) trainers only" in err, err
+
+
 def test_a_lightning_module_trains_on_transformed_named_batches(tmp_path) -> None:
     """Named batches (PNG bytes + label) through the trainer's transform reach a
     LightningModule as dicts of tensors, in training and validation."""
