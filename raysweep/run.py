@@ -214,8 +214,8 @@ def refuse_a_changed_spec(run: Prepared, run_name: str) -> None:
             "for a new run, or --force to resume it with these changes")
 
 
-RESUME_MAY_CHANGE = ("max_hours", "max_failed_trials")
-"""budget fields a resumed sweep may be given anew."""
+RESUME_MAY_CHANGE = (("budget", "max_hours"), ("budget", "max_failed_trials"), ("scaling", "pending_timeout_s"))
+"""(section, field)s a resumed sweep may be given anew."""
 
 
 def resume_target(run: Prepared, resume: bool | str | None, echo: bool = True) -> str | None:
@@ -230,8 +230,8 @@ def resume_target(run: Prepared, resume: bool | str | None, echo: bool = True) -
         recorded = json.loads(record_file.read_text())["spec"]
         now = run.spec.model_dump(mode="json")
         for spec_dict in (recorded, now):  # (a resumed sweep may be given a new time or failure budget)
-            for key in RESUME_MAY_CHANGE:
-                spec_dict.get("budget", {}).pop(key, None)
+            for section, key in RESUME_MAY_CHANGE:
+                spec_dict.get(section, {}).pop(key, None)
         changed = sorted(k for k in set(recorded) | set(now) if recorded.get(k) != now.get(k))
         if changed:
             raise UserInputError(f"{run.source}: {', '.join(changed)}: differ from the spec sweep {sweep_id} "

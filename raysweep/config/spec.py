@@ -410,6 +410,12 @@ class ScalingSpec(_Section):
     """Micro-batches whose gradients are summed before one optimizer step
     (`ctx.backward`); only the last one communicates. The step sees the same gradient
     as one batch N times as large."""
+    pending_timeout_s: float | None = Field(default=None, gt=0)
+    """Stop the sweep (resumable, as budget.max_hours does) when a trial has waited this
+    long to be placed and started (its process's start-up counts: allow it some
+    seconds), saying what it asks for and what the cluster has free: spot
+    capacity that is gone, a node type that never comes up. null: wait as long as it
+    takes. `tune --resume` may be given another value."""
     accelerator_type: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     """GPU type every worker of a run needs (Ray's accelerator_type resource label: A100,
     H100, L4, ...); null: any. `check --cluster PROFILE` refuses a type no node type of

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import ray
 import ray.cloudpickle as cloudpickle
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
@@ -327,14 +328,18 @@ class StudyMirror(tune.Callback):
 
 class SweepBudget(tune.Callback):
     """Stops the sweep when its budget is spent (budget.max_hours of this driver's run,
-    budget.max_failed_trials), the way Tune stops on an interrupt: Tune's own SIGUSR1
-    handler ends the run after the current step and stores its state with the running
-    trials still to run, so `--resume` continues them from their latest checkpoints
-    (Tune's `Stopper.stop_all` would instead mark them finished)."""
+    budget.max_failed_trials) or a trial waited scaling.pending_timeout_s to be placed,
+    the way Tune stops on an interrupt: Tune's own SIGUSR1 handler ends the run after
+    the current step and stores its state with the running and pending trials still to
+    run, so `--resume` continues them from their latest checkpoints (Tune's
+    `Stopper.stop_all` would instead mark them finished)."""
 
-    def __init__(self, max_hours: float | None, max_failed: int | None, failed: Callable[[], int]) -> None:
+    def __init__(self, max_hours: float | None, max_failed: int | None, failed: Callable[[], int],
+                 pending_timeout_s: float | None = None) -> None:
         self.max_hours, self.max_failed, self.failed = max_hours, max_failed, failed
         self.deadline = None if max_hours is None else time.monotonic() + max_hours * 3600
+        self.pending_timeout_s = pending_timeout_s
+        self.pending_since: dict[str, float] = {}
         self.reason: str | None = None
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
@@ -344,6 +349,23 @@ class SweepBudget(tune.Callback):
             self._stop(f"budget.max_hours ({self.max_hours:g} h) reached")
         elif self.max_failed is not None and self.failed() >= self.max_failed:
             self._stop(f"budget.max_failed_trials ({self.max_failed}) reached")
+        elif self.pending_timeout_s is not None:
+            late = self._waited_too_long(trials)
+            if late is not None:
+                self._stop(late)
+
+    def _waited_too_long(self, trials: list) -> str | None:
+        """Why the sweep stops for a trial that could not be placed in time, or None."""
+        now = time.monotonic()
+        pending = {t.trial_id: t for t in trials if t.status == "PENDING"}
+        self.pending_since = {tid: self.pending_since.get(tid, now) for tid in pending}
+        assert self.pending_timeout_s is not None
+        for tid, since in self.pending_since.items():
+            if now - since >= self.pending_timeout_s:
+                return (f"scaling.pending_timeout_s ({self.pending_timeout_s:g} s): trial {tid} could not be placed: "
+                        f"it asks for {_amounts(pending[tid].placement_group_factory.required_resources)}; "
+                        f"the cluster has {_free_of_total()}")
+        return None
 
     def _stop(self, reason: str) -> None:
         self.reason = reason
@@ -352,6 +374,19 @@ class SweepBudget(tune.Callback):
         else:
             warnings.warn(f"{reason}, but Tune's interrupt handler is not set in this process: the sweep "
                           "runs on", stacklevel=1)
+
+
+def _amounts(resources: dict[str, float]) -> str:
+    return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(resources.items()) if v) + "}"
+
+
+def _free_of_total() -> str:
+    """What the cluster has free of what it has, per resource (memory and object store
+    left out): `CPU 0 free of 2, GPU ...`."""
+    total, free = ray.cluster_resources(), ray.available_resources()
+    names = sorted(k for k in total if k not in ("memory", "object_store_memory") and not k.startswith("node:")
+                   and "_group_" not in k)  # (a placement group's own resources)
+    return ", ".join(f"{k} {free.get(k, 0):g} free of {total[k]:g}" for k in names)
 
 
 def error_summary(trial: Any) -> str:
@@ -407,7 +442,7 @@ def run_sweep(spec: Spec, plan: RunPlan, sweep_id: str, tracker: SweepTracker, c
     scheme = sweep_dir.split("://", 1)[0] + "://" if is_object_store(sweep_dir) else ""
     callbacks: list[tune.Callback] = [TrackerCallback(tracker, scheme)]
     budget = SweepBudget(spec.budget.max_hours, spec.budget.max_failed_trials,
-                         lambda: len(tracker.state.in_state(TrialState.FAILED)))
+                         lambda: len(tracker.state.in_state(TrialState.FAILED)), spec.scaling.pending_timeout_s)
     callbacks.append(budget)
     if "://" in sweep_dir:
         callbacks.append(StudyMirror(sweep_dir, spec.name))

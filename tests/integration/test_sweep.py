@@ -11,6 +11,7 @@ from pathlib import Path
 import mlflow.pytorch
 import optuna
 import pytest
+import ray
 import torch
 from mlflow.tracking import MlflowClient
 
@@ -305,6 +306,36 @@ def test_a_time_budget_stops_the_sweep_and_resume_continues_it(ray_cluster, mlfl
     (sweep_dir,) = [p for p in (tmp_path / "results" / "probe").iterdir() if p.is_dir()]
     states = [t.state for t in load_study(str(sweep_dir), "probe").trials]
     assert states == [optuna.trial.TrialState.COMPLETE] * 2, states
+
+
+def test_a_trial_that_cannot_be_placed_stops_the_sweep_and_resume_continues_it(ray_cluster, mlflow_uri,
+                                                                               write_spec, capsys):
+    """scaling.pending_timeout_s: with every CPU of the cluster held (a placement group
+    standing in for capacity that is gone), the sweep's trial waits that long, then the
+    sweep stops saying what the trial asks for and what the cluster has free; once the
+    CPUs are back, `--resume` runs it."""
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from raysweep.tracking import tags as tag
+
+    spec = write_spec(budget={"num_trials": 1}, scaling={"num_workers": 1, "pending_timeout_s": 10})
+    cpus = ray.cluster_resources()["CPU"]
+    held = placement_group([{"CPU": cpus}])
+    ray.get(held.ready(), timeout=60)
+    assert ray.available_resources().get("CPU", 0) == 0
+    try:
+        assert main(["tune", str(spec)]) == 1  # (no trial ran)
+    finally:
+        remove_placement_group(held)
+    out = capsys.readouterr().out
+    (line,) = [ln for ln in out.splitlines() if " stopped: scaling.pending_timeout_s (10 s): trial " in ln]
+    assert f"could not be placed: it asks for {{CPU: 1}}; the cluster has CPU 0 free of {cpus:g};" in line, line
+    sweep_id = line.split()[1]
+    (parent,) = [r for r in experiment_runs(mlflow_uri) if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.data.tags[tag.STOPPED_BY].startswith("scaling.pending_timeout_s")
+    assert main(["tune", str(spec), "--resume", sweep_id]) == 0
+    children = [r for r in experiment_runs(mlflow_uri) if "mlflow.parentRunId" in r.data.tags]
+    assert [c.info.status for c in children] == ["FINISHED"]
 
 
 def test_a_failure_budget_stops_the_sweep(ray_cluster, mlflow_uri, write_spec, tmp_path, capsys):
