@@ -136,7 +136,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if result.stopped_by:
         print(f"sweep {result.sweep_id} stopped: {result.stopped_by}; its unfinished trials keep their latest "
               f"checkpoints: `raysweep tune {args.spec} --resume {result.sweep_id}` continues it")
-        if result.stopped_by.startswith("budget.max_hours"):  # (time is up: a clean stop, not a failure)
+        if result.stopped_by.startswith(("budget.max_hours", "budget.max_gpu_hours")):  # (a clean stop)
             return EXIT_OK
     return EXIT_OK if result.ok else EXIT_FAILED
 

@@ -214,7 +214,8 @@ def refuse_a_changed_spec(run: Prepared, run_name: str) -> None:
             "for a new run, or --force to resume it with these changes")
 
 
-RESUME_MAY_CHANGE = (("budget", "max_hours"), ("budget", "max_failed_trials"), ("scaling", "pending_timeout_s"))
+RESUME_MAY_CHANGE = (("budget", "max_hours"), ("budget", "max_gpu_hours"), ("budget", "max_failed_trials"),
+                     ("scaling", "pending_timeout_s"))
 """(section, field)s a resumed sweep may be given anew."""
 
 
@@ -311,7 +312,9 @@ def tune(spec: SpecLike, overrides: list[str] | tuple[str, ...] = (), *, cluster
         tracker = SweepTracker(WriteBehind(store), sweep_id, parent_id, scheduler.primary, scheduler.primary_mode,
                                scheduler.max_epochs, echo=echo,
                                objectives=list(zip(scheduler.metrics, scheduler.modes, strict=True)),
-                               constraints=run.spec.parsed_constraints())
+                               constraints=run.spec.parsed_constraints(),
+                               trial_resources=(plan.num_workers * plan.cpus_per_worker,
+                                                plan.num_workers * plan.gpus_per_worker))
         resumed_trials = tracker.load_existing() if resumed else None
         if resumed_trials is not None and echo:
             print(f"resuming sweep {sweep_id}: {resumed_trials} trial(s) recorded so far", flush=True)
@@ -331,7 +334,7 @@ def tune(spec: SpecLike, overrides: list[str] | tuple[str, ...] = (), *, cluster
             tracker.close(status)
     result = SweepResult(sweep_id, run.spec.name, parent_id, store.uri, outcome.sweep_dir, tracker.state,
                          outcome.wall_s, searched_names(run.spec, tracker.state), resumed_trials,
-                         stopped_by=outcome.stopped_by)
+                         stopped_by=outcome.stopped_by, trial_resources=tracker.writer.trial_resources)
     if report:
         try:
             result.report = write_report(parent_id)

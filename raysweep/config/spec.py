@@ -365,6 +365,11 @@ class BudgetSpec(_Section):
     stop and keep their latest checkpoints, the parent run records why, and
     `tune --resume` continues them (with the max_hours it is given then); null: no
     limit."""
+    max_gpu_hours: float | None = Field(default=None, gt=0)
+    """Stop the sweep (resumable, as for max_hours) once its trials have held this many
+    GPU-hours (a trial's workers' GPUs times the time it held them, earlier drivers'
+    stretches of a resumed sweep included; MLflow system/gpu_hours per trial and on the
+    parent run). `tune --resume` may be given a new one."""
     max_failed_trials: PositiveInt | None = None
     """Stop the sweep (resumable, as for max_hours) once this many of its trials have
     failed (a trial retried after a failure is not failed); null: no limit."""
@@ -564,6 +569,13 @@ class Spec(_Section):
         if named:
             raise ValueError(f"constraints: {', '.join(sorted(named))} is an objective (scheduler.metric); "
                              "constrain other metrics")
+        return self
+
+    @model_validator(mode="after")
+    def _gpu_budget_needs_gpus(self) -> Spec:
+        if self.budget.max_gpu_hours is not None and not self.scaling.use_gpu:
+            raise ValueError("budget.max_gpu_hours: the trials hold no GPUs (scaling.gpus_per_worker is 0); "
+                             "use budget.max_hours")
         return self
 
     @model_validator(mode="after")

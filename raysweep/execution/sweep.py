@@ -335,8 +335,10 @@ class SweepBudget(tune.Callback):
     `Stopper.stop_all` would instead mark them finished)."""
 
     def __init__(self, max_hours: float | None, max_failed: int | None, failed: Callable[[], int],
-                 pending_timeout_s: float | None = None) -> None:
+                 pending_timeout_s: float | None = None, max_gpu_hours: float | None = None,
+                 gpu_hours: Callable[[], float] = lambda: 0.0) -> None:
         self.max_hours, self.max_failed, self.failed = max_hours, max_failed, failed
+        self.max_gpu_hours, self.gpu_hours = max_gpu_hours, gpu_hours
         self.deadline = None if max_hours is None else time.monotonic() + max_hours * 3600
         self.pending_timeout_s = pending_timeout_s
         self.pending_since: dict[str, float] = {}
@@ -349,6 +351,8 @@ class SweepBudget(tune.Callback):
             self._stop(f"budget.max_hours ({self.max_hours:g} h) reached")
         elif self.max_failed is not None and self.failed() >= self.max_failed:
             self._stop(f"budget.max_failed_trials ({self.max_failed}) reached")
+        elif self.max_gpu_hours is not None and self.gpu_hours() >= self.max_gpu_hours:
+            self._stop(f"budget.max_gpu_hours ({self.max_gpu_hours:g} GPU-hours) reached")
         elif self.pending_timeout_s is not None:
             late = self._waited_too_long(trials)
             if late is not None:
@@ -442,7 +446,9 @@ def run_sweep(spec: Spec, plan: RunPlan, sweep_id: str, tracker: SweepTracker, c
     scheme = sweep_dir.split("://", 1)[0] + "://" if is_object_store(sweep_dir) else ""
     callbacks: list[tune.Callback] = [TrackerCallback(tracker, scheme)]
     budget = SweepBudget(spec.budget.max_hours, spec.budget.max_failed_trials,
-                         lambda: len(tracker.state.in_state(TrialState.FAILED)), spec.scaling.pending_timeout_s)
+                         lambda: len(tracker.state.in_state(TrialState.FAILED)), spec.scaling.pending_timeout_s,
+                         spec.budget.max_gpu_hours, lambda: tracker.state.resource_hours(plan.num_workers *
+                                                                                          plan.gpus_per_worker))
     callbacks.append(budget)
     if "://" in sweep_dir:
         callbacks.append(StudyMirror(sweep_dir, spec.name))

@@ -11,6 +11,7 @@ config, result dict), so it runs and is tested without Ray; the Tune callback in
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,12 +22,17 @@ from raysweep.tracking.console import ConsolePrinter
 from raysweep.tracking.store import RunStore, record_preemption
 from raysweep.tracking.trials import SweepState, TrialRecord, TrialState
 
+HELD_S, CPU_HOURS, GPU_HOURS = f"{SYSTEM}held_s", f"{SYSTEM}cpu_hours", f"{SYSTEM}gpu_hours"
+"""A trial's (and the parent run's, for the sweep) resource use: seconds it held its
+workers, and those times its CPUs and GPUs, in hours."""
+
 
 class SweepWriter:
     """The MLflow side of a sweep: written from the driver only."""
 
     def __init__(self, store: RunStore, sweep_key: str, parent_id: str) -> None:
         self.store, self.sweep_key, self.parent_id = store, sweep_key, parent_id
+        self.trial_resources: tuple[float, float] = (0.0, 0.0)
 
     def open_trial(self, trial_id: str, config: dict[str, Any]) -> str:
         """The trial's child run (re-attached by its key when the sweep resumes)."""
@@ -40,6 +46,10 @@ class SweepWriter:
         self.store.log_metrics(record.run_id, values, step=int(values.get("epoch", 0)))
 
     def close_trial(self, record: TrialRecord) -> None:
+        cpus, gpus = self.trial_resources
+        held = record.held_now()
+        self.store.log_metrics(record.run_id, {HELD_S: held, CPU_HOURS: held * cpus / 3600,
+                                               GPU_HOURS: held * gpus / 3600}, 0)
         tags: dict[str, Any] = {tag.STATE: record.state.name,
                                 tag.EARLY_STOPPED: record.state is TrialState.STOPPED_EARLY}
         if record.checkpoint:
@@ -66,7 +76,8 @@ class SweepWriter:
                 tags[tag.TRIAL_ID], run.info.run_id, json.loads(tags.get(tag.TRIAL_CONFIG, "{}")),
                 history=[rows[s] for s in sorted(rows)], state=TrialState.from_run(run.info.status, tags),
                 error=tags.get(tag.ERROR, ""), started=run.info.start_time / 1000,
-                ended=(run.info.end_time or 0) / 1000 or None, checkpoint=tags.get(tag.CHECKPOINT)))
+                ended=(run.info.end_time or 0) / 1000 or None, checkpoint=tags.get(tag.CHECKPOINT),
+                held_s=float(run.data.metrics.get(HELD_S, 0.0))))
         return records
 
     def resolve_runs(self, state: SweepState) -> None:
@@ -102,17 +113,25 @@ class SweepWriter:
                 **{f"{tag.BEST_PREFIX}{k}": v for k, v in metrics.items()},
             })
             self.store.log_metrics(self.parent_id, {f"best_{k}": v for k, v in metrics.items()}, 0)
+        cpus, gpus = self.trial_resources
+        self.store.log_metrics(self.parent_id, {CPU_HOURS: state.resource_hours(cpus),
+                                                GPU_HOURS: state.resource_hours(gpus)}, 0)
         self.store.close(self.parent_id, status)
 
 
 class SweepTracker:
-    """Trial events -> SweepState, MLflow (SweepWriter) and the console (ConsolePrinter)."""
+    """Trial events -> SweepState, MLflow (SweepWriter) and the console (ConsolePrinter).
+
+    `trial_resources`: the (CPUs, GPUs) one trial's workers hold, for the CPU- and
+    GPU-hours each trial and the sweep used (MLflow system/cpu_hours, system/gpu_hours;
+    budget.max_gpu_hours)."""
 
     def __init__(self, store: RunStore, sweep_key: str, parent_id: str, metric: str,
                  mode: str, max_epochs: int, echo: bool = True, objectives: Sequence[tuple[str, str]] = (),
-                 constraints: Sequence[Constraint] = ()) -> None:
+                 constraints: Sequence[Constraint] = (), trial_resources: tuple[float, float] = (0.0, 0.0)) -> None:
         self.state = SweepState(metric, mode, max_epochs, objectives, constraints)
         self.writer = SweepWriter(store, sweep_key, parent_id)
+        self.writer.trial_resources = trial_resources
         self.printer = ConsolePrinter(metric, echo)
 
     @property
@@ -133,6 +152,8 @@ class SweepTracker:
         if record.state is not TrialState.RUNNING:  # a resumed sweep runs a lost trial again
             record.state, record.ended = TrialState.RUNNING, None
             self.writer.open_trial(trial_id, config)
+        if record.running_since is None:
+            record.running_since = time.time()
         self.printer.started(trial_id, config)
 
     def trial_result(self, trial_id: str, config: dict[str, Any], result: dict[str, Any]) -> None:

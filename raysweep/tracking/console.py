@@ -130,7 +130,9 @@ def print_summary(result: SweepResult) -> None:
         print("  " + fmt(state.row(best) or {}))
     for record in state.in_state(TrialState.FAILED):
         print(f"failed trial {record.trial_id}: {record.error}")
-    print(f"sweep {result.sweep_id}: {len(state.trials)} trials in {result.wall_s:.0f} s; "
+    cpus, gpus = result.trial_resources
+    print(f"sweep {result.sweep_id}: {len(state.trials)} trials in {result.wall_s:.0f} s "
+          f"({state.resource_hours(cpus):.3g} CPU-hours, {state.resource_hours(gpus):.3g} GPU-hours); "
           f"run folder {result.sweep_dir}")
     uri = result.tracking_uri
     print(f"MLflow: {uri} experiment {result.experiment!r}, parent run {result.parent_id} "

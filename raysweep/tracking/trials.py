@@ -69,6 +69,19 @@ class TrialRecord:
     last_report_unix: float | None = None
     preemptions: int = 0
     """Drain notices the trial checkpointed for (and moved on from)."""
+    held_s: float = 0.0
+    """Seconds the trial held its resources in earlier stretches (a sweep stopped and
+    resumed runs a trial in several), not counting the one running now."""
+    running_since: float | None = None
+    """When its current stretch began (None: not running in this driver)."""
+
+    def held_now(self, now: float | None = None) -> float:
+        """Seconds the trial has held its resources, the running stretch included."""
+        running = ((now or time.time()) - self.running_since) if self.running_since is not None else 0.0
+        return self.held_s + running
+
+    def stop_holding(self) -> None:
+        self.held_s, self.running_since = self.held_now(), None
 
     @property
     def wall_s(self) -> float:
@@ -188,12 +201,14 @@ class SweepState:
         stopped = record.epochs < self.max_epochs
         record.state = TrialState.STOPPED_EARLY if stopped else TrialState.FINISHED
         record.ended = time.time()
+        record.stop_holding()
         record.checkpoint = checkpoint or record.checkpoint
         return record
 
     def fail(self, trial_id: str, error: str) -> TrialRecord:
         record = self.trials[trial_id]
         record.state, record.ended, record.error = TrialState.FAILED, time.time(), error
+        record.stop_holding()
         return record
 
     def end(self, lost_as: TrialState) -> list[TrialRecord]:
@@ -203,7 +218,14 @@ class SweepState:
         for record in lost:
             record.state = lost_as
             record.ended = record.ended or time.time()
+            record.stop_holding()
         return lost
+
+    def resource_hours(self, per_trial: float) -> float:
+        """Hours of a resource the sweep's trials held, at `per_trial` units each (a
+        trial's workers' CPUs or GPUs), running ones until now, earlier drivers' too."""
+        now = time.time()
+        return sum(r.held_now(now) for r in self.trials.values()) * per_trial / 3600
 
     def in_state(self, *states: TrialState) -> list[TrialRecord]:
         return [t for t in self.trials.values() if t.state in states]
@@ -242,6 +264,9 @@ class SweepResult:
     registered: Any = None
     stopped_by: str | None = None
     """The budget that stopped the sweep early (`tune --resume` continues it)."""
+    trial_resources: tuple[float, float] = (0.0, 0.0)
+    """(CPUs, GPUs) one trial's workers hold: state.resource_hours(...) of each is what
+    the sweep used."""
 
     @property
     def ok(self) -> bool:

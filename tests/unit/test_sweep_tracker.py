@@ -92,7 +92,8 @@ def test_trial_events_give_states_runs_tags_and_console_lines(store, tmp_path, c
 
     a = runs["a"].info.run_id  # metrics by epoch, Tune's bookkeeping left out
     assert metric_history(store.uri, a, METRIC) == {0: 0.9, 1: 0.6, 2: 0.5}
-    assert set(runs["a"].data.metrics) == {"epoch", "train_loss", METRIC, "epochs_completed", "startup_s"}
+    assert set(runs["a"].data.metrics) == {"epoch", "train_loss", METRIC, "epochs_completed", "startup_s",
+                                           "system/held_s", "system/cpu_hours", "system/gpu_hours"}
     assert metric_history(store.uri, a, "startup_s") == {0: pytest.approx(2.5)}
     assert metric_history(store.uri, runs["d"].info.run_id, METRIC) == {}
 
@@ -274,3 +275,32 @@ def test_a_preempted_trial_is_told_apart_from_a_failed_one(store, capsys) -> Non
     callback.on_trial_recover(2, [], trial)
     assert "[a] failed (unknown error); retrying from its latest checkpoint (failure 1)" in capsys.readouterr().out
     assert store.client.get_run(run_id).data.tags["raysweep.failures"] == "1"
+
+
+def test_resource_hours_count_every_stretch_a_trial_held_its_workers(monkeypatch) -> None:
+    """A trial run in two stretches (a sweep stopped and resumed) counts both; the time
+    between them does not. budget.max_gpu_hours stops the sweep on that count."""
+    import warnings
+
+    from raysweep.execution.sweep import SweepBudget
+    from raysweep.tracking.trials import SweepState, TrialRecord
+
+    clock = [1000.0]
+    monkeypatch.setattr("raysweep.tracking.trials.time.time", lambda: clock[0])
+    state = SweepState("val_loss", "min", 2)
+    record = state.add(TrialRecord("t1", "r1", {}, running_since=clock[0]))
+    clock[0] += 1800  # 30 min running
+    record.stop_holding()
+    clock[0] += 7200  # stopped 2 h: not counted
+    record.running_since = clock[0]
+    clock[0] += 900  # 15 min into its second stretch
+    assert record.held_now() == pytest.approx(2700)
+    assert state.resource_hours(2.0) == pytest.approx(1.5)  # 0.75 h x 2 GPUs
+    budget = SweepBudget(None, None, lambda: 0, max_gpu_hours=1.5, gpu_hours=lambda: state.resource_hours(2.0))
+    with warnings.catch_warnings(record=True):  # (no Tune interrupt handler in this process: it warns)
+        warnings.simplefilter("always")
+        budget.on_step_begin(0, [])
+    assert budget.reason == "budget.max_gpu_hours (1.5 GPU-hours) reached"
+    short = SweepBudget(None, None, lambda: 0, max_gpu_hours=1.6, gpu_hours=lambda: state.resource_hours(2.0))
+    short.on_step_begin(0, [])
+    assert short.reason is None
