@@ -38,6 +38,9 @@ sends for a spot node)."""
 PREEMPTION_CHECK_STEPS = 4
 """Ranks of a worker group agree on a drain notice every this many steps (one
 all-reduce of a flag); one worker checks every step (no collective)."""
+LOSS_CHECK_STEPS = 16
+"""`ctx.backward` looks at whether the losses so far were finite every this many steps
+(one host sync; between two looks the flag stays on the device)."""
 PREEMPTION_WAIT_MARGIN_S = 30.0
 """After its just-in-time checkpoint a worker waits for its node to go; if it is still
 there this long after the deadline (the drain was cancelled), it trains on."""
@@ -126,9 +129,12 @@ class TrainContext:
     _usage: Usage = field(default_factory=Usage, init=False, repr=False)
     _prepared: Prepared | None = field(default=None, init=False, repr=False)
     _step: tuple[int, int] = field(default=(0, 1), init=False, repr=False)
+    _epoch: int = field(default=0, init=False, repr=False)
     """(the batch of the epoch the trainer holds, the epoch's batch count)."""
     _step_times: list[float] = field(default_factory=list, init=False, repr=False)
     _compile_s: float | None = field(default=None, init=False, repr=False)
+    _finite: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _finite_since: tuple[int, int] | None = field(default=None, init=False, repr=False)
 
     @property
     def start_epoch(self) -> int:
@@ -178,7 +184,7 @@ class TrainContext:
         for step, batch in enumerate(batches, start=start):
             if self._first_step_at is None:
                 self._first_step_at = time.time()
-            self._step = (step, total)
+            self._step, self._epoch = (step, total), epoch
             if accumulate > 1 and self._prepared is not None:
                 parallel.set_gradient_sync(self._prepared, self._step_ends_group(step, total))
             began = time.perf_counter()
@@ -361,6 +367,7 @@ class TrainContext:
         gradients are zeroed. Returns whether it stepped. The loss is divided by the
         group's size, so N micro-batches step as one N-times larger batch would."""
         step, total = self._step
+        self._check_finite(loss, step, total)
         k = self.parallel.accumulate_steps
         group = k if (step // k + 1) * k <= total else total - (step // k) * k
         (loss / group if group > 1 else loss).backward()
@@ -369,6 +376,22 @@ class TrainContext:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return True
+
+    def _check_finite(self, loss: torch.Tensor, step: int, total: int) -> None:
+        """A NaN or infinite loss fails the run within LOSS_CHECK_STEPS steps of it (not
+        at the epoch's end report), naming the epoch and the batches it was among."""
+        finite = torch.isfinite(loss.detach()).all()
+        self._finite = finite if self._finite is None else self._finite & finite
+        epoch = self._epoch
+        if self._finite_since is None:
+            self._finite_since = (epoch, step)
+        if (step + 1) % LOSS_CHECK_STEPS and step + 1 < total:
+            return
+        since, self._finite_since = self._finite_since, None
+        if not bool(self._finite):
+            raise NonFiniteMetricError(
+                f"non-finite loss at epoch {epoch}, batches {since[1]}-{step} (rank {self.rank})")
+        self._finite = None
 
     def state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
               **extra: Any) -> dict[str, Any]:

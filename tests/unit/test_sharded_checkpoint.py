@@ -6,6 +6,7 @@ tests/integration/test_strategies.py."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,22 @@ def test_accumulation_steps_once_per_group_and_at_the_epoch_end() -> None:
         if batch_index == 4:
             assert float(weight.grad) == 1.0  # (the last group holds one batch)
     assert stepped == [False, True, False, True, True] and len(steps) == 3
+
+
+def test_a_non_finite_loss_fails_the_run_within_the_check_interval() -> None:
+    """ctx.backward looks at the losses every LOSS_CHECK_STEPS steps: a NaN at batch 20
+    fails the run by batch 31, naming the epoch and the batches, not at the epoch's end."""
+    from raysweep.execution.context import LOSS_CHECK_STEPS, NonFiniteMetricError
+
+    train, validation = digits_splits()
+    ctx, _ = TrainContext.in_process(train, validation, {}, num_epochs=1)
+    model = _model()
+    ctx.prepare_model(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    seen = []
+    with pytest.raises(NonFiniteMetricError, match=r"^non-finite loss at epoch 0, batches 16-31 \(rank 0\)$"):
+        for i, _batch in enumerate(ctx.train_batches(0, 16)):
+            seen.append(i)
+            loss = model(torch.ones(2, 4)).sum() * (math.nan if i == 20 else 1.0)
+            ctx.backward(loss, optimizer)
+    assert seen[-1] == 2 * LOSS_CHECK_STEPS - 1 and ctx.num_train_batches(16) > 32
