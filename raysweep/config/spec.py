@@ -287,11 +287,22 @@ class SamplerSpec(_Section):
         return self
 
 
+def max_brackets(max_t: int, grace_period: int, reduction_factor: float) -> int:
+    """How many Hyperband brackets have at least one rung below max_t (1 when none has)."""
+    count = 0
+    while grace_period * reduction_factor ** count < max_t:
+        count += 1
+    return max(1, count)
+
+
 class SchedulerSpec(_Section):
     """Epochs per run, early stopping, and the metric a sweep optimizes."""
 
-    type: Literal["asha", "fifo"] = "asha"
-    """`asha` stops weak trials early; `fifo` runs every trial to max_epochs."""
+    type: Literal["asha", "hyperband", "fifo"] = "asha"
+    """`asha` stops weak trials early; `hyperband` is ASHA in several brackets, each with
+    a longer grace period than the one before (asynchronous Hyperband: a trial is given
+    a bracket when it starts, seeded by `seed`), for when early epochs predict late ones
+    poorly; `fifo` runs every trial to max_epochs."""
     metric: str | list[str] = "val_loss"
     """Metric the sweep optimizes, a key the trainer reports every epoch: ASHA
     compares trials by it, Optuna learns from it, the best trial is picked by it. A
@@ -308,6 +319,9 @@ class SchedulerSpec(_Section):
     reduction_factor: float = Field(default=2.0, gt=1)
     """ASHA: at each rung (grace_period, x this, x this^2, ... epochs) only the best
     1/reduction_factor of trials go on; 2: half stop."""
+    brackets: PositiveInt | None = None
+    """hyperband: how many brackets (bracket s's first rung at grace_period x
+    reduction_factor^s epochs); null: every one with a rung below max_epochs."""
 
     @property
     def metrics(self) -> list[str]:
@@ -339,6 +353,17 @@ class SchedulerSpec(_Section):
                              f"(metric={self.metric!r}, mode={self.mode!r})")
         if not self.metrics or len(set(self.metrics)) != len(self.metrics):
             raise ValueError(f"metric must name each objective once, got {self.metric!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _brackets_of_hyperband(self) -> SchedulerSpec:
+        if self.brackets is not None and self.type != "hyperband":
+            raise ValueError(f"brackets is a hyperband option, the scheduler is {self.type}")
+        most = max_brackets(self.max_epochs, self.grace_period, self.reduction_factor)
+        if self.brackets is not None and self.brackets > most:
+            raise ValueError(f"brackets: {self.brackets} is more than the {most} that have a rung below max_epochs "
+                             f"({self.max_epochs}) at grace_period {self.grace_period} and reduction_factor "
+                             f"{self.reduction_factor:g}")
         return self
 
     @model_validator(mode="after")

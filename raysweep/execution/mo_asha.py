@@ -4,16 +4,25 @@ Ray's ASHA compares one metric against a rung's percentile cutoff; here a trial 
 a rung is ranked with the vectors already recorded there by non-dominated sorting (ties
 within a front: the lower first objective first) and goes on if it lands in the top
 1/reduction_factor. The rungs, and when a trial is judged, mirror Ray's `_Bracket`.
+
+With `brackets` > 1 it is asynchronous Hyperband (Li et al. 2020, as Ray's
+AsyncHyperBandScheduler): bracket s has its first rung at grace_period *
+reduction_factor**s, so its trials run longer before they can be stopped; each trial
+is given a bracket when it is added, with Ray's probabilities (bracket s in proportion
+to e**(its rung count)), drawn from a generator seeded by `seed` (Ray's draws from
+NumPy's global one), so a sweep's brackets are the same on every run.
 """
 
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from raysweep.config.spec import max_brackets
 from raysweep.report import EPOCHS_COMPLETED
 from raysweep.tracking.pareto import MODES, minimized, rank_order
 
@@ -41,7 +50,8 @@ class MultiObjectiveASHA(FIFOScheduler):
     """
 
     def __init__(self, metrics: list[str], modes: list[str], max_t: int, grace_period: int = 1,
-                 reduction_factor: float = 2.0, time_attr: str = EPOCHS_COMPLETED) -> None:
+                 reduction_factor: float = 2.0, time_attr: str = EPOCHS_COMPLETED, brackets: int = 1,
+                 seed: int = 0) -> None:
         if not metrics or len(metrics) != len(modes):
             raise ValueError(f"need one mode per metric and at least one metric, got {metrics} and {modes}")
         if any(mode not in MODES for mode in modes):
@@ -50,26 +60,53 @@ class MultiObjectiveASHA(FIFOScheduler):
             raise ValueError(f"need 0 < grace_period <= max_t, got grace_period={grace_period}, max_t={max_t}")
         if reduction_factor <= 1:
             raise ValueError(f"reduction_factor must be above 1, got {reduction_factor}")
+        if brackets < 1 or brackets > max_brackets(max_t, grace_period, reduction_factor):
+            raise ValueError(f"brackets must be 1 to {max_brackets(max_t, grace_period, reduction_factor)}, "
+                             f"got {brackets}")
         super().__init__()
         self._metrics = list(metrics)
         self._modes = list(modes)
         self._max_t = max_t
         self._reduction_factor = reduction_factor
         self._time_attr = time_attr
-        milestones: list[float] = []
-        while grace_period * reduction_factor ** len(milestones) < max_t:
-            milestones.append(grace_period * reduction_factor ** len(milestones))
-        self._rungs: list[tuple[float, dict[str, tuple[float, ...]]]] = [(m, {}) for m in reversed(milestones)]
-        """Highest milestone first, each with the vectors recorded there by trial id."""
+        self._brackets: list[list[tuple[float, dict[str, tuple[float, ...]]]]] = []
+        """Per bracket, its rungs: highest milestone first, each with the vectors recorded
+        there by trial id."""
+        for s in range(brackets):
+            milestones: list[float] = []
+            while grace_period * reduction_factor ** (s + len(milestones)) < max_t:
+                milestones.append(grace_period * reduction_factor ** (s + len(milestones)))
+            self._brackets.append([(m, {}) for m in reversed(milestones)])
+        sizes = [len(rungs) for rungs in self._brackets]
+        self._weights = [math.e ** (size - max(sizes)) for size in sizes]
+        self._random = random.Random(seed)
+        self._bracket_of: dict[str, int] = {}
         self._num_stopped = 0
 
     @property
-    def milestones(self) -> list[float]:
-        return [milestone for milestone, _ in reversed(self._rungs)]
+    def _rungs(self) -> list[tuple[float, dict[str, tuple[float, ...]]]]:
+        return self._brackets[0]
 
-    def recorded(self, milestone: float) -> dict[str, tuple[float, ...]]:
+    @property
+    def milestones(self) -> list[float]:
+        return self.bracket_milestones(0)
+
+    def bracket_milestones(self, bracket: int) -> list[float]:
+        return [milestone for milestone, _ in reversed(self._brackets[bracket])]
+
+    def bracket_of(self, trial_id: str) -> int:
+        """The trial's bracket, drawn when it is first seen."""
+        if trial_id not in self._bracket_of:
+            self._bracket_of[trial_id] = self._random.choices(range(len(self._brackets)), self._weights)[0] \
+                if len(self._brackets) > 1 else 0
+        return self._bracket_of[trial_id]
+
+    def recorded(self, milestone: float, bracket: int = 0) -> dict[str, tuple[float, ...]]:
         """The minimized vectors recorded at a rung, by trial id."""
-        return dict({m: r for m, r in self._rungs}[milestone])
+        return dict({m: r for m, r in self._brackets[bracket]}[milestone])
+
+    def on_trial_add(self, tune_controller: TuneController | None, trial: Trial) -> None:
+        self.bracket_of(trial.trial_id)
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
         return True
@@ -80,7 +117,7 @@ class MultiObjectiveASHA(FIFOScheduler):
         return result[self._time_attr], minimized(result, self._metrics, self._modes)
 
     def _judge(self, trial_id: str, t: float, vector: tuple[float, ...]) -> str:
-        for milestone, recorded in self._rungs:
+        for milestone, recorded in self._brackets[self.bracket_of(trial_id)]:
             if t < milestone or trial_id in recorded:
                 continue
             action = TrialScheduler.CONTINUE if promote(list(recorded.values()), vector,
@@ -107,5 +144,6 @@ class MultiObjectiveASHA(FIFOScheduler):
 
     def debug_string(self) -> str:
         objectives = ", ".join(f"{m} ({mode})" for m, mode in zip(self._metrics, self._modes, strict=True))
-        rungs = " | ".join(f"{self._time_attr} {m:g}: {len(r)} recorded" for m, r in reversed(self._rungs))
+        rungs = " || ".join(" | ".join(f"{self._time_attr} {m:g}: {len(r)} recorded" for m, r in reversed(rungs))
+                            for rungs in self._brackets)
         return f"Using MultiObjectiveASHA on {objectives}: num_stopped={self._num_stopped}\n{rungs or 'no rungs'}"

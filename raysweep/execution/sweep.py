@@ -45,7 +45,7 @@ from raysweep._upstream.tune_state import (
 )
 from raysweep.config.constraints import Constraint, violations
 from raysweep.config.space import search_space, to_optuna_space
-from raysweep.config.spec import SamplerSpec, SchedulerSpec, Spec
+from raysweep.config.spec import SamplerSpec, SchedulerSpec, Spec, max_brackets
 from raysweep.data.storage import is_object_store, run_storage, uri_of
 from raysweep.errors import UserInputError, cause_of, one_line_cause
 from raysweep.execution.mo_asha import MultiObjectiveASHA
@@ -232,9 +232,15 @@ def make_sampler(sampler: SamplerSpec, seed_offset: int = 0) -> optuna.samplers.
                                           n_startup_trials=10 if startup is None else startup)
 
 
-def make_scheduler(scheduler: SchedulerSpec) -> TrialScheduler:
+def make_scheduler(scheduler: SchedulerSpec, seed: int = 0) -> TrialScheduler:
     if scheduler.type == "fifo":
         return FIFOScheduler()
+    if scheduler.type == "hyperband":  # (one objective or several: raysweep's own, seeded brackets)
+        brackets = scheduler.brackets or max_brackets(scheduler.max_epochs, scheduler.grace_period,
+                                                      scheduler.reduction_factor)
+        return MultiObjectiveASHA(scheduler.metrics, scheduler.modes, max_t=scheduler.max_epochs,
+                                  grace_period=scheduler.grace_period, reduction_factor=scheduler.reduction_factor,
+                                  brackets=brackets, seed=seed)
     if scheduler.multi_objective:
         return MultiObjectiveASHA(scheduler.metrics, scheduler.modes, max_t=scheduler.max_epochs,
                                   grace_period=scheduler.grace_period, reduction_factor=scheduler.reduction_factor)
@@ -476,7 +482,7 @@ def run_sweep(spec: Spec, plan: RunPlan, sweep_id: str, tracker: SweepTracker, c
             trainable,
             tune_config=tune.TuneConfig(
                 search_alg=make_searcher(spec, sweep_dir),
-                scheduler=make_scheduler(spec.scheduler),
+                scheduler=make_scheduler(spec.scheduler, spec.seed),
                 num_samples=spec.budget.num_trials,
                 max_concurrent_trials=concurrency,
                 reuse_actors=strategy.trial_is_worker,

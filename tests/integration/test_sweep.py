@@ -16,6 +16,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from raysweep.cli import main
+from raysweep.config.load import load_spec
 from raysweep.registry import build_from_checkpoint
 from raysweep.testing.helpers import experiment_runs
 from raysweep.testing.probe import build_model
@@ -345,6 +346,28 @@ def test_a_trial_that_cannot_be_placed_stops_the_sweep_and_resume_continues_it(r
     assert main(["tune", str(spec), "--resume", sweep_id]) == 0
     children = [r for r in experiment_runs(mlflow_uri) if "mlflow.parentRunId" in r.data.tags]
     assert [c.info.status for c in children] == ["FINISHED"]
+
+
+def test_a_hyperband_sweep_stops_trials_only_at_their_brackets_rungs(ray_cluster, mlflow_uri, write_spec):
+    """scheduler.type: hyperband on Ray: 6 trials, max 8 epochs, brackets with first rungs
+    at 1, 2 and 4 epochs: every trial ends at a rung of its bracket or at max_epochs."""
+    from raysweep.execution.sweep import make_scheduler
+
+    scheduler = {"type": "hyperband", "metric": "val_loss", "mode": "min", "max_epochs": 8, "grace_period": 1,
+                 "brackets": 3}
+    spec = write_spec(scheduler=scheduler, budget={"num_trials": 6}, seed=5)
+    assert main(["tune", str(spec)]) == 0
+    children = [r for r in experiment_runs(mlflow_uri) if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 6 and all(c.info.status == "FINISHED" for c in children)
+    hb = make_scheduler(load_spec(spec).scheduler, 5)  # (the brackets the sweep drew: same seed, same order)
+    client = MlflowClient(mlflow_uri)
+    seen = []
+    for child in sorted(children, key=lambda c: c.info.start_time):
+        epochs = len(client.get_metric_history(child.info.run_id, "val_loss"))
+        bracket = hb.bracket_of(child.data.tags["raysweep.trial_id"])
+        assert epochs in [*hb.bracket_milestones(bracket), 8], (child.data.tags["raysweep.trial_id"], bracket, epochs)
+        seen.append((bracket, epochs))
+    assert len({b for b, _ in seen}) > 1 and any(e < 8 for _, e in seen), seen  # (seed 5: brackets 0 and 1, stops)
 
 
 def test_a_failure_budget_stops_the_sweep(ray_cluster, mlflow_uri, write_spec, tmp_path, capsys):

@@ -165,3 +165,34 @@ def test_pickles_with_its_recorded_state():
     assert restored.debug_string() == s.debug_string()
     assert restored.on_trial_result(None, FakeTrial("c"), result(2, 0.45, 10.5)) == STOP
     assert "c" not in s.recorded(2)
+
+
+def test_hyperband_brackets_start_their_rungs_later():
+    """Bracket s's first rung is at grace_period * reduction_factor**s (max_t 16: rungs
+    1-2-4-8, 2-4-8, 4-8, 8); a trial is judged only at its bracket's rungs."""
+    from raysweep.config.spec import max_brackets
+
+    assert max_brackets(16, 1, 2.0) == 4 and max_brackets(4, 4, 2.0) == 1
+    hb = scheduler(max_t=16, brackets=4, metrics=["val_loss"], modes=["min"])
+    assert [hb.bracket_milestones(s) for s in range(4)] == [[1, 2, 4, 8], [2, 4, 8], [4, 8], [8]]
+    by_bracket: dict[int, list[str]] = {}
+    for i in range(400):
+        by_bracket.setdefault(hb.bracket_of(f"t{i}"), []).append(f"t{i}")
+    # Ray's weights: e**(rung count - the most), so bracket 0 (4 rungs) most often.
+    counts = [len(by_bracket.get(s, [])) for s in range(4)]
+    assert counts[0] > counts[1] > counts[2] > counts[3] > 0, counts
+    late = by_bracket[2][0]  # (first rung at 4 epochs)
+    best = by_bracket[2][1]
+    assert hb.on_trial_result(None, FakeTrial(best), {"epochs_completed": 4, "val_loss": 0.1}) == CONTINUE
+    for epoch in (1, 2, 3):  # (worse than anything, but not judged before its bracket's first rung)
+        assert hb.on_trial_result(None, FakeTrial(late), {"epochs_completed": epoch, "val_loss": 9.0}) == CONTINUE
+    assert hb.on_trial_result(None, FakeTrial(late), {"epochs_completed": 4, "val_loss": 9.0}) == STOP
+    assert hb.recorded(4, bracket=2) == {best: (0.1,), late: (9.0,)} and hb.recorded(4, bracket=0) == {}
+
+
+def test_hyperband_brackets_are_the_same_for_the_same_seed():
+    ids = [f"trial-{i}" for i in range(50)]
+    one, two, other = (scheduler(max_t=16, brackets=3, seed=s) for s in (7, 7, 8))
+    assert [one.bracket_of(t) for t in ids] == [two.bracket_of(t) for t in ids] != [other.bracket_of(t) for t in ids]
+    with pytest.raises(ValueError, match="brackets must be 1 to 4"):
+        scheduler(max_t=16, brackets=5)
