@@ -56,6 +56,15 @@ def quiet_mlflow_downloads() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
+def keep_stdlib_distutils() -> None:
+    """torch.compile on CPU builds C++ through setuptools; when a library imported the
+    standard library's distutils before setuptools came in, setuptools' distutils hack
+    fails the compile ("AssertionError: .../distutils/core.py", seen in a fresh
+    venv's test run). Keep the standard library's (Python 3.11 still has it) unless the
+    user chose."""
+    os.environ.setdefault("SETUPTOOLS_USE_DISTUTILS", "stdlib")
+
+
 def set_deterministic_cublas() -> None:
     """cuBLAS needs a fixed workspace for deterministic kernels (`deterministic: true`)."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

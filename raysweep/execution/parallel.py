@@ -35,6 +35,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
+from raysweep._ray_compat import keep_stdlib_distutils
 from raysweep.execution.checkpoint import SHARDED
 
 
@@ -99,6 +100,7 @@ def prepare(model: nn.Module, settings: ParallelSettings, device: torch.device, 
             inner = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     wrapped = inner
     if settings.compile != "false":
+        keep_stdlib_distutils()
         wrapped = torch.compile(inner, mode=None if settings.compile == "default" else settings.compile)  # type: ignore[assignment]
     return Prepared(wrapped, inner, sharded)
 
