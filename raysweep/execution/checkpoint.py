@@ -67,10 +67,7 @@ def _save_full(state: dict[str, Any], directory: str | Path) -> Path:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
-    marker = Path(directory) / DIGEST_FILE
-    tmp_marker = marker.with_suffix(".tmp")
-    tmp_marker.write_text(_digest(path))
-    os.replace(tmp_marker, marker)
+    _write_atomically(Path(directory) / DIGEST_FILE, _digest(path))
     return path
 
 

@@ -411,18 +411,17 @@ class TrainContext:
 
     def all_reduce_sum(self, values: list[float]) -> list[float]:
         """Sums `values` across ranks (identity for one worker)."""
-        if self.world_size == 1 or not dist.is_initialized():
-            return list(values)
-        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
-        dist.all_reduce(tensor)
-        return tensor.tolist()
+        return self._all_reduce(values, dist.ReduceOp.SUM)
 
     def all_reduce_max(self, values: list[float]) -> list[float]:
         """Element-wise maximum of `values` across ranks (identity for one worker)."""
+        return self._all_reduce(values, dist.ReduceOp.MAX)
+
+    def _all_reduce(self, values: list[float], op: Any) -> list[float]:
         if self.world_size == 1 or not dist.is_initialized():
             return list(values)
         tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        dist.all_reduce(tensor, op=op)
         return tensor.tolist()
 
     def report(self, metrics: dict[str, float], checkpoint: dict[str, Any] | None = None) -> None:
@@ -458,12 +457,8 @@ class TrainContext:
         """This epoch's resource use (report.Usage): the busiest rank's CPU and the largest
         peak memory across ranks (every rank reports each epoch, so all take part)."""
         usage = self._usage.read(self.device)
-        if self.world_size == 1 or not dist.is_initialized():
-            return usage
         names = sorted(usage)
-        values = torch.tensor([usage[n] for n in names], dtype=torch.float64, device=self.device)
-        dist.all_reduce(values, op=dist.ReduceOp.MAX)
-        return dict(zip(names, values.tolist(), strict=True))
+        return dict(zip(names, self.all_reduce_max([usage[n] for n in names]), strict=True))
 
     @classmethod
     def in_process(

@@ -57,16 +57,11 @@ def _spawn(fn: Any, *args: Any) -> dict[str, Any]:
 
 
 def _leave(rank: int, out: str, result: dict[str, Any]) -> None:
-    import sys
-
-    import torch.distributed as dist
+    from raysweep.testing.ranks import leave_group
 
     if rank == 0:
         Path(out).write_text(json.dumps(result))
-    dist.barrier()
-    dist.destroy_process_group()
-    sys.stdout.flush()
-    os._exit(0)  # (see raysweep.testing.ranks: torch's teardown sometimes aborts)
+    leave_group()
 
 
 # ---------------------------------------------------------------- fsdp_step

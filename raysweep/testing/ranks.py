@@ -96,14 +96,21 @@ def _rank_main(rank: int, run: RankRun, port: int, out: str) -> None:
                    for p in (prepared.inner.parameters() if prepared is not None else []))
         Path(out).write_text(json.dumps([*reports, {"params_held": held}]))
     if run.world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
-        # Leave without the interpreter's teardown: about 1 spawned process in 5 aborted
-        # there ("terminate called without an active exception", a C++ thread torch left
-        # joinable), after its work and reports were done.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        leave_group()
+
+
+def leave_group() -> None:
+    """End a spawned rank: its process group, then the process without the
+    interpreter's teardown, where about 1 spawned process in 5 aborted ("terminate
+    called without an active exception", a C++ thread torch left joinable) after its
+    work and reports were done."""
+    import torch.distributed as dist
+
+    dist.barrier()
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_ranks(run: RankRun) -> list[dict[str, float]]:

@@ -30,9 +30,10 @@ workers, and those times its CPUs and GPUs, in hours."""
 class SweepWriter:
     """The MLflow side of a sweep: written from the driver only."""
 
-    def __init__(self, store: RunStore, sweep_key: str, parent_id: str) -> None:
+    def __init__(self, store: RunStore, sweep_key: str, parent_id: str,
+                 trial_resources: tuple[float, float] = (0.0, 0.0)) -> None:
         self.store, self.sweep_key, self.parent_id = store, sweep_key, parent_id
-        self.trial_resources: tuple[float, float] = (0.0, 0.0)
+        self.trial_resources = trial_resources
 
     def open_trial(self, trial_id: str, config: dict[str, Any]) -> str:
         """The trial's child run (re-attached by its key when the sweep resumes)."""
@@ -130,8 +131,7 @@ class SweepTracker:
                  mode: str, max_epochs: int, echo: bool = True, objectives: Sequence[tuple[str, str]] = (),
                  constraints: Sequence[Constraint] = (), trial_resources: tuple[float, float] = (0.0, 0.0)) -> None:
         self.state = SweepState(metric, mode, max_epochs, objectives, constraints)
-        self.writer = SweepWriter(store, sweep_key, parent_id)
-        self.writer.trial_resources = trial_resources
+        self.writer = SweepWriter(store, sweep_key, parent_id, trial_resources)
         self.printer = ConsolePrinter(metric, echo)
 
     @property

@@ -106,3 +106,25 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, Any, Any]:
     return (yield from _guarded(item))
+
+
+@pytest.fixture
+def world(tmp_path, monkeypatch):
+    """(folder, spec path, data folder): a valid probe spec on a private copy of the
+    data, in an empty working directory; afterwards, that the input under test started
+    neither Ray nor MLflow and wrote no run folder."""
+    import yaml
+
+    from raysweep.testing.probe import probe_spec, write_probe_data
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    data = tmp_path / "data"
+    write_probe_data(data)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(probe_spec(data, tmp_path / "results", tmp_path / "probe")))
+    ray_was_up = ray.is_initialized()
+    yield tmp_path, spec, data
+    assert ray.is_initialized() == ray_was_up, "bad input started Ray"
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists(), "MLflow was written"
+    assert not (tmp_path / "results").exists() and not (tmp_path / "probe").exists(), "a run folder was written"

@@ -10,7 +10,8 @@ traceback, before Ray or MLflow start.
   dropped or renamed, nulls, NaN or infinity in a feature, no rows, the file cut
   short, bytes overwritten, an extra file of another schema.
 
-The hand-written hostile corpus (tests/unit/test_hostile_input.py) says what each
+The `world` fixture (tests/unit/conftest.py) checks afterwards that nothing started
+or was written. The hand-written hostile corpus (tests/unit/test_hostile_input.py) says what each
 refusal must name; here the promise is only the exit code and the one line. With
 $RAYSWEEP_FAULTS_OUT set (scripts/faults.sh) each test records how many cases it
 tried and how many were refused.
@@ -29,13 +30,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import ray
 import yaml
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from raysweep.cli import main
-from raysweep.testing.probe import probe_spec, write_probe_data
 
 SPEC_KEYS = ["name", "trainer", "data", "params", "space", "sampler", "scheduler", "budget", "scaling", "seed",
              "storage_path", "checkpoint", "failure", "lightning", "deterministic", "constraints", "train", "x"]
@@ -49,21 +48,6 @@ scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.flo
 values = st.recursive(scalars, lambda inner: st.one_of(
     st.lists(inner, max_size=4), st.dictionaries(st.one_of(st.sampled_from(SPEC_KEYS), st.text(max_size=6)),
                                                  inner, max_size=4)), max_leaves=12)
-
-
-@pytest.fixture
-def world(tmp_path, monkeypatch):
-    """A valid probe spec and its data, in an empty working directory."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    data = tmp_path / "data"
-    write_probe_data(data)
-    raw = probe_spec(data, tmp_path / "results", tmp_path / "probe")
-    ray_was_up = ray.is_initialized()
-    yield tmp_path, raw, data
-    assert ray.is_initialized() == ray_was_up, "generated input started Ray"
-    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists(), "MLflow was written"
-    assert not (tmp_path / "results").exists(), "a run folder was written"
 
 
 def check(spec: Path, capsys: pytest.CaptureFixture[str], outcomes: Counter[int]) -> None:
@@ -120,7 +104,8 @@ def _mutate(raw: dict, path: tuple[Any, ...], how: str, value: Any) -> None:
 
 
 def test_mutated_specs(world, capsys, fault_figures) -> None:
-    root, raw, _ = world
+    root, spec, _ = world
+    raw = yaml.safe_load(spec.read_text())
     paths = _paths(raw)
     outcomes: Counter[int] = Counter()
 
@@ -190,11 +175,9 @@ DATA_MUTATIONS = ["to_string", "to_float", "drop", "rename", "null", "nan", "inf
 
 
 def test_mutated_data(world, capsys, fault_figures) -> None:
-    root, raw, data = world
+    root, spec, data = world
     pristine = root / "pristine"
     shutil.copytree(data, pristine)
-    spec = root / "spec.yaml"
-    spec.write_text(yaml.safe_dump(raw))
     files = sorted(p.relative_to(data) for p in data.rglob("*.parquet"))
     outcomes: Counter[int] = Counter()
     kinds: Counter[str] = Counter()

@@ -11,27 +11,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import ray
 import yaml
 
 from raysweep.cli import main
-from raysweep.testing.probe import probe_spec, write_probe_data
-
-
-@pytest.fixture
-def world(tmp_path, monkeypatch):
-    """A valid spec on a private copy of the data, in an empty working directory."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    data = tmp_path / "data"
-    write_probe_data(data)
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump(probe_spec(data, tmp_path / "results", tmp_path / "probe")))
-    ray_was_up = ray.is_initialized()
-    yield tmp_path, spec, data
-    assert ray.is_initialized() == ray_was_up, "bad input started Ray"
-    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists(), "MLflow was written"
-    assert not (tmp_path / "results").exists() and not (tmp_path / "probe").exists(), "a run folder was written"
 
 
 def edit_spec(change: Callable[[dict], None]) -> Callable:
