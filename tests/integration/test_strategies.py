@@ -116,7 +116,8 @@ def test_a_mid_epoch_sharded_checkpoint_resumes_at_its_cursor(tmp_path) -> None:
     _close(resumed, whole, keys=("val_loss", "val_accuracy"))
 
 
-def test_compile_on_gives_the_same_metrics_and_reports_its_time(runs) -> None:
+def test_compile_on_gives_the_same_metrics_and_reports_its_time(runs, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # (not /tmp/torchinductor_USER)
     one, _ = runs(1, 64)
     compiled, _ = runs(1, 64, compile="default")
     _close(compiled, one, rel=1e-3)
