@@ -25,9 +25,6 @@ RAY_ENV_DEFAULTS = {
     # In-trial runs checkpoint every epoch by design; Tune's "snapshotting may become
     # a bottleneck" warning would fire for every short trial.
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
-    # Snapshot Tune's experiment state (trials + searcher) at every step, not every
-    # 10 s or more: a driver killed between two snapshots would forget started trials.
-    "TUNE_GLOBAL_CHECKPOINT_S": "0",
     # Train V2's preemption watcher polls Ray's drain notices every 5 s by default; a
     # spot node's notice can come 30 s before it goes: look every second (one GCS call).
     "RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S": "1",

@@ -26,7 +26,7 @@ import inspect
 import textwrap
 from dataclasses import dataclass
 
-MODULES = ("cluster", "tune_state", "tune_failures", "train", "optuna_internals", "torch_internals")
+MODULES = ("cluster", "tune_failures", "train", "optuna_internals", "torch_internals")
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ hypervolume for three or more objectives.
 Why private: OptunaSearch keeps its study and trial map in private attributes and has
 no way to take a study it did not create; Optuna exposes its hypervolume only inside
 its samplers. Recheck on an upgrade: the pinned sources (OptunaSearch's
-`_setup_study`, `suggest`, `on_trial_complete`, `restore`; `optuna.Trial.__init__`;
+`_setup_study`, `suggest`, `on_trial_complete`; `optuna.Trial.__init__`;
 `compute_hypervolume`), then tests/integration/test_sweep.py and the resume cases.
 """
 
@@ -25,8 +25,6 @@ PINS: list[Pin] = [  # (python -m raysweep._upstream prints the current digests)
         '55eee52a9208b452'),
     Pin('ray.tune.search.optuna.optuna_search:OptunaSearch.on_trial_complete',
         '9c4cf49538985875'),
-    Pin('ray.tune.search.optuna.optuna_search:OptunaSearch.restore',
-        '2704e323f73efaca'),
     Pin('optuna.trial._trial:Trial.__init__',
         '9aad18f8de35a8f7'),
     Pin('optuna._hypervolume:compute_hypervolume',
@@ -60,6 +58,12 @@ def rebind_searcher(searcher: Any, study: Any, sampler: Any, trials: dict[str, A
     searcher._ot_study = study
     searcher._ot_trials = trials
     searcher._completed_trials = completed
+
+
+def adopt_trial(searcher: Any, trial_id: str, trial: Any) -> None:
+    """Make Tune's `trial_id` the live Optuna `trial` (OptunaSearch.suggest then returns
+    that trial's params instead of asking the study for a new one)."""
+    searcher._ot_trials[trial_id] = trial
 
 
 def live_trial(study: Any, frozen: Any) -> Any:

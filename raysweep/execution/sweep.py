@@ -28,6 +28,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from raysweep._ray_compat import set_ray_env_defaults
 from raysweep._upstream.optuna_internals import (
+    adopt_trial,
     live_trial,
     rebind_searcher,
     searcher_completed,
@@ -36,13 +37,6 @@ from raysweep._upstream.optuna_internals import (
     searcher_trial,
 )
 from raysweep._upstream.tune_failures import one_failure_per_actor_death
-from raysweep._upstream.tune_state import (
-    BEFORE_TUNE_STATE_SAVE,
-    atomic_tune_state,
-    persist_trials_before_they_start,
-    replace_tuner_callbacks,
-    replace_tuner_searcher,
-)
 from raysweep.config.constraints import Constraint, violations
 from raysweep.config.space import search_space, to_optuna_space
 from raysweep.config.spec import SamplerSpec, SchedulerSpec, Spec, max_brackets
@@ -50,7 +44,7 @@ from raysweep.data.storage import is_object_store, run_storage, uri_of
 from raysweep.errors import UserInputError, cause_of, one_line_cause
 from raysweep.execution.mo_asha import MultiObjectiveASHA
 from raysweep.execution.plan import ExecutionMode, RunPlan
-from raysweep.execution.trial import run_in_trial, run_warm_group, run_worker_group
+from raysweep.execution.trial import RESUME_KEY, run_in_trial, run_warm_group, run_worker_group, trial_identity
 from raysweep.execution.warm_group import resources as warm_group_resources
 from raysweep.report import EPOCHS_COMPLETED
 from raysweep.tracking.callbacks import SweepTracker
@@ -105,12 +99,13 @@ class _OptunaSearch(OptunaSearch):
     trial the scheduler stopped before `max_epochs` is told PRUNED, not COMPLETE with
     its last value (TPE then ranks it by its learning curve, below finished trials); an
     errored trial is FAIL even if it reported before. Each Optuna trial is tagged with
-    its Tune trial id. A resumed sweep's searcher is rebuilt from the journal
-    alone (`from_journal`), not from Tune's pickled snapshot of it: that snapshot is
-    taken and uploaded at other moments than the journal (Tune syncs its experiment
-    state in the background, skipping a sync while one runs), and a snapshot that does
-    not match the journal re-suggests params already tried or loses the map from
-    Tune trials to Optuna trials (KeyError on the next result).
+    its raysweep trial id (the Tune trial id of its first run).
+
+    A resumed sweep's searcher comes from the journal alone (`from_journal`): the trials
+    the journal holds as RUNNING (lost with the earlier driver, or stopped by a budget)
+    are handed out first, each under the Tune trial id it gets in this run, with its
+    params, its raysweep id and the checkpoint to continue from (`trial.RESUME_KEY`);
+    then new ones are asked of the study.
     """
 
     def __init__(self, *args: Any, journal_dir: str, sampler_spec: SamplerSpec, max_epochs: int,
@@ -121,20 +116,43 @@ class _OptunaSearch(OptunaSearch):
         self.constraints = tuple(constraints)
         self._reported: dict[str, int] = {}
         self._last: dict[str, dict] = {}
+        self.to_continue: list[tuple[str | None, Any]] = []
+        """(raysweep trial id or None: never tagged, the journal's trial) of each trial
+        a resumed sweep continues, in the order they started."""
+        self.checkpoints: dict[str, str | None] = {}
+        """The checkpoint each continued trial goes on from (by raysweep trial id)."""
+        self.finished: dict[str, optuna.trial.TrialState] = {}
+        """This sweep's trials the journal holds as finished (by raysweep trial id)."""
 
     def suggest(self, trial_id: str) -> dict | None:
+        if not searcher_knows(self, trial_id) and self.to_continue:
+            return self._continue(trial_id)
         new = not searcher_knows(self, trial_id)
         config = super().suggest(trial_id)
         if new and searcher_knows(self, trial_id):
             searcher_trial(self, trial_id).set_user_attr(TUNE_TRIAL_ATTR, trial_id)
-            # The bucket's journal gets the trial before Tune stores it in its own state (a
-            # driver lost in between left a trial the resumed searcher did not know).
+            # The bucket's journal gets the trial before Tune starts it (a driver lost in
+            # between left a trial that a resumed sweep would not know).
             push_study(getattr(self, "sweep_dir", ""), searcher_study_name(self))
         return config
 
+    def _continue(self, trial_id: str) -> dict | None:
+        """Tune's new `trial_id` is the next trial an earlier driver left unfinished."""
+        raysweep_id, frozen = self.to_continue.pop(0)
+        adopt_trial(self, trial_id, live_trial(self.journal_study, frozen))
+        if raysweep_id is None:
+            raysweep_id = trial_id
+            searcher_trial(self, trial_id).set_user_attr(TUNE_TRIAL_ATTR, trial_id)
+            push_study(self.sweep_dir, searcher_study_name(self))
+        if frozen.intermediate_values:  # (epochs the study has: not reported to it again)
+            self._reported[trial_id] = max(frozen.intermediate_values)
+        config = super().suggest(trial_id)
+        return None if config is None else {
+            **config, RESUME_KEY: {"trial_id": raysweep_id, "checkpoint": self.checkpoints.get(raysweep_id)}}
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if not searcher_knows(self, trial_id):
-            return  # (a trial Tune restored that the journal lacks: Optuna cannot be told of it)
+            return
         if result is not None and not error:  # (Tune passes a trial's last result here, not to on_trial_result)
             self.on_trial_result(trial_id, result)
         stopped_early = result is not None and int(result.get(EPOCHS_COMPLETED, self.max_epochs)) < self.max_epochs
@@ -154,41 +172,35 @@ class _OptunaSearch(OptunaSearch):
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]
         if all(m in result for m in metrics):
             self._last[trial_id] = result
-        if isinstance(self.metric, list):
+        if isinstance(self.metric, list) or not searcher_knows(self, trial_id):
             return
-        if not searcher_knows(self, trial_id):
-            return  # (a trial Tune restored that the journal lacks: Optuna cannot be told of it)
         if self.metric in result and "epoch" in result and not searcher_completed(self, trial_id):
             trial, epoch = searcher_trial(self, trial_id), int(result["epoch"])
             if self._reported.get(trial_id, -1) < epoch:  # (a finished trial's last result comes twice)
                 trial.report(float(result[self.metric]), epoch)
                 self._reported[trial_id] = epoch
 
-    def restore(self, checkpoint_path: str) -> None:
-        # This driver's journal copy and sweep folder (the stored state names an earlier driver's).
-        journal_dir, sweep_dir = self.journal_dir, getattr(self, "sweep_dir", "")
-        super().restore(checkpoint_path)
-        self.journal_dir, self.sweep_dir = journal_dir, sweep_dir
-        self.from_journal()
-
-    def from_journal(self) -> None:
-        """Study, trial map and finished trials from the journal; the sampler reseeded
-        from (seed, trials in the study), so it never replays the draws an earlier
-        driver made."""
+    def from_journal(self, checkpoints: dict[str, str | None] | None = None) -> None:
+        """The study from the journal, its unfinished trials to continue (from
+        `checkpoints`, by raysweep trial id), the sampler reseeded from (seed, trials
+        in the study), so it never replays the draws an earlier driver made."""
         study = optuna.load_study(study_name=searcher_study_name(self), storage=study_storage(self.journal_dir))
         known = study.get_trials(deepcopy=False)
-        rebind_searcher(self, study, make_sampler(self.sampler_spec, seed_offset=len(known)),
-                        trials={t.user_attrs[TUNE_TRIAL_ATTR]: live_trial(study, t)
-                                for t in known if TUNE_TRIAL_ATTR in t.user_attrs},
-                        completed={t.user_attrs[TUNE_TRIAL_ATTR] for t in known
-                                   if TUNE_TRIAL_ATTR in t.user_attrs and t.state.is_finished()})
-        self._reported = {t.user_attrs[TUNE_TRIAL_ATTR]: max(t.intermediate_values) for t in known
-                          if TUNE_TRIAL_ATTR in t.user_attrs and t.intermediate_values}
+        self.journal_study = study
+        rebind_searcher(self, study, make_sampler(self.sampler_spec, seed_offset=len(known)), trials={},
+                        completed=set())
+        running = optuna.trial.TrialState.RUNNING
+        self.to_continue = [(t.user_attrs.get(TUNE_TRIAL_ATTR), t) for t in known if t.state == running]
+        self.finished = {t.user_attrs[TUNE_TRIAL_ATTR]: t.state for t in known
+                         if TUNE_TRIAL_ATTR in t.user_attrs and t.state.is_finished()}
+        self.checkpoints = dict(checkpoints or {})
 
 
-def make_searcher(spec: Spec, sweep_dir: str, resume: bool = False) -> _OptunaSearch:
+def make_searcher(spec: Spec, sweep_dir: str, resume: bool = False,
+                  checkpoints: dict[str, str | None] | None = None) -> _OptunaSearch:
     """Ray Tune's OptunaSearch over the spec's space, on the sweep's durable study
-    (`resume`: rebuilt from the study's journal)."""
+    (`resume`: rebuilt from the study's journal, its unfinished trials continued from
+    `checkpoints`)."""
     searcher = _OptunaSearch(
         space=search_space(spec),
         metric=spec.scheduler.metric,
@@ -203,7 +215,7 @@ def make_searcher(spec: Spec, sweep_dir: str, resume: bool = False) -> _OptunaSe
         sweep_dir=sweep_dir,
     )
     if resume:
-        searcher.from_journal()
+        searcher.from_journal(checkpoints)
     return searcher
 
 
@@ -278,32 +290,44 @@ def find_sweep_to_resume(root: str, name: str, sweep_id: str | None) -> str:
 
 
 class TrackerCallback(tune.Callback):
-    """Forwards Tune's trial events to the (Ray-free) SweepTracker. `scheme` ("s3://",
-    "gs://" or ""): the sweep storage's, put back on the checkpoint paths Ray reports
-    (a path inside its filesystem: Train's `checkpoint_path` has no scheme)."""
+    """Forwards Tune's trial events to the (Ray-free) SweepTracker, under each trial's
+    raysweep id and with its params (a continued trial's config also says where it
+    continues from: trial.RESUME_KEY). `scheme` ("s3://", "gs://" or ""): the sweep
+    storage's, put back on the checkpoint paths Ray reports (a path inside its
+    filesystem: Train's `checkpoint_path` has no scheme)."""
 
     def __init__(self, tracker: SweepTracker, scheme: str = "") -> None:
         self.tracker = tracker
         self.scheme = scheme
-        self._failures: dict[str, int] = {}  # trial id -> Tune's failure count when last seen
+        self._failures: dict[str, int] = {}  # Tune trial id -> Tune's failure count when last seen
+
+    @staticmethod
+    def _trial(trial: Any) -> tuple[str, dict[str, Any]]:
+        trial_id, params, _ = trial_identity(trial.config, trial.trial_id)
+        return trial_id, params
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._failures[trial.trial_id] = int(trial.num_failures)
-        self.tracker.trial_started(trial.trial_id, trial.config)
+        self.tracker.trial_started(*self._trial(trial))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         path = result.get("checkpoint_path")
         if self.scheme and isinstance(path, str) and "://" not in path:
             result = {**result, "checkpoint_path": self.scheme + path.lstrip("/")}
-        self.tracker.trial_result(trial.trial_id, trial.config, result)
+        self.tracker.trial_result(*self._trial(trial), result)
+
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
+        """A checkpoint Tune has stored (in-trial and warm-group trials): the one a
+        resumed sweep continues the trial from."""
+        self.tracker.trial_checkpoint(*self._trial(trial), uri_of(checkpoint.filesystem, checkpoint.path))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         checkpoint = getattr(trial, "checkpoint", None)  # in-trial runs checkpoint through Tune
         path = uri_of(checkpoint.filesystem, checkpoint.path) if checkpoint else None
-        self.tracker.trial_completed(trial.trial_id, trial.config, path)
+        self.tracker.trial_completed(*self._trial(trial), path)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.tracker.trial_failed(trial.trial_id, trial.config, error_summary(trial))
+        self.tracker.trial_failed(*self._trial(trial), error_summary(trial))
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """A trial Tune runs again: after a failure (failure.max_failures), or after its
@@ -311,9 +335,9 @@ class TrackerCallback(tune.Callback):
         (its actor's RayActorError.preempted): said, with its cause."""
         failures, cause = int(trial.num_failures), error_summary(trial)
         if failures > self._failures.get(trial.trial_id, 0):
-            self.tracker.trial_retried(trial.trial_id, trial.config, failures, cause)
+            self.tracker.trial_retried(*self._trial(trial), failures, cause)
         else:
-            self.tracker.trial_preempted(trial.trial_id, trial.config, cause)
+            self.tracker.trial_preempted(*self._trial(trial), cause)
         self._failures[trial.trial_id] = failures
 
 
@@ -417,6 +441,20 @@ def error_summary(trial: Any) -> str:
     return one_line_cause(text) if text.strip() else "unknown error"
 
 
+def close_finished(tracker: SweepTracker, finished: dict[str, optuna.trial.TrialState]) -> None:
+    """A resumed sweep: the trials the journal holds as finished whose MLflow run an
+    earlier driver did not get to close (lost between telling Optuna and writing to
+    MLflow) are closed as the journal says."""
+    for trial_id, state in finished.items():
+        record = tracker.trials.get(trial_id)
+        if record is None or record.state is not TrialState.RUNNING:
+            continue
+        if state == optuna.trial.TrialState.FAIL:
+            tracker.trial_failed(trial_id, record.params, "lost with an earlier driver of this sweep")
+        else:
+            tracker.trial_completed(trial_id, record.params, record.checkpoint)
+
+
 @dataclass
 class SweepOutcome:
     sweep_id: str
@@ -433,13 +471,12 @@ def run_sweep(spec: Spec, plan: RunPlan, sweep_id: str, tracker: SweepTracker, c
 
     `driver_resources` (the profile's trial_driver_resources, e.g. {"on_demand": 0.01})
     pins each trial's function, and with it Train's controller, to nodes that have them.
-    `resume` continues the sweep in `sweep_id` (Tuner.restore): finished trials are
-    not run again, unfinished ones continue from their latest checkpoints, and the
-    searcher (with its Optuna study) picks up where it was.
+    `resume` continues the sweep in `sweep_id` from its Optuna journal and its MLflow
+    runs, in a new Tuner (Tune's own stored state is not read): finished trials are
+    not run again, unfinished ones continue from the checkpoint their run names, and
+    the searcher (with its Optuna study) picks up where it was.
     """
     set_ray_env_defaults()
-    persist_trials_before_they_start()
-    atomic_tune_state()
     one_failure_per_actor_death()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sweep_dir = f"{plan.storage_path}/{sweep_id}"
@@ -458,16 +495,16 @@ def run_sweep(spec: Spec, plan: RunPlan, sweep_id: str, tracker: SweepTracker, c
     callbacks.append(budget)
     if "://" in sweep_dir:
         callbacks.append(StudyMirror(sweep_dir, spec.name))
+    num_samples = spec.budget.num_trials
     if resume:
         # (the bucket's journal, on a driver that lost or never had its copy, was fetched and
         # checked before Ray started: run.resume_target -> tracking.study.check_journal)
-        stored = run_storage(f"{sweep_dir}/{TUNE_DIR}")
-        tuner = tune.Tuner.restore(stored["storage_path"], trainable, resume_unfinished=True,
-                                   resume_errored=False, restart_errored=False,
-                                   storage_filesystem=stored.get("storage_filesystem"))
-        replace_tuner_callbacks(tuner, callbacks)
-        replace_tuner_searcher(tuner, make_searcher(spec, sweep_dir, resume=True))
+        searcher = make_searcher(spec, sweep_dir, resume=True,
+                                 checkpoints={tid: r.checkpoint for tid, r in tracker.trials.items()})
+        close_finished(tracker, searcher.finished)
+        num_samples = max(0, num_samples - len(searcher.finished))
     else:
+        searcher = make_searcher(spec, sweep_dir)
         warm = spec.sampler.warm_start
         if warm:
             added, queued = seed_study(sweep_dir, spec.name, f"{plan.storage_path}/{warm}", warm,
@@ -478,35 +515,32 @@ def run_sweep(spec: Spec, plan: RunPlan, sweep_id: str, tracker: SweepTracker, c
                                        open_space=spec.space_function is not None)
             print(f"warm start: {added} finished trial(s) of sweep {warm} in the study; its best {queued} run first",
                   flush=True)
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=make_searcher(spec, sweep_dir),
-                scheduler=make_scheduler(spec.scheduler, spec.seed),
-                num_samples=spec.budget.num_trials,
-                max_concurrent_trials=concurrency,
-                reuse_actors=strategy.trial_is_worker,
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=make_scheduler(spec.scheduler, spec.seed),
+            num_samples=num_samples,
+            max_concurrent_trials=concurrency,
+            reuse_actors=strategy.trial_is_worker,
+        ),
+        run_config=tune.RunConfig(
+            name=TUNE_DIR,
+            **run_storage(sweep_dir),
+            callbacks=callbacks,
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=plan.max_failures if strategy.trial_is_worker else 0),
+            # Kept checkpoints of in-trial runs (worker-group trials keep Train's).
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=plan.num_to_keep,
+                checkpoint_score_attribute=plan.score_metric,
+                checkpoint_score_order=plan.score_mode,
             ),
-            run_config=tune.RunConfig(
-                name=TUNE_DIR,
-                **run_storage(sweep_dir),
-                callbacks=callbacks,
-                verbose=0,
-                failure_config=tune.FailureConfig(max_failures=plan.max_failures if strategy.trial_is_worker else 0),
-                # Kept checkpoints of in-trial runs (worker-group trials keep Train's).
-                checkpoint_config=tune.CheckpointConfig(
-                    num_to_keep=plan.num_to_keep,
-                    checkpoint_score_attribute=plan.score_metric,
-                    checkpoint_score_order=plan.score_mode,
-                ),
-            ),
-        )
+        ),
+    )
     started = time.perf_counter()
-    BEFORE_TUNE_STATE_SAVE.append(tracker.writer.flush)  # (MLflow never behind Tune's stored state)
-    try:
+    if num_samples:  # (a resumed sweep whose trials had all finished has none left to run)
         tuner.fit()
-    finally:
-        BEFORE_TUNE_STATE_SAVE.remove(tracker.writer.flush)
     if budget.reason is None:  # (stopped by its budget: the running trials are to be resumed, not lost)
         lost = fail_stale_trials(sweep_dir, spec.name)
         if lost:

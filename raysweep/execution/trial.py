@@ -17,26 +17,40 @@ from raysweep.execution.warm_group import train_in_warm_group
 from raysweep.execution.worker import train_in_trial
 
 DRIVER_NODE_FILE = "driver_node"
+RESUME_KEY = "_raysweep_resume"
+"""The config key of a trial that a resumed sweep continues (see execution.sweep): its
+raysweep trial id (the one MLflow and the journal know it by; Tune gives the trial a
+new id in each driver's run) and the checkpoint it continues from (None: from the
+start). Never part of the trainer's params."""
 
 
-def note_driver_node(trials_dir: str) -> str:
-    """Record where this trial's function (and a Train controller) ran; returns the trial id."""
-    trial_id = tune.get_context().get_trial_id()
+def trial_identity(config: dict[str, Any], tune_trial_id: str) -> tuple[str, dict[str, Any], str | None]:
+    """(raysweep trial id, the trainer's params, the checkpoint to continue from) of a
+    trial's config: a new trial's id is Tune's."""
+    resume = config.get(RESUME_KEY)
+    if not resume:
+        return tune_trial_id, config, None
+    return str(resume["trial_id"]), {k: v for k, v in config.items() if k != RESUME_KEY}, resume.get("checkpoint")
+
+
+def _start(config: dict[str, Any], trials_dir: str) -> tuple[str, dict[str, Any], str | None]:
+    """This trial's identity; records where its function (and a Train controller) ran."""
+    trial_id, params, checkpoint = trial_identity(config, tune.get_context().get_trial_id())
     if "://" not in trials_dir:
         folder = Path(trials_dir) / trial_id
         folder.mkdir(parents=True, exist_ok=True)
         (folder / DRIVER_NODE_FILE).write_text(ray.get_runtime_context().get_node_id())
-    return trial_id
+    return trial_id, params, checkpoint
 
 
 def run_in_trial(config: dict[str, Any], *, plan: RunPlan, trials_dir: str) -> None:
-    note_driver_node(trials_dir)
-    train_in_trial(plan.with_params(config))
+    _, params, checkpoint = _start(config, trials_dir)
+    train_in_trial(plan.with_params(params), resume_from=checkpoint)
 
 
 def run_warm_group(config: dict[str, Any], *, plan: RunPlan, trials_dir: str) -> None:
-    note_driver_node(trials_dir)
-    train_in_warm_group(plan.with_params(config))
+    _, params, checkpoint = _start(config, trials_dir)
+    train_in_warm_group(plan.with_params(params), resume_from=checkpoint)
 
 
 def run_worker_group(config: dict[str, Any], *, plan: RunPlan, trials_dir: str) -> None:
@@ -46,6 +60,8 @@ def run_worker_group(config: dict[str, Any], *, plan: RunPlan, trials_dir: str) 
 
     from raysweep.execution.driver import build_trainer
 
-    trial_id = note_driver_node(trials_dir)
-    build_trainer(plan.with_params(config), run_name=trial_id, callbacks=[TuneReportCallback()],
+    # (a continued trial's Train run, named by its raysweep id, resumes from its own
+    # latest checkpoint: Train restores a run of the same name and storage)
+    trial_id, params, _ = _start(config, trials_dir)
+    build_trainer(plan.with_params(params), run_name=trial_id, callbacks=[TuneReportCallback()],
                   storage_path=trials_dir).fit()

@@ -46,7 +46,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from raysweep._upstream.torch_internals import abort_process_groups
 from raysweep.errors import CAUSE_ATTR, Cause
 from raysweep.execution.plan import RunPlan
-from raysweep.execution.worker import _report, _state_of, _train
+from raysweep.execution.worker import _report, _state_of, _train, stored_checkpoint
 
 PROCESS_GROUP_TIMEOUT_S = 1800.0
 """A collective that waits longer than this fails (torch's own default for gloo)."""
@@ -269,9 +269,10 @@ def resources(plan: RunPlan) -> Any:
     return tune.PlacementGroupFactory([dict(bundle) for _ in range(plan.num_workers)], strategy="PACK")
 
 
-def train_in_warm_group(plan: RunPlan) -> None:
+def train_in_warm_group(plan: RunPlan, resume_from: str | None = None) -> None:
     """ExecutionMode.WARM_GROUP: one trial on this trial process's warm group (built, or
-    rebuilt after a failure or on other resources, as needed)."""
+    rebuilt after a failure or on other resources, as needed). `resume_from`: as in
+    worker.train_in_trial."""
     from ray import tune  # (lazy: Train workers never load Tune)
 
     global _GROUP
@@ -285,7 +286,8 @@ def train_in_warm_group(plan: RunPlan) -> None:
         _GROUP = WarmGroup(plan, placement)
     group = _GROUP
     try:
-        group.train(plan, lambda m, s: _report(tune.report, tune.Checkpoint, m, s), _state_of(tune.get_checkpoint()))
+        group.train(plan, lambda m, s: _report(tune.report, tune.Checkpoint, m, s),
+                    _state_of(tune.get_checkpoint() or stored_checkpoint(resume_from)))
     except SystemExit:
         raise
     except BaseException:

@@ -62,6 +62,18 @@ def _report(report: Callable[..., None], checkpoint_type: Any, metrics: dict[str
         report(metrics, checkpoint=checkpoint_type.from_directory(tmp))
 
 
+def stored_checkpoint(uri: str | None) -> Any:
+    """A Ray checkpoint for a folder in the run's storage (local, s3:// or gs://), or None."""
+    if not uri:
+        return None
+    from ray import tune
+
+    from raysweep.data.storage import filesystem
+
+    fs, path = filesystem(uri)
+    return tune.Checkpoint(path, filesystem=fs)
+
+
 def _state_of(checkpoint: Any) -> dict[str, Any] | None:
     """The state a Ray checkpoint holds (None: start from scratch). A sharded one is
     copied to a local folder this process keeps until it exits: the trainer reads its
@@ -108,7 +120,7 @@ def _train(plan: RunPlan, report_fn: Any, checkpoint: dict[str, Any] | None, **p
         raise
 
 
-def train_in_trial(plan: RunPlan) -> None:
+def train_in_trial(plan: RunPlan, resume_from: str | None = None) -> None:
     """ExecutionMode.IN_TRIAL: train in the Tune trial's own process.
 
     Reports and checkpoints go straight to Tune (`tune.report`), and a restored or
@@ -116,13 +128,15 @@ def train_in_trial(plan: RunPlan) -> None:
     failure handling stay Tune's. Ray gives the trial's actor its CPUs (and thread
     count) and GPU, as it would a Train worker. A drain notice for its node is watched
     (raysweep.execution.drain): the run checkpoints at once and waits for the node to
-    go; Tune runs it again elsewhere without counting a failure.
+    go; Tune runs it again elsewhere without counting a failure. `resume_from`: the
+    checkpoint a resumed sweep continues this trial from, when Tune has none of its own.
     """
     from ray import tune  # (lazy: Train workers never load Tune)
 
     use_cuda = plan.use_gpu and torch.cuda.is_available()
     with NodeDrainWatch(ray.get_runtime_context().get_node_id()) as drain:
-        _train(plan, functools.partial(_report, tune.report, tune.Checkpoint), _state_of(tune.get_checkpoint()),
+        checkpoint = tune.get_checkpoint() or stored_checkpoint(resume_from)
+        _train(plan, functools.partial(_report, tune.report, tune.Checkpoint), _state_of(checkpoint),
                device=torch.device("cuda", 0) if use_cuda else torch.device("cpu"), preemption=drain.deadline)
 
 

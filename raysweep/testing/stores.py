@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import itertools
-import time
 from typing import Any
-
-import pyarrow.fs
-from fsspec.implementations.local import LocalFileSystem
 
 from raysweep.tracking.store import RunStore
 
@@ -55,26 +51,3 @@ class NullStore(RunStore):
 
     def close(self, run_id: str, status: str) -> None:
         pass
-
-
-
-class SlowLocal(LocalFileSystem):
-    """fsspec's local filesystem with `delay_s` more for every file opened to write."""
-
-    cachable = False
-
-    def __init__(self, delay_s: float = 0.0, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.delay_s = delay_s
-
-    def _open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:
-        if "w" in mode or "a" in mode:
-            time.sleep(self.delay_s)
-        return super()._open(path, mode, **kwargs)
-
-
-def slow_upload_filesystem(delay_s: float) -> pyarrow.fs.FileSystem:
-    """A pyarrow filesystem over the local disk whose every file written takes `delay_s`
-    longer (an upload to a slow bucket): Tune's experiment-state uploads then lag its
-    steps, as they do to a loaded S3 store. Picklable (Tune ships it to trials)."""
-    return pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(SlowLocal(delay_s=delay_s)))

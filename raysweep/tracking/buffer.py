@@ -7,11 +7,11 @@ params, text, `close`) in order and returns at once; one thread sends them, retr
 each with backoff while the server is unreachable, for up to `patience_s`. A write
 the server refuses (a bad value, an unknown run) is said in one line and dropped.
 
-Writes are not let run ahead of what Tune stores: a sweep flushes them before every
-save of Tune's experiment state (`_upstream.tune_state.BEFORE_TUNE_STATE_SAVE`), since a
-resumed sweep does not replay the trial events Tune stored as done; so while the
-server is away the sweep waits there (its trials wait on their next report) instead
-of failing, and goes on when it answers. Reads flush first too.
+A resumed sweep continues each unfinished trial from the checkpoint its run names
+(`raysweep.checkpoint`, written after the epoch's metrics): the writes go in order, so
+a driver lost with writes still queued leaves MLflow a consistent prefix of the
+sweep's events, and the resumed trial logs again what was lost. While the server is
+away the writes wait here (reads flush first) and the sweep goes on.
 
 `open` returns a stand-in run id (`pending:KEY`) at once; later writes may use it,
 and `resolve` gives the real id once the run exists.

@@ -158,16 +158,27 @@ class SweepTracker:
 
     def trial_result(self, trial_id: str, config: dict[str, Any], result: dict[str, Any]) -> None:
         record = self._record(trial_id, config)
-        record.checkpoint = result.get("checkpoint_path", record.checkpoint)
         report = Report.from_ray(result)
         record.preemptions = record_preemption(self.writer.store, record.run_id, report, record.preemptions,
                                                lambda said: self.printer.preempted(trial_id, said))
-        if report.mid_epoch:  # a checkpoint's report: no epoch metrics to log
-            return
-        values = dict(report.metrics)
-        is_best = self.state.result(trial_id, values, report.first_step_unix, report.report_unix)
-        self.writer.log_result(record, {**values, **report.system_metrics()})
-        self.printer.result(record, values, is_best, self.state.best_so_far)
+        if not report.mid_epoch:  # (a checkpoint's report has no epoch metrics to log)
+            values = dict(report.metrics)
+            is_best = self.state.result(trial_id, values, report.first_step_unix, report.report_unix)
+            self.writer.log_result(record, {**values, **report.system_metrics()})
+            self.printer.result(record, values, is_best, self.state.best_so_far)
+        if result.get("checkpoint_path"):  # (a worker-group trial's: Train stored it)
+            self.trial_checkpoint(trial_id, config, str(result["checkpoint_path"]))
+
+    def trial_checkpoint(self, trial_id: str, config: dict[str, Any], path: str) -> None:
+        """A checkpoint of the trial that its storage holds whole: recorded on its run
+        (`raysweep.checkpoint`) after the epoch's metrics, so a resumed sweep, which
+        continues the trial from the checkpoint MLflow names, logs no epoch twice
+        unless the driver was lost between the two writes (then the epoch after it
+        is logged again, none is missing)."""
+        record = self._record(trial_id, config)
+        if path != record.checkpoint:
+            record.checkpoint = path
+            self.writer.store.set_tags(record.run_id, {tag.CHECKPOINT: path})
 
     def trial_completed(self, trial_id: str, config: dict[str, Any], checkpoint: str | None = None) -> None:
         self._record(trial_id, config)

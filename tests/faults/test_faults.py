@@ -230,27 +230,19 @@ def test_killed_train_driver_resumes_from_checkpoint(ray_cluster, mlflow_uri, wr
     fault_figures(faults_survived=1, recovery_s=time.time() - killed_at)
 
 
-def stored_tune_state(results: Path) -> str:
-    """What a resume will start from, as one line per file: each stored experiment
-    state's trials (id: status) and each searcher snapshot's trial counter (local run
-    storage; for a diagnosis when the resumed sweep comes up short)."""
-    import json
-
-    import ray.cloudpickle
+def stored_journal(results: Path) -> str:
+    """What a resume will start from: each trial of the sweep's Optuna journal (its
+    raysweep id: state), for a diagnosis when the resumed sweep comes up short."""
+    from raysweep.tracking.study import TUNE_TRIAL_ATTR
 
     lines = []
-    for path in sorted(results.glob("probe/*/tune/experiment_state-*.json")):
+    for journal in sorted(results.glob("probe/*/optuna.journal")):
         try:
-            trials = [json.loads(t) for t, _ in json.loads(path.read_text())["trial_data"]]
-            lines.append(f"{path.name}: " + ", ".join(f"{t['trial_id']}: {t['status']}" for t in trials))
-        except (ValueError, KeyError) as exc:
-            lines.append(f"{path.name}: unreadable ({exc})")
-    for path in sorted(results.glob("probe/*/tune/search_gen_state-*.json")):
-        try:
-            lines.append(f"{path.name}: counter {ray.cloudpickle.loads(path.read_bytes())['counter']}")
-        except Exception as exc:  # (a torn snapshot is what this is for)
-            lines.append(f"{path.name}: unreadable ({type(exc).__name__})")
-    return "\n".join(lines) or "no stored Tune state"
+            study = load_study(str(journal.parent), "probe")
+            lines.append(", ".join(f"{t.user_attrs.get(TUNE_TRIAL_ATTR)}: {t.state.name}" for t in study.trials))
+        except Exception as exc:  # (a damaged journal is what this is for)
+            lines.append(f"{journal}: unreadable ({type(exc).__name__}: {exc})")
+    return "\n".join(lines) or "no journal"
 
 
 # "s3": the sweep on the SeaweedFS bucket, the local run folder deleted before the
@@ -278,7 +270,7 @@ def test_killed_sweep_driver_resumes_without_rerunning_trials(ray_cluster, mlflo
     at_kill = checkpoint_evidence(tmp_path / "results", mlflow_uri)
     finished_before = sorted(p.name for p in (tmp_path / "probe").glob("done-*"))
     assert len(finished_before) == 2
-    stored_at_kill = stored_tune_state(tmp_path / "results") if storage == "local" else "(in the bucket)"
+    stored_at_kill = stored_journal(tmp_path / "results")
     if storage == "s3":  # the driver's disk is gone (a lost head node or pod)
         local = tmp_path / "results"
         assert (local / "probe").is_dir(), "the journal's local copy was there"

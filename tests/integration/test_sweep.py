@@ -287,7 +287,7 @@ def test_a_time_budget_stops_the_sweep_and_resume_continues_it(ray_cluster, mlfl
     its second epoch: 30 s leave its start-up and first epoch room on a loaded machine,
     where 12 s did not), says so, records why on the parent run; `--resume` with a new
     budget continues the stopped trial from its checkpoint (no epoch logged twice) and
-    runs the rest."""
+    runs the rest, with Tune's own stored state deleted before the resume."""
     from raysweep.testing.helpers import probe_params
     from raysweep.tracking import tags as tag
 
@@ -302,6 +302,12 @@ def test_a_time_budget_stops_the_sweep_and_resume_continues_it(ray_cluster, mlfl
     (parent,) = [r for r in experiment_runs(mlflow_uri) if "mlflow.parentRunId" not in r.data.tags]
     assert parent.data.tags[tag.STOPPED_BY].startswith("budget.max_hours") and parent.info.status == "KILLED"
     assert (tmp_path / "probe" / "paused").exists(), "the budget ran out before the first trial's second epoch"
+    # A resume reads the Optuna journal and MLflow, not Tune's stored experiment state.
+    tune_dir = tmp_path / "results" / "probe" / sweep_id / "tune"
+    tune_state = [p for p in tune_dir.iterdir() if p.is_file()]
+    assert any(p.name.startswith("experiment_state") for p in tune_state), sorted(p.name for p in tune_state)
+    for path in tune_state:
+        path.unlink()
 
     assert main(["tune", str(spec), "--resume", sweep_id, "--set", "budget.max_hours=1"]) == 0
     assert " stopped: " not in capsys.readouterr().out

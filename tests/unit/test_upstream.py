@@ -15,7 +15,7 @@ import pytest
 import ray
 
 from raysweep import _upstream
-from raysweep._upstream import tune_failures, tune_state  # noqa: F401  # (patched in a test)
+from raysweep._upstream import tune_failures  # noqa: F401  # (patched in a test)
 
 PACKAGE = Path(_upstream.__file__).resolve().parents[1]
 LIBS = ("ray", "optuna", "lightning", "pytorch_lightning", "torch")
@@ -55,8 +55,6 @@ def test_each_pinned_upstream_source_is_unchanged(pin):
     name, pin = pin
     module = importlib.import_module(f"raysweep._upstream.{name}")
     # (with raysweep's patches applied, as in a sweep: a pin reads the upstream source)
-    _upstream.tune_state.persist_trials_before_they_start()
-    _upstream.tune_state.atomic_tune_state()
     _upstream.tune_failures.one_failure_per_actor_death()
     try:
         current = pin.current()
