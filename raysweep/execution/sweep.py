@@ -106,6 +106,12 @@ class _OptunaSearch(OptunaSearch):
     are handed out first, each under the Tune trial id it gets in this run, with its
     params, its raysweep id and the checkpoint to continue from (`trial.RESUME_KEY`);
     then new ones are asked of the study.
+
+    The journal is what a resume trusts, so MLflow is never let fall far behind it:
+    `before_journal` (the sweep's MLflow flush) runs before a trial enters the journal
+    and before its end is told. (Written behind, MLflow lagged a fast sweep by whole
+    trials: a head lost then left trials the journal held as finished with no MLflow
+    run, and a resume could not bring them back.)
     """
 
     def __init__(self, *args: Any, journal_dir: str, sampler_spec: SamplerSpec, max_epochs: int,
@@ -123,11 +129,20 @@ class _OptunaSearch(OptunaSearch):
         """The checkpoint each continued trial goes on from (by raysweep trial id)."""
         self.finished: dict[str, optuna.trial.TrialState] = {}
         """This sweep's trials the journal holds as finished (by raysweep trial id)."""
+        self.before_journal: Callable[[], Any] = lambda: None
+
+    def save(self, checkpoint_path: str) -> None:
+        """Tune's snapshot of the searcher: never read (a resume rebuilds the searcher
+        from the journal), so nothing of it is pickled at each of Tune's steps."""
+        with open(checkpoint_path, "wb") as handle:
+            cloudpickle.dump({}, handle)
 
     def suggest(self, trial_id: str) -> dict | None:
         if not searcher_knows(self, trial_id) and self.to_continue:
             return self._continue(trial_id)
         new = not searcher_knows(self, trial_id)
+        if new:
+            self.before_journal()
         config = super().suggest(trial_id)
         if new and searcher_knows(self, trial_id):
             searcher_trial(self, trial_id).set_user_attr(TUNE_TRIAL_ATTR, trial_id)
@@ -153,6 +168,7 @@ class _OptunaSearch(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if not searcher_knows(self, trial_id):
             return
+        self.before_journal()
         if result is not None and not error:  # (Tune passes a trial's last result here, not to on_trial_result)
             self.on_trial_result(trial_id, result)
         stopped_early = result is not None and int(result.get(EPOCHS_COMPLETED, self.max_epochs)) < self.max_epochs
@@ -320,6 +336,9 @@ class TrackerCallback(tune.Callback):
         """A checkpoint Tune has stored (in-trial and warm-group trials): the one a
         resumed sweep continues the trial from."""
         self.tracker.trial_checkpoint(*self._trial(trial), uri_of(checkpoint.filesystem, checkpoint.path))
+        # Sent before Tune registers it, which may delete an older one (CheckpointConfig.
+        # num_to_keep): MLflow never names a checkpoint that is gone.
+        self.tracker.writer.flush()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         checkpoint = getattr(trial, "checkpoint", None)  # in-trial runs checkpoint through Tune
@@ -503,6 +522,10 @@ def run_sweep(spec: Spec, plan: RunPlan, sweep_id: str, tracker: SweepTracker, c
                                  checkpoints={tid: r.checkpoint for tid, r in tracker.trials.items()})
         close_finished(tracker, searcher.finished)
         num_samples = max(0, num_samples - len(searcher.finished))
+        going_on = [tid or "(untagged)" for tid, _ in searcher.to_continue]
+        print(f"journal: {len(searcher.finished)} trial(s) finished, {len(going_on)} to continue"
+              f"{' (' + ', '.join(going_on) + ')' if going_on else ''}, "
+              f"{max(0, num_samples - len(going_on))} new to run", flush=True)
     else:
         searcher = make_searcher(spec, sweep_dir)
         warm = spec.sampler.warm_start
@@ -538,6 +561,7 @@ def run_sweep(spec: Spec, plan: RunPlan, sweep_id: str, tracker: SweepTracker, c
             ),
         ),
     )
+    searcher.before_journal = tracker.writer.flush  # (set after the Tuner pickled its config)
     started = time.perf_counter()
     if num_samples:  # (a resumed sweep whose trials had all finished has none left to run)
         tuner.fit()

@@ -176,11 +176,13 @@ class SweepState:
                report_unix: float | None = None) -> bool:
         """Record one epoch's metrics; True when it is the best result so far."""
         record = self.trials[trial_id]
-        if first_step_unix is not None and record.startup_s is None:
+        if first_step_unix is not None and record.startup_s is None and not record.history:
             record.first_step_unix = first_step_unix
             record.startup_s = first_step_unix - record.started
             values["startup_s"] = record.startup_s
         record.last_report_unix = report_unix or record.last_report_unix
+        if "epoch" in values:  # (a trial continued from an earlier checkpoint than its last epoch: logged again)
+            record.history = [row for row in record.history if row.get("epoch", -1) < values["epoch"]]
         record.history.append(values)
         return (self.metric in values and feasible(self.constraints, values)
                 and self.consider(trial_id, values[self.metric]))
