@@ -215,7 +215,7 @@ def refuse_a_changed_spec(run: Prepared, run_name: str) -> None:
 
 
 RESUME_MAY_CHANGE = (("budget", "max_hours"), ("budget", "max_gpu_hours"), ("budget", "max_failed_trials"),
-                     ("scaling", "pending_timeout_s"))
+                     ("budget", "total_epochs"), ("scaling", "pending_timeout_s"))
 """(section, field)s a resumed sweep may be given anew."""
 
 

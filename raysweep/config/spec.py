@@ -379,9 +379,16 @@ class SchedulerSpec(_Section):
 class BudgetSpec(_Section):
     """How many trials a sweep runs, how many at once, and when it stops early."""
 
-    num_trials: PositiveInt
+    num_trials: PositiveInt | None = None
     """Trials the sweep runs in all (Tune's num_samples); stopped and failed
-    trials count."""
+    trials count. With total_epochs: a cap (null: no cap); without it: required."""
+    total_epochs: PositiveInt | None = None
+    """Epochs the sweep's trials may train in all (each trial's epochs, not times its
+    workers): new configurations are sampled until they are spent, then the sweep
+    stops (resumable, as for max_hours: running trials keep their latest
+    checkpoints). A resumed sweep counts the epochs its earlier drivers spent, and
+    `tune --resume` may be given a new one. Stops within about one epoch per running
+    trial of the figure."""
     max_concurrent_trials: PositiveInt | None = None
     """Trials running at once, an upper bound: raysweep also caps it by the trials
     that fit the cluster's CPUs/GPUs and by num_trials; null: as many as fit."""
@@ -398,6 +405,12 @@ class BudgetSpec(_Section):
     max_failed_trials: PositiveInt | None = None
     """Stop the sweep (resumable, as for max_hours) once this many of its trials have
     failed (a trial retried after a failure is not failed); null: no limit."""
+
+    @model_validator(mode="after")
+    def _some_end(self) -> BudgetSpec:
+        if self.num_trials is None and self.total_epochs is None:
+            raise ValueError("give num_trials (trials in all) or total_epochs (epochs in all), or both")
+        return self
 
 
 class ScalingSpec(_Section):

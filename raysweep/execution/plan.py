@@ -62,7 +62,7 @@ def max_concurrent_trials(scaling: ScalingSpec, budget: BudgetSpec, cpus: float,
             f"scaling: one trial needs {need_cpu:g} CPUs and {need_gpu:g} GPUs, "
             f"but the cluster has {cpus:g} CPUs and {gpus:g} GPUs"
         )
-    return max(1, min(fits, budget.max_concurrent_trials or fits, budget.num_trials))
+    return max(1, min(fits, budget.max_concurrent_trials or fits, budget.num_trials or fits))
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ import ray
 import ray.cloudpickle as cloudpickle
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from raysweep._ray_compat import set_ray_env_defaults
@@ -130,6 +131,8 @@ class _OptunaSearch(OptunaSearch):
         self.finished: dict[str, optuna.trial.TrialState] = {}
         """This sweep's trials the journal holds as finished (by raysweep trial id)."""
         self.before_journal: Callable[[], Any] = lambda: None
+        self.may_start: Callable[[], bool] = lambda: True
+        """False: no new trial (budget.total_epochs spent): the search is over."""
 
     def save(self, checkpoint_path: str) -> None:
         """Tune's snapshot of the searcher: never read (a resume rebuilds the searcher
@@ -141,6 +144,8 @@ class _OptunaSearch(OptunaSearch):
         if not searcher_knows(self, trial_id) and self.to_continue:
             return self._continue(trial_id)
         new = not searcher_knows(self, trial_id)
+        if new and not self.may_start():
+            return Searcher.FINISHED  # type: ignore[return-value]  # (Tune reads this string as "the search is over")
         if new:
             self.before_journal()
         config = super().suggest(trial_id)
@@ -377,17 +382,21 @@ class StudyMirror(tune.Callback):
 
 class SweepBudget(tune.Callback):
     """Stops the sweep when its budget is spent (budget.max_hours of this driver's run,
-    budget.max_failed_trials) or a trial waited scaling.pending_timeout_s to be placed,
-    the way Tune stops on an interrupt: Tune's own SIGUSR1 handler ends the run after
-    the current step and stores its state with the running and pending trials still to
-    run, so `--resume` continues them from their latest checkpoints (Tune's
-    `Stopper.stop_all` would instead mark them finished)."""
+    budget.max_failed_trials, max_gpu_hours, total_epochs with trials still running) or
+    a trial waited scaling.pending_timeout_s to be placed, the way Tune stops on an
+    interrupt: Tune's own SIGUSR1 handler ends the run after the current step, the
+    running trials keep their latest checkpoints and stay RUNNING in the journal, so
+    `--resume` continues them (Tune's `Stopper.stop_all` would instead end them as
+    finished). An epoch budget spent with no trial running ends the sweep as done:
+    the searcher asks for no new trial once it is spent (`may_start`)."""
 
     def __init__(self, max_hours: float | None, max_failed: int | None, failed: Callable[[], int],
                  pending_timeout_s: float | None = None, max_gpu_hours: float | None = None,
-                 gpu_hours: Callable[[], float] = lambda: 0.0) -> None:
+                 gpu_hours: Callable[[], float] = lambda: 0.0, total_epochs: int | None = None,
+                 epochs: Callable[[], int] = lambda: 0, max_epochs: int = 0) -> None:
         self.max_hours, self.max_failed, self.failed = max_hours, max_failed, failed
         self.max_gpu_hours, self.gpu_hours = max_gpu_hours, gpu_hours
+        self.total_epochs, self.epochs, self.max_epochs = total_epochs, epochs, max_epochs
         self.deadline = None if max_hours is None else time.monotonic() + max_hours * 3600
         self.pending_timeout_s = pending_timeout_s
         self.pending_since: dict[str, float] = {}
@@ -402,10 +411,18 @@ class SweepBudget(tune.Callback):
             self._stop(f"budget.max_failed_trials ({self.max_failed}) reached")
         elif self.max_gpu_hours is not None and self.gpu_hours() >= self.max_gpu_hours:
             self._stop(f"budget.max_gpu_hours ({self.max_gpu_hours:g} GPU-hours) reached")
+        elif not self.may_start() and any(t.status in ("RUNNING", "PENDING", "PAUSED") and
+                                          int(t.last_result.get(EPOCHS_COMPLETED, 0)) < self.max_epochs
+                                          for t in trials):  # (a trial past its last epoch is ending)
+            self._stop(f"budget.total_epochs ({self.total_epochs}) spent")
         elif self.pending_timeout_s is not None:
             late = self._waited_too_long(trials)
             if late is not None:
                 self._stop(late)
+
+    def may_start(self) -> bool:
+        """Whether a new trial may start (the epoch budget is not spent)."""
+        return self.total_epochs is None or self.epochs() < self.total_epochs
 
     def _waited_too_long(self, trials: list) -> str | None:
         """Why the sweep stops for a trial that could not be placed in time, or None."""
@@ -510,22 +527,24 @@ def run_sweep(spec: Spec, plan: RunPlan, sweep_id: str, tracker: SweepTracker, c
     budget = SweepBudget(spec.budget.max_hours, spec.budget.max_failed_trials,
                          lambda: len(tracker.state.in_state(TrialState.FAILED)), spec.scaling.pending_timeout_s,
                          spec.budget.max_gpu_hours, lambda: tracker.state.resource_hours(plan.num_workers *
-                                                                                          plan.gpus_per_worker))
+                                                                                          plan.gpus_per_worker),
+                         spec.budget.total_epochs, tracker.state.epochs_spent, spec.scheduler.max_epochs)
     callbacks.append(budget)
     if "://" in sweep_dir:
         callbacks.append(StudyMirror(sweep_dir, spec.name))
-    num_samples = spec.budget.num_trials
+    num_samples = spec.budget.num_trials or -1  # (-1: no cap, budget.total_epochs ends the sweep)
     if resume:
         # (the bucket's journal, on a driver that lost or never had its copy, was fetched and
         # checked before Ray started: run.resume_target -> tracking.study.check_journal)
         searcher = make_searcher(spec, sweep_dir, resume=True,
                                  checkpoints={tid: r.checkpoint for tid, r in tracker.trials.items()})
         close_finished(tracker, searcher.finished)
-        num_samples = max(0, num_samples - len(searcher.finished))
+        if spec.budget.num_trials is not None:
+            num_samples = max(0, num_samples - len(searcher.finished))
         going_on = [tid or "(untagged)" for tid, _ in searcher.to_continue]
         print(f"journal: {len(searcher.finished)} trial(s) finished, {len(going_on)} to continue"
               f"{' (' + ', '.join(going_on) + ')' if going_on else ''}, "
-              f"{max(0, num_samples - len(going_on))} new to run", flush=True)
+              f"{max(0, num_samples - len(going_on)) if num_samples >= 0 else 'as many'} new to run", flush=True)
     else:
         searcher = make_searcher(spec, sweep_dir)
         warm = spec.sampler.warm_start
@@ -562,6 +581,7 @@ def run_sweep(spec: Spec, plan: RunPlan, sweep_id: str, tracker: SweepTracker, c
         ),
     )
     searcher.before_journal = tracker.writer.flush  # (set after the Tuner pickled its config)
+    searcher.may_start = budget.may_start
     started = time.perf_counter()
     if num_samples:  # (a resumed sweep whose trials had all finished has none left to run)
         tuner.fit()

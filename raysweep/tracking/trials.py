@@ -229,6 +229,11 @@ class SweepState:
         now = time.time()
         return sum(r.held_now(now) for r in self.trials.values()) * per_trial / 3600
 
+    def epochs_spent(self) -> int:
+        """Epochs the sweep's trials have trained (each trial's, earlier drivers' too;
+        an epoch a continued trial trained again counts once)."""
+        return sum(len(r.history) for r in self.trials.values())
+
     def in_state(self, *states: TrialState) -> list[TrialRecord]:
         return [t for t in self.trials.values() if t.state in states]
 

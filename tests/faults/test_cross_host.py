@@ -75,6 +75,7 @@ def test_head_lost_with_its_disk_then_resumed_from_the_bucket(onprem: Cluster, f
     onprem.hosts.wipe(head)  # and a new disk
     os.killpg(first.pid, signal.SIGKILL)  # (the laptop's `submit` lost its job with the head)
     first.wait()
+    before = [ln for ln in first.stdout.read().splitlines() if ln.startswith("[")]
     fault_figures(faults_injected=1)
 
     onprem.hosts.boot(head)
@@ -93,7 +94,10 @@ def test_head_lost_with_its_disk_then_resumed_from_the_bucket(onprem: Cluster, f
     finished = [r for r in trials if r.info.status == "FINISHED"]
     fault_figures(faults_survived=int(len(finished) == NUM_TRIALS and not rerun and not duplicates),
                   trials_rerun=len(rerun), duplicate_runs=duplicates, trials_not_finished=NUM_TRIALS - len(finished))
-    assert len(finished) == NUM_TRIALS, (resumed[-3000:], [(r.info.run_id, r.info.status) for r in trials])
+    said = [ln for ln in resumed.splitlines() if ln.startswith(("journal:", "resuming", "[")) or "  " in ln]
+    assert len(finished) == NUM_TRIALS, ("\n".join(before[-30:] + ["-- resumed --"] + said)[-8000:],
+                                         [(r.info.run_name, r.info.status, r.data.tags.get("raysweep.key"))
+                                          for r in trials])
     assert not duplicates and not rerun, (duplicates, rerun)
 
 

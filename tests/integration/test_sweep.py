@@ -391,3 +391,38 @@ def test_a_failure_budget_stops_the_sweep(ray_cluster, mlflow_uri, write_spec, t
     assert parent.data.tags[tag.STOPPED_BY] == "budget.max_failed_trials (2) reached"
     failed = [r for r in runs if r.data.tags.get("raysweep.state") == "FAILED"]
     assert len(failed) == 2 and len(runs) - 1 < 6, [r.data.tags.get("raysweep.state") for r in runs]
+
+
+def test_an_epoch_budget_samples_until_spent_and_resume_counts_what_was_spent(ray_cluster, mlflow_uri, write_spec,
+                                                                              tmp_path, capsys):
+    """budget.total_epochs without num_trials: new trials until the sweep's epochs are
+    spent; the trial still running then (paused in its second epoch) is stopped,
+    resumable; `--resume` with a larger budget continues it, counts the 3 epochs spent
+    before, runs one more trial and ends as done when the budget is spent with nothing
+    running."""
+    from raysweep.testing.helpers import probe_params
+    from raysweep.tracking import tags as tag
+
+    spec = write_spec(budget={"total_epochs": 3, "max_concurrent_trials": 1},
+                      scheduler={"type": "fifo", "metric": "val_loss", "mode": "min", "max_epochs": 2},
+                      params=probe_params(tmp_path, pause_epoch=1, pause_after_done=1, pause_s=120))
+    assert main(["tune", str(spec)]) == 0
+    out = capsys.readouterr().out
+    (line,) = [ln for ln in out.splitlines() if " stopped: budget.total_epochs (3) spent" in ln]
+    sweep_id = line.split()[1]
+    (parent,) = [r for r in experiment_runs(mlflow_uri) if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.data.tags[tag.STOPPED_BY] == "budget.total_epochs (3) spent"
+    assert len(experiment_runs(mlflow_uri)) == 3  # (two trials: one done, one cut in its second epoch)
+
+    assert main(["tune", str(spec), "--resume", sweep_id, "--set", "budget.total_epochs=6"]) == 0
+    out = capsys.readouterr().out
+    assert "journal: 1 trial(s) finished, 1 to continue" in out and " stopped: " not in out, out[-2000:]
+    client = MlflowClient(mlflow_uri)
+    children = [r for r in experiment_runs(mlflow_uri) if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children), \
+        [(c.info.status, c.data.tags.get(tag.ERROR)) for c in children]
+    steps = sorted([m.step for m in client.get_metric_history(c.info.run_id, "val_loss")] for c in children)
+    assert steps == [[0, 1]] * 3, steps  # (6 epochs in all, the cut trial's second one trained once)
+    (sweep_dir,) = [p for p in (tmp_path / "results" / "probe").iterdir() if p.is_dir()]
+    states = [t.state for t in load_study(str(sweep_dir), "probe").trials]
+    assert states == [optuna.trial.TrialState.COMPLETE] * 3, states
