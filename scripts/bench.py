@@ -856,7 +856,7 @@ def stream_vs_pyarrow(bench: Bench, entry: str, gigabytes: float, s3: bool) -> d
     from raysweep.data.arrays import to_matrix
     from raysweep.data.storage import filesystem
     from raysweep.testing.data_bench import arrow_threads, s3_environment
-    from raysweep.testing.seaweed import S3Server
+    from tests.support.seaweed import S3Server
 
     repeats, threads = bench.args.repeats, STREAM_THREADS
     tmp = Path(scratch_dir(prefix=f"bench-{entry}-"))
@@ -1104,8 +1104,8 @@ def bench_fingerprint(bench: Bench, rows_per_file: int = 64) -> dict[str, Any]:
     import shutil
 
     from raysweep.testing.data_bench import s3_environment, write_small_files
-    from raysweep.testing.seaweed import S3Server
     from raysweep.tracking.record import data_fingerprint
+    from tests.support.seaweed import S3Server
 
     repeats, count = bench.args.repeats, stream_size(bench, "fingerprint_files")
     tmp = Path(scratch_dir(prefix="bench-fingerprint-"))

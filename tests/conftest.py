@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from raysweep.testing.probe import probe_spec, write_probe_data
-from raysweep.testing.seaweed import S3Server
 from tests.support.mlflow_store import SqliteStores
+from tests.support.seaweed import S3Server
 
 REPO = Path(__file__).resolve().parents[1]
 # Would send the suite's tokens, clusters and state to the user's own.

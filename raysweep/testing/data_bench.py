@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from raysweep.data.stream import StreamSource, StreamSplit
-    from raysweep.testing.seaweed import S3Server
+    from tests.support.seaweed import S3Server
 
 
 def status_kb(field: str, pid: int | str = "self") -> int:

@@ -1,5 +1,5 @@
 """A sweep on an autoscaling cluster (issue 14): Ray's fake multi-node autoscaler on
-this machine (`raysweep.testing.autoscaler`), a head with no CPU and a worker node type
+this machine (`tests.support.autoscaler`), a head with no CPU and a worker node type
 of 1 CPU (and a custom resource), at most 2 nodes, none up at the start.
 
 The sweep joins it with a profile that describes those node types, so its concurrency
@@ -25,8 +25,8 @@ from raysweep.cluster.sockets import listening
 from raysweep.config.profile import load_profile
 from raysweep.config.spec import BudgetSpec, ScalingSpec
 from raysweep.execution.plan import max_concurrent_trials
-from raysweep.testing.autoscaler import FakeAutoscalingCluster, WorkerType, peak_overlap, watching
 from raysweep.testing.helpers import experiment_runs
+from tests.support.autoscaler import FakeAutoscalingCluster, WorkerType, peak_overlap, watching
 
 REPO = Path(__file__).resolve().parents[2]
 NUM_TRIALS = 4

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from raysweep.testing.seaweed import S3Server
 from raysweep.tracking.record import compare_data, data_fingerprint
 from tests.support.fingerprint_files import resolved, write
+from tests.support.seaweed import S3Server
 
 ROWS = 100
 TOP = 1000.0  # a new value for row 50: the column's new max

@@ -1,4 +1,4 @@
-"""The SeaweedFS S3 server the data-streaming tests use (raysweep.testing.seaweed):
+"""The SeaweedFS S3 server the data-streaming tests use (tests.support.seaweed):
 one real server, reached by pyarrow through the standard AWS variables only."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from raysweep.testing.helpers import listening_sockets
-from raysweep.testing.seaweed import S3Server
+from tests.support.seaweed import S3Server
 
 STANDARD = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION")
 

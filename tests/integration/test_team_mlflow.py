@@ -3,7 +3,7 @@
 its artifacts proxied to S3 (the suite's SeaweedFS); the user's credentials in
 MLFLOW_TRACKING_USERNAME/PASSWORD, the tracking URI plain http://127.0.0.1:PORT.
 
-The servers: raysweep.testing.team_mlflow (PostgreSQL from the system's packages,
+The servers: tests.support.team_mlflow (PostgreSQL from the system's packages,
 run as `nobody` when the suite runs as root). Skipped where PostgreSQL or psycopg2
 is missing."""
 
@@ -21,8 +21,8 @@ from pyarrow.fs import FileSelector, FileType
 
 from raysweep.cli import main
 from raysweep.testing.helpers import experiment_runs
-from raysweep.testing.seaweed import S3Server
-from raysweep.testing.team_mlflow import DATABASES, DB_USER, HOST, TeamMlflow, postgres_bin
+from tests.support.seaweed import S3Server
+from tests.support.team_mlflow import DATABASES, DB_USER, HOST, TeamMlflow, postgres_bin
 
 BUCKET = "team-mlflow"
 MODEL = "team-probe"

@@ -117,7 +117,7 @@ def tunnel(env: dict[str, str], project: Path, config: Path) -> tuple[subprocess
 
 def missing() -> str | None:
     """Why hosts cannot be made here (None: they can)."""
-    from raysweep.testing.team_mlflow import postgres_bin
+    from tests.support.team_mlflow import postgres_bin
 
     if os.geteuid() != 0:
         return "needs root (network and mount namespaces)"
@@ -135,8 +135,8 @@ def onprem_cluster(root: Path, count: int = 3) -> Iterator[Cluster]:
     """Hosts, the laptop's servers, `cluster up` and the dashboard tunnel; all stopped
     at the end (`cluster down`, then every host process and namespace)."""
     from raysweep.data.examples import write_digits_parquet
-    from raysweep.testing.seaweed import S3Server
-    from raysweep.testing.team_mlflow import TeamMlflow
+    from tests.support.seaweed import S3Server
+    from tests.support.team_mlflow import TeamMlflow
 
     project = project_copy(root)
     with Hosts(root / "hosts", count=count, hide=[REPO]) as hosts, \

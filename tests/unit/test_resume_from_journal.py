@@ -8,8 +8,8 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from raysweep.config.space import to_optuna_space
 from raysweep.config.load import validate_spec
+from raysweep.config.space import to_optuna_space
 from raysweep.config.spec import SamplerSpec
 from raysweep.execution.sweep import _OptunaSearch
 from raysweep.execution.trial import RESUME_KEY, trial_identity

@@ -41,7 +41,7 @@ from types import TracebackType
 from typing import Any
 
 from raysweep.cluster.isolation import free_port
-from raysweep.testing.seaweed import S3Server
+from tests.support.seaweed import S3Server
 
 HOST = "127.0.0.1"
 DB_USER = "mlflow"

@@ -27,7 +27,7 @@ ship. This one is its own:
 - stopped by its own processes only: the head's process group, and whatever carries
   its temp folder in RAY_TMPDIR (the fake nodes' processes), never `ray stop`.
 
-`python -m raysweep.testing.autoscaler watch ADDRESS OUT INTERVAL_S` samples the alive
+`python -m tests.support.autoscaler watch ADDRESS OUT INTERVAL_S` samples the alive
 worker nodes of a cluster into a JSON-lines file (`NodeWatcher` runs it with the
 cluster's `env()`).
 """
@@ -51,6 +51,8 @@ from typing import Any
 
 from raysweep.cluster.auth import write_token
 from raysweep.cluster.isolation import free_port, loopback_env, metric_ports
+
+REPO = Path(__file__).resolve().parents[2]  # (`-m tests.support.autoscaler` runs from there)
 
 HEAD_TYPE = "ray.head.default"
 """The fake provider's name for the head node type (FAKE_HEAD_NODE_TYPE)."""
@@ -249,9 +251,9 @@ class NodeWatcher:
         self.out = out
         with open(out.with_suffix(".log"), "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "raysweep.testing.autoscaler", "watch", cluster.address, str(out),
+                [sys.executable, "-m", "tests.support.autoscaler", "watch", cluster.address, str(out),
                  str(interval_s)],
-                env=cluster.env(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=cluster.env(), cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
 
     def samples(self) -> list[tuple[float, int]]:
@@ -328,4 +330,4 @@ if __name__ == "__main__":
     if len(sys.argv) == 5 and sys.argv[1] == "watch":
         _watch(sys.argv[2], sys.argv[3], float(sys.argv[4]))
     else:
-        sys.exit("usage: python -m raysweep.testing.autoscaler watch ADDRESS OUT INTERVAL_S")
+        sys.exit("usage: python -m tests.support.autoscaler watch ADDRESS OUT INTERVAL_S")
