@@ -304,3 +304,37 @@ def test_resource_hours_count_every_stretch_a_trial_held_its_workers(monkeypatch
     short = SweepBudget(None, None, lambda: 0, max_gpu_hours=1.6, gpu_hours=lambda: state.resource_hours(2.0))
     short.on_step_begin(0, [])
     assert short.reason is None
+
+
+def test_an_epoch_budget_stops_new_trials_and_cuts_only_trials_with_epochs_left() -> None:
+    """budget.total_epochs: spent, no new trial may start; the sweep is stopped only
+    while a trial still has epochs to train (one past its last epoch is ending), so a
+    budget spent by the last epochs of the last trials ends the sweep as done."""
+    import types
+    import warnings
+
+    from raysweep.execution.sweep import SweepBudget
+    from raysweep.tracking.trials import SweepState, TrialRecord
+
+    state = SweepState("val_loss", "min", 2)
+    state.add(TrialRecord("a", "r1", {}, history=[{"epoch": 0.0}, {"epoch": 1.0}]))
+    record = state.add(TrialRecord("b", "r2", {}, history=[{"epoch": 0.0}]))
+    state.result("b", {"epoch": 0.0, "val_loss": 0.5})  # (logged again by a continued trial: counted once)
+    assert state.epochs_spent() == 3 and len(record.history) == 1
+
+    def trial(status: str, epochs_completed: int) -> types.SimpleNamespace:
+        return types.SimpleNamespace(status=status, last_result={"epochs_completed": epochs_completed})
+
+    def budget(total: int) -> SweepBudget:
+        return SweepBudget(None, None, lambda: 0, total_epochs=total, epochs=state.epochs_spent, max_epochs=2)
+
+    assert budget(4).may_start()
+    ending = budget(3)
+    assert not ending.may_start()
+    ending.on_step_begin(0, [trial("TERMINATED", 2), trial("RUNNING", 2)])
+    assert ending.reason is None  # (b's last epoch is in: it is ending, not cut)
+    cut = budget(3)
+    with warnings.catch_warnings(record=True):  # (no Tune interrupt handler in this process: it warns)
+        warnings.simplefilter("always")
+        cut.on_step_begin(0, [trial("TERMINATED", 2), trial("RUNNING", 1)])
+    assert cut.reason == "budget.total_epochs (3) spent"
