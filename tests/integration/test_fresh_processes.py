@@ -49,3 +49,18 @@ def test_gpu_check_loads_no_ray_mlflow_optuna_or_pydantic(tmp_path: Path) -> Non
     assert "HEAVY []" in done.stdout, done.stdout[-3000:]
     (result,) = json.loads(out.read_text())["results"]
     assert result["entry"] == "gpu_ingest" and result["met"] is None and result["target"]
+
+
+def test_a_training_process_loads_nothing_of_the_driver() -> None:
+    """What a training process imports (a sweep trial's function, a Train worker, a warm
+    group's actors): no Optuna, MLflow, spec models, tracking or sweep code (Ray itself
+    brings pydantic)."""
+    worker_side = ("raysweep.execution.trial", "raysweep.execution.worker", "raysweep.execution.warm_group",
+                   "raysweep.testing.probe")
+    driver_only = ("optuna", "mlflow", "raysweep.config", "raysweep.tracking", "raysweep.execution.sweep",
+                   "raysweep.run", "raysweep.cli")
+    code = (f"import sys\nfor name in {worker_side!r}:\n    __import__(name)\n"
+            f"print(sorted(m for m in sys.modules if m.startswith({driver_only!r})))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout[-3000:]
