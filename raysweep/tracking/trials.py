@@ -40,7 +40,12 @@ class TrialState(enum.Enum):
 
     @classmethod
     def from_run(cls, status: str, tags: dict[str, str]) -> TrialState:
-        """The state of a trial run read back from MLflow."""
+        """The state of a trial run read back from MLflow. A RUNNING run is running
+        whatever its `raysweep.state` says: a driver lost between a close's tags and its
+        status (or a run re-opened by a resume) leaves that tag behind, and the run is
+        to be closed again."""
+        if status == "RUNNING":
+            return cls.RUNNING
         if tags.get(tag.STATE) in cls.__members__:
             return cls[tags[tag.STATE]]
         if status == "FINISHED" and tags.get(tag.EARLY_STOPPED) == "True":

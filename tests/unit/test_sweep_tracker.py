@@ -195,6 +195,8 @@ def test_echo_off_prints_nothing(store, capsys) -> None:
     ("FAILED", {"raysweep.state": "FAILED"}, TrialState.FAILED),
     ("KILLED", {"raysweep.state": "KILLED"}, TrialState.KILLED),
     ("FINISHED", {"raysweep.state": "NOT_A_STATE", "raysweep.early_stopped": "True"}, TrialState.STOPPED_EARLY),
+    # A close cut between its tags and its status (the driver lost): still running, to be closed again.
+    ("RUNNING", {"raysweep.state": "FINISHED"}, TrialState.RUNNING),
 ])
 def test_trial_state_from_run(status, tags, state) -> None:
     assert TrialState.from_run(status, tags) is state
