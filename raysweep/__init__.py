@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 
 _HOMES = {"check": "raysweep.prepare", "train": "raysweep.run", "tune": "raysweep.run",
           "reproduce": "raysweep.reproduce", "load_spec": "raysweep.config.load", "Spec": "raysweep.config.spec",
-          "TrainContext": "raysweep.execution.context", "UserInputError": "raysweep.errors",
+          "TrainContext": "raysweep.worker.context", "UserInputError": "raysweep.errors",
           "RunFailedError": "raysweep.errors"}
 _NAMES = {"check": "prepare"}
 

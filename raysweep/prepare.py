@@ -16,9 +16,9 @@ from raysweep.config.load import load_spec
 from raysweep.config.profile import ClusterProfile, check_storage, load_profile
 from raysweep.config.spec import Spec
 from raysweep.data.files import ResolvedData, resolve_data
+from raysweep.driver.plan import max_concurrent_trials
+from raysweep.driver.preflight import check_trainer
 from raysweep.errors import UserInputError
-from raysweep.execution.plan import max_concurrent_trials
-from raysweep.execution.preflight import check_trainer
 
 
 @dataclass(frozen=True)

@@ -36,12 +36,12 @@ import mlflow.pytorch
 import torch
 
 from raysweep.data.storage import filesystem, is_object_store
+from raysweep.driver.preflight import import_trainer
 from raysweep.errors import UserInputError
-from raysweep.execution.checkpoint import load_state
-from raysweep.execution.preflight import import_trainer
 from raysweep.tracking import tags as tag
 from raysweep.tracking.lookup import RecordedRun, client, get_run, how_to_list, load_recorded
 from raysweep.tracking.store import tracking_uri
+from raysweep.worker.checkpoint import load_state
 
 # A trainer name a spec may give (config.spec.Spec.trainer), in ASCII: dotted identifiers.
 TRAINER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
@@ -139,7 +139,7 @@ def build_from_checkpoint(trainer: str, params: dict[str, Any], checkpoint_dir: 
         model = module.build_model(params)
         model.load_state_dict(state["model"])
         return model.eval()
-    from raysweep.execution.lightning import find_module_factory  # (lazy: only for LightningModules)
+    from raysweep.worker.lightning import find_module_factory  # (lazy: only for LightningModules)
 
     factory = find_module_factory(module)
     if factory is not None and "state_dict" in state:

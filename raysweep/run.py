@@ -27,10 +27,10 @@ from raysweep.config.profile import ClusterProfile
 from raysweep.config.spec import Spec
 from raysweep.data.loader import choose_loader, worker_data
 from raysweep.data.storage import uri_of, use_patient_io
+from raysweep.driver.plan import execution_mode, max_concurrent_trials, plan_from_spec, sweep_metrics
+from raysweep.driver.sweep import find_sweep_to_resume, run_sweep
+from raysweep.driver.trainer import TrainMetricsCallback, build_trainer
 from raysweep.errors import RunFailedError, UserInputError, cause_of, one_line_cause
-from raysweep.execution.driver import TrainMetricsCallback, build_trainer
-from raysweep.execution.plan import ExecutionMode, RunPlan, execution_mode, max_concurrent_trials, sweep_metrics
-from raysweep.execution.sweep import find_sweep_to_resume, run_sweep
 from raysweep.prepare import Prepared, prepare
 from raysweep.report import Report
 from raysweep.tracking import tags as tag
@@ -41,6 +41,7 @@ from raysweep.tracking.record import RECORD_FILE, build_record, data_fingerprint
 from raysweep.tracking.store import RunStore, tracking_uri
 from raysweep.tracking.study import check_journal
 from raysweep.tracking.trials import SweepResult, SweepState
+from raysweep.worker.plan import ExecutionMode, RunPlan
 
 SpecLike = str | Path | Spec
 
@@ -76,8 +77,7 @@ def _plan(run: Prepared, mode: ExecutionMode, echo: bool = True) -> RunPlan:
                 "the workers have no GPU (scaling.gpus_per_worker is 0)"
             print(f"data: cache gpu has no effect: {why}", flush=True)
     arrays = worker_data(loader, run.data)
-    return RunPlan.from_spec(run.spec, storage_root(run.spec.storage_path, run.spec.name), arrays, mode, loader,
-                             reason)
+    return plan_from_spec(run.spec, storage_root(run.spec.storage_path, run.spec.name), arrays, mode, loader, reason)
 
 
 def sweep_capacity(profile: ClusterProfile, echo: bool = False) -> tuple[float, float]:
@@ -95,12 +95,12 @@ def sweep_capacity(profile: ClusterProfile, echo: bool = False) -> tuple[float, 
 
 def _record(kind: str, run: Prepared, plan: RunPlan, name: str, store: RunStore, run_id: str, folder: str,
             fingerprint: str) -> None:
-    store.set_tags(run_id, {tag.KIND: kind, tag.RUN_FOLDER: folder, tag.LOADER: plan.loader,
-                            tag.LOADER_REASON: plan.loader_reason})
+    store.set_tags(run_id, {tag.KIND: kind, tag.RUN_FOLDER: folder, tag.LOADER: plan.data.loader,
+                            tag.LOADER_REASON: plan.data.loader_reason})
     store.log_text(run_id, spec_yaml(run.spec), "spec.yaml")
     record, diff = build_record(kind, run.spec, run.data, run.source, list(run.overrides), run.profile, name,
                                 fingerprint)
-    record["data"]["loader"] = {"loader": plan.loader, "reason": plan.loader_reason}
+    record["data"]["loader"] = {"loader": plan.data.loader, "reason": plan.data.loader_reason}
     save_record(record, diff, store, run_id, folder)
 
 
@@ -313,8 +313,8 @@ def tune(spec: SpecLike, overrides: list[str] | tuple[str, ...] = (), *, cluster
                                scheduler.max_epochs, echo=echo,
                                objectives=list(zip(scheduler.metrics, scheduler.modes, strict=True)),
                                constraints=run.spec.parsed_constraints(),
-                               trial_resources=(plan.num_workers * plan.cpus_per_worker,
-                                                plan.num_workers * plan.gpus_per_worker))
+                               trial_resources=(plan.placement.num_workers * plan.placement.cpus_per_worker,
+                                                plan.placement.num_workers * plan.placement.gpus_per_worker))
         resumed_trials = tracker.load_existing() if resumed else None
         if resumed_trials is not None and echo:
             print(f"resuming sweep {sweep_id}: {resumed_trials} trial(s) recorded so far", flush=True)

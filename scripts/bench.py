@@ -76,10 +76,10 @@ from raysweep.data.columns import Layout
 from raysweep.data.examples import write_digits_parquet
 from raysweep.data.shards import train_batch_indices
 from raysweep.errors import one_line_cause
-from raysweep.execution.context import TrainContext
-from raysweep.execution.lightning import find_module_factory, fit
 from raysweep.testing import columns_bench, fsdp_bench
 from raysweep.testing.bench import DEFAULT_TIMEOUT_S, Registry, Stage, md_table, parse_time_limits, run_entries, stage
+from raysweep.worker.context import TrainContext
+from raysweep.worker.lightning import find_module_factory, fit
 from trainers import digits_mlp, digits_mlp_lightning
 
 PARAMS = {"batch_size": 64, "hidden": 512, "num_layers": 2, "lr": 0.01, "optimizer": "adam"}
@@ -252,7 +252,7 @@ def bare_sweep(arrays: Any, workers: int, trials: int, storage: str) -> list[tup
 
     from ray import tune
 
-    from raysweep.execution.sweep import TRIAL_DRIVER_RESOURCES
+    from raysweep.driver.sweep import TRIAL_DRIVER_RESOURCES
 
     started: dict[str, float] = {}
     first: dict[str, float] = {}
@@ -666,8 +666,9 @@ def bench_dp(bench: Bench, tile: int = 8, epochs: int = 5) -> dict[str, Any]:
 
     from raysweep.data.arrays import load_arrays
     from raysweep.data.files import resolve_data
-    from raysweep.execution.driver import build_trainer
-    from raysweep.execution.plan import ExecutionMode, RunPlan
+    from raysweep.driver.plan import plan_from_spec
+    from raysweep.driver.trainer import build_trainer
+    from raysweep.worker.plan import ExecutionMode
 
     bench.ray()
     bench.stage("data and run plan")
@@ -678,8 +679,8 @@ def bench_dp(bench: Bench, tile: int = 8, epochs: int = 5) -> dict[str, Any]:
                                                  "checkpoint.num_to_keep": epochs})
     data = resolve_data(spec.data, "bench")
     tiled, tiled_validation = load_arrays(data)
-    plan = RunPlan.from_spec(spec, str(tmp / "results"), ray.put((tiled, tiled_validation)),
-                             ExecutionMode.WORKER_GROUP).with_params(PARAMS)
+    plan = plan_from_spec(spec, str(tmp / "results"), ray.put((tiled, tiled_validation)),
+                          ExecutionMode.WORKER_GROUP).with_params(PARAMS)
     batches = len(train_batch_indices(len(tiled), 0, 2, PARAMS["batch_size"], 0, 0))
     setup: dict[str, list[float]] = {"plain DDP (gloo)": [], "raysweep": []}
     step: dict[str, list[float]] = {"plain DDP (gloo)": [], "raysweep": []}

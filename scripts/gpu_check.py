@@ -47,9 +47,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from raysweep.data.arrays import ArraySet  # noqa: E402
 from raysweep.data.columns import Layout  # noqa: E402
 from raysweep.data.shards import train_batch_indices  # noqa: E402
-from raysweep.execution.context import TrainContext  # noqa: E402
-from raysweep.execution.feed import to_device  # noqa: E402
 from raysweep.testing.bench import Registry, md_table, run_entries  # noqa: E402
+from raysweep.worker.checkpoint import CheckpointSettings  # noqa: E402
+from raysweep.worker.context import TrainContext  # noqa: E402
+from raysweep.worker.feed import FeedSettings, to_device  # noqa: E402
 from trainers import digits_mlp  # noqa: E402
 
 ENTRIES = Registry()
@@ -130,7 +131,8 @@ def raysweep_loop(train: ArraySet, validation: ArraySet, params: dict[str, Any],
                   device: torch.device) -> tuple[list[float], list[dict[str, float]]]:
     reports: list[dict[str, float]] = []
     ctx = TrainContext(params=params, num_epochs=epochs, seed=0, train=train, validation=validation,
-                       report_fn=lambda m, c: reports.append(m), device=device, checkpoint_every=10**6)
+                       report_fn=lambda m, c: reports.append(m), device=device,
+                       checkpoints=CheckpointSettings(every_epochs=10**6))
     digits_mlp.train(ctx)
     return [len(train) / r["samples_per_s"] for r in reports], reports
 
@@ -225,8 +227,8 @@ def bench_ingest(check: Check) -> dict[str, Any]:
 
     def raysweep_iter(cache: str = "host") -> int:
         ctx, _ = TrainContext.in_process(data, data, {}, num_epochs=1)
-        ctx.device, ctx.cache, ctx.gather_threads = device, cache, args.gather_threads
-        ctx.feed_on_cpu = True  # (on --device cpu: the same feed code, with a clone for the copy)
+        ctx.device = device  # (feed on_cpu: on --device cpu, the same feed code, with a clone for the copy)
+        ctx.feed = FeedSettings(cache=cache, gather_threads=args.gather_threads, on_cpu=True)
         count = 0
         for x, y in ctx.train_batches(0, batch):
             count += min(len(x), len(y))

@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import PARAMS, bare_lightning, load_digits_sets  # noqa: E402
 
 from raysweep.config.spec import LightningSpec  # noqa: E402
-from raysweep.execution.context import TrainContext  # noqa: E402
-from raysweep.execution.lightning import find_module_factory, fit  # noqa: E402
+from raysweep.worker.context import TrainContext  # noqa: E402
+from raysweep.worker.lightning import find_module_factory, fit  # noqa: E402
 from trainers import digits_mlp, digits_mlp_lightning  # noqa: E402
 
 

@@ -38,8 +38,9 @@ from raysweep.data.arrays import ArraySet
 from raysweep.data.columns import LENGTHS, Layout, slice_rows
 from raysweep.data.files import build_layout
 from raysweep.data.shards import train_batch_indices
-from raysweep.execution.context import TrainContext
 from raysweep.testing.bench import md_table
+from raysweep.worker.context import TrainContext
+from raysweep.worker.feed import FeedSettings
 
 # Sizes per run (--quick: a smoke run; its targets still decide).
 SIZES = {"full": {"memory_rows": 300_000, "png_rows": 4096, "token_rows": 200_000},
@@ -233,7 +234,7 @@ def bench_transform(bench: Any) -> dict[str, Any]:
 
     def context(workers: int, transform: Any = decode_png) -> TrainContext:
         ctx, _ = TrainContext.in_process(train, train, {}, num_epochs=1, transform=transform)
-        ctx.transform_workers = workers
+        ctx.feed = FeedSettings(transform_workers=workers)
         return ctx
 
     # Correctness, untimed: the validation pass (in order) decodes to the source pixels.

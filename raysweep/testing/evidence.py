@@ -127,10 +127,10 @@ def reported_checkpoints(folder: str | Path, uri: str | None = None, experiment:
 
 def checkpoint_evidence(folder: str | Path, uri: str | None = None, experiment: str = "probe") -> CheckpointEvidence:
     """The reported checkpoints (see `reported_checkpoints`) checked on disk: each must
-    be a folder that `raysweep.execution.checkpoint.load_state` loads. Read again if
+    be a folder that `raysweep.worker.checkpoint.load_state` loads. Read again if
     a Ray snapshot changed meanwhile (a live run prunes old checkpoints only after
     rewriting its snapshot), so a pruned checkpoint is not taken for a lost one."""
-    from raysweep.execution.checkpoint import load_state
+    from raysweep.worker.checkpoint import load_state
 
     root = Path(folder)
     for _ in range(20):

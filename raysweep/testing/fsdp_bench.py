@@ -115,9 +115,9 @@ def _raysweep_epochs(rank: int, train: Any, validation: Any, epochs: int) -> lis
     """trainers.digits_mlp through a TrainContext at strategy fsdp: per-epoch step
     seconds from its samples_per_s (its own timing of the step loop)."""
     from raysweep.data.shards import num_train_batches
-    from raysweep.execution.context import TrainContext
-    from raysweep.execution.parallel import ParallelSettings
     from raysweep.report import Report
+    from raysweep.worker.context import TrainContext
+    from raysweep.worker.parallel import ParallelSettings
     from trainers import digits_mlp
 
     reports: list[dict[str, float]] = []
@@ -181,10 +181,10 @@ def _checkpoint_rank(rank: int, port: int, out: str, repeats: int, root: str) ->
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-    from raysweep.execution.checkpoint import open_state, save_state
-    from raysweep.execution.context import TrainContext
-    from raysweep.execution.parallel import ParallelSettings
     from raysweep.testing.ranks import digits_splits
+    from raysweep.worker.checkpoint import open_state, save_state
+    from raysweep.worker.context import TrainContext
+    from raysweep.worker.parallel import ParallelSettings
 
     _init(rank, port)
     train, validation = digits_splits()
@@ -278,9 +278,9 @@ def _text_splits(root: Path) -> tuple[Any, Any]:
 def bench_compile(bench: Any, epochs: int = 3) -> dict[str, Any]:
     import torch
 
-    from raysweep.execution.context import TrainContext
-    from raysweep.execution.parallel import ParallelSettings
     from raysweep.report import Report
+    from raysweep.worker.context import TrainContext
+    from raysweep.worker.parallel import ParallelSettings
     from trainers import char_gpt
 
     repeats = max(int(bench.args.repeats), MIN_REPEATS)

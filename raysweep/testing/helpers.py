@@ -199,8 +199,8 @@ def reference(spec_path: Path, epochs: int, tmp_path: Path) -> list[dict[str, fl
     from raysweep.config.load import load_spec
     from raysweep.data.arrays import load_arrays
     from raysweep.data.files import resolve_data
-    from raysweep.execution.context import TrainContext
     from raysweep.testing.probe import train as probe_train
+    from raysweep.worker.context import TrainContext
 
     spec = load_spec(spec_path)
     params = {**spec.params, "pause_epoch": -1, "probe_dir": str(tmp_path / "reference-probe")}

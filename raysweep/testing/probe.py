@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import ray
 import torch
 
-from raysweep.execution.context import TrainContext
+from raysweep.worker.context import TrainContext
 
 
 def write_probe_data(root: Path, num_train: int = 203, num_validation: int = 61,

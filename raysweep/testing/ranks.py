@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raysweep.execution.parallel import ParallelSettings
+from raysweep.worker.parallel import ParallelSettings
 
 TRAIN_ROWS = 1280
 """Digits rows trained on: a multiple of 64, so 1, 2 and 4 ranks of batch 64/N see the
@@ -64,9 +64,9 @@ def _rank_main(rank: int, run: RankRun, port: int, out: str) -> None:
     import torch
     import torch.distributed as dist
 
-    from raysweep.execution.checkpoint import open_state, save_state
-    from raysweep.execution.context import TrainContext
     from raysweep.report import Report
+    from raysweep.worker.checkpoint import CheckpointSettings, open_state, save_state
+    from raysweep.worker.context import TrainContext
 
     torch.set_num_threads(run.threads)
     if run.world > 1:
@@ -87,7 +87,7 @@ def _rank_main(rank: int, run: RankRun, port: int, out: str) -> None:
     train, validation = digits_splits()
     ctx = TrainContext(params=run.params, num_epochs=run.num_epochs, seed=0, train=train, validation=validation,
                        report_fn=report, rank=rank, world_size=run.world, parallel=run.parallel,
-                       checkpoint_every_steps=run.every_n_steps,
+                       checkpoints=CheckpointSettings(every_steps=run.every_n_steps),
                        checkpoint=open_state(run.resume_from) if run.resume_from else None)
     importlib.import_module(run.trainer).train(ctx)
     if rank == 0:  # (and how many parameter values this rank held: 1/N of them under FSDP)

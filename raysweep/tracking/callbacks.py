@@ -5,7 +5,7 @@ known about the trials), `SweepWriter` (a parent MLflow run per sweep, a child r
 per trial, metrics batched with `step=epoch`, the right end status) and
 `ConsolePrinter` (one line per trial event). It takes plain events (trial id,
 config, result dict), so it runs and is tested without Ray; the Tune callback in
-`raysweep.execution.sweep` forwards Tune's events to it.
+`raysweep.driver.sweep` forwards Tune's events to it.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ import yaml
 from raysweep.cluster.sockets import listening
 from raysweep.config.profile import load_profile
 from raysweep.config.spec import BudgetSpec, ScalingSpec
-from raysweep.execution.plan import max_concurrent_trials
+from raysweep.driver.plan import max_concurrent_trials
 from raysweep.testing.helpers import experiment_runs
 from tests.support.autoscaler import FakeAutoscalingCluster, WorkerType, peak_overlap, watching
 

@@ -87,9 +87,9 @@ DRIVER = """
     from raysweep.cluster.connect import connect, disconnect
     from raysweep.config.profile import ClusterProfile
     from raysweep.data.arrays import ArraySet
-    from raysweep.execution.context import TrainContext
-    from raysweep.execution.lightning import find_module_factory, fit
-    from raysweep.execution.plan import LightningSettings
+    from raysweep.worker.context import TrainContext
+    from raysweep.worker.lightning import find_module_factory, fit
+    from raysweep.worker.plan import LightningSettings
 
     assert lightning.pytorch.__file__.startswith(sys.argv[1]), lightning.pytorch.__file__
     assert issubclass(ray.train.lightning.RayDDPStrategy, lightning.pytorch.strategies.DDPStrategy)

@@ -247,7 +247,7 @@ def stored_journal(results: Path) -> str:
 
 # "s3": the sweep on the SeaweedFS bucket, the local run folder deleted before the
 # resume (the searcher is rebuilt from the bucket's journal alone, see
-# raysweep.execution.sweep._OptunaSearch).
+# raysweep.driver.sweep._OptunaSearch).
 @pytest.mark.parametrize("storage", ["local", "s3"])
 def test_killed_sweep_driver_resumes_without_rerunning_trials(ray_cluster, mlflow_uri, write_spec, tmp_path,
                                                                fault_figures, own_ray_tmpdir, s3_server, storage):

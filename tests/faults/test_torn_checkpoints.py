@@ -1,5 +1,5 @@
 """A process SIGKILLed while it writes checkpoints back to back never leaves a torn
-one that loads (raysweep.execution.checkpoint; the other checkpoint cases:
+one that loads (raysweep.worker.checkpoint; the other checkpoint cases:
 tests/unit/test_trainer.py)."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import time
 
 import torch
 
-from raysweep.execution.checkpoint import CorruptCheckpointError, load_state
+from raysweep.worker.checkpoint import CorruptCheckpointError, load_state
 
 SAVE_LOOP = """
 import os, sys, torch
-from raysweep.execution.checkpoint import save_state
+from raysweep.worker.checkpoint import save_state
 for i in range(1, 100000):
     os.makedirs(f"{sys.argv[1]}/{i:05d}")
     save_state({"version": i, "w": torch.full((1 << 20,), float(i))}, f"{sys.argv[1]}/{i:05d}")

@@ -55,9 +55,9 @@ def test_a_training_process_loads_nothing_of_the_driver() -> None:
     """What a training process imports (a sweep trial's function, a Train worker, a warm
     group's actors): no Optuna, MLflow, spec models, tracking or sweep code (Ray itself
     brings pydantic)."""
-    worker_side = ("raysweep.execution.trial", "raysweep.execution.worker", "raysweep.execution.warm_group",
+    worker_side = ("raysweep.driver.trial", "raysweep.worker.entry", "raysweep.worker.warm_group",
                    "raysweep.testing.probe")
-    driver_only = ("optuna", "mlflow", "raysweep.config", "raysweep.tracking", "raysweep.execution.sweep",
+    driver_only = ("optuna", "mlflow", "raysweep.config", "raysweep.tracking", "raysweep.driver.sweep",
                    "raysweep.run", "raysweep.cli")
     code = (f"import sys\nfor name in {worker_side!r}:\n    __import__(name)\n"
             f"print(sorted(m for m in sys.modules if m.startswith({driver_only!r})))")

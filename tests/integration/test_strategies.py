@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from raysweep.cli import main
-from raysweep.execution.parallel import ParallelSettings
 from raysweep.testing.helpers import only_run
 from raysweep.testing.ranks import RankRun, run_ranks, split_reports
+from raysweep.worker.parallel import ParallelSettings
 
 KEYS = ("train_loss", "val_loss", "val_accuracy")
 PARAMS_COUNT = 4810  # digits_mlp at hidden 64: 64*64 + 64 + 64*10 + 10

@@ -89,8 +89,8 @@ def test_sweep_leaves_parent_children_and_study(ray_cluster, mlflow_uri, write_s
     # The processes that trained (the trial's own, or the Train workers) imported none of
     # the driver's libraries and modules: the searcher, the tracker, the spec's models.
     imported = {p.name: set(p.read_text().split()) for p in (tmp_path / "probe").glob("modules-*.txt")}
-    assert imported and all("raysweep.execution.worker" in names for names in imported.values()), sorted(imported)
-    driver_side = {"optuna", "mlflow", "raysweep.execution.sweep", "raysweep.execution.driver",
+    assert imported and all("raysweep.worker.entry" in names for names in imported.values()), sorted(imported)
+    driver_side = {"optuna", "mlflow", "raysweep.driver.sweep", "raysweep.driver.trainer",
                    "raysweep.tracking.callbacks", "raysweep.tracking.store", "raysweep.config.spec"}
     assert {name: names & driver_side for name, names in imported.items() if names & driver_side} == {}
 
@@ -195,7 +195,7 @@ def test_a_conditional_space_sweeps_and_warm_starts(ray_cluster, mlflow_uri, dig
     """search_spaces/digits_mlp_conditional.yaml: momentum only for sgd (`when:`), one
     width per layer from the space function; each trial's model has the widths it drew
     (read from its checkpoint), and a warm start takes the conditional trials in."""
-    from raysweep.execution.checkpoint import load_state
+    from raysweep.worker.checkpoint import load_state
 
     spec = digits_spec("digits_mlp_conditional.yaml", scheduler={"type": "fifo", "metric": "val_loss", "mode": "min",
                                                                  "max_epochs": 1},
@@ -357,7 +357,7 @@ def test_a_trial_that_cannot_be_placed_stops_the_sweep_and_resume_continues_it(r
 def test_a_hyperband_sweep_stops_trials_only_at_their_brackets_rungs(ray_cluster, mlflow_uri, write_spec):
     """scheduler.type: hyperband on Ray: 6 trials, max 8 epochs, brackets with first rungs
     at 1, 2 and 4 epochs: every trial ends at a rung of its bracket or at max_epochs."""
-    from raysweep.execution.sweep import make_scheduler
+    from raysweep.driver.sweep import make_scheduler
 
     scheduler = {"type": "hyperband", "metric": "val_loss", "mode": "min", "max_epochs": 8, "grace_period": 1,
                  "brackets": 3}

@@ -158,7 +158,8 @@ def test_a_warm_group_for_a_lightning_module_is_one_line_exit_2(capsys, write_sp
 
 def test_which_execution_mode_a_trial_gets() -> None:
     from raysweep.config.spec import ScalingSpec
-    from raysweep.execution.plan import ExecutionMode, execution_mode
+    from raysweep.driver.plan import execution_mode
+    from raysweep.worker.plan import ExecutionMode
 
     def mode(driver: dict[str, float] | None = None, **scaling) -> ExecutionMode:
         return execution_mode(ScalingSpec(**scaling), driver)

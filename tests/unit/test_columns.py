@@ -20,9 +20,10 @@ from raysweep.data.arrays import ArraySet
 from raysweep.data.columns import ColumnDataError, Ragged, block_rows, concat, slice_rows, take
 from raysweep.data.files import resolve_data
 from raysweep.data.stream import StreamSettings, StreamSource, StreamSplit
+from raysweep.driver.preflight import check_trainer
 from raysweep.errors import UserInputError
-from raysweep.execution.context import TrainContext, TransformError, transform_rng
-from raysweep.execution.preflight import check_trainer
+from raysweep.worker.context import TrainContext, TransformError, transform_rng
+from raysweep.worker.feed import FeedSettings
 
 NUM_ROWS = 53
 FILES = 3
@@ -609,7 +610,7 @@ def augment(batch, rng):
 
 def context(arrays, transform=augment, seed: int = 5, workers: int = 2, rank: int = 0, world: int = 1):
     ctx, _ = TrainContext.in_process(arrays[0], arrays[1], {}, num_epochs=2, seed=seed, transform=transform)
-    ctx.transform_workers, ctx.rank, ctx.world_size = workers, rank, world
+    ctx.feed, ctx.rank, ctx.world_size = FeedSettings(transform_workers=workers), rank, world
     return ctx
 
 

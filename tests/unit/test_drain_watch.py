@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from raysweep.execution.drain import DEFAULT_DEADLINE_S, NodeDrainWatch
+from raysweep.worker.drain import DEFAULT_DEADLINE_S, NodeDrainWatch
 
 
 def wait_for(predicate, timeout: float = 5.0) -> None:

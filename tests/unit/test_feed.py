@@ -1,4 +1,4 @@
-"""The GPU feeds of the memory loader (raysweep.execution.feed), run on CPU: the
+"""The GPU feeds of the memory loader (raysweep.worker.feed), run on CPU: the
 page-locked gather (`PinnedFeed`) and `data.cache: gpu` (`DeviceCache`) give exactly the
 plain path's batches, every kind of column, every rank, a resumed epoch, and batches a
 trainer keeps stay intact while later ones are gathered into the reused buffers."""
@@ -13,9 +13,9 @@ from test_columns import NAMED, NAMED_OPTIONS, assert_named_batch, spec, write_k
 from raysweep.config.spec import DataSpec
 from raysweep.data.arrays import ArraySet
 from raysweep.data.files import resolve_data
-from raysweep.execution import feed as feed_module
-from raysweep.execution.context import TrainContext
-from raysweep.execution.feed import DeviceCache, PinnedFeed, choose_feed
+from raysweep.worker import feed as feed_module
+from raysweep.worker.context import TrainContext
+from raysweep.worker.feed import DeviceCache, FeedSettings, PinnedFeed, choose_feed
 
 CPU = torch.device("cpu")
 
@@ -138,7 +138,7 @@ def test_a_trainer_learns_the_same_through_a_feed(cache) -> None:
     for on in (False, True):
         torch.manual_seed(0)
         ctx, reports = TrainContext.in_process(train, validation, params, num_epochs=2, seed=5)
-        ctx.cache, ctx.feed_on_cpu, ctx.gather_threads = cache, on, 2
+        ctx.feed = FeedSettings(cache=cache, gather_threads=2, on_cpu=on)
         digits_mlp.train(ctx)
         results.append([{k: m[k] for k in ("train_loss", "val_loss", "val_accuracy")} for m, _ in reports])
         assert isinstance(ctx._feeds.get(id(train)), (PinnedFeed, DeviceCache) if on else type(None))

@@ -1,5 +1,5 @@
 """raysweep's modules import in one direction: cli -> (run, prepare, registry,
-reproduce) -> execution -> (data, tracking, cluster) -> config -> (errors,
+reproduce) -> driver -> worker -> (data, tracking, cluster) -> config -> (errors,
 _ray_compat, _upstream); no module imports one of a higher layer (lazy imports
 included), and no two modules import each other, directly or round a circle
 (module-level imports, `if TYPE_CHECKING:` ones included). raysweep.testing (test
@@ -14,7 +14,8 @@ import raysweep
 
 PACKAGE = Path(raysweep.__file__).resolve().parent
 LAYERS = {"errors": 0, "report": 0, "_ray_compat": 0, "_upstream": 0, "config": 1, "data": 2, "tracking": 2,
-          "cluster": 2, "execution": 3, "prepare": 4, "run": 4, "registry": 4, "reproduce": 4, "cli": 5, "__main__": 5}
+          "cluster": 2, "worker": 3, "driver": 4, "prepare": 5, "run": 5, "registry": 5, "reproduce": 5, "cli": 6,
+          "__main__": 6}
 
 
 def _modules(root: Path) -> dict[str, ast.Module]:
@@ -111,4 +112,41 @@ def test_a_planted_cycle_and_upward_import_are_found(tmp_path):
         "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from raysweep.run import Result\n")
     (pkg / "run.py").write_text("from raysweep.tracking import console\n")
     assert import_cycles(pkg) == [["raysweep.run", "raysweep.tracking.console"]]
-    assert upward_imports(pkg) == ["raysweep.tracking.console (layer 2) imports raysweep.run (layer 4), line 3"]
+    assert upward_imports(pkg) == ["raysweep.tracking.console (layer 2) imports raysweep.run (layer 5), line 3"]
+
+
+DRIVER_ONLY = ("optuna", "mlflow", "pydantic", "yaml", "ray.tune", "raysweep.config", "raysweep.tracking",
+               "raysweep.driver")
+"""What a training process must not load: a `raysweep.worker` module imports none of these
+at module level (`if TYPE_CHECKING:` blocks aside); a lazy import inside a function is
+allowed (the in-trial entry point reports through `ray.tune`, the driver's only).
+tests/integration/test_sweep.py checks the same in real trials' `sys.modules`."""
+
+
+def driver_imports_of_worker(root: Path) -> list[str]:
+    found = []
+    for path in sorted((root / "worker").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in tree.body:  # (module level only; `if TYPE_CHECKING:` bodies are not run)
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if names == ["ray"] and isinstance(node, ast.ImportFrom):  # (from ray import train, tune)
+                names = [f"ray.{a.name}" for a in node.names]
+            for name in names:
+                if any(name == d or name.startswith(d + ".") for d in DRIVER_ONLY):
+                    found.append(f"raysweep/worker/{path.name}:{node.lineno} imports {name}")
+    return found
+
+
+def test_the_worker_package_imports_nothing_of_the_driver():
+    assert driver_imports_of_worker(PACKAGE) == []
+
+
+def test_a_planted_driver_import_in_the_worker_is_found(tmp_path):
+    (tmp_path / "worker").mkdir()
+    (tmp_path / "worker" / "entry.py").write_text(
+        "import ray\nfrom typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import optuna\n"
+        "from ray import train, tune\nimport mlflow.tracking\nfrom raysweep.driver.plan import plan_from_spec\n")
+    assert driver_imports_of_worker(tmp_path) == [
+        "raysweep/worker/entry.py:5 imports ray.tune", "raysweep/worker/entry.py:6 imports mlflow.tracking",
+        "raysweep/worker/entry.py:7 imports raysweep.driver.plan"]

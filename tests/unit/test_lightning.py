@@ -10,9 +10,9 @@ import pytest
 
 from raysweep.cli import main
 from raysweep.config.spec import LightningSpec
-from raysweep.execution.checkpoint import load_state, save_state
-from raysweep.execution.context import TrainContext
-from raysweep.execution.lightning import find_module_factory, fit
+from raysweep.worker.checkpoint import load_state, save_state
+from raysweep.worker.context import TrainContext
+from raysweep.worker.lightning import find_module_factory, fit
 from trainers import digits_mlp, digits_mlp_lightning
 
 PARAMS = {"batch_size": 64, "hidden": 32, "lr": 0.01, "optimizer": "adam"}

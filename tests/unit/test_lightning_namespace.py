@@ -14,9 +14,9 @@ import pytorch_lightning
 import torch
 
 from raysweep.cli import main
-from raysweep.execution import lightning_compat
-from raysweep.execution.lightning import find_module_factory, report_callback
-from raysweep.execution.lightning_compat import namespace_of, ray_pieces
+from raysweep.worker import lightning_compat
+from raysweep.worker.lightning import find_module_factory, report_callback
+from raysweep.worker.lightning_compat import namespace_of, ray_pieces
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 from ray.tune.schedulers import TrialScheduler
 
-from raysweep.execution.mo_asha import MultiObjectiveASHA, promote
+from raysweep.driver.mo_asha import MultiObjectiveASHA, promote
 
 CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
 

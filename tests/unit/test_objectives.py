@@ -16,9 +16,8 @@ from raysweep.config.constraints import Constraint
 from raysweep.config.load import validate_spec
 from raysweep.config.space import to_optuna_space
 from raysweep.config.spec import SamplerSpec
+from raysweep.driver.sweep import MAX_VIOLATION, _OptunaSearch, make_sampler
 from raysweep.errors import UserInputError
-from raysweep.execution.context import MissingMetricError, TrainContext
-from raysweep.execution.sweep import MAX_VIOLATION, _OptunaSearch, make_sampler
 from raysweep.tracking import tags as tag
 from raysweep.tracking.callbacks import SweepTracker
 from raysweep.tracking.console import trials_table
@@ -26,6 +25,7 @@ from raysweep.tracking.pareto import dominates, minimized
 from raysweep.tracking.store import RunStore
 from raysweep.tracking.study import TUNE_TRIAL_ATTR
 from raysweep.tracking.trials import SweepState, TrialRecord, TrialState
+from raysweep.worker.context import MissingMetricError, TrainContext
 
 OBJECTIVES = [("val_loss", "min"), ("params_count", "min")]
 

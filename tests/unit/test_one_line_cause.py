@@ -15,7 +15,7 @@ WORKER_GROUP_ERROR = """Failure # 1 (occurred at 2026-11-27_20-09-12)
 ray.train.WorkerGroupError: Training failed due to worker errors:
 [Rank 1 Error Snippet]:
 \x1b[36mray::ImplicitFunc.train()\x1b[39m (pid=13802, ip=127.0.0.1, actor_id=8a7d44b0, repr=func)
-  File "/work/main/raysweep/execution/worker.py", line 89, in _train
+  File "/work/main/raysweep/worker/entry.py", line 89, in _train
     train_fn(ctx)
   File "/work/main/raysweep/testing/probe.py", line 134, in train
     raise ValueError(f"planted failure on rank {ctx.rank}")

@@ -91,7 +91,8 @@ def test_pinned_trial_drivers_make_sweeps_use_worker_groups_and_cap_concurrency(
     moves the workers), never trained in the driver's own process."""
     from raysweep.config.profile import load_profile
     from raysweep.config.spec import ScalingSpec
-    from raysweep.execution.plan import ExecutionMode, execution_mode
+    from raysweep.driver.plan import execution_mode
+    from raysweep.worker.plan import ExecutionMode
 
     aws = load_profile(REPO / "cluster" / "aws.yaml")
     assert execution_mode(ScalingSpec(), aws.trial_driver_resources) is ExecutionMode.WORKER_GROUP
@@ -161,11 +162,11 @@ def test_check_refuses_a_gpu_type_no_node_type_offers(capsys, write_spec, tmp_pa
 
 
 def test_a_gpu_type_is_asked_of_ray_in_every_execution_mode() -> None:
-    from raysweep.execution.plan import RunPlan
+    from raysweep.worker.plan import Placement
 
-    plan = RunPlan("t", {}, 1, 0, "s", None, cpus_per_worker=2, gpus_per_worker=1, accelerator_type="H100")
-    assert plan.worker_resources() == {"CPU": 2, "GPU": 1, "accelerator_type:H100": 0.001}
-    assert RunPlan("t", {}, 1, 0, "s", None).worker_resources() == {"CPU": 1.0}
+    placement = Placement(cpus_per_worker=2, gpus_per_worker=1, accelerator_type="H100")
+    assert placement.worker_resources() == {"CPU": 2, "GPU": 1, "accelerator_type:H100": 0.001}
+    assert Placement().worker_resources() == {"CPU": 1.0}
 
 
 def test_unreachable_address_fails_within_seconds(capsys, write_spec, tmp_path, monkeypatch) -> None:

@@ -11,8 +11,8 @@ import pytest
 from raysweep.config.load import validate_spec
 from raysweep.config.space import to_optuna_space
 from raysweep.config.spec import SamplerSpec
-from raysweep.execution.sweep import _OptunaSearch
-from raysweep.execution.trial import RESUME_KEY, trial_identity
+from raysweep.driver.sweep import _OptunaSearch
+from raysweep.driver.trial import RESUME_KEY, trial_identity
 from raysweep.tracking.study import TUNE_TRIAL_ATTR, load_study, study_storage
 
 SPEC = {"name": "s", "trainer": "trainers.digits_mlp",

@@ -151,7 +151,7 @@ def test_the_diabetes_trainer_beats_predicting_the_mean(tmp_path: Path) -> None:
     (target standardized: 1.0 is about the mean's) falls below 0.8 in 8 epochs."""
     from raysweep.data.arrays import load_arrays
     from raysweep.data.files import resolve_data
-    from raysweep.execution.context import TrainContext
+    from raysweep.worker.context import TrainContext
 
     write_diabetes_parquet(tmp_path)
     spec = DataSpec(train=str(tmp_path / "train"), validation=str(tmp_path / "validation"), features=["f_*"],

@@ -13,7 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from raysweep.execution.checkpoint import (
+from raysweep.testing.ranks import digits_splits
+from raysweep.worker.checkpoint import (
     SHARDED,
     CorruptCheckpointError,
     _save_full,
@@ -22,9 +23,8 @@ from raysweep.execution.checkpoint import (
     open_state,
     save_state,
 )
-from raysweep.execution.context import TrainContext
-from raysweep.execution.parallel import ParallelSettings, shard_units
-from raysweep.testing.ranks import digits_splits
+from raysweep.worker.context import TrainContext
+from raysweep.worker.parallel import ParallelSettings, shard_units
 
 
 def _model() -> nn.Module:
@@ -143,7 +143,7 @@ def test_accumulation_steps_once_per_group_and_at_the_epoch_end() -> None:
 def test_a_non_finite_loss_fails_the_run_within_the_check_interval() -> None:
     """ctx.backward looks at the losses every LOSS_CHECK_STEPS steps: a NaN at batch 20
     fails the run by batch 31, naming the epoch and the batches, not at the epoch's end."""
-    from raysweep.execution.context import LOSS_CHECK_STEPS, NonFiniteMetricError
+    from raysweep.worker.context import LOSS_CHECK_STEPS, NonFiniteMetricError
 
     train, validation = digits_splits()
     ctx, _ = TrainContext.in_process(train, validation, {}, num_epochs=1)

@@ -61,8 +61,8 @@ import pytest  # noqa: E402
 from raysweep.config.load import validate_spec  # noqa: E402
 from raysweep.config.space import DefineByRun, first_values, search_space  # noqa: E402
 from raysweep.config.spec import SamplerSpec  # noqa: E402
+from raysweep.driver.sweep import make_sampler  # noqa: E402
 from raysweep.errors import UserInputError  # noqa: E402
-from raysweep.execution.sweep import make_sampler  # noqa: E402
 
 # (momentum declared before the param its condition names: drawn after it all the same)
 CONDITIONAL = {

@@ -261,7 +261,7 @@ def test_a_preempted_trial_is_told_apart_from_a_failed_one(store, capsys) -> Non
     failure line with its count."""
     from types import SimpleNamespace
 
-    from raysweep.execution.sweep import TrackerCallback
+    from raysweep.driver.sweep import TrackerCallback
 
     parent_id = store.open("sweep/sweep-1", "sweep-1")
     callback = TrackerCallback(new_tracker(store, parent_id))
@@ -284,7 +284,7 @@ def test_resource_hours_count_every_stretch_a_trial_held_its_workers(monkeypatch
     between them does not. budget.max_gpu_hours stops the sweep on that count."""
     import warnings
 
-    from raysweep.execution.sweep import SweepBudget
+    from raysweep.driver.sweep import SweepBudget
     from raysweep.tracking.trials import SweepState, TrialRecord
 
     clock = [1000.0]
@@ -315,7 +315,7 @@ def test_an_epoch_budget_stops_new_trials_and_cuts_only_trials_with_epochs_left(
     import types
     import warnings
 
-    from raysweep.execution.sweep import SweepBudget
+    from raysweep.driver.sweep import SweepBudget
     from raysweep.tracking.trials import SweepState, TrialRecord
 
     state = SweepState("val_loss", "min", 2)

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from raysweep.data.arrays import ArraySet
-from raysweep.execution.checkpoint import DIGEST_FILE, CorruptCheckpointError, _digest, load_state, save_state
-from raysweep.execution.context import NonFiniteMetricError, TrainContext
+from raysweep.worker.checkpoint import DIGEST_FILE, CorruptCheckpointError, _digest, load_state, save_state
+from raysweep.worker.context import NonFiniteMetricError, TrainContext
 from trainers import digits_mlp
 
 PARAMS = {"batch_size": 64, "hidden": 32, "lr": 0.01, "optimizer": "adam"}
@@ -97,7 +97,7 @@ def test_drain_notice_saves_one_checkpoint_at_the_next_batch_and_resumes_exactly
     """A drain notice seen mid-epoch: the context saves a mid-epoch checkpoint (flagged
     preempted, with the node's deadline) right after the batch it was seen at, once,
     and waits for the node to go; resumed from it, the run ends as an uninterrupted one."""
-    from raysweep.execution import context as context_module
+    from raysweep.worker import context as context_module
 
     monkeypatch.setattr(context_module, "PREEMPTION_WAIT_MARGIN_S", 0.0)  # (a past deadline: no wait)
     full_ctx, full = TrainContext.in_process(*digits, params=PARAMS, num_epochs=3)

@@ -1,7 +1,7 @@
 """Checkpoint files: written atomically, loaded without unpickling code.
 
 A full checkpoint is one `state.pt` and its digest, written by rank 0. A sharded one
-(FSDP, see raysweep.execution.parallel) is a torch.distributed.checkpoint folder:
+(FSDP, see raysweep.worker.parallel) is a torch.distributed.checkpoint folder:
 each rank writes its shard files and `shards-RANK.sha256` (their digests) into its own
 folder, which Ray Train merges into one checkpoint; rank 0 also writes DCP's
 `.metadata` and `state.pt` (everything but the model and optimizer, with the world
@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,21 @@ SHARDS_FILE = "shards-{rank}.sha256"
 DCP_METADATA = ".metadata"
 SHARDED = "__sharded__"
 """The key of a checkpoint dict whose model and optimizer state are FSDP shards
-({"model": ..., "optimizer": ...} of DTensors, see raysweep.execution.parallel): every
+({"model": ..., "optimizer": ...} of DTensors, see raysweep.worker.parallel): every
 rank saves its own part. In an opened checkpoint: the checked folder holding them."""
+
+
+@dataclass(frozen=True)
+class CheckpointSettings:
+    """The spec's `checkpoint` section, as plain data: when a run keeps its state
+    (the trainer's context) and which checkpoints Tune or Train keep."""
+
+    every_epochs: int = 1
+    every_steps: int | None = None
+    """A mid-epoch checkpoint every this many steps (None: at epoch ends only)."""
+    num_to_keep: int = 2
+    score_metric: str | None = None
+    score_mode: str = "min"
 
 
 class CorruptCheckpointError(RuntimeError):

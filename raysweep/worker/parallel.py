@@ -17,7 +17,7 @@ State goes through torch.distributed.checkpoint.state_dict (public since torch 2
 the same keys (parameter names, no `module.` prefix, optimizer state keyed by
 parameter name) whatever the strategy, so a DDP checkpoint resumes under FSDP and the
 other way round. Under FSDP the state stays sharded (each rank saves its shards, see
-raysweep.execution.checkpoint); otherwise it is a full state dict rank 0 saves.
+raysweep.worker.checkpoint); otherwise it is a full state dict rank 0 saves.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from raysweep._ray_compat import keep_stdlib_distutils
-from raysweep.execution.checkpoint import SHARDED
+from raysweep.worker.checkpoint import SHARDED
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,11 @@ import torch.distributed as dist
 from raysweep.data.arrays import ArraySet, Batch, DataSplit
 from raysweep.data.columns import Block, Layout
 from raysweep.data.shards import num_train_batches
-from raysweep.execution import parallel
-from raysweep.execution.checkpoint import SHARDED
-from raysweep.execution.feed import DeviceCache, PinnedFeed, choose_feed, to_device
-from raysweep.execution.parallel import ParallelSettings, Prepared
 from raysweep.report import Report, Usage
+from raysweep.worker import parallel
+from raysweep.worker.checkpoint import SHARDED, CheckpointSettings
+from raysweep.worker.feed import DeviceCache, FeedSettings, PinnedFeed, choose_feed, to_device
+from raysweep.worker.parallel import ParallelSettings, Prepared
 
 CURSOR = "cursor"
 """Key of the data cursor {epoch, step} in a mid-epoch checkpoint's state."""
@@ -92,33 +92,28 @@ class TrainContext:
     world_size: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     checkpoint: dict[str, Any] | None = None
-    checkpoint_every: int = 1
-    checkpoint_every_steps: int | None = None
+    checkpoints: CheckpointSettings = field(default_factory=CheckpointSettings)
+    """When `report` keeps the state (every N epochs) and the loop saves mid-epoch
+    (every N steps): the spec's `checkpoint` section."""
     runs_on_ray: bool = False
     transform: Transform | None = None
     """The trainer module's `transform(batch, rng)`, run on every named batch in
-    `transform_workers` background threads before it reaches the device. Training
+    `feed.transform_workers` background threads before it reaches the device. Training
     batches get a numpy Generator seeded from (seed, epoch, step, rank); validation
     batches get rng=None (decode, do not augment)."""
     transform_name: str = "transform"
-    transform_workers: int = 2
     preemption: PreemptionFn | None = None
     """Drain notices for this run's nodes (None: not watched). With a notice, the
     training loop saves a mid-epoch checkpoint at the next step and stops taking
     batches until the node is gone; the run resumes elsewhere at the next batch."""
-    cache: str = "host"
-    """`data.cache`: gpu keeps an in-memory split's fixed-width columns on the GPU (when
-    they fit) and gathers batches there; host gathers them on the host."""
-    gather_threads: int = 4
-    """Threads gathering an in-memory split's batches into page-locked buffers (GPU
-    workers; see raysweep.execution.feed)."""
-    feed_on_cpu: bool = False
-    """Use the GPU feeds on a CPU device too (tests, `scripts/gpu_check.py --device cpu`)."""
+    feed: FeedSettings = field(default_factory=FeedSettings)
+    """Transform threads, data.cache and the host feed's gather threads
+    (raysweep.worker.feed)."""
     required_metrics: dict[str, str] = field(default_factory=dict)
     """Metrics the first report must hold, each with what needs it (`scheduler.metric`,
     a constraint); a missing one raises MissingMetricError."""
     parallel: ParallelSettings = field(default_factory=ParallelSettings)
-    """scaling.strategy, precision, accumulate_steps, compile (raysweep.execution.parallel):
+    """scaling.strategy, precision, accumulate_steps, compile (raysweep.worker.parallel):
     applied by `prepare_model`, `autocast`, `backward`, `state` and `restore`."""
     preempted_at: tuple[int, int] | None = field(default=None, init=False)
     """(epoch, step) of the just-in-time checkpoint a drain notice made, if any."""
@@ -151,7 +146,7 @@ class TrainContext:
 
     def checkpoint_due(self, epoch: int) -> bool:
         """Whether `report` keeps a checkpoint for `epoch` (every N, and the last)."""
-        return (epoch + 1) % self.checkpoint_every == 0 or epoch + 1 >= self.num_epochs
+        return (epoch + 1) % self.checkpoints.every_epochs == 0 or epoch + 1 >= self.num_epochs
 
     def num_train_batches(self, batch_size: int) -> int:
         return num_train_batches(len(self.train), self.world_size, batch_size)
@@ -171,7 +166,7 @@ class TrainContext:
         the cursor, on every rank together, so a resume continues at the next batch.
         """
         start = self.start_step if epoch == self.start_epoch else 0
-        every = self.checkpoint_every_steps if state is not None else None
+        every = self.checkpoints.every_steps if state is not None else None
         total = self.num_train_batches(batch_size)
         feed = self._feed(self.train)
         batches: Iterator[Batch]
@@ -278,8 +273,8 @@ class TrainContext:
         if self.transform is not None:
             return None
         if id(split) not in self._feeds:
-            self._feeds[id(split)] = choose_feed(split, self.device, self.cache, self.gather_threads,
-                                                 on_cpu=self.feed_on_cpu)
+            self._feeds[id(split)] = choose_feed(split, self.device, self.feed.cache, self.feed.gather_threads,
+                                                 on_cpu=self.feed.on_cpu)
         return self._feeds[id(split)]
 
     def _batches(self, layout: Layout, blocks: Iterator[Block], epoch: int | None, first: int) -> Iterator[Batch]:
@@ -290,14 +285,14 @@ class TrainContext:
                 yield layout.deliver(block)
             return
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.transform_workers, thread_name_prefix="raysweep-transform")
+            self._pool = ThreadPoolExecutor(self.feed.transform_workers, thread_name_prefix="raysweep-transform")
         ahead: deque[Future[Batch]] = deque()
         step = first
         try:
             for block in blocks:
                 ahead.append(self._pool.submit(self.transformed, layout, block, epoch, step))
                 step += 1
-                if len(ahead) > self.transform_workers:
+                if len(ahead) > self.feed.transform_workers:
                     yield ahead.popleft().result()
             while ahead:
                 yield ahead.popleft().result()

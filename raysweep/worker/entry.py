@@ -23,10 +23,10 @@ from raysweep.data.arrays import DataSplit
 from raysweep.data.storage import use_patient_io
 from raysweep.data.stream import StreamSplit
 from raysweep.errors import note_cause
-from raysweep.execution.checkpoint import is_sharded, load_state, open_state, save_state
-from raysweep.execution.context import TrainContext
-from raysweep.execution.drain import NodeDrainWatch
-from raysweep.execution.plan import LightningSettings, RunPlan
+from raysweep.worker.checkpoint import is_sharded, load_state, open_state, save_state
+from raysweep.worker.context import TrainContext
+from raysweep.worker.drain import NodeDrainWatch
+from raysweep.worker.plan import LightningSettings, RunPlan
 
 
 def use_deterministic_algorithms(on: bool) -> None:
@@ -45,7 +45,7 @@ def resolve_train_fn(module_name: str, lightning: LightningSettings) -> Callable
     if callable(train):
         return train
     # (lazy: Lightning is imported only by workers that run a LightningModule)
-    from raysweep.execution.lightning import find_module_factory, fit
+    from raysweep.worker.lightning import find_module_factory, fit
 
     factory = find_module_factory(module)
     return None if factory is None else functools.partial(fit, factory=factory, settings=lightning)
@@ -92,9 +92,10 @@ def _state_of(checkpoint: Any) -> dict[str, Any] | None:
 def splits(plan: RunPlan) -> tuple[DataSplit, DataSplit]:
     """The plan's train and validation splits: mapped from the object store (memory
     loader) or read by this rank straight from storage (stream loader)."""
-    if plan.loader == "stream":
-        return StreamSplit(plan.arrays[0], plan.stream), StreamSplit(plan.arrays[1], plan.stream)
-    train, validation = ray.get(plan.arrays)
+    data = plan.data
+    if data.loader == "stream":
+        return StreamSplit(data.arrays[0], data.stream), StreamSplit(data.arrays[1], data.stream)
+    train, validation = ray.get(data.arrays)
     return train, validation
 
 
@@ -107,12 +108,10 @@ def _train(plan: RunPlan, report_fn: Any, checkpoint: dict[str, Any] | None, **p
     train, validation = splits(plan)
     transform = getattr(importlib.import_module(plan.trainer), "transform", None)
     ctx = TrainContext(params=plan.params, num_epochs=plan.num_epochs, seed=plan.seed, train=train,
-                       validation=validation,
-                       report_fn=report_fn, checkpoint=checkpoint, checkpoint_every=plan.checkpoint_every,
-                       checkpoint_every_steps=plan.checkpoint_every_steps, transform=transform,
-                       transform_name=f"{plan.trainer}.transform", transform_workers=plan.transform_workers,
-                       cache=plan.cache, gather_threads=plan.gather_threads,
-                       required_metrics=plan.required_metrics, parallel=plan.parallel, **placement)
+                       validation=validation, report_fn=report_fn, checkpoint=checkpoint,
+                       checkpoints=plan.checkpoints, transform=transform, transform_name=f"{plan.trainer}.transform",
+                       feed=plan.data.feed, required_metrics=plan.required_metrics, parallel=plan.parallel,
+                       **placement)
     try:
         train_fn(ctx)
     except Exception as exc:  # (re-raised as it was, with its Cause attached for the driver)
@@ -127,13 +126,13 @@ def train_in_trial(plan: RunPlan, resume_from: str | None = None) -> None:
     retried trial resumes from `tune.get_checkpoint()`, so checkpointing, resume and
     failure handling stay Tune's. Ray gives the trial's actor its CPUs (and thread
     count) and GPU, as it would a Train worker. A drain notice for its node is watched
-    (raysweep.execution.drain): the run checkpoints at once and waits for the node to
+    (raysweep.worker.drain): the run checkpoints at once and waits for the node to
     go; Tune runs it again elsewhere without counting a failure. `resume_from`: the
     checkpoint a resumed sweep continues this trial from, when Tune has none of its own.
     """
     from ray import tune  # (lazy: Train workers never load Tune)
 
-    use_cuda = plan.use_gpu and torch.cuda.is_available()
+    use_cuda = plan.placement.use_gpu and torch.cuda.is_available()
     with NodeDrainWatch(ray.get_runtime_context().get_node_id()) as drain:
         checkpoint = tune.get_checkpoint() or stored_checkpoint(resume_from)
         _train(plan, functools.partial(_report, tune.report, tune.Checkpoint), _state_of(checkpoint),

@@ -39,9 +39,9 @@ import torch
 from raysweep._upstream.torch_internals import lightning_checkpoint
 from raysweep.data.arrays import Batch
 from raysweep.errors import UserInputError
-from raysweep.execution.context import TrainContext
-from raysweep.execution.lightning_compat import NAMESPACES, namespace_of, ray_pieces
-from raysweep.execution.plan import LightningSettings
+from raysweep.worker.context import TrainContext
+from raysweep.worker.lightning_compat import NAMESPACES, namespace_of, ray_pieces
+from raysweep.worker.plan import LightningSettings
 
 ModuleFactory = Callable[[dict[str, Any]], Any]
 """params -> a LightningModule (of `lightning.pytorch` or `pytorch_lightning`)."""

@@ -129,11 +129,11 @@ def _mirror(pl: ModuleType) -> RayPieces:
     def prepare_trainer(trainer: Any) -> Any:
         if not isinstance(trainer.strategy, RayDDPStrategy):
             raise RuntimeError(f"Invalid strategy class: {type(trainer.strategy)}; with Ray the strategy "
-                               f"must be {pl.__name__}'s RayDDPStrategy (raysweep.execution.lightning_compat)")
+                               f"must be {pl.__name__}'s RayDDPStrategy (raysweep.worker.lightning_compat)")
         environment = getattr(trainer.strategy, "cluster_environment", None)
         if environment and not isinstance(environment, RayLightningEnvironment):
             raise RuntimeError(f"Invalid cluster environment plugin: {type(environment)}; with Ray it must be "
-                               f"{pl.__name__}'s RayLightningEnvironment (raysweep.execution.lightning_compat)")
+                               f"{pl.__name__}'s RayLightningEnvironment (raysweep.worker.lightning_compat)")
         return trainer
 
     return RayPieces(RayDDPStrategy, RayLightningEnvironment, prepare_trainer, from_ray=False)

@@ -42,11 +42,9 @@ from raysweep.config.constraints import Constraint, violations
 from raysweep.config.space import search_space, to_optuna_space
 from raysweep.config.spec import SamplerSpec, SchedulerSpec, Spec, max_brackets
 from raysweep.data.storage import is_object_store, run_storage, uri_of
+from raysweep.driver.mo_asha import MultiObjectiveASHA
+from raysweep.driver.trial import RESUME_KEY, run_in_trial, run_warm_group, run_worker_group, trial_identity
 from raysweep.errors import UserInputError, cause_of, one_line_cause
-from raysweep.execution.mo_asha import MultiObjectiveASHA
-from raysweep.execution.plan import ExecutionMode, RunPlan
-from raysweep.execution.trial import RESUME_KEY, run_in_trial, run_warm_group, run_worker_group, trial_identity
-from raysweep.execution.warm_group import resources as warm_group_resources
 from raysweep.report import EPOCHS_COMPLETED
 from raysweep.tracking.callbacks import SweepTracker
 from raysweep.tracking.study import (
@@ -58,6 +56,8 @@ from raysweep.tracking.study import (
     study_storage,
 )
 from raysweep.tracking.trials import TrialState
+from raysweep.worker.plan import ExecutionMode, RunPlan
+from raysweep.worker.warm_group import resources as warm_group_resources
 
 TUNE_DIR = "tune"
 # A worker-group trial's function only waits on its TorchTrainer: it takes no CPU
@@ -79,10 +79,10 @@ class TrialStrategy:
 
     def resources(self, plan: RunPlan) -> Any:
         """What the trial asks Tune for: a dict, or (a warm group) a placement group factory."""
-        if plan.mode is ExecutionMode.WARM_GROUP:
+        if plan.placement.mode is ExecutionMode.WARM_GROUP:
             return warm_group_resources(plan)
         if self.trial_is_worker:
-            return {"GPU": 0.0, **plan.worker_resources()}
+            return {"GPU": 0.0, **plan.placement.worker_resources()}
         return dict(TRIAL_DRIVER_RESOURCES)
 
 
@@ -516,7 +516,7 @@ def run_sweep(spec: Spec, plan: RunPlan, sweep_id: str, tracker: SweepTracker, c
     one_failure_per_actor_death()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sweep_dir = f"{plan.storage_path}/{sweep_id}"
-    strategy = STRATEGIES[plan.mode]
+    strategy = STRATEGIES[plan.placement.mode]
     function = functools.partial(strategy.run, plan=plan, trials_dir=f"{sweep_dir}/trials")
     resources = strategy.resources(plan)
     if isinstance(resources, dict):  # (a warm group's placement group has no driver resources: see execution_mode)
@@ -526,8 +526,8 @@ def run_sweep(spec: Spec, plan: RunPlan, sweep_id: str, tracker: SweepTracker, c
     callbacks: list[tune.Callback] = [TrackerCallback(tracker, scheme)]
     budget = SweepBudget(spec.budget.max_hours, spec.budget.max_failed_trials,
                          lambda: len(tracker.state.in_state(TrialState.FAILED)), spec.scaling.pending_timeout_s,
-                         spec.budget.max_gpu_hours, lambda: tracker.state.resource_hours(plan.num_workers *
-                                                                                          plan.gpus_per_worker),
+                         spec.budget.max_gpu_hours, lambda: tracker.state.resource_hours(plan.placement.num_workers *
+                                                                                          plan.placement.gpus_per_worker),
                          spec.budget.total_epochs, tracker.state.epochs_spent, spec.scheduler.max_epochs)
     callbacks.append(budget)
     if "://" in sweep_dir:
@@ -574,9 +574,9 @@ def run_sweep(spec: Spec, plan: RunPlan, sweep_id: str, tracker: SweepTracker, c
             failure_config=tune.FailureConfig(max_failures=plan.max_failures if strategy.trial_is_worker else 0),
             # Kept checkpoints of in-trial runs (worker-group trials keep Train's).
             checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=plan.num_to_keep,
-                checkpoint_score_attribute=plan.score_metric,
-                checkpoint_score_order=plan.score_mode,
+                num_to_keep=plan.checkpoints.num_to_keep,
+                checkpoint_score_attribute=plan.checkpoints.score_metric,
+                checkpoint_score_order=plan.checkpoints.score_mode,
             ),
         ),
     )

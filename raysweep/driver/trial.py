@@ -2,7 +2,7 @@
 itself (one worker in the trial, or rank 0 of a warm group), or the driver of the
 trial's Train worker group. Nothing here imports Optuna, MLflow or the spec's models:
 the trial trains from its plan and reports through Tune; the searcher, the tracker and
-the spec stay on the sweep's driver (`execution.sweep`)."""
+the spec stay on the sweep's driver (`driver.sweep`)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ from typing import Any
 import ray
 from ray import tune
 
-from raysweep.execution.plan import RunPlan
-from raysweep.execution.warm_group import train_in_warm_group
-from raysweep.execution.worker import train_in_trial
+from raysweep.worker.entry import train_in_trial
+from raysweep.worker.plan import RunPlan
+from raysweep.worker.warm_group import train_in_warm_group
 
 DRIVER_NODE_FILE = "driver_node"
 RESUME_KEY = "_raysweep_resume"
-"""The config key of a trial that a resumed sweep continues (see execution.sweep): its
+"""The config key of a trial that a resumed sweep continues (see driver.sweep): its
 raysweep trial id (the one MLflow and the journal know it by; Tune gives the trial a
 new id in each driver's run) and the checkpoint it continues from (None: from the
 start). Never part of the trainer's params."""
@@ -58,7 +58,7 @@ def run_worker_group(config: dict[str, Any], *, plan: RunPlan, trials_dir: str) 
     # callback with it; the trials that train in their own process never import it)
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from raysweep.execution.driver import build_trainer
+    from raysweep.driver.trainer import build_trainer
 
     # (a continued trial's Train run, named by its raysweep id, resumes from its own
     # latest checkpoint: Train restores a run of the same name and storage)

@@ -45,8 +45,8 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from raysweep._upstream.torch_internals import abort_process_groups
 from raysweep.errors import CAUSE_ATTR, Cause
-from raysweep.execution.plan import RunPlan
-from raysweep.execution.worker import _report, _state_of, _train, stored_checkpoint
+from raysweep.worker.entry import _report, _state_of, _train, stored_checkpoint
+from raysweep.worker.plan import RunPlan
 
 PROCESS_GROUP_TIMEOUT_S = 1800.0
 """A collective that waits longer than this fails (torch's own default for gloo)."""
@@ -83,14 +83,14 @@ class _Stopped(Exception):
 
 
 def _device(plan: RunPlan) -> torch.device:
-    if plan.use_gpu and torch.cuda.is_available():
+    if plan.placement.use_gpu and torch.cuda.is_available():
         torch.cuda.set_device(0)  # (Ray gives each worker its own GPU as device 0)
         return torch.device("cuda", 0)
     return torch.device("cpu")
 
 
 def _backend(plan: RunPlan) -> str:
-    return "nccl" if plan.use_gpu and torch.cuda.is_available() else "gloo"
+    return "nccl" if plan.placement.use_gpu and torch.cuda.is_available() else "gloo"
 
 
 def _decision(value: float, device: torch.device) -> float:
@@ -155,10 +155,10 @@ class WarmGroup:
     """Rank 0's side: the worker actors and the process group of one trial slot."""
 
     def __init__(self, plan: RunPlan, placement: PlacementGroup) -> None:
-        self.world, self.placement, self.broken = plan.num_workers, placement, False
-        self.key = (plan.num_workers, plan.cpus_per_worker, plan.gpus_per_worker)
-        custom = {k: v for k, v in plan.worker_resources().items() if k not in ("CPU", "GPU")}
-        resources = {"num_cpus": plan.cpus_per_worker, "num_gpus": plan.gpus_per_worker, "resources": custom}
+        want = self.key = plan.placement  # (a later trial asking for other workers gets a new group)
+        self.world, self.placement, self.broken = want.num_workers, placement, False
+        custom = {k: v for k, v in want.worker_resources().items() if k not in ("CPU", "GPU")}
+        resources = {"num_cpus": want.cpus_per_worker, "num_gpus": want.gpus_per_worker, "resources": custom}
         actor: Any = ray.remote(GroupWorker)
         self.workers: list[Any] = [actor.options(**resources, scheduling_strategy=PlacementGroupSchedulingStrategy(
             placement, placement_group_bundle_index=rank)).remote() for rank in range(1, self.world)]
@@ -179,7 +179,7 @@ class WarmGroup:
         self._store = store  # (kept alive: the group's rendezvous)
 
     def usable(self, plan: RunPlan, placement: PlacementGroup | None) -> bool:
-        same = (plan.num_workers, plan.cpus_per_worker, plan.gpus_per_worker) == self.key
+        same = plan.placement == self.key
         return not self.broken and same and placement is not None and placement.id == self.placement.id
 
     def close(self, abort: bool = False) -> None:
@@ -265,8 +265,8 @@ def resources(plan: RunPlan) -> Any:
     process, rank 0), packed on as few nodes as fit."""
     from ray import tune
 
-    bundle = {k: v for k, v in plan.worker_resources().items() if v}
-    return tune.PlacementGroupFactory([dict(bundle) for _ in range(plan.num_workers)], strategy="PACK")
+    bundle = {k: v for k, v in plan.placement.worker_resources().items() if v}
+    return tune.PlacementGroupFactory([dict(bundle) for _ in range(plan.placement.num_workers)], strategy="PACK")
 
 
 def train_in_warm_group(plan: RunPlan, resume_from: str | None = None) -> None:

@@ -43,6 +43,22 @@ from raysweep.data.arrays import ArraySet, Batch
 from raysweep.data.columns import Block, Ragged
 from raysweep.data.shards import iter_blocks, train_batch_indices, validation_block
 
+
+@dataclass(frozen=True)
+class FeedSettings:
+    """How batches reach the trainer (the spec's data.transform_workers, data.cache and
+    data.gather_threads), as plain data for the trainer's context."""
+
+    transform_workers: int = 2
+    """Background threads running the trainer module's `transform` on named batches."""
+    cache: str = "host"
+    """gpu keeps an in-memory split's fixed-width columns on the GPU (when they fit) and
+    gathers batches there; host gathers them on the host."""
+    gather_threads: int = 4
+    """Threads gathering an in-memory split's batches into page-locked buffers (GPU workers)."""
+    on_cpu: bool = False
+    """Use the GPU feeds on a CPU device too (tests, `scripts/gpu_check.py --device cpu`)."""
+
 MIN_CHUNK_BYTES = 256 * 1024
 """A gather thread gets at least this many bytes of a batch (smaller batches use fewer
 threads: a thread hand-off costs more than gathering a few KB)."""

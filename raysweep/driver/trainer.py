@@ -14,16 +14,17 @@ from ray.train.v2.api.callback import UserCallback
 from raysweep._ray_compat import set_ray_env_defaults
 from raysweep._upstream import train as upstream_train
 from raysweep.data.storage import run_storage
-from raysweep.execution.plan import RunPlan
-from raysweep.execution.worker import train_in_worker_group
 from raysweep.report import Report
 from raysweep.tracking.buffer import WriteBehind
 from raysweep.tracking.store import RunStore, record_preemption
+from raysweep.worker.entry import train_in_worker_group
+from raysweep.worker.plan import RunPlan
 
 
 def checkpoint_config(plan: RunPlan) -> CheckpointConfig:
-    return CheckpointConfig(num_to_keep=plan.num_to_keep, checkpoint_score_attribute=plan.score_metric,
-                            checkpoint_score_order=plan.score_mode)
+    keep = plan.checkpoints
+    return CheckpointConfig(num_to_keep=keep.num_to_keep, checkpoint_score_attribute=keep.score_metric,
+                            checkpoint_score_order=keep.score_mode)
 
 
 def build_trainer(plan: RunPlan, run_name: str, callbacks: list[Any], storage_path: str | None = None) -> TorchTrainer:
@@ -33,11 +34,11 @@ def build_trainer(plan: RunPlan, run_name: str, callbacks: list[Any], storage_pa
     checkpoint (Ray Train V2 behaviour).
     """
     set_ray_env_defaults()  # the controller inherits the health-check interval
-    resources = plan.worker_resources()
+    resources = plan.placement.worker_resources()
     return upstream_train.RaysweepTorchTrainer(
         train_in_worker_group,
         train_loop_config={"plan": plan},
-        scaling_config=ScalingConfig(num_workers=plan.num_workers, use_gpu=plan.use_gpu,
+        scaling_config=ScalingConfig(num_workers=plan.placement.num_workers, use_gpu=plan.placement.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(
             name=run_name,

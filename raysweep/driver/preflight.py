@@ -20,7 +20,7 @@ from raysweep.data.arrays import Batch
 from raysweep.data.files import ResolvedData
 from raysweep.data.storage import open_parquet
 from raysweep.errors import UserInputError
-from raysweep.execution.plan import LightningSettings
+from raysweep.worker.plan import LightningSettings
 
 
 def import_trainer(name: str) -> ModuleType:
@@ -43,7 +43,7 @@ def check_trainer(spec: Spec, data: ResolvedData, source: str) -> None:
     if callable(getattr(module, "train", None)):
         return
     # (lazy: Lightning is imported only when the trainer is a LightningModule)
-    from raysweep.execution.lightning import check_module, find_module_factory
+    from raysweep.worker.lightning import check_module, find_module_factory
 
     factory = find_module_factory(module)
     if factory is not None and spec.scaling.worker_group == "warm" and spec.scaling.num_workers > 1:
@@ -95,7 +95,7 @@ def check_transform(spec: Spec, data: ResolvedData, module: ModuleType, source: 
     if not data.layout.named:
         raise UserInputError(f"{source}: data.features: {name} takes named batches; list the columns in "
                              "data.columns instead of data.features/label")
-    from raysweep.execution.context import TrainContext, TransformError  # (torch: only with a transform)
+    from raysweep.worker.context import TrainContext, TransformError  # (torch: only with a transform)
 
     ctx = TrainContext(params={}, num_epochs=1, seed=spec.seed, train=None, validation=None,  # type: ignore[arg-type]
                        report_fn=lambda m, c: None, transform=transform, transform_name=name)
