@@ -1,4 +1,4 @@
-"""Checkpoint files: written atomically, loaded without unpickling code.
+"""Checkpoint files: written atomically and synced to disk, loaded without unpickling code.
 
 A full checkpoint is one `state.pt` and its digest, written by rank 0. A sharded one
 (FSDP, see raysweep.worker.parallel) is a torch.distributed.checkpoint folder:
@@ -80,15 +80,29 @@ def _save_full(state: dict[str, Any], directory: str | Path) -> Path:
     path = Path(directory) / STATE_FILE
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
+    _fsync(tmp)
     os.replace(tmp, path)
-    _write_atomically(Path(directory) / DIGEST_FILE, _digest(path))
+    _write_atomically(Path(directory) / DIGEST_FILE, _digest(path))  # (and the folder synced: both renames)
     return path
 
 
+def _fsync(path: Path) -> None:
+    """Its bytes on disk (a power loss after the rename then finds the whole file)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _write_atomically(path: Path, text: str) -> None:
+    """Write, fsync, rename, and fsync the folder: after a power loss the file is
+    either absent or whole, and a digest on disk implies the file it names is too."""
     tmp = path.with_suffix(".tmp")
     tmp.write_text(text)
+    _fsync(tmp)
     os.replace(tmp, path)
+    _fsync(path.parent)
 
 
 def _save_sharded(state: dict[str, Any], directory: Path) -> Path | None:
@@ -101,6 +115,8 @@ def _save_sharded(state: dict[str, Any], directory: Path) -> Path | None:
     mine = sorted(p for p in directory.iterdir() if p.name.startswith(f"__{rank}_") and p.name.endswith(".distcp"))
     if rank == 0:
         mine.append(directory / DCP_METADATA)
+    for shard in mine:
+        _fsync(shard)
     listing = "".join(f"{p.name}  {_shard_digest(p)}\n" for p in mine)
     _write_atomically(directory / SHARDS_FILE.format(rank=rank), listing)
     if rank != 0:

@@ -157,3 +157,45 @@ def test_a_non_finite_loss_fails_the_run_within_the_check_interval() -> None:
             loss = model(torch.ones(2, 4)).sum() * (math.nan if i == 20 else 1.0)
             ctx.backward(loss, optimizer)
     assert seen[-1] == 2 * LOSS_CHECK_STEPS - 1 and ctx.num_train_batches(16) > 32
+
+
+@pytest.mark.parametrize("kind", ["full", "sharded"])
+def test_every_checkpoint_file_is_synced_before_it_is_named_complete(tmp_path: Path, monkeypatch, kind) -> None:
+    """Power loss after a save: each file reaches the disk (fsync) before the rename or
+    digest listing that names it complete, and the folder after the renames; the order of
+    events on the file system is recorded and checked."""
+    import os
+
+    from raysweep.worker import checkpoint as module
+
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append("sync " + Path(os.readlink(f"/proc/self/fd/{fd}")).name)
+        real_fsync(fd)
+
+    def replace(src, dst) -> None:
+        events.append(f"rename {Path(src).name} -> {Path(dst).name}")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(module.os, "fsync", fsync)
+    monkeypatch.setattr(module.os, "replace", replace)
+    model = _model()
+    if kind == "full":
+        save_state({"model": model.state_dict(), "epoch": 1}, tmp_path)
+        assert events == ["sync state.tmp", "rename state.tmp -> state.pt", "sync state.tmp",
+                          "rename state.tmp -> state.sha256", f"sync {tmp_path.name}"]
+    else:
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_state, _ = get_state_dict(model, [])
+        save_state({SHARDED: {"model": model_state}, "epoch": 1}, tmp_path)
+        shards = sorted(p.name for p in tmp_path.glob("__0_*.distcp")) + [".metadata"]
+        listing = events.index("rename shards-0.tmp -> shards-0.sha256")
+        # (torch.distributed.checkpoint's own syncs and renames are among the events too)
+        assert all(f"sync {name}" in events[:listing] for name in shards), events
+        assert events[listing - 1:listing + 2] == ["sync shards-0.tmp", "rename shards-0.tmp -> shards-0.sha256",
+                                                   f"sync {tmp_path.name}"]
+        assert events[-2:] == ["rename state.tmp -> state.sha256", f"sync {tmp_path.name}"]
+    assert load_state(tmp_path)["epoch"] == 1
