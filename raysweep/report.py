@@ -3,8 +3,9 @@
 Ray Train and Tune carry a report as a flat dict of numbers; `Report.to_ray` writes
 one and `Report.from_ray` reads one back (with the keys Ray adds left out), so the
 key names live here only. Two kinds: an epoch's report (the trainer's metrics, with
-`epoch`) and a mid-epoch checkpoint's (`step` set: the data cursor it saved; no
-metrics to log, and `preempted` when a drain notice made it).
+`epoch`) and a mid-epoch one (`step` set; no metrics to log): a checkpoint's (the data
+cursor it saved, `preempted` when a drain notice made it) or a stop's (`stop_reason`:
+the run ends there as an early stop, e.g. a non-finite loss under `failure.on_nan: stop`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, TypeGuard
 
 MID_EPOCH = "mid_epoch"
 PREEMPTED = "preempted"
+STOP_REASON = "stop_reason"
 SYSTEM = "system/"
 """Prefix of the resource-use keys of a report (MLflow's own name for system metrics)."""
 EPOCHS_COMPLETED = "epochs_completed"
@@ -48,6 +50,8 @@ class Report:
     system: dict[str, float] = field(default_factory=dict)
     """What the training processes used during the epoch (`usage`: CPU, peak memory),
     logged as MLflow's `system/` metrics, never read as the trainer's."""
+    stop_reason: str | None = None
+    """A stop's report: why the run ends at (`epoch`, `step`) with `epoch` epochs done."""
 
     @property
     def mid_epoch(self) -> bool:
@@ -68,9 +72,16 @@ class Report:
         return cls(epoch, step=step, preempted=drain_deadline_unix is not None,
                    drain_deadline_unix=drain_deadline_unix, report_unix=time.time())
 
+    @classmethod
+    def stopped(cls, epoch: int, step: int, reason: str) -> Report:
+        """The run stops inside `epoch` (before batch `step`): `epoch` epochs were completed."""
+        return cls(epoch, step=step, stop_reason=reason, report_unix=time.time())
+
     def to_ray(self) -> dict[str, Any]:
         """The flat dict Ray Train / Tune carry."""
         out: dict[str, Any] = {**self.metrics, "epoch": self.epoch}
+        if self.stop_reason is not None:  # (the schedulers' and the searcher's clock: epochs done)
+            out[STOP_REASON], out[EPOCHS_COMPLETED] = self.stop_reason, self.epoch
         if EPOCHS_COMPLETED in out:
             out[EPOCHS_COMPLETED] = int(out[EPOCHS_COMPLETED])
         for key, value in ((_STEP, self.step), (_REPORTED, self.report_unix), (_FIRST_STEP, self.first_step_unix),
@@ -97,8 +108,10 @@ class Report:
         metrics = {} if step is not None else \
             {k: v for k, v in finite.items() if k not in NOT_METRICS and not k.startswith(SYSTEM)}
         system = {k.removeprefix(SYSTEM): v for k, v in finite.items() if k.startswith(SYSTEM)}
+        reason = result.get(STOP_REASON) if step is not None else None
         return cls(int(result.get("epoch", 0)), metrics, None if step is None else int(step),
-                   bool(result.get(PREEMPTED)), number(_DEADLINE), number(_REPORTED), number(_FIRST_STEP), system)
+                   bool(result.get(PREEMPTED)), number(_DEADLINE), number(_REPORTED), number(_FIRST_STEP), system,
+                   str(reason) if reason is not None else None)
 
     def system_metrics(self) -> dict[str, float]:
         """The resource use as MLflow's `system/...` metrics."""

@@ -529,6 +529,15 @@ class FailureSpec(_Section):
     max_failures: int = Field(default=0, ge=0)
     """Restarts after a worker, node or trial dies: each restart resumes from the
     run's latest checkpoint. 0 fails the run at the first failure."""
+    on_nan: Literal["fail", "stop", "skip_batch"] = "fail"
+    """What a NaN or infinite training loss does (plain trainers, through
+    `ctx.backward`): `fail` the run within 16 steps, naming the epoch and batches;
+    `stop` it as an early stop after its last complete epoch (a sweep's sampler takes
+    it as pruned; the run records why); `skip_batch` drops that batch's update (its
+    accumulation group's, on every rank together), counts it in the `skipped_batches`
+    metric, and fails an epoch whose every batch was dropped. `stop` and `skip_batch`
+    look at every step's loss (one host sync per step, and one all-reduce with
+    several ranks)."""
 
 
 class LightningSpec(_Section):

@@ -56,6 +56,10 @@ def check_trainer(spec: Spec, data: ResolvedData, source: str) -> None:
             f"{spec.trainer!r} is a LightningModule (checkpoint every N epochs instead)")
     if factory is not None:
         check_lightning_scaling(spec, source)
+    if factory is not None and spec.failure.on_nan != "fail":
+        raise UserInputError(
+            f"{source}: failure.on_nan: {spec.failure.on_nan} acts in ctx.backward, which plain train(ctx) trainers "
+            f"call; {spec.trainer!r} is a LightningModule (use fail)")
     if factory is None:
         raise UserInputError(
             f"{source}: trainer: module {spec.trainer!r} defines neither train(ctx) nor one "

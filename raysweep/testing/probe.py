@@ -147,11 +147,13 @@ def train(ctx: TrainContext) -> None:
             # Every step, in order, by every attempt: what a resume must continue exactly.
             steps.write(f"{os.getpid()} {epoch} {step} {','.join(map(str, seen[-1].tolist()))}\n")
             steps.flush()
-            optimizer.zero_grad()
             loss = loss_fn(ddp(x), y)
-            loss.backward()
-            optimizer.step()
-            total, count = total + loss.item() * len(y), count + len(y)
+            if (epoch, step) == (int(ctx.params.get("nan_loss_epoch", -1)), int(ctx.params.get("nan_loss_step", 0))) \
+                    and ctx.rank == int(ctx.params.get("fault_rank", 0)):
+                loss = loss * float("nan")  # (a diverged step: failure.on_nan decides what follows)
+            ctx.backward(loss, optimizer)
+            if torch.isfinite(loss):
+                total, count = total + loss.item() * len(y), count + len(y)
         steps.close()
         np.save(probe / f"train-rank{ctx.rank}-epoch{epoch}.npy", np.concatenate(seen))
         np.save(probe / f"batches-rank{ctx.rank}-epoch{epoch}.npy", np.array([len(s) for s in seen]))

@@ -58,7 +58,10 @@ def record_preemption(store: Any, run_id: str, report: Report, preemptions: int,
                       say: Callable[[str], None]) -> int:
     """What a report does to its run before any metric is logged, the same for a `train`
     run and a sweep trial: a drain notice's checkpoint is counted, tagged on the run and
-    said. Returns the run's count of drain notices."""
+    said; a stop's reason is tagged and said. Returns the run's count of drain notices."""
+    if report.stop_reason:  # (the run's own stop: tagged and said the same way)
+        store.set_tags(run_id, {tag.STOP_REASON: report.stop_reason})
+        say(f"stops early: {report.stop_reason}")
     if not report.preempted:
         return preemptions
     tags = preemption_tags(report, preemptions + 1)

@@ -55,6 +55,15 @@ class MissingMetricError(RuntimeError):
     constrained metric): the run fails, naming it."""
 
 
+class LossDiverged(Exception):
+    """A non-finite loss under `failure.on_nan: stop`, raised on every rank together by
+    `ctx.backward`: the entry point ends the run as an early stop (not a failure)."""
+
+    def __init__(self, message: str, epoch: int, step: int) -> None:
+        super().__init__(message)
+        self.epoch, self.step = epoch, step
+
+
 class TransformError(RuntimeError):
     """The trainer's `transform` raised or returned something other than tensors: the
     run fails with this one line (which transform, which batch)."""
@@ -115,6 +124,8 @@ class TrainContext:
     parallel: ParallelSettings = field(default_factory=ParallelSettings)
     """scaling.strategy, precision, accumulate_steps, compile (raysweep.worker.parallel):
     applied by `prepare_model`, `autocast`, `backward`, `state` and `restore`."""
+    on_nan: str = "fail"
+    """failure.on_nan: what `backward` does with a non-finite loss (fail | stop | skip_batch)."""
     preempted_at: tuple[int, int] | None = field(default=None, init=False)
     """(epoch, step) of the just-in-time checkpoint a drain notice made, if any."""
     _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
@@ -130,6 +141,9 @@ class TrainContext:
     _compile_s: float | None = field(default=None, init=False, repr=False)
     _finite: torch.Tensor | None = field(default=None, init=False, repr=False)
     _finite_since: tuple[int, int] | None = field(default=None, init=False, repr=False)
+    _drop_group: bool = field(default=False, init=False, repr=False)
+    _losses: list[int] = field(default_factory=lambda: [0, 0], init=False, repr=False)
+    """This epoch's (backward calls, batches dropped for a non-finite loss)."""
 
     @property
     def start_epoch(self) -> int:
@@ -362,15 +376,36 @@ class TrainContext:
         gradients are zeroed. Returns whether it stepped. The loss is divided by the
         group's size, so N micro-batches step as one N-times larger batch would."""
         step, total = self._step
-        self._check_finite(loss, step, total)
+        self._losses[0] += 1
+        if self.on_nan == "fail":
+            self._check_finite(loss, step, total)
+        else:
+            bad = self._non_finite_ranks(loss)
+            if bad and self.on_nan == "stop":
+                raise LossDiverged(f"non-finite loss at epoch {self._epoch}, batch {step} "
+                                   f"(rank {', '.join(map(str, bad))}; failure.on_nan: stop)", self._epoch, step)
+            if bad:  # (skip_batch: this micro-batch's whole accumulation group is dropped)
+                self._drop_group, self._losses[1] = True, self._losses[1] + 1
         k = self.parallel.accumulate_steps
         group = k if (step // k + 1) * k <= total else total - (step // k) * k
-        (loss / group if group > 1 else loss).backward()
+        if not self._drop_group:
+            (loss / group if group > 1 else loss).backward()
         if not self._step_ends_group(step, total):
             return False
-        optimizer.step()
+        dropped, self._drop_group = self._drop_group, False
+        if not dropped:
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return True
+        return not dropped
+
+    def _non_finite_ranks(self, loss: torch.Tensor) -> list[int]:
+        """The ranks whose loss this step is NaN or infinite (every rank gets the same
+        list: one all-reduce of a flag per rank)."""
+        flags = torch.zeros(self.world_size, dtype=torch.float32, device=loss.device)
+        flags[self.rank] = 0.0 if bool(torch.isfinite(loss.detach()).all()) else 1.0
+        if self.world_size > 1 and dist.is_initialized():
+            dist.all_reduce(flags, op=dist.ReduceOp.SUM)
+        return [r for r, flag in enumerate(flags.tolist()) if flag]
 
     def _check_finite(self, loss: torch.Tensor, step: int, total: int) -> None:
         """A NaN or infinite loss fails the run within LOSS_CHECK_STEPS steps of it (not
@@ -442,11 +477,30 @@ class TrainContext:
             # Wall-clock time of the first training step: the driver turns it
             # into the run's start-up time (trial start -> first step).
             first_step, self._first_step_reported = self._first_step_at, True
+        metrics = self._loss_guard(metrics)
         keep = (self.rank == 0 or self._sharded) and self.checkpoint_due(int(metrics["epoch"]))
         if self._compile_s is not None and "compile_s" not in metrics:
             metrics = {**metrics, "compile_s": self._compile_s}
         report = Report.of_epoch(metrics, first_step, self._system_usage())
         self.report_fn(report.to_ray(), checkpoint if keep else None)
+
+    def _loss_guard(self, metrics: dict[str, float]) -> dict[str, float]:
+        """failure.on_nan stop or skip_batch at an epoch's report: the trainer must have
+        trained through `ctx.backward` (else the setting would do nothing, silently);
+        skip_batch adds `skipped_batches` and fails an epoch whose every batch was dropped."""
+        (calls, skipped), self._losses = self._losses, [0, 0]
+        if self.on_nan == "fail":
+            return metrics
+        if calls == 0:
+            raise NonFiniteMetricError(
+                f"failure.on_nan: {self.on_nan} needs the trainer to call ctx.backward(loss, optimizer); "
+                f"it did not in epoch {metrics['epoch']}")
+        if self.on_nan != "skip_batch":
+            return metrics
+        if skipped >= calls:
+            raise NonFiniteMetricError(f"non-finite loss in every batch of epoch {metrics['epoch']} "
+                                       f"({skipped} dropped; failure.on_nan: skip_batch)")
+        return {**metrics, "skipped_batches": float(skipped)}
 
     def _system_usage(self) -> dict[str, float]:
         """This epoch's resource use (report.Usage): the busiest rank's CPU and the largest

@@ -23,8 +23,9 @@ from raysweep.data.arrays import DataSplit
 from raysweep.data.storage import use_patient_io
 from raysweep.data.stream import StreamSplit
 from raysweep.errors import note_cause
+from raysweep.report import Report
 from raysweep.worker.checkpoint import is_sharded, load_state, open_state, save_state
-from raysweep.worker.context import TrainContext
+from raysweep.worker.context import LossDiverged, TrainContext
 from raysweep.worker.drain import NodeDrainWatch
 from raysweep.worker.plan import LightningSettings, RunPlan
 
@@ -111,9 +112,11 @@ def _train(plan: RunPlan, report_fn: Any, checkpoint: dict[str, Any] | None, **p
                        validation=validation, report_fn=report_fn, checkpoint=checkpoint,
                        checkpoints=plan.checkpoints, transform=transform, transform_name=f"{plan.trainer}.transform",
                        feed=plan.data.feed, required_metrics=plan.required_metrics, parallel=plan.parallel,
-                       **placement)
+                       on_nan=plan.on_nan, **placement)
     try:
         train_fn(ctx)
+    except LossDiverged as stop:  # (every rank together: the run ends as an early stop, with why)
+        report_fn(Report.stopped(stop.epoch, stop.step, str(stop)).to_ray(), None)
     except Exception as exc:  # (re-raised as it was, with its Cause attached for the driver)
         note_cause(exc, ctx.rank, ctx.world_size, plan.trainer)
         raise

@@ -106,6 +106,8 @@ class RunPlan:
     lightning: LightningSettings = LightningSettings()
     deterministic: bool = False
     max_failures: int = 0
+    on_nan: str = "fail"
+    """failure.on_nan (the trainer's context's `backward`)."""
     required_metrics: dict[str, str] = dataclasses.field(default_factory=dict)
     """Metrics every report must hold, each with what needs it (a sweep's:
     raysweep.driver.plan.sweep_metrics)."""

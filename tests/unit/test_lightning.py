@@ -108,6 +108,15 @@ def test_scaling_options_of_plain_trainers_are_refused_for_a_lightning_module(ca
     assert "\n" not in err and f"scaling.{option}: plain train(ctx) trainers only" in err, err
 
 
+@pytest.mark.parametrize("on_nan", ["stop", "skip_batch"])
+def test_on_nan_other_than_fail_is_refused_for_a_lightning_module(capsys, write_spec, on_nan) -> None:
+    spec = write_spec(trainer="trainers.digits_mlp_lightning", failure={"on_nan": on_nan})
+    assert main(["check", str(spec)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"raysweep: error: {spec}: failure.on_nan: {on_nan} acts in ctx.backward, which plain train(ctx) "
+                   "trainers call; 'trainers.digits_mlp_lightning' is a LightningModule (use fail)"), err
+
+
 def test_a_lightning_module_trains_on_transformed_named_batches(tmp_path) -> None:
     """Named batches (PNG bytes + label) through the trainer's transform reach a
     LightningModule as dicts of tensors, in training and validation."""
