@@ -159,6 +159,10 @@ class SweepTracker:
     def trial_result(self, trial_id: str, config: dict[str, Any], result: dict[str, Any]) -> None:
         record = self._record(trial_id, config)
         report = Report.from_ray(result)
+        node = result.get("node_ip")
+        if node and node != record.node:
+            record.node = str(node)
+            self.writer.store.set_tags(record.run_id, {tag.NODE: record.node})
         record.preemptions = record_preemption(self.writer.store, record.run_id, report, record.preemptions,
                                                lambda said: self.printer.preempted(trial_id, said))
         if not report.mid_epoch:  # (a checkpoint's report has no epoch metrics to log)

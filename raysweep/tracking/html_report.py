@@ -1,6 +1,8 @@
 """`raysweep report SWEEP`: an HTML page and PNGs that explain a sweep.
 
-Optimization history (best value so far against trials), learning curves of every
+Optimization history (best value so far against trials), a timeline of the sweep
+(one row per host and trial slot, a bar per trial coloured by how it ended, idle time
+as gaps), learning curves of every
 trial (early-stopped and failed ones marked), parameter importances (Optuna's
 default evaluator over the sweep's study), a parallel-coordinates view, and a table
 of trials. Everything comes from the sweep's MLflow runs and its Optuna journal; the
@@ -12,6 +14,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,7 @@ from raysweep.tracking.trials import TrialState
 REPORT_DIR = "report"
 IMAGES = {
     "history": "Optimization history",
+    "timeline": "Timeline",
     "curves": "Learning curves",
     "importance": "Parameter importances",
     "parallel": "Parallel coordinates",
@@ -53,6 +57,7 @@ def _trials(parent_id: str, metric: str, mode: str, objectives: list[str]) -> li
             "state": state, "params": json.loads(tags.get(tag.TRIAL_CONFIG, "{}")),
             "best": best, "epochs": len(curve), "curve": curve, "error": tags.get(tag.ERROR, ""),
             "duration_s": (ended - run.info.start_time) / 1000, "start": run.info.start_time,
+            "end": run.info.end_time, "node": tags.get(tag.NODE, "unknown host"),
             # (the last epoch's objectives: a multi-objective trial's point)
             "final": {m: run.data.metrics[m] for m in objectives if m in run.data.metrics},
             "feasible": None if feasible is None else feasible == "True",
@@ -111,6 +116,59 @@ def _front_table(front: list[dict[str, Any]], objectives: list[tuple[str, str]])
         " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["params"].items())]) + "</tr>"
         for t in front)
     return f"<table><tr>{head}</tr>{body}</table>"
+
+
+STATE_COLORS = {TrialState.FINISHED: "tab:green", TrialState.STOPPED_EARLY: "tab:orange",
+                TrialState.FAILED: "tab:red", TrialState.KILLED: "tab:grey", TrialState.RUNNING: "tab:blue"}
+
+
+def timeline_lanes(trials: list[dict[str, Any]], now_ms: float) -> list[tuple[str, int, dict[str, Any]]]:
+    """(host, lane, trial) for each trial: on each host, a trial takes the first lane
+    free at its start (a trial slot: as many lanes as trials ever ran there at once).
+    A trial still running ends at `now_ms`."""
+    out: list[tuple[str, int, dict[str, Any]]] = []
+    for host in sorted({t["node"] for t in trials}):
+        free_at: list[float] = []  # (per lane: when its last trial ended)
+        for t in sorted((t for t in trials if t["node"] == host), key=lambda t: (t["start"], t["trial"])):
+            lane = next((i for i, end in enumerate(free_at) if end <= t["start"]), len(free_at))
+            if lane == len(free_at):
+                free_at.append(0.0)
+            free_at[lane] = t["end"] or now_ms
+            out.append((host, lane, t))
+    return out
+
+
+def _plot_timeline(trials: list[dict[str, Any]], path: Path, now_ms: float) -> str:
+    """One row per host and lane, a bar per trial from its run's start to its end,
+    coloured by how it ended; returns the note (lanes, how busy they were)."""
+    placed = timeline_lanes(trials, now_ms)
+    rows = sorted({(host, lane) for host, lane, _ in placed})
+    start = min(t["start"] for t in trials)
+    end = max(t["end"] or now_ms for t in trials)
+    fig = Figure(figsize=(9, 1.2 + 0.45 * len(rows)))
+    ax = fig.subplots()
+    busy = 0.0
+    for host, lane, t in placed:
+        left, width = (t["start"] - start) / 60000, ((t["end"] or now_ms) - t["start"]) / 60000
+        busy += width
+        ax.barh(rows.index((host, lane)), width, left=left, height=0.7, color=STATE_COLORS[t["state"]],
+                edgecolor="black", linewidth=0.5)
+        ax.text(left + width / 2, rows.index((host, lane)), t["trial"].split(" ")[0][-8:], ha="center",
+                va="center", fontsize=6)
+    ax.set_yticks(range(len(rows)), [f"{host} #{lane}" for host, lane in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("minutes since the first trial started")
+    for state, color in STATE_COLORS.items():
+        if any(t["state"] is state for t in trials):
+            ax.barh([], [], color=color, label=state.word)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("Trials over time (gaps: a slot idle)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    span = (end - start) / 60000
+    share = busy / (span * len(rows)) if span > 0 else 1.0
+    return (f"{len(placed)} trial(s) on {len(rows)} slot(s) over {span:.1f} min; the slots were busy "
+            f"{100 * share:.0f}% of that time")
 
 
 def _plot_history(trials: list[dict[str, Any]], metric: str, mode: str, path: Path) -> None:
@@ -324,6 +382,11 @@ def write_report(parent_id: str, out: str | None = None) -> Path:
     images["history"] = "history.png"
     _plot_curves(trials, metric, target / "curves.png")
     images["curves"] = "curves.png"
+    if trials:
+        notes["timeline"] = _plot_timeline(trials, target / "timeline.png", time.time() * 1000)
+        images["timeline"] = "timeline.png"
+    else:
+        notes["timeline"] = "no trials"
     try:
         study = load_study(study_dir(folder, spec["name"]), spec["name"])
     except Exception as exc:  # no study (a sweep on object storage read elsewhere)

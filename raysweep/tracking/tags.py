@@ -22,6 +22,8 @@ TRIAL_ID = "raysweep.trial_id"
 TRIAL_CONFIG = "raysweep.trial_config"
 """A trial's sampled params as JSON."""
 EARLY_STOPPED = "raysweep.early_stopped"
+NODE = "raysweep.node"
+"""The host (IP) a trial's process ran on, the latest: the report's timeline rows."""
 STOP_REASON = "raysweep.stop_reason"
 """Why the run stopped early by itself (not by the scheduler): e.g. a non-finite loss
 under failure.on_nan: stop."""

@@ -73,6 +73,8 @@ class TrialRecord:
     """Wall-clock time of the trial's first training step (in its worker)."""
     last_report_unix: float | None = None
     preemptions: int = 0
+    node: str | None = None
+    """The host its trial process ran on (Tune's `node_ip`; the latest, after a move)."""
     """Drain notices the trial checkpointed for (and moved on from)."""
     held_s: float = 0.0
     """Seconds the trial held its resources in earlier stretches (a sweep stopped and

@@ -114,13 +114,16 @@ def test_sweep_leaves_parent_children_and_study(ray_cluster, mlflow_uri, write_s
 
     # The report, written at the end of the sweep and attached to the parent run.
     report = sweep_dir / "report"
-    drawn = ["history", "curves", "importance"] + (["parallel"] if len(by_nan[False]) >= 2 else [])
+    drawn = ["history", "timeline", "curves", "importance"] + (["parallel"] if len(by_nan[False]) >= 2 else [])
     for name in drawn:
         image = (report / f"{name}.png").read_bytes()
         assert image[:8] == b"\x89PNG\r\n\x1a\n" and len(image) > 5000, name
     page = (report / "report.html").read_text()
-    for section in ("history", "curves", "importance", "parallel", "trials"):
+    for section in ("history", "timeline", "curves", "importance", "parallel", "trials"):
         assert f'id="{section}"' in page
+    # The timeline: every trial on a slot of the host it ran on (Tune's node_ip, tagged).
+    assert {c.data.tags.get("raysweep.node") for c in children} == {"127.0.0.1"}
+    assert f"{len(children)} trial(s) on " in page and "% of that time" in page
     if "parallel" not in drawn:  # one trial with results: said so in its place
         assert not (report / "parallel.png").exists() and "not drawn: fewer than two trials" in page
     words = {"FINISHED": "finished</td>", "STOPPED_EARLY": "stopped early</td>", "FAILED": "failed: "}
