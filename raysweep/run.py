@@ -314,7 +314,8 @@ def tune(spec: SpecLike, overrides: list[str] | tuple[str, ...] = (), *, cluster
                                objectives=list(zip(scheduler.metrics, scheduler.modes, strict=True)),
                                constraints=run.spec.parsed_constraints(),
                                trial_resources=(plan.placement.num_workers * plan.placement.cpus_per_worker,
-                                                plan.placement.num_workers * plan.placement.gpus_per_worker))
+                                                plan.placement.num_workers * plan.placement.gpus_per_worker),
+                               budget=(run.spec.budget.num_trials, run.spec.budget.total_epochs))
         resumed_trials = tracker.load_existing() if resumed else None
         if resumed_trials is not None and echo:
             print(f"resuming sweep {sweep_id}: {resumed_trials} trial(s) recorded so far", flush=True)

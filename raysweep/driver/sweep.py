@@ -327,6 +327,9 @@ class TrackerCallback(tune.Callback):
         trial_id, params, _ = trial_identity(trial.config, trial.trial_id)
         return trial_id, params
 
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        self.tracker.printer.tick()  # (a terminal's live line: elapsed time moves on between events)
+
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._failures[trial.trial_id] = int(trial.num_failures)
         self.tracker.trial_started(*self._trial(trial))

@@ -18,7 +18,7 @@ from typing import Any
 from raysweep.config.constraints import Constraint
 from raysweep.report import SYSTEM, Report
 from raysweep.tracking import tags as tag
-from raysweep.tracking.console import ConsolePrinter
+from raysweep.tracking.console import ConsolePrinter, live_status
 from raysweep.tracking.store import RunStore, record_preemption
 from raysweep.tracking.trials import SweepState, TrialRecord, TrialState
 
@@ -129,10 +129,12 @@ class SweepTracker:
 
     def __init__(self, store: RunStore, sweep_key: str, parent_id: str, metric: str,
                  mode: str, max_epochs: int, echo: bool = True, objectives: Sequence[tuple[str, str]] = (),
-                 constraints: Sequence[Constraint] = (), trial_resources: tuple[float, float] = (0.0, 0.0)) -> None:
+                 constraints: Sequence[Constraint] = (), trial_resources: tuple[float, float] = (0.0, 0.0),
+                 budget: tuple[int | None, int | None] = (None, None)) -> None:
         self.state = SweepState(metric, mode, max_epochs, objectives, constraints)
         self.writer = SweepWriter(store, sweep_key, parent_id, trial_resources)
-        self.printer = ConsolePrinter(metric, echo)
+        started = time.time()
+        self.printer = ConsolePrinter(metric, echo, status=lambda: live_status(self.state, started, *budget))
 
     @property
     def trials(self) -> dict[str, TrialRecord]:
@@ -224,6 +226,7 @@ class SweepTracker:
     def close(self, status: str) -> None:
         """End the sweep: trials still running were lost (closed KILLED, or with the
         sweep's own failure), the parent run gets the best trial and `status`."""
+        self.printer.close()
         lost_as = TrialState.FAILED if status == "FAILED" else TrialState.KILLED
         for record in self.state.end(lost_as):
             self.writer.close_trial(record)

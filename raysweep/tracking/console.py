@@ -1,9 +1,14 @@
-"""What a sweep prints: one line per trial event, and a table of trials at the end."""
+"""What a sweep prints: one line per trial event, and a table of trials at the end. On
+a terminal, a live progress line stays under the event lines (trials done, running and
+to come, the best so far, time elapsed, the budget used), redrawn at most once a second;
+piped or redirected output gets the plain lines only."""
 
 from __future__ import annotations
 
+import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TextIO
 
 from raysweep.tracking import tags as tag
 from raysweep.tracking.trials import SweepResult, SweepState, TrialRecord, TrialState
@@ -17,15 +22,56 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
-class ConsolePrinter:
-    """One line per trial event, ending with the running best."""
+CLEAR_LINE = "\r\x1b[2K"
+"""Back to the line's start and erase it (a terminal's live line)."""
+LIVE_EVERY_S = 1.0
 
-    def __init__(self, metric: str, echo: bool = True) -> None:
-        self.metric, self.echo = metric, echo
+
+class ConsolePrinter:
+    """One line per trial event, ending with the running best; on a terminal, with a
+    live progress line (`status()`) under them."""
+
+    def __init__(self, metric: str, echo: bool = True, stream: TextIO | None = None,
+                 status: Callable[[], str] | None = None) -> None:
+        self.metric, self.echo, self.stream = metric, echo, stream
+        self.status = status
+        self._shown: str | None = None  # (the live line on screen now)
+        self._drawn_at = 0.0
+
+    @property
+    def out(self) -> TextIO:
+        return self.stream or sys.stdout
+
+    @property
+    def live(self) -> bool:
+        """A live line: printing, to a terminal, with something to show."""
+        return self.echo and self.status is not None and bool(getattr(self.out, "isatty", lambda: False)())
 
     def _say(self, text: str) -> None:
-        if self.echo:
-            print(text, flush=True)
+        if not self.echo:
+            return
+        if self._shown is not None:
+            self.out.write(CLEAR_LINE)
+            self._shown = None
+        print(text, file=self.out, flush=True)
+        self.tick(force=True)
+
+    def tick(self, force: bool = False) -> None:
+        """Redraw the live line (at most once a second unless `force`)."""
+        if not self.live or (not force and time.monotonic() - self._drawn_at < LIVE_EVERY_S):
+            return
+        assert self.status is not None
+        line = self.status()
+        self.out.write(CLEAR_LINE + line)
+        self.out.flush()
+        self._shown, self._drawn_at = line, time.monotonic()
+
+    def close(self) -> None:
+        """Take the live line away (the summary follows on clean lines)."""
+        if self._shown is not None:
+            self.out.write(CLEAR_LINE)
+            self.out.flush()
+            self._shown = None
 
     def started(self, trial_id: str, config: dict[str, Any]) -> None:
         self._say(f"[{trial_id}] started {fmt(config)}")
@@ -55,6 +101,26 @@ class ConsolePrinter:
             self._say(f"[{record.trial_id}] FAILED: {record.error}")
         else:
             self._say(f"[{record.trial_id}] {record.state.word} after {record.epochs} epoch(s)")
+
+
+def live_status(state: SweepState, started: float, num_trials: int | None = None,
+                total_epochs: int | None = None, now: float | None = None) -> str:
+    """The live line: trials done (how they ended), running and still to start, the best
+    so far, time elapsed, and the budget used (trials and epochs, where the spec caps them)."""
+    counts = {s: len(state.in_state(s)) for s in TrialState}
+    done = sum(counts[s] for s in TrialState if s is not TrialState.RUNNING)
+    ended = ", ".join(f"{counts[s]} {s.word}" for s in TrialState if s is not TrialState.RUNNING and counts[s])
+    parts = [f"trials: {done} done" + (f" ({ended})" if ended else "") + f", {counts[TrialState.RUNNING]} running"
+             + (f", {max(0, num_trials - len(state.trials))} to start" if num_trials is not None else "")]
+    if state.best_so_far is not None:
+        parts.append(f"best {state.metric} {state.best_so_far[1]:.4g} ({state.best_so_far[0]})")
+    elapsed = int((now or time.time()) - started)
+    parts.append(f"{elapsed // 3600}:{elapsed % 3600 // 60:02d}:{elapsed % 60:02d}")
+    used = ([f"{len(state.trials)}/{num_trials} trials"] if num_trials is not None else []) + \
+        ([f"{state.epochs_spent()}/{total_epochs} epochs"] if total_epochs is not None else [])
+    if used:
+        parts.append("budget " + ", ".join(used))
+    return " | ".join(parts)
 
 
 def runs_lines(runs: list[Any]) -> list[str]:
