@@ -529,6 +529,11 @@ class FailureSpec(_Section):
     max_failures: int = Field(default=0, ge=0)
     """Restarts after a worker, node or trial dies: each restart resumes from the
     run's latest checkpoint. 0 fails the run at the first failure."""
+    max_preemptions: int = Field(default=10, ge=0)
+    """Drain notices (spot or preemptible nodes taken away) a run may checkpoint for and
+    move on from; none counts against max_failures. Past this many the run fails, naming
+    the count, at its next start (its latest checkpoint kept). Plain trainers: a
+    LightningModule's runs do not checkpoint on a drain notice."""
     on_nan: Literal["fail", "stop", "skip_batch"] = "fail"
     """What a NaN or infinite training loss does (plain trainers, through
     `ctx.backward`): `fail` the run within 16 steps, naming the epoch and batches;

@@ -63,6 +63,7 @@ def plan_from_spec(spec: Spec, storage_path: str, arrays: Any, mode: ExecutionMo
         parallel=parallel_settings(scaling),
         lightning=LightningSettings(spec.lightning.precision, spec.lightning.gradient_clip_val),
         deterministic=spec.deterministic, max_failures=spec.failure.max_failures, on_nan=spec.failure.on_nan,
+        max_preemptions=spec.failure.max_preemptions,
     )
 
 

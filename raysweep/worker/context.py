@@ -30,6 +30,9 @@ from raysweep.worker.parallel import ParallelSettings, Prepared
 
 CURSOR = "cursor"
 """Key of the data cursor {epoch, step} in a mid-epoch checkpoint's state."""
+PREEMPTIONS = "raysweep_preemptions"
+"""Key of the count of drain notices the run checkpointed for, in every checkpoint the
+context passes on (failure.max_preemptions); `restore` leaves it out of what it returns."""
 ReportFn = Callable[[dict[str, float], "dict[str, Any] | None"], None]
 PreemptionFn = Callable[[], "float | None"]
 """Returns None, or the Unix time at which this worker's node (or one of its group's)
@@ -53,6 +56,11 @@ class NonFiniteMetricError(RuntimeError):
 class MissingMetricError(RuntimeError):
     """The trainer's first report lacks a metric the sweep needs (an objective or a
     constrained metric): the run fails, naming it."""
+
+
+class PreemptedTooOften(RuntimeError):
+    """The run was preempted more often than failure.max_preemptions allows: it fails
+    at its next start, from the checkpoint the last drain notice left."""
 
 
 class LossDiverged(Exception):
@@ -154,6 +162,18 @@ class TrainContext:
         return int(self.checkpoint["epoch"]) + 1
 
     @property
+    def preemptions(self) -> int:
+        """Drain notices this run checkpointed for so far (earlier attempts' and this one's)."""
+        before = int(self.checkpoint.get(PREEMPTIONS, 0)) if self.checkpoint else 0
+        return before + (self.preempted_at is not None)
+
+    def check_preemptions(self, limit: int) -> None:
+        """failure.max_preemptions, at a run's start: past it, the run fails in one line."""
+        if self.preemptions > limit:
+            raise PreemptedTooOften(f"preempted {self.preemptions} times, more than failure.max_preemptions "
+                                    f"({limit}); its latest checkpoint is kept")
+
+    @property
     def start_step(self) -> int:
         """The batch of `start_epoch` to start at (a mid-epoch checkpoint's cursor)."""
         return int(self.checkpoint[CURSOR]["step"]) if self.checkpoint and CURSOR in self.checkpoint else 0
@@ -252,7 +272,8 @@ class TrainContext:
         """A mid-epoch checkpoint: the trainer's state plus the data cursor (a drain
         notice's when `drain_deadline` is set). Every rank reports (Ray Train's reports
         are collective); rank 0's checkpoint is kept."""
-        checkpoint = {**state(), CURSOR: {"epoch": epoch, "step": step}} \
+        preemptions = self.preemptions + (drain_deadline is not None)
+        checkpoint = {**state(), CURSOR: {"epoch": epoch, "step": step}, PREEMPTIONS: preemptions} \
             if self.rank == 0 or self._sharded else None
         self.report_fn(Report.checkpoint(epoch, step, drain_deadline).to_ray(), checkpoint)
 
@@ -437,7 +458,7 @@ class TrainContext:
         if self.checkpoint is None:
             return {}
         parallel.restore(self._prepared, model, optimizer, self.checkpoint)
-        return {k: v for k, v in self.checkpoint.items() if k not in ("model", "optimizer", SHARDED)}
+        return {k: v for k, v in self.checkpoint.items() if k not in ("model", "optimizer", SHARDED, PREEMPTIONS)}
 
     def all_reduce_sum(self, values: list[float]) -> list[float]:
         """Sums `values` across ranks (identity for one worker)."""
@@ -482,6 +503,8 @@ class TrainContext:
         if self._compile_s is not None and "compile_s" not in metrics:
             metrics = {**metrics, "compile_s": self._compile_s}
         report = Report.of_epoch(metrics, first_step, self._system_usage())
+        if keep and checkpoint is not None and self.preemptions:
+            checkpoint = {**checkpoint, PREEMPTIONS: self.preemptions}
         self.report_fn(report.to_ray(), checkpoint if keep else None)
 
     def _loss_guard(self, metrics: dict[str, float]) -> dict[str, float]:

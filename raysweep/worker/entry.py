@@ -114,6 +114,7 @@ def _train(plan: RunPlan, report_fn: Any, checkpoint: dict[str, Any] | None, **p
                        feed=plan.data.feed, required_metrics=plan.required_metrics, parallel=plan.parallel,
                        on_nan=plan.on_nan, **placement)
     try:
+        ctx.check_preemptions(plan.max_preemptions)
         train_fn(ctx)
     except LossDiverged as stop:  # (every rank together: the run ends as an early stop, with why)
         report_fn(Report.stopped(stop.epoch, stop.step, str(stop)).to_ray(), None)

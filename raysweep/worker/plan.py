@@ -107,6 +107,7 @@ class RunPlan:
     deterministic: bool = False
     max_failures: int = 0
     on_nan: str = "fail"
+    max_preemptions: int = 10
     """failure.on_nan (the trainer's context's `backward`)."""
     required_metrics: dict[str, str] = dataclasses.field(default_factory=dict)
     """Metrics every report must hold, each with what needs it (a sweep's:

@@ -48,7 +48,8 @@ def test_a_terminal_gets_a_live_line_under_the_event_lines(tmp_path: Path) -> No
                       "[a] stopped early after 1 epoch(s)"]
     assert screen[-1] == ""  # (closed: the live line erased, the summary starts on a clean line)
     drawn = [part for part in out.getvalue().split(CLEAR_LINE) if part.startswith("trials:")]
-    assert drawn[-1].startswith("trials: 1 done (1 stopped early), 1 running, 1 to start | best val_loss 0.5 (a) | 0:00:")
+    assert drawn[-1].startswith("trials: 1 done (1 stopped early), 1 running, 1 to start | "
+                                "best val_loss 0.5 (a) | 0:00:")
     assert drawn[-1].endswith(" | budget 2/3 trials, 1/6 epochs")
 
 

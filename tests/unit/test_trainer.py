@@ -123,9 +123,23 @@ def test_drain_notice_saves_one_checkpoint_at_the_next_batch_and_resumes_exactly
     assert state is not None and state["cursor"] == {"epoch": 1, "step": 4}
     assert ctx.preempted_at == (1, 4)
 
+    assert state[context_module.PREEMPTIONS] == 1  # (counted in the checkpoint: failure.max_preemptions)
+
     resumed_ctx, resumed = TrainContext.in_process(*digits, params=PARAMS, num_epochs=3, checkpoint=state)
     assert (resumed_ctx.start_epoch, resumed_ctx.start_step) == (1, 4)
+    assert resumed_ctx.preemptions == 1
+    resumed_ctx.check_preemptions(1)
+    with pytest.raises(context_module.PreemptedTooOften, match=r"^preempted 1 times, more than "
+                                                               r"failure.max_preemptions \(0\); its latest"):
+        resumed_ctx.check_preemptions(0)
     digits_mlp.train(resumed_ctx)
     epochs = [m for m, _ in resumed if not m.get("mid_epoch")]
     assert [m["epoch"] for m in epochs] == [1, 2]
     assert epochs[-1]["val_loss"] == pytest.approx(full[2][0]["val_loss"], rel=1e-6)
+    # The count travels on in every later checkpoint, and the trainer never sees it.
+    assert [c[context_module.PREEMPTIONS] for _, c in resumed if c is not None] == [1, 1]
+    again, _ = TrainContext.in_process(*digits, params=PARAMS, num_epochs=3, checkpoint=state)
+    model = digits_mlp.build_model(PARAMS)
+    again.prepare_model(model)
+    assert context_module.PREEMPTIONS not in again.restore(model, digits_mlp.build_optimizer(model, PARAMS))
+    assert all(context_module.PREEMPTIONS not in c for _, c in full if c is not None)
