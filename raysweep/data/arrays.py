@@ -25,7 +25,7 @@ from raysweep.data.columns import (  # noqa: F401  (re-exported for the benchmar
     take,
     to_matrix,
 )
-from raysweep.data.shards import iter_blocks, train_batch_indices, validation_block
+from raysweep.data.shards import Segments, iter_blocks, train_batch_indices, validation_block
 from raysweep.data.storage import open_parquet
 
 if TYPE_CHECKING:
@@ -43,9 +43,10 @@ class DataSplit(Protocol):
     def __len__(self) -> int: ...
 
     def train_blocks(self, rank: int, world_size: int, batch_size: int, seed: int, epoch: int,
-                     start_step: int = 0) -> Iterator[Block]:
+                     start_step: int = 0, done: Segments = ()) -> Iterator[Block]:
         """This rank's shard of `epoch` as host blocks, from batch `start_step` on; the
-        same batch count on every rank, every row once across ranks."""
+        same batch count on every rank, every row once across ranks. `done`: the parts
+        of the epoch trained at other world sizes (see raysweep.data.shards)."""
         ...
 
     def eval_blocks(self, rank: int, world_size: int, batch_size: int) -> Iterator[Block]:
@@ -64,7 +65,7 @@ class SplitBatches:
     layout: Layout
 
     def train_blocks(self, rank: int, world_size: int, batch_size: int, seed: int, epoch: int,
-                     start_step: int = 0) -> Iterator[Block]:
+                     start_step: int = 0, done: Segments = ()) -> Iterator[Block]:
         raise NotImplementedError
 
     def eval_blocks(self, rank: int, world_size: int, batch_size: int) -> Iterator[Block]:
@@ -137,8 +138,8 @@ class ArraySet(SplitBatches):
         return self.layout.deliver(take(self.block, rows))
 
     def train_blocks(self, rank: int, world_size: int, batch_size: int, seed: int, epoch: int,
-                     start_step: int = 0) -> Iterator[Block]:
-        for rows in train_batch_indices(len(self), rank, world_size, batch_size, seed, epoch)[start_step:]:
+                     start_step: int = 0, done: Segments = ()) -> Iterator[Block]:
+        for rows in train_batch_indices(len(self), rank, world_size, batch_size, seed, epoch, done)[start_step:]:
             yield take(self.block, rows)
 
     def eval_blocks(self, rank: int, world_size: int, batch_size: int) -> Iterator[Block]:

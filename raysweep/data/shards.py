@@ -11,6 +11,10 @@ with Ray Data deadlocks when Train's workers hold every CPU (a 2-core laptop wit
   together cover every row. Each rank's rows are cut into the *same* number of
   batches, so DDP ranks never wait on a batch that does not come (Ray's
   `streaming_split(equal=True)` would drop up to W-1 rows instead).
+- a mid-epoch checkpoint resumed at another world size or batch size (a run restarted
+  on fewer or more workers): the epoch goes on over the rows the earlier part did not
+  take, in the permutation's order, sharded the same way over the new ranks (`done`:
+  the earlier parts as (world size, batch size, steps)); no row twice, none skipped.
 - validation: rank r takes one contiguous block; every row is evaluated exactly
   once and the sums are all-reduced.
 """
@@ -34,21 +38,42 @@ def num_train_batches(num_rows: int, world_size: int, batch_size: int) -> int:
     return max(1, math.ceil(math.ceil(num_rows / world_size) / batch_size))
 
 
+Segments = tuple[tuple[int, int, int], ...]
+"""The parts of an epoch trained before a change of world or batch size: (world size,
+batch size, steps) each, in order."""
+
+
 def train_shard_indices(
     num_rows: int, rank: int, world_size: int, seed: int, epoch: int
 ) -> np.ndarray:
     return epoch_permutation(num_rows, seed, epoch)[rank::world_size]
 
 
+def epoch_rows(num_rows: int, seed: int, epoch: int, done: Segments = ()) -> np.ndarray:
+    """The epoch's rows still to train, in the permutation's order: all of them, less
+    those the parts in `done` took (each part's ranks' first `steps` batches)."""
+    rows = epoch_permutation(num_rows, seed, epoch)
+    for world, batch_size, steps in done:
+        cut = num_train_batches(len(rows), world, batch_size)
+        taken = [b for r in range(world) for b in np.array_split(rows[r::world], cut)[:steps]]
+        if taken:
+            rows = rows[~np.isin(rows, np.concatenate(taken))]
+    return rows
+
+
 def train_batch_indices(
-    num_rows: int, rank: int, world_size: int, batch_size: int, seed: int, epoch: int
+    num_rows: int, rank: int, world_size: int, batch_size: int, seed: int, epoch: int, done: Segments = ()
 ) -> list[np.ndarray]:
-    """This rank's row indices for the epoch, cut into equal-count batches."""
+    """This rank's row indices for the epoch (its rest after `done`), cut into
+    equal-count batches."""
     if num_rows < world_size:
         raise ValueError(f"{num_rows} training rows cannot feed {world_size} workers")
-    shard = train_shard_indices(num_rows, rank, world_size, seed, epoch)
-    # array_split keeps every batch non-empty as long as len(shard) >= batches.
-    return np.array_split(shard, num_train_batches(num_rows, world_size, batch_size))
+    if not done:
+        shard = train_shard_indices(num_rows, rank, world_size, seed, epoch)
+        # array_split keeps every batch non-empty as long as len(shard) >= batches.
+        return np.array_split(shard, num_train_batches(num_rows, world_size, batch_size))
+    rows = epoch_rows(num_rows, seed, epoch, done)
+    return np.array_split(rows[rank::world_size], num_train_batches(len(rows), world_size, batch_size))
 
 
 def validation_block(num_rows: int, rank: int, world_size: int) -> slice:

@@ -30,6 +30,7 @@ from raysweep.data.columns import Block, ColumnDataError, Layout, concat, slice_
 from raysweep.data.columns import block_rows as size_of
 from raysweep.data.shards import (
     Segment,
+    Segments,
     StreamSettings,
     StreamUnit,
     batch_offsets,
@@ -40,6 +41,10 @@ from raysweep.data.shards import (
     window_permutation,
 )
 from raysweep.data.storage import is_object_store, open_input
+
+
+class MidEpochWorldSizeError(RuntimeError):
+    """A stream-loader run resumed mid-epoch at another world size than saved the cursor."""
 
 
 class DataReadError(RuntimeError):
@@ -179,7 +184,12 @@ class StreamSplit(SplitBatches):
     # -- the DataSplit interface ---------------------------------------------------
 
     def train_blocks(self, rank: int, world_size: int, batch_size: int, seed: int, epoch: int,
-                     start_step: int = 0) -> Iterator[Block]:
+                     start_step: int = 0, done: Segments = ()) -> Iterator[Block]:
+        if done:
+            raise MidEpochWorldSizeError(
+                f"data.loader: stream: a mid-epoch checkpoint of epoch {epoch} was saved by {done[-1][0]} ranks of "
+                f"batch {done[-1][1]} and this run has {world_size} of batch {batch_size}; the stream loader resumes "
+                "one only at the sizes that saved it (run with those, or use the memory loader)")
         units = [self.source.units[i] for i in unit_order(len(self.source.units), seed, epoch)]
         lo, hi = contiguous_range(len(self), rank, world_size)
         bounds = batch_offsets(hi - lo, num_train_batches(len(self), world_size, batch_size))

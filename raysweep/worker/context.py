@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 from raysweep.data.arrays import ArraySet, Batch, DataSplit
 from raysweep.data.columns import Block, Layout
-from raysweep.data.shards import num_train_batches
+from raysweep.data.shards import Segments, epoch_rows, num_train_batches
 from raysweep.report import Report, Usage
 from raysweep.worker import parallel
 from raysweep.worker.checkpoint import SHARDED, CheckpointSettings
@@ -29,7 +29,10 @@ from raysweep.worker.feed import DeviceCache, FeedSettings, PinnedFeed, choose_f
 from raysweep.worker.parallel import ParallelSettings, Prepared
 
 CURSOR = "cursor"
-"""Key of the data cursor {epoch, step} in a mid-epoch checkpoint's state."""
+"""Key of the data cursor in a mid-epoch checkpoint's state: {epoch, step, world_size,
+batch_size, done}: `step` batches of the epoch's part that ran at `world_size` ranks
+and `batch_size`, after the parts in `done` ([world size, batch size, steps] each)
+that ran at other sizes (raysweep.data.shards)."""
 PREEMPTIONS = "raysweep_preemptions"
 """Key of the count of drain notices the run checkpointed for, in every checkpoint the
 context passes on (failure.max_preemptions); `restore` leaves it out of what it returns."""
@@ -150,6 +153,9 @@ class TrainContext:
     _finite: torch.Tensor | None = field(default=None, init=False, repr=False)
     _finite_since: tuple[int, int] | None = field(default=None, init=False, repr=False)
     _drop_group: bool = field(default=False, init=False, repr=False)
+    _done: Segments = field(default=(), init=False, repr=False)
+    _batch_size: int = field(default=0, init=False, repr=False)
+    """The parts of the current epoch trained at other world sizes (see _resume_point)."""
     _losses: list[int] = field(default_factory=lambda: [0, 0], init=False, repr=False)
     """This epoch's (backward calls, batches dropped for a non-finite loss)."""
 
@@ -175,8 +181,24 @@ class TrainContext:
 
     @property
     def start_step(self) -> int:
-        """The batch of `start_epoch` to start at (a mid-epoch checkpoint's cursor)."""
-        return int(self.checkpoint[CURSOR]["step"]) if self.checkpoint and CURSOR in self.checkpoint else 0
+        """The batch of `start_epoch` to start at (a mid-epoch checkpoint's cursor; 0 when
+        it was saved at another world size: the epoch's rest is sharded anew)."""
+        cursor = self.checkpoint.get(CURSOR) if self.checkpoint else None
+        if not cursor:
+            return 0
+        return int(cursor["step"]) if int(cursor.get("world_size", self.world_size)) == self.world_size else 0
+
+    def _resume_point(self, batch_size: int) -> tuple[int, Segments]:
+        """(first batch, earlier parts) of `start_epoch`'s rest at `batch_size`, from the
+        checkpoint's cursor: a part saved at another world or batch size becomes a done part."""
+        cursor = self.checkpoint.get(CURSOR) if self.checkpoint else None
+        if not cursor:
+            return 0, ()
+        done = tuple((int(w), int(b), int(s)) for w, b, s in cursor.get("done", ()))
+        world, batch = int(cursor.get("world_size", self.world_size)), int(cursor.get("batch_size", batch_size))
+        if (world, batch) == (self.world_size, batch_size):
+            return int(cursor["step"]), done
+        return 0, (*done, (world, batch, int(cursor["step"])))
 
     def checkpoint_due(self, epoch: int) -> bool:
         """Whether `report` keeps a checkpoint for `epoch` (every N, and the last)."""
@@ -199,15 +221,17 @@ class TrainContext:
         would hold, as a function): after every N-th step the context saves it with
         the cursor, on every rank together, so a resume continues at the next batch.
         """
-        start = self.start_step if epoch == self.start_epoch else 0
+        start, done = self._resume_point(batch_size) if epoch == self.start_epoch else (0, ())
         every = self.checkpoints.every_steps if state is not None else None
-        total = self.num_train_batches(batch_size)
+        total = self.num_train_batches(batch_size) if not done else \
+            num_train_batches(len(epoch_rows(len(self.train), self.seed, epoch, done)), self.world_size, batch_size)
+        self._done, self._batch_size = done, batch_size
         feed = self._feed(self.train)
         batches: Iterator[Batch]
         if feed is not None:
-            batches = feed.train(self.rank, self.world_size, batch_size, self.seed, epoch, start)
+            batches = feed.train(self.rank, self.world_size, batch_size, self.seed, epoch, start, done)
         else:
-            blocks = self.train.train_blocks(self.rank, self.world_size, batch_size, self.seed, epoch, start)
+            blocks = self.train.train_blocks(self.rank, self.world_size, batch_size, self.seed, epoch, start, done)
             batches = (to_device(b, self.device) for b in self._batches(self.train.layout, blocks, epoch, start))
         accumulate = self.parallel.accumulate_steps
         for step, batch in enumerate(batches, start=start):
@@ -273,7 +297,9 @@ class TrainContext:
         notice's when `drain_deadline` is set). Every rank reports (Ray Train's reports
         are collective); rank 0's checkpoint is kept."""
         preemptions = self.preemptions + (drain_deadline is not None)
-        checkpoint = {**state(), CURSOR: {"epoch": epoch, "step": step}, PREEMPTIONS: preemptions} \
+        cursor = {"epoch": epoch, "step": step, "world_size": self.world_size, "batch_size": self._batch_size,
+                  "done": [list(d) for d in self._done]}
+        checkpoint = {**state(), CURSOR: cursor, PREEMPTIONS: preemptions} \
             if self.rank == 0 or self._sharded else None
         self.report_fn(Report.checkpoint(epoch, step, drain_deadline).to_ray(), checkpoint)
 

@@ -41,7 +41,7 @@ import torch
 
 from raysweep.data.arrays import ArraySet, Batch
 from raysweep.data.columns import Block, Ragged
-from raysweep.data.shards import iter_blocks, train_batch_indices, validation_block
+from raysweep.data.shards import Segments, iter_blocks, train_batch_indices, validation_block
 
 
 @dataclass(frozen=True)
@@ -134,8 +134,8 @@ class PinnedFeed:
         return slots
 
     def train(self, rank: int, world_size: int, batch_size: int, seed: int, epoch: int,
-              start_step: int = 0) -> Iterator[Batch]:
-        rows = train_batch_indices(len(self.split), rank, world_size, batch_size, seed, epoch)[start_step:]
+              start_step: int = 0, done: Segments = ()) -> Iterator[Batch]:
+        rows = train_batch_indices(len(self.split), rank, world_size, batch_size, seed, epoch, done)[start_step:]
         return self.batches(rows, max((len(r) for r in rows), default=0))
 
     def validation(self, rank: int, world_size: int, batch_size: int) -> Iterator[Batch]:
@@ -220,8 +220,8 @@ class DeviceCache:
         return sum(v.nbytes for v in fixed_columns(split.block).values())
 
     def train(self, rank: int, world_size: int, batch_size: int, seed: int, epoch: int,
-              start_step: int = 0) -> Iterator[Batch]:
-        batches = train_batch_indices(len(self.split), rank, world_size, batch_size, seed, epoch)
+              start_step: int = 0, done: Segments = ()) -> Iterator[Batch]:
+        batches = train_batch_indices(len(self.split), rank, world_size, batch_size, seed, epoch, done)
         # One upload of the rank's whole epoch of indices; each batch is a slice of it.
         order = torch.from_numpy(np.concatenate(batches)).to(self.device)
         bounds = np.concatenate([[0], np.cumsum([len(b) for b in batches])])

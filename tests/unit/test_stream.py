@@ -97,3 +97,14 @@ def test_a_deleted_file_fails_naming_it(tmp_path):
     (folder / "part-1.parquet").unlink()
     with pytest.raises(DataReadError, match="part-1.parquet"):
         list(split.train_batches(0, 1, 64, 0, 0))
+
+
+def test_a_mid_epoch_cursor_of_another_world_size_is_refused_in_one_line(split):
+    """The stream loader resumes a mid-epoch checkpoint only at the world size that saved
+    it (re-sharding its windows' rest is not built): said, not trained on wrong rows."""
+    from raysweep.data.stream import MidEpochWorldSizeError
+
+    with pytest.raises(MidEpochWorldSizeError, match=r"^data.loader: stream: a mid-epoch checkpoint of epoch 1 was "
+                                                     r"saved by 3 ranks of "
+                                                     r"batch 16 and this run has 2 of batch 16; .*memory loader\)$"):
+        list(split.train_blocks(0, 2, 16, 0, 1, 0, done=((3, 16, 4),)))

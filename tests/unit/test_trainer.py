@@ -120,7 +120,8 @@ def test_drain_notice_saves_one_checkpoint_at_the_next_batch_and_resumes_exactly
     assert len(jit) == 1, "one just-in-time checkpoint per notice"
     metrics, state = jit[0]
     assert (metrics["epoch"], metrics["step"], metrics["drain_deadline_unix"]) == (1, 4, deadline)
-    assert state is not None and state["cursor"] == {"epoch": 1, "step": 4}
+    assert state is not None and state["cursor"] == {"epoch": 1, "step": 4, "world_size": 1, "batch_size": 64,
+                                                     "done": []}
     assert ctx.preempted_at == (1, 4)
 
     assert state[context_module.PREEMPTIONS] == 1  # (counted in the checkpoint: failure.max_preemptions)
