@@ -417,7 +417,17 @@ class ScalingSpec(_Section):
     """Workers per run and the resources each one reserves."""
 
     num_workers: PositiveInt = 1
-    """Ray Train workers (DDP processes) per run."""
+    """Ray Train workers (DDP processes) per run; `[min, max]` makes the run elastic
+    (sets min_workers, and num_workers to max)."""
+    min_workers: PositiveInt | None = None
+    """Elastic runs (Ray Train worker groups): a run starts with as many workers as
+    the cluster holds between min_workers and num_workers, goes on with fewer after a
+    node is lost (restarted from its latest checkpoint, the epoch's rest re-sharded so
+    no row is trained twice or skipped; memory loader), and grows back when capacity
+    returns (checked every elastic_check_s, each resize a restart from the latest
+    checkpoint). null: a fixed num_workers."""
+    elastic_check_s: float = Field(default=60.0, gt=0)
+    """Elastic runs: how often a running worker group looks for room to grow."""
     cpus_per_worker: float = Field(default=1.0, gt=0)
     """CPUs Ray reserves per worker (fractions allowed); with num_workers, decides
     how many trials fit the cluster at once."""
@@ -466,6 +476,28 @@ class ScalingSpec(_Section):
     compile: Literal[False, "default", "max-autotune"] = False
     """torch.compile the prepared model (false: off). The first step's wait for the
     compiler is reported as the metric compile_s."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _num_workers_range(cls, data: Any) -> Any:
+        """`num_workers: [min, max]`: an elastic run."""
+        if isinstance(data, dict) and isinstance(data.get("num_workers"), list | tuple):
+            bounds = data["num_workers"]
+            if len(bounds) != 2:
+                raise ValueError(f"num_workers: a number or [min, max], got {bounds!r}")
+            data = {**data, "min_workers": bounds[0], "num_workers": bounds[1]}
+        return data
+
+    @model_validator(mode="after")
+    def _elastic(self) -> ScalingSpec:
+        if self.min_workers is None:
+            return self
+        if self.min_workers > self.num_workers:
+            raise ValueError(f"min_workers ({self.min_workers}) must be <= num_workers ({self.num_workers})")
+        if self.worker_group == "warm":
+            raise ValueError("min_workers: elastic runs resize Ray Train worker groups; worker_group: warm keeps "
+                             "a fixed group (use auto or always)")
+        return self
 
     @property
     def use_gpu(self) -> bool:

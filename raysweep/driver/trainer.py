@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, RunConfig
 from ray.train.torch import TorchTrainer
 from ray.train.v2.api.callback import UserCallback
+from ray.train.v2.api.config import ScalingConfig  # (ray.train.ScalingConfig with Train V2 on)
 
 from raysweep._ray_compat import set_ray_env_defaults
 from raysweep._upstream import train as upstream_train
@@ -34,12 +35,15 @@ def build_trainer(plan: RunPlan, run_name: str, callbacks: list[Any], storage_pa
     checkpoint (Ray Train V2 behaviour).
     """
     set_ray_env_defaults()  # the controller inherits the health-check interval
-    resources = plan.placement.worker_resources()
+    place = plan.placement
+    workers: int | tuple[int, int] = place.num_workers if not place.elastic else \
+        (place.min_workers or place.num_workers, place.num_workers)  # (elastic: Train resizes between the two)
     return upstream_train.RaysweepTorchTrainer(
         train_in_worker_group,
         train_loop_config={"plan": plan},
-        scaling_config=ScalingConfig(num_workers=plan.placement.num_workers, use_gpu=plan.placement.use_gpu,
-                                     resources_per_worker=resources),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=place.use_gpu,
+                                     resources_per_worker=place.worker_resources(),
+                                     elastic_resize_monitor_interval_s=place.elastic_check_s),
         run_config=RunConfig(
             name=run_name,
             **run_storage(storage_path or plan.storage_path),

@@ -556,7 +556,9 @@ class TrainContext:
         peak memory across ranks (every rank reports each epoch, so all take part)."""
         usage = self._usage.read(self.device)
         names = sorted(usage)
-        return dict(zip(names, self.all_reduce_max([usage[n] for n in names]), strict=True))
+        # (and how many ranks trained it: an elastic run's world size, epoch by epoch)
+        return {**dict(zip(names, self.all_reduce_max([usage[n] for n in names]), strict=True)),
+                "world_size": float(self.world_size)}
 
     @classmethod
     def in_process(

@@ -72,6 +72,13 @@ class Placement:
     gpus_per_worker: float = 0.0
     accelerator_type: str | None = None
     """scaling.accelerator_type: every worker asks for Ray's `accelerator_type:X` label."""
+    min_workers: int | None = None
+    """scaling.min_workers: an elastic worker group (Train resizes it between this and num_workers)."""
+    elastic_check_s: float = 60.0
+
+    @property
+    def elastic(self) -> bool:
+        return self.min_workers is not None and self.min_workers < self.num_workers
 
     def worker_resources(self) -> dict[str, float]:
         """What one worker reserves: its CPUs, GPUs and (with accelerator_type) a sliver

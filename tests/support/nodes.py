@@ -16,3 +16,22 @@ def node_group_of(pid: int, node_groups: list[int]) -> int:
             return group
         current = int(Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()[1])
     raise AssertionError(f"process {pid} does not descend from a worker node")
+
+
+def add_worker_node(state, log: Path, num_cpus: int = 1) -> int:  # type: ignore[no-untyped-def]
+    """One more worker node of a running `cluster up` cluster, as `cluster up` starts
+    its own (capacity coming back: a replaced spot node); returns its process group."""
+    import subprocess
+    import sys
+
+    from raysweep.cluster.local import cluster_env
+    from raysweep.testing.helpers import free_port
+
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("ray")), "start", "--block", "--disable-usage-stats",
+             "--address", state.address, "--node-ip-address", "127.0.0.1",
+             "--dashboard-agent-listen-port", str(free_port("127.0.0.1")), "--num-cpus", str(num_cpus)],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=cluster_env(state),
+            start_new_session=True)
+    return process.pid

@@ -169,3 +169,23 @@ def test_which_execution_mode_a_trial_gets() -> None:
     assert mode(num_workers=2, worker_group="warm") is ExecutionMode.WARM_GROUP
     # (trial drivers pinned to nodes that may have no CPU to train on: Train's group)
     assert mode({"on_demand": 0.01}, num_workers=2, worker_group="warm") is ExecutionMode.WORKER_GROUP
+
+
+def test_an_elastic_run_is_num_workers_min_max_or_min_workers(capsys, write_spec) -> None:
+    from raysweep.config.spec import ScalingSpec
+    from raysweep.driver.plan import execution_mode
+    from raysweep.worker.plan import ExecutionMode, Placement
+
+    elastic = ScalingSpec.model_validate({"num_workers": [1, 3]})
+    assert (elastic.min_workers, elastic.num_workers) == (1, 3)
+    assert ScalingSpec(num_workers=3, min_workers=2).min_workers == 2
+    assert execution_mode(elastic) is ExecutionMode.WORKER_GROUP
+    assert Placement(num_workers=3, min_workers=1).elastic and not Placement(num_workers=2, min_workers=2).elastic
+    for scaling, said in [({"num_workers": [3, 2]}, "scaling: min_workers (3) must be <= num_workers (2)"),
+                          ({"num_workers": [1, 2, 3]}, "num_workers: a number or [min, max], got [1, 2, 3]"),
+                          ({"num_workers": [1, 2], "worker_group": "warm"},
+                           "min_workers: elastic runs resize Ray Train worker groups")]:
+        path = write_spec(scaling=scaling)
+        code, err = _run(capsys, "check", str(path))
+        assert code == 2 and "\n" not in err and err.startswith(f"raysweep: error: {path}: "), err
+        assert said in err, err
