@@ -33,13 +33,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from benchmarks.core import md_table
+from benchmarks.entries import ENTRIES
 from raysweep.config.spec import DataSpec
 from raysweep.data.arrays import ArraySet
 from raysweep.data.columns import LENGTHS, Layout, slice_rows
 from raysweep.data.files import build_layout
 from raysweep.data.shards import train_batch_indices
 from raysweep.execution.context import TrainContext
-from raysweep.testing.bench import md_table
 
 # Sizes per run (--quick: a smoke run; its targets still decide).
 SIZES = {"full": {"memory_rows": 300_000, "png_rows": 4096, "token_rows": 200_000},
@@ -418,3 +419,11 @@ def bench_padding(bench: Any) -> dict[str, Any]:
             "batches": len(epoch_rows), "torch_threads": torch.get_num_threads(), "cpus": len(os.sched_getaffinity(0)),
             "load_before": load_before, "load_after": round(os.getloadavg()[0], 2), "repeats": rounds,
             "quick": bench.args.quick}
+
+
+ENTRIES.register("columns_memory", target="uint8 image column: host bytes/row == its Arrow bytes/row (ratio 1.0)",
+                 table=memory_table, met=memory_met)(bench_memory)
+ENTRIES.register("columns_transform", target="PNG decode epoch: transform_workers=2 >= 1.6x transform_workers=1",
+                 table=transform_table, met=transform_met)(bench_transform)
+ENTRIES.register("columns_padding", target="padded tokens + lengths >= 0.9x the hand-written pad loop's speed",
+                 table=padding_table, met=padding_met)(bench_padding)

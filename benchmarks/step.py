@@ -1,0 +1,157 @@
+"""step: steady-state time per training step, raysweep (plain and Lightning) against a hand-written loop."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.common import EPOCHS, PARAMS, Bench
+from benchmarks.core import md_table
+from benchmarks.entries import ENTRIES
+from raysweep.config.spec import LightningSpec
+from raysweep.data.arrays import ArraySet
+from raysweep.data.shards import train_batch_indices
+from raysweep.execution.context import TrainContext
+from raysweep.execution.lightning import find_module_factory, fit
+from trainers import digits_mlp, digits_mlp_lightning
+
+BARE_LIGHTNING = "Lightning Trainer alone (same module and batches, no raysweep)"
+
+
+def step_seconds(reports: list[dict[str, float]], rows: int, batches: int) -> float:
+    """Median steady-state seconds per step from per-epoch samples_per_s."""
+    per_epoch = [rows / r["samples_per_s"] / batches for r in reports[1:]]
+    return statistics.median(per_epoch)
+
+
+def hand_loop(train: ArraySet, params: dict[str, Any], seed: int = 0) -> tuple[list[dict], list[float]]:
+    """The baseline: a plain PyTorch loop over the same batches, no context."""
+    torch.manual_seed(seed)
+    model = digits_mlp.build_model(params)
+    optimizer = digits_mlp.build_optimizer(model, params)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    reports, losses = [], []
+    for epoch in range(EPOCHS):
+        batches = train_batch_indices(len(train), 0, 1, params["batch_size"], seed, epoch)
+        started, total = time.perf_counter(), 0.0
+        for rows in batches:
+            x, y = torch.from_numpy(train.features[rows]), torch.from_numpy(train.labels[rows])
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(y)
+        reports.append({"samples_per_s": len(train) / (time.perf_counter() - started)})
+        losses.append(total / len(train))
+    return reports, losses
+
+
+def bare_lightning(train: ArraySet, params: dict[str, Any], seed: int = 0) -> tuple[list[dict], list[float]]:
+    """Lightning without raysweep: the same LightningModule and batches through a plain
+    `pytorch_lightning.Trainer` (no TrainContext, no report callback, no validation),
+    timed from each epoch's start to its last batch's end, as raysweep times its own."""
+    import pytorch_lightning as pl
+
+    epochs = [[(torch.from_numpy(train.features[rows]), torch.from_numpy(train.labels[rows]))
+               for rows in train_batch_indices(len(train), 0, 1, params["batch_size"], seed, epoch)]
+              for epoch in range(EPOCHS)]
+
+    class Loader:  # (the epoch set by the trainer, as raysweep's loader)
+        epoch = 0
+
+        def __iter__(self) -> Any:
+            return iter(epochs[Loader.epoch])
+
+        def __len__(self) -> int:
+            return len(epochs[0])
+
+    class Timer(pl.Callback):
+        def __init__(self) -> None:
+            self.started, self.last, self.seconds = 0.0, 0.0, []
+
+        def on_train_epoch_start(self, trainer: Any, *args: Any) -> None:
+            Loader.epoch = trainer.current_epoch
+            self.started = time.perf_counter()
+
+        def on_train_batch_end(self, *args: Any) -> None:
+            self.last = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer: Any, *args: Any) -> None:
+            self.seconds.append(self.last - self.started)
+            losses.append(float(trainer.callback_metrics["train_loss"]))
+
+    torch.manual_seed(seed)
+    losses: list[float] = []
+    timer = Timer()
+    trainer = pl.Trainer(max_epochs=EPOCHS, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         enable_checkpointing=False, num_sanity_val_steps=0, limit_val_batches=0,
+                         accelerator="cpu", devices=1, callbacks=[timer])
+    trainer.fit(digits_mlp_lightning.DigitsMLP(**params), train_dataloaders=Loader())
+    return [{"samples_per_s": len(train) / s} for s in timer.seconds], losses
+
+
+def step_table(r: dict[str, Any]) -> list[str]:
+    return [*md_table(["path", "ms/step", "ratio", "added ms/step"],
+                      [[x["name"], x["ms_per_step"], x["ratio"], x["added_ms_per_step"]] for x in r["rows"]]),
+            f"{r['model']}, {r['threads']} threads. Plain trainer losses equal the hand-written "
+            f"loop's to 5 decimals: {r['plain_losses_equal_to_5_decimals']}. raysweep's share of the Lightning "
+            f"step (raysweep lightning - bare Lightning): {r.get('lightning_raysweep_share_ms', float('nan')):+.3f} ms",
+            ""]
+
+
+def step_met(r: dict[str, Any]) -> bool:
+    """Every raysweep path: ratio <= 1.05 where the baseline step is >= 15 ms, else <= +0.5 ms/step."""
+    base_ms = next(x["ms_per_step"] for x in r["rows"] if x["name"] == r["baseline"])
+    ours = [x for x in r["rows"] if x["name"].startswith("raysweep")]
+    if base_ms >= 15:
+        return all(x["ratio"] <= 1.05 for x in ours)
+    return all(x["added_ms_per_step"] <= 0.5 for x in ours)
+
+
+@ENTRIES.register("step", target="ratio <= 1.05 for steps >= 15 ms, else <= +0.5 ms/step", table=step_table,
+                  met=step_met)
+def bench_step(bench: Bench) -> dict[str, Any]:
+    train, validation, repeats = bench.train, bench.validation, bench.args.repeats
+    batches = len(train_batch_indices(len(train), 0, 1, PARAMS["batch_size"], 0, 0))
+    times: dict[str, list[float]] = {"hand-written loop": [], "raysweep plain": [], "raysweep lightning": [],
+                                     BARE_LIGHTNING: []}
+    losses: dict[str, list[float]] = {}
+    for _ in range(repeats):
+        bench.stage("hand-written loop")
+        reports, losses["hand-written loop"] = hand_loop(train, PARAMS)
+        times["hand-written loop"].append(step_seconds(reports, len(train), batches))
+
+        bench.stage("raysweep plain")
+        ctx, out = TrainContext.in_process(train, validation, PARAMS, num_epochs=EPOCHS)
+        digits_mlp.train(ctx)
+        times["raysweep plain"].append(step_seconds([m for m, _ in out], len(train), batches))
+        losses["raysweep plain"] = [m["train_loss"] for m, _ in out]
+
+        bench.stage("raysweep lightning")
+        ctx, out = TrainContext.in_process(train, validation, PARAMS, num_epochs=EPOCHS)
+        fit(ctx, find_module_factory(digits_mlp_lightning), LightningSpec())
+        times["raysweep lightning"].append(step_seconds([m for m, _ in out], len(train), batches))
+        losses["raysweep lightning"] = [m["train_loss"] for m, _ in out]
+
+        bench.stage(BARE_LIGHTNING)
+        reports, losses[BARE_LIGHTNING] = bare_lightning(train, PARAMS)
+        times[BARE_LIGHTNING].append(step_seconds(reports, len(train), batches))
+    base = statistics.median(times["hand-written loop"])
+    rows = []
+    for name, values in times.items():
+        median = statistics.median(values)
+        rows.append({"name": name, "ms_per_step": median * 1e3, "ratio": median / base,
+                     "added_ms_per_step": (median - base) * 1e3,
+                     "losses": [round(v, 6) for v in losses[name]]})
+    plain_equal = np.allclose(losses["raysweep plain"], losses["hand-written loop"], atol=5e-6)
+    by_name = {x["name"]: x["ms_per_step"] for x in rows}
+    return {"entry": "step", "baseline": "hand-written loop", "threads": torch.get_num_threads(),
+            "model": "MLP 64-512-512-10, batch 64", "rows": rows,
+            "plain_losses_equal_to_5_decimals": bool(plain_equal),
+            # What raysweep adds to a Lightning step, beyond Lightning's own (its Trainer on the same batches).
+            "lightning_raysweep_share_ms": by_name["raysweep lightning"] - by_name[BARE_LIGHTNING]}
+
