@@ -505,8 +505,10 @@ def run_isolated(entry: Entry, child: Child, *, timeout_s: float | None = None) 
     A KeyboardInterrupt here (Ctrl-C) kills the child's tree and goes on up.
     """
     limit = time_limit(entry) if timeout_s is None else (timeout_s if timeout_s > 0 else None)
-    work = Path(tempfile.mkdtemp(prefix=f"bench-{entry.name}-"))
-    scratch = work / "scratch"
+    # Short: Ray's session folder goes under the scratch folder (tempfile, raysweep.cluster.local), and a
+    # Unix socket's path there must stay under 108 bytes.
+    work = Path(tempfile.mkdtemp(prefix="b-"))
+    scratch = work / "s"
     scratch.mkdir()
     job = {"registry": child.registry, "context": child.context, "args": dict(child.args), "entry": entry.name,
            "module": entry.module, "stage_file": str(work / "stages.jsonl"), "result_file": str(work / "result.json"),
