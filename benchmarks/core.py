@@ -82,6 +82,7 @@ class Entry:
             (e.g. sizes too small to measure).
         timeout_s: the entry's own time limit in seconds (None: the run's default;
             0: none).
+        method: how it measures, when not in interleaved pairs (shown under its table).
         module: the module that defines `run`, which the entry's process imports
             (default: `run.__module__`; "__main__" when a script defines it: the
             child imports the registry's script instead).
@@ -94,6 +95,7 @@ class Entry:
     met: Callable[[Result], bool | None]
     timeout_s: float | None = None
     module: str = ""
+    method: str = ""
 
     def __post_init__(self) -> None:
         if not self.module:
@@ -122,13 +124,13 @@ class Registry(Mapping[str, Entry]):
         return entry
 
     def register(self, name: str, *, target: str, table: Callable[[Result], list[str]],
-                 met: Callable[[Result], bool | None], timeout_s: float | None = None,
+                 met: Callable[[Result], bool | None], timeout_s: float | None = None, method: str = "",
                  ) -> Callable[[Callable[[Any], Result]], Callable[[Any], Result]]:
         """Decorator: register the decorated function as the entry's `run` (with its
         own time limit `timeout_s`, when given)."""
 
         def decorate(run: Callable[[Any], Result]) -> Callable[[Any], Result]:
-            self.add(Entry(name, run, table, target, met, timeout_s))
+            self.add(Entry(name, run, table, target, met, timeout_s, method=method))
             return run
 
         return decorate
@@ -591,6 +593,8 @@ def markdown(registry: Mapping[str, Entry], results: list[Result], header: Seque
             lines += [f"Failed: {failure_text(r)}", ""]
         else:
             lines += entry.table(r)
+            if entry.method:
+                lines += [f"Method: {entry.method}", ""]
         if r.get("note"):
             lines += ["", f"({r['note']})", ""]
     return "\n".join(lines)

@@ -325,9 +325,21 @@ def compile_met(r: dict[str, Any]) -> bool:
     return next(x["ratio"] for x in r["rows"] if x["name"] == "compile default") >= 1.0
 
 
-ENTRIES.register("fsdp_step", target="raysweep's FSDP step <= 1.05x the same hand-written FSDP2 loop (2 gloo ranks)",
+ENTRIES.register(
+    "fsdp_step",
+    method=(
+        "not interleaved pairs: medians of the repeats, both loops in turn"
+    ), target="raysweep's FSDP step <= 1.05x the same hand-written FSDP2 loop (2 gloo ranks)",
                  table=step_table, met=step_met, timeout_s=900)(bench_step)
-ENTRIES.register("fsdp_checkpoint", target="sharded save + load <= 1.1x torch.distributed.checkpoint alone",
+ENTRIES.register(
+    "fsdp_checkpoint",
+    method=(
+        "not interleaved pairs: medians of the repeats, both paths in turn"
+    ), target="sharded save + load <= 1.1x torch.distributed.checkpoint alone",
                  table=checkpoint_table, met=checkpoint_met)(bench_checkpoint)
-ENTRIES.register("compile_tokens", target="char_gpt tokens/s with compile >= 1.0x without (CPU)",
+ENTRIES.register(
+    "compile_tokens",
+    method=(
+        "not interleaved pairs: medians of the repeats, compile on and off in turn"
+    ), target="char_gpt tokens/s with compile >= 1.0x without (CPU)",
                  table=compile_table, met=compile_met)(bench_compile)

@@ -110,7 +110,12 @@ def overhead_met(r: dict[str, Any]) -> bool:
     return one["ratio"] <= 0.25 and warm["fixed_ratio"] <= 0.5
 
 
-@ENTRIES.register("overhead", target="one-worker trial <= 0.25x bare start-up; two-worker trial's fixed cost "
+@ENTRIES.register(
+    "overhead",
+    method=(
+        "not interleaved pairs: medians of --repeats sweeps of each path (start-up is per trial, and a "
+        "sweep's first trial differs from the later ones)"
+    ), target="one-worker trial <= 0.25x bare start-up; two-worker trial's fixed cost "
                   "(start-up + last report -> trial end) <= 0.5x bare, with scaling.worker_group: warm (the "
                   "default Train worker group reported beside it)", table=overhead_table, met=overhead_met)
 def bench_overhead(bench: Bench, trials: int = 2) -> dict[str, Any]:

@@ -54,7 +54,11 @@ def mo_met(r: dict[str, Any]) -> bool | None:
     return x["median_hypervolume_ratio"] >= 0.95 and x["median_epochs_ratio"] <= 0.5
 
 
-@ENTRIES.register("search_mo", target="MultiObjectiveASHA: hypervolume >= 0.95x at <= 0.5x the epochs of the same "
+@ENTRIES.register(
+    "search_mo",
+    method=(
+        "not interleaved pairs: seeds (--search-seeds), median hypervolume and epochs ratios"
+    ), target="MultiObjectiveASHA: hypervolume >= 0.95x at <= 0.5x the epochs of the same "
                   "sweep without early stopping (medians over seeds)", table=mo_table, met=mo_met)
 def bench_search_mo(bench: Bench) -> dict[str, Any]:
     from raysweep.config.load import load_spec
