@@ -295,11 +295,14 @@ def on_median(s: Mapping[str, Any], test: Callable[[float], bool]) -> bool | Non
     return bool(test(s["median"]))
 
 
-def spread_text(s: Mapping[str, Any], digits: int = 3) -> str:
-    """"1.03 (0.98-1.10; IQR 1.00-1.05; 5 pairs)": the median, its range and quartiles."""
+def spread_text(s: Mapping[str, Any] | float, digits: int = 3) -> str:
+    """"1.03 (0.98-1.10; IQR 1.00-1.05; 5 pairs)": the median, its range and quartiles (a
+    plain number, as results recorded before pairs hold: that number)."""
     def g(v: float) -> str:
         return f"{v:.{digits}g}"
 
+    if not isinstance(s, Mapping):
+        return g(float(s))
     return f"{g(s['median'])} ({g(s['min'])}-{g(s['max'])}; IQR {g(s['q1'])}-{g(s['q3'])}; {s['pairs']} pairs)"
 
 
@@ -516,7 +519,7 @@ def run_isolated(entry: Entry, child: Child, *, timeout_s: float | None = None) 
            "module": entry.module, "stage_file": str(work / "stages.jsonl"), "result_file": str(work / "result.json"),
            "scratch": str(scratch), "sys_path": [p for p in sys.path if p]}
     (work / "job.json").write_text(json.dumps(job))
-    started = time.perf_counter()
+    started, load_before = time.perf_counter(), os.getloadavg()[0]
     proc = subprocess.Popen([sys.executable, "-m", "benchmarks.child", str(work / "job.json")],
                             start_new_session=True, env=_child_env())
     failure: dict[str, Any] | None = None
@@ -573,6 +576,9 @@ def run_isolated(entry: Entry, child: Child, *, timeout_s: float | None = None) 
     result["time_limit_s"] = limit
     result.setdefault("stages", stages)
     result["bench_wall_s"] = round(wall, 1)
+    # How busy the machine was (1-minute load average before and after; other work shares it).
+    result["load_avg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    result["cpus"] = os.cpu_count()
     return result
 
 
@@ -595,6 +601,9 @@ def markdown(registry: Mapping[str, Entry], results: list[Result], header: Seque
             lines += entry.table(r)
             if entry.method:
                 lines += [f"Method: {entry.method}", ""]
+        if r.get("load_avg_1m"):
+            before, after = r["load_avg_1m"]
+            lines += [f"Load average (1 min) before / after the entry: {before} / {after} on {r.get('cpus')} CPUs.", ""]
         if r.get("note"):
             lines += ["", f"({r['note']})", ""]
     return "\n".join(lines)
