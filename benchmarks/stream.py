@@ -38,9 +38,9 @@ def stream_table(r: dict[str, Any]) -> list[str]:
             f"({r['parquet_gb']:.2f} GB Parquet, {r['files']} files, row groups of 65536 rows, {where}); "
             f"1 rank, window {r['window_rows']}, prefetch {r['prefetch_windows']}, batch {r['batch_size']}; "
             f"{r['threads']} threads: the loader's read_threads = pyarrow's CPU and I/O pools (both readers). "
-            (f"{r['pairs']} interleaved pairs (one epoch each, the order flipping every pair); rate ratio = "
-             "pyarrow's seconds / the reader's in the same pair; the target is decided on the median." if "pairs" in r
-             else f"Medians of {r.get('repeats')} (recorded before interleaved pairs)."), ""]
+            + (f"{r['pairs']} interleaved pairs (one epoch each, the order flipping every pair); rate ratio = "
+               "pyarrow's seconds / the reader's in the same pair; the target is decided on the median." if "pairs" in r
+               else f"Medians of {r.get('repeats')} (recorded before interleaved pairs)."), ""]
 
 
 def stream_vs_pyarrow(bench: Bench, entry: str, gigabytes: float, s3: bool) -> dict[str, Any]:
