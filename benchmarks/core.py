@@ -515,9 +515,10 @@ def run_isolated(entry: Entry, child: Child, *, timeout_s: float | None = None) 
     work = Path(tempfile.mkdtemp(prefix="b-"))
     scratch = work / "s"
     scratch.mkdir()
-    job = {"registry": child.registry, "context": child.context, "args": dict(child.args), "entry": entry.name,
-           "module": entry.module, "stage_file": str(work / "stages.jsonl"), "result_file": str(work / "result.json"),
-           "scratch": str(scratch), "sys_path": [p for p in sys.path if p]}
+    job: dict[str, Any] = {
+        "registry": child.registry, "context": child.context, "args": dict(child.args), "entry": entry.name,
+        "module": entry.module, "stage_file": str(work / "stages.jsonl"), "result_file": str(work / "result.json"),
+        "scratch": str(scratch), "sys_path": [p for p in sys.path if p]}
     (work / "job.json").write_text(json.dumps(job))
     started, load_before = time.perf_counter(), os.getloadavg()[0]
     proc = subprocess.Popen([sys.executable, "-m", "benchmarks.child", str(work / "job.json")],
