@@ -19,7 +19,8 @@ builds the same context inside the Tune trial).
    against the path before the feed (take, pin, copy per batch), and against pyarrow
    iter_batches + torch.from_numpy + .to(device).
 
-Each entry is registered with its target (raysweep.testing.bench); its JSON result
+Each entry is registered with its target (benchmarks.core) and runs in a process of its
+own under a time limit (benchmarks.core.run_entries); its JSON result
 records "target" and "met" (None with --small: those sizes decide nothing). Writes
 JSON to --out and Markdown beside it, names the targets missed, and exits 1 when any
 was missed. Imports no Ray, MLflow, Optuna or pydantic (tests/integration/test_fresh_processes.py).
@@ -44,10 +45,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.core import Child, Registry, md_table, run_entries  # noqa: E402
 from raysweep.data.arrays import ArraySet  # noqa: E402
 from raysweep.data.columns import Layout  # noqa: E402
 from raysweep.data.shards import train_batch_indices  # noqa: E402
-from raysweep.testing.bench import Registry, md_table, run_entries  # noqa: E402
 from raysweep.worker.checkpoint import CheckpointSettings  # noqa: E402
 from raysweep.worker.context import TrainContext  # noqa: E402
 from raysweep.worker.feed import FeedSettings, to_device  # noqa: E402
@@ -62,6 +63,11 @@ class Check:
 
     args: argparse.Namespace
     device: torch.device
+
+
+def make_check(args: argparse.Namespace) -> Check:
+    """The context of one entry's process (benchmarks.core.Child.context)."""
+    return Check(args, torch.device(args.device))
 
 
 STEP_TARGET_RATIO = 1.05
@@ -315,7 +321,7 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: nothing measured (run with --device cpu --small to try the code paths)")
         sys.exit(1)
-    device = torch.device(args.device)
+    torch.device(args.device)  # (a bad --device fails here, before any entry)
     # (find_spec, not import: this check must not load Ray even where it is installed)
     if importlib.util.find_spec("ray") is not None:
         ray_note = "Ray is installed here, but this check runs the trainer through its context without Ray"
@@ -326,7 +332,8 @@ def main() -> None:
     header = [f"Device: {args.device}{' (--small)' if args.small else ''}; torch {torch.__version__}; "
               f"{os.cpu_count()} CPUs; {ray_note}"]
     started = time.perf_counter()
-    ok = run_entries(ENTRIES, wanted, Check(args, device), out=Path(args.out), header=header, meta=meta)
+    child = Child(f"{__file__}:ENTRIES", f"{__file__}:make_check", vars(args))
+    ok = run_entries(ENTRIES, wanted, child, out=Path(args.out), header=header, meta=meta)
     print(f"wall: {time.perf_counter() - started:.0f} s; JSON: {args.out}")
     sys.exit(0 if ok else 1)
 

@@ -23,7 +23,7 @@ case "${1:-}" in
   --serial) groups=("unit" "ray" "cluster" "fault"); shift ;;
 esac
 scripts/setup_env.sh
-.venv/bin/ruff check raysweep trainers scripts tests
+.venv/bin/ruff check raysweep benchmarks trainers scripts tests
 
 all_started=$SECONDS
 logs="$(mktemp -d)"

@@ -115,7 +115,7 @@ def digits():
 
 @pytest.fixture(scope="module")
 def bench_script() -> Iterator[Any]:
-    """scripts/bench.py as the module `bench` (its spawned ranks import it by that name)."""
+    """scripts/bench.py (the benchmarks' command line) as the module `bench`."""
     sys.path.insert(0, str(REPO / "scripts"))
     try:
         import bench

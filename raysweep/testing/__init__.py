@@ -1,4 +1,4 @@
-"""Test and benchmark support shipped beside the engine (importable by Ray workers;
+"""Test support shipped beside the engine (importable by Ray workers;
 the launchers of the services tests start, S3, PostgreSQL + MLflow and a fake
 autoscaling cluster, live in tests/support/).
 
@@ -7,5 +7,6 @@ autoscaling cluster, live in tests/support/).
 - `raysweep.testing.helpers`: free ports, listening sockets, waiting for a pid,
   MLflow run lookups, an uninterrupted probe run to compare against.
 - `raysweep.testing.stores`: a store that writes nothing (`NullStore`).
-- `raysweep.testing.bench`: the benchmark registry.
+
+The benchmarks and their runner are the repo's `benchmarks/` (not part of the engine).
 """

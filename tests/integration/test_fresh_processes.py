@@ -29,9 +29,11 @@ def test_explain_imports_no_ray_mlflow_or_torch() -> None:
 
 
 def test_gpu_check_loads_no_ray_mlflow_optuna_or_pydantic(tmp_path: Path) -> None:
-    """What the GPU machine (torch, numpy, pyarrow only) imports: gpu_check itself,
-    and one entry run as `--device cpu --small` (the ingest one: the step one takes
-    half a minute on a busy CPU)."""
+    """What the GPU machine (torch, numpy, pyarrow only) imports: gpu_check itself, which
+    runs each entry in a process of its own (benchmarks.core.run_entries), and that
+    entry's process (benchmarks.child, run here in a fresh process of its own with the
+    job gpu_check's runner writes), for one entry run as `--device cpu --small` (the
+    ingest one: the step one takes half a minute on a busy CPU)."""
     out = tmp_path / "g.json"
     code = (
         "import runpy, sys\n"
@@ -49,6 +51,24 @@ def test_gpu_check_loads_no_ray_mlflow_optuna_or_pydantic(tmp_path: Path) -> Non
     assert "HEAVY []" in done.stdout, done.stdout[-3000:]
     (result,) = json.loads(out.read_text())["results"]
     assert result["entry"] == "gpu_ingest" and result["met"] is None and result["target"]
+
+    script = ROOT / "scripts" / "gpu_check.py"
+    args = {"device": "cpu", "small": True, "out": str(out), "repeats": 1, "gather_threads": 2, "only": "gpu_ingest",
+            "hidden": 64, "layers": 2, "batch": 64, "rows": 2048, "epochs": 3, "ingest_rows": 20000,
+            "ingest_batch": 256}
+    scratch = tmp_path / "s"
+    scratch.mkdir()
+    job = {"registry": f"{script}:ENTRIES", "context": f"{script}:make_check", "args": args, "entry": "gpu_ingest",
+           "module": "__main__", "stage_file": str(tmp_path / "stages"), "result_file": str(tmp_path / "r.json"),
+           "scratch": str(scratch), "sys_path": [str(ROOT)]}
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    child = ("import sys; from benchmarks.child import main\n"
+             f"main({str(tmp_path / 'job.json')!r})\n"
+             f"print('HEAVY', sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))\n")
+    done = subprocess.run([sys.executable, "-c", child], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "HEAVY []" in done.stdout, done.stdout[-3000:]
+    assert json.loads((tmp_path / "r.json").read_text())["entry"] == "gpu_ingest"
 
 
 def test_a_training_process_loads_nothing_of_the_driver() -> None:

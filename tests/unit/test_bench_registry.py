@@ -1,15 +1,17 @@
-"""The benchmark registry (raysweep.testing.bench) and the NullStore. No Ray cluster.
+"""The benchmark registry (benchmarks.core) run here, the Markdown, merge_bench's
+refusal of short runs, and the NullStore. No process: run_entries, which runs each
+entry in a process of its own, is tested in tests/faults/test_bench_faults.py.
 gpu_check's promise to load no Ray, MLflow, Optuna or pydantic, in a fresh process:
 tests/integration/test_fresh_processes.py."""
 
 from __future__ import annotations
 
-import json
+import sys
 from pathlib import Path
 
 import pytest
 
-from raysweep.testing.bench import Entry, Registry, run_entries, run_entry
+from benchmarks.core import Entry, Registry, markdown, run_entry, summary
 
 
 def registry() -> Registry:
@@ -25,6 +27,7 @@ def registry() -> Registry:
 def test_entry_result_records_target_and_met() -> None:
     entries = registry()
     assert list(entries) == ["fast", "slow", "tiny"] and isinstance(entries["fast"], Entry)
+    assert entries["fast"].module == __name__
     result = run_entry(entries["fast"], {"fast": 1.0})
     assert result["entry"] == "fast" and result["ratio"] == 1.0
     assert result["target"] == "ratio <= 1.05" and result["met"] is True
@@ -32,40 +35,16 @@ def test_entry_result_records_target_and_met() -> None:
     assert run_entry(entries["tiny"], {})["met"] is None
 
 
-def test_all_met_passes_and_writes_json_and_markdown(tmp_path: Path) -> None:
-    out = tmp_path / "b.json"
-    assert run_entries(registry(), ["fast", "tiny"], {"fast": 1.0}, out=out, header=["Machine: test"],
-                       meta={"machine": "test"}, echo=False) is True
-    written = json.loads(out.read_text())
-    assert written["machine"] == "test" and written["missed"] == [] and written["not_decided"] == ["tiny"]
-    assert [(r["entry"], r["target"], r["met"]) for r in written["results"]] == [
-        ("fast", "ratio <= 1.05", True), ("tiny", "only at full size", None)]
-    text = out.with_suffix(".md").read_text()
-    assert text.startswith("Machine: test") and "**fast**" in text and "met: yes" in text and "ratio 1.0" in text
-
-
-def test_a_missed_target_fails_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "b.json"
-    assert run_entries(registry(), ["fast", "slow"], {"fast": 1.0, "slow": 1.5}, out=out) is False
-    written = json.loads(out.read_text())
-    assert written["missed"] == ["slow"]
-    assert [r["met"] for r in written["results"]] == [True, False]
-    assert "target missed: slow (ratio <= 1.05)" in capsys.readouterr().out
-
-
-def test_an_entry_that_raises_counts_as_missed_and_the_rest_still_run(tmp_path: Path) -> None:
+def test_markdown_and_summary_of_results() -> None:
     entries = registry()
-
-    @entries.register("broken", target="anything", table=lambda r: [], met=lambda r: True)
-    def broken(ctx: object) -> dict:
-        raise RuntimeError("no cluster")
-
-    out = tmp_path / "b.json"
-    assert run_entries(entries, ["broken", "fast"], {"fast": 1.0}, out=out, echo=False) is False
-    first, second = json.loads(out.read_text())["results"]
-    assert first["met"] is False and first["error"] == "RuntimeError: no cluster" and first["target"] == "anything"
-    assert second["met"] is True
-    assert "Failed: RuntimeError: no cluster" in out.with_suffix(".md").read_text()
+    results = [run_entry(entries["fast"], {"fast": 1.0}), run_entry(entries["slow"], {"slow": 1.5}),
+               run_entry(entries["tiny"], {}), {"entry": "fast", "error": "RuntimeError: no cluster", "met": False,
+                                                "stage": "start", "timed_out": False}]
+    assert summary(results) == {"missed": ["slow", "fast"], "not_decided": ["tiny"], "failed": ["fast"],
+                                "timed_out": []}
+    text = markdown(entries, results, ["Machine: test"])
+    assert text.startswith("Machine: test") and "**fast**" in text and "met: yes" in text and "ratio 1.0" in text
+    assert "Failed: RuntimeError: no cluster (in stage 'start')" in text and "met: NO" in text
 
 
 def test_registry_refuses_duplicates_and_unknown_names() -> None:
@@ -73,8 +52,25 @@ def test_registry_refuses_duplicates_and_unknown_names() -> None:
     with pytest.raises(ValueError, match="twice"):
         entries.add(Entry("fast", lambda ctx: {}, lambda r: [], "t", lambda r: None))
     assert entries.unknown(["fast", "nope"]) == ["nope"]
-    with pytest.raises(ValueError, match="nope"):
-        run_entries(entries, ["nope"], {}, echo=False)
+
+
+def test_merge_bench_refuses_a_paired_entry_with_under_5_pairs() -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    try:
+        import merge_bench
+    finally:
+        sys.path.pop(0)
+    assert merge_bench.too_few_pairs({"entry": "dp", "pairs": 3}) == 3
+    assert merge_bench.too_few_pairs({"entry": "dp", "pairs": 5}) is None
+    assert merge_bench.too_few_pairs({"entry": "search"}) is None
+
+
+def test_no_engine_module_imports_the_benchmarks() -> None:
+    root = Path(__file__).resolve().parents[2]
+    offenders = [str(p.relative_to(root)) for p in (root / "raysweep").rglob("*.py")
+                 if "benchmarks" in p.read_text() and ("import benchmarks" in p.read_text()
+                                                       or "from benchmarks" in p.read_text())]
+    assert offenders == []
 
 
 def test_null_store_overrides_every_public_run_store_method() -> None:

@@ -1,4 +1,4 @@
-"""scripts/bench.py's search entries (search, search_mo) without running a sweep: how
+"""The search entries (benchmarks/search.py, benchmarks/search_mo.py) without running a sweep: how
 epochs to target, factors and hypervolume references are computed, the tasks' specs and
 data, the command line. No Ray cluster."""
 
@@ -25,15 +25,13 @@ BASELINE = "random, no early stopping"
 
 
 @pytest.fixture(scope="module")
-def bench() -> Iterator[Any]:
-    """scripts/bench.py as the module `bench`."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import bench
+def bench(bench_script: Any) -> Iterator[Any]:
+    """The search entries' modules and scripts/bench.py (its `main`), as one namespace."""
+    import types
 
-        yield bench
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
+    from benchmarks import search, search_mo
+
+    yield types.SimpleNamespace(**{**vars(search), **vars(search_mo), "main": bench_script.main})
 
 
 def rows(*losses: float) -> list[dict[str, float]]:

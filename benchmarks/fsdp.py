@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from raysweep.testing.bench import md_table
+from benchmarks.core import md_table
+from benchmarks.entries import ENTRIES
 
 WORLD = 2
 STEP_PARAMS: dict[str, Any] = {"batch_size": 64, "hidden": 512, "num_layers": 2, "lr": 0.01, "optimizer": "adam"}
@@ -322,3 +323,23 @@ def compile_table(r: dict[str, Any]) -> list[str]:
 
 def compile_met(r: dict[str, Any]) -> bool:
     return next(x["ratio"] for x in r["rows"] if x["name"] == "compile default") >= 1.0
+
+
+ENTRIES.register(
+    "fsdp_step",
+    method=(
+        "not interleaved pairs: medians of the repeats, both loops in turn"
+    ), target="raysweep's FSDP step <= 1.05x the same hand-written FSDP2 loop (2 gloo ranks)",
+                 table=step_table, met=step_met, timeout_s=900)(bench_step)
+ENTRIES.register(
+    "fsdp_checkpoint",
+    method=(
+        "not interleaved pairs: medians of the repeats, both paths in turn"
+    ), target="sharded save + load <= 1.1x torch.distributed.checkpoint alone",
+                 table=checkpoint_table, met=checkpoint_met)(bench_checkpoint)
+ENTRIES.register(
+    "compile_tokens",
+    method=(
+        "not interleaved pairs: medians of the repeats, compile on and off in turn"
+    ), target="char_gpt tokens/s with compile >= 1.0x without (CPU)",
+                 table=compile_table, met=compile_met)(bench_compile)

@@ -33,12 +33,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from benchmarks.core import md_table
+from benchmarks.entries import ENTRIES
 from raysweep.config.spec import DataSpec
 from raysweep.data.arrays import ArraySet
 from raysweep.data.columns import LENGTHS, Layout, slice_rows
 from raysweep.data.files import build_layout
 from raysweep.data.shards import train_batch_indices
-from raysweep.testing.bench import md_table
 from raysweep.worker.context import TrainContext
 from raysweep.worker.feed import FeedSettings
 
@@ -419,3 +420,23 @@ def bench_padding(bench: Any) -> dict[str, Any]:
             "batches": len(epoch_rows), "torch_threads": torch.get_num_threads(), "cpus": len(os.sched_getaffinity(0)),
             "load_before": load_before, "load_after": round(os.getloadavg()[0], 2), "repeats": rounds,
             "quick": bench.args.quick}
+
+
+ENTRIES.register(
+    "columns_memory",
+    method=(
+        "not interleaved pairs: bytes, not time"
+    ), target="uint8 image column: host bytes/row == its Arrow bytes/row (ratio 1.0)",
+                 table=memory_table, met=memory_met)(bench_memory)
+ENTRIES.register(
+    "columns_transform",
+    method=(
+        "not interleaved pairs: best of the repeats, the readers alternating in order"
+    ), target="PNG decode epoch: transform_workers=2 >= 1.6x transform_workers=1",
+                 table=transform_table, met=transform_met)(bench_transform)
+ENTRIES.register(
+    "columns_padding",
+    method=(
+        "not interleaved pairs: best of the repeats, the readers alternating in order"
+    ), target="padded tokens + lengths >= 0.9x the hand-written pad loop's speed",
+                 table=padding_table, met=padding_met)(bench_padding)

@@ -4,7 +4,7 @@ stream_memory, fingerprint): small Parquet files, the AWS environment of an
 
 Run as a module it is one streaming process (a rank, or the memory-capped epoch):
 
-    python -m raysweep.testing.data_bench '{"source": {...}, "rank": 0, "world_size": 1, ...}'
+    python -m benchmarks.data_support '{"source": {...}, "rank": 0, "world_size": 1, ...}'
 
 It imports the stream loader, prints one JSON line (`ready`, its RSS after the
 imports), waits for a line on stdin (so several ranks start together), streams one
@@ -250,7 +250,7 @@ def run_together(jobs: Sequence[Mapping[str, Any]], timeout: float = 600.0) -> l
     """Start one child per job, wait until all are ready (imports done), start them
     together, and return each one's ready line merged with its result. Children still
     running after `timeout` seconds are killed (and this raises)."""
-    procs = [subprocess.Popen([sys.executable, "-m", "raysweep.testing.data_bench", json.dumps(job)],
+    procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.data_support", json.dumps(job)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for job in jobs]
 
     def kill_all() -> None:
