@@ -14,8 +14,9 @@ from ray.train.v2.api.config import ScalingConfig  # (ray.train.ScalingConfig wi
 
 from raysweep._ray_compat import set_ray_env_defaults
 from raysweep._upstream import train as upstream_train
-from raysweep.data.storage import run_storage
+from raysweep.data.storage import run_storage, uri_of
 from raysweep.report import Report
+from raysweep.tracking import tags as tag
 from raysweep.tracking.buffer import WriteBehind
 from raysweep.tracking.store import RunStore, record_preemption
 from raysweep.worker.entry import train_in_worker_group
@@ -72,6 +73,8 @@ class TrainMetricsCallback(UserCallback):
             self._store = WriteBehind(RunStore(self.uri, self.experiment_name))
         try:
             self._log(metrics)
+            if checkpoint is not None:  # (the run's latest checkpoint, mid-epoch ones too, as a sweep trial's)
+                self._store.set_tags(self.run_id, {tag.CHECKPOINT: uri_of(checkpoint.filesystem, checkpoint.path)})
         finally:
             self._store.flush()
 

@@ -9,14 +9,43 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 
 from raysweep.testing.evidence import probe_row_ids, steps_by_attempt
-from raysweep.testing.helpers import metric_series, only_run, probe_params, wait_for_epoch, wait_for_pid
+from raysweep.testing.helpers import (
+    experiment_runs,
+    metric_series,
+    only_run,
+    probe_params,
+    wait_for_epoch,
+    wait_for_pid,
+)
 from tests.support.nodes import add_worker_node
 
 WORKER_NODES = 1  # (the `nodes` fixture: head with no CPU + one 1-CPU worker node)
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _wait_for_cursor(uri: str, world_size: int, timeout: float = 120) -> None:
+    """Until the run's latest checkpoint (its raysweep.checkpoint tag, written as the
+    driver registers each one) is a mid-epoch cursor saved by `world_size` ranks."""
+    from raysweep.tracking import tags
+    from raysweep.worker.checkpoint import load_state
+    from raysweep.worker.context import CURSOR
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        runs = experiment_runs(uri)
+        path = runs[0].data.tags.get(tags.CHECKPOINT) if runs else None
+        if path:
+            try:
+                if load_state(path).get(CURSOR, {}).get("world_size") == world_size:
+                    return
+            except Exception:  # (pruned or being written meanwhile: read the next tag)
+                pass
+        time.sleep(0.2)
+    raise AssertionError(f"no cursor checkpoint of {world_size} ranks registered in {timeout:.0f} s")
 
 
 def test_an_elastic_run_grows_when_a_node_joins_and_shrinks_when_it_is_lost(
@@ -44,6 +73,7 @@ def test_an_elastic_run_grows_when_a_node_joins_and_shrinks_when_it_is_lost(
         fault_figures(faults_injected=2)
         second = wait_for_pid(probe / "pause.pid", other_than=str(first))  # (grown: a new group, 2 ranks)
         (lost_rank,) = [r for r in (0, 1) if (probe / f"node-rank{r}.txt").read_text() != first_node]
+        _wait_for_cursor(uri, world_size=2)  # (its first batch's checkpoint registered: what the shrink resumes)
         ranks = {r: steps_by_attempt(probe, r) for r in (0, 1)}
         assert ranks[1], "the grown group has no rank 1"
         worker_pid = int(list(ranks[lost_rank])[-1].split("#")[0]) if lost_rank else second
