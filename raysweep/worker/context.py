@@ -7,11 +7,10 @@ worker (see `raysweep.worker`), and tests build one in-process with
 
 from __future__ import annotations
 
+import functools
 import math
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,32 +23,24 @@ from raysweep.data.columns import Block, Layout
 from raysweep.data.shards import Segments, epoch_rows, num_train_batches
 from raysweep.report import Report, Usage
 from raysweep.worker import parallel
+from raysweep.worker.batches import BatchSource, Transform, TransformError, transform_rng
 from raysweep.worker.checkpoint import SHARDED, CheckpointSettings
-from raysweep.worker.feed import DeviceCache, FeedSettings, PinnedFeed, choose_feed, to_device
+from raysweep.worker.cursor import CURSOR, PREEMPTIONS, Checkpointer, PreemptedTooOften
+from raysweep.worker.drain import DrainAgreement
+from raysweep.worker.feed import FeedSettings
 from raysweep.worker.parallel import ParallelSettings, Prepared
 
-CURSOR = "cursor"
-"""Key of the data cursor in a mid-epoch checkpoint's state: {epoch, step, world_size,
-batch_size, done}: `step` batches of the epoch's part that ran at `world_size` ranks
-and `batch_size`, after the parts in `done` ([world size, batch size, steps] each)
-that ran at other sizes (raysweep.data.shards)."""
-PREEMPTIONS = "raysweep_preemptions"
-"""Key of the count of drain notices the run checkpointed for, in every checkpoint the
-context passes on (failure.max_preemptions); `restore` leaves it out of what it returns."""
+__all__ = ["CURSOR", "PREEMPTIONS", "LossDiverged", "MissingMetricError", "NonFiniteMetricError", "PreemptedTooOften",
+           "TrainContext", "TransformError", "transform_rng"]
+
 ReportFn = Callable[[dict[str, float], "dict[str, Any] | None"], None]
 PreemptionFn = Callable[[], "float | None"]
 """Returns None, or the Unix time at which this worker's node (or one of its group's)
 will be taken away: a drain notice (Ray's `ray drain-node`, as a cloud autoscaler
 sends for a spot node)."""
-PREEMPTION_CHECK_STEPS = 4
-"""Ranks of a worker group agree on a drain notice every this many steps (one
-all-reduce of a flag); one worker checks every step (no collective)."""
 LOSS_CHECK_STEPS = 16
 """`ctx.backward` looks at whether the losses so far were finite every this many steps
 (one host sync; between two looks the flag stays on the device)."""
-PREEMPTION_WAIT_MARGIN_S = 30.0
-"""After its just-in-time checkpoint a worker waits for its node to go; if it is still
-there this long after the deadline (the drain was cancelled), it trains on."""
 
 
 class NonFiniteMetricError(RuntimeError):
@@ -61,11 +52,6 @@ class MissingMetricError(RuntimeError):
     constrained metric): the run fails, naming it."""
 
 
-class PreemptedTooOften(RuntimeError):
-    """The run was preempted more often than failure.max_preemptions allows: it fails
-    at its next start, from the checkpoint the last drain notice left."""
-
-
 class LossDiverged(Exception):
     """A non-finite loss under `failure.on_nan: stop`, raised on every rank together by
     `ctx.backward`: the entry point ends the run as an early stop (not a failure)."""
@@ -73,20 +59,6 @@ class LossDiverged(Exception):
     def __init__(self, message: str, epoch: int, step: int) -> None:
         super().__init__(message)
         self.epoch, self.step = epoch, step
-
-
-class TransformError(RuntimeError):
-    """The trainer's `transform` raised or returned something other than tensors: the
-    run fails with this one line (which transform, which batch)."""
-
-
-Transform = Callable[[dict[str, Any], "np.random.Generator | None"], dict[str, Any]]
-
-
-def transform_rng(seed: int, epoch: int, step: int, rank: int) -> np.random.Generator:
-    """A training batch's transform randomness: a function of (seed, epoch, step, rank)
-    only, so an augmented run (and its resume) sees the same draws."""
-    return np.random.default_rng([seed % 2**32, epoch, step, rank])
 
 
 @dataclass
@@ -139,8 +111,6 @@ class TrainContext:
     """failure.on_nan: what `backward` does with a non-finite loss (fail | stop | skip_batch)."""
     preempted_at: tuple[int, int] | None = field(default=None, init=False)
     """(epoch, step) of the just-in-time checkpoint a drain notice made, if any."""
-    _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
-    _feeds: dict[int, PinnedFeed | DeviceCache | None] = field(default_factory=dict, init=False, repr=False)
     _first_step_at: float | None = field(default=None, init=False, repr=False)
     _first_step_reported: bool = field(default=False, init=False, repr=False)
     _usage: Usage = field(default_factory=Usage, init=False, repr=False)
@@ -155,54 +125,50 @@ class TrainContext:
     _drop_group: bool = field(default=False, init=False, repr=False)
     _done: Segments = field(default=(), init=False, repr=False)
     _batch_size: int = field(default=0, init=False, repr=False)
-    """The parts of the current epoch trained at other world sizes (see _resume_point)."""
+    """The parts of the current epoch trained at other world sizes (see Checkpointer.resume_point)."""
     _losses: list[int] = field(default_factory=lambda: [0, 0], init=False, repr=False)
     """This epoch's (backward calls, batches dropped for a non-finite loss)."""
 
+    # -- the parts it is made of (built at first use from the fields above) ---------
+
+    @functools.cached_property
+    def source(self) -> BatchSource:
+        """Where batches come from (rank, device, data.* feed settings, the transform)."""
+        return BatchSource(self.rank, self.world_size, self.seed, self.device, self.feed, self.transform,
+                           self.transform_name)
+
+    @functools.cached_property
+    def checkpointer(self) -> Checkpointer:
+        """Where a resumed run starts; the cursor checkpoints (the spec's `checkpoint`)."""
+        return Checkpointer(self.checkpoints, self.checkpoint, self.world_size)
+
+    @functools.cached_property
+    def drain(self) -> DrainAgreement:
+        """Drain notices the ranks agree on (`preemption`)."""
+        return DrainAgreement(self.preemption, self.world_size, self.device)
+
     @property
     def start_epoch(self) -> int:
-        if self.checkpoint is None:
-            return 0
-        if CURSOR in self.checkpoint:
-            return int(self.checkpoint[CURSOR]["epoch"])
-        return int(self.checkpoint["epoch"]) + 1
+        return self.checkpointer.start_epoch
 
     @property
     def preemptions(self) -> int:
         """Drain notices this run checkpointed for so far (earlier attempts' and this one's)."""
-        before = int(self.checkpoint.get(PREEMPTIONS, 0)) if self.checkpoint else 0
-        return before + (self.preempted_at is not None)
+        return self.checkpointer.preemptions_before + (self.preempted_at is not None)
 
     def check_preemptions(self, limit: int) -> None:
         """failure.max_preemptions, at a run's start: past it, the run fails in one line."""
-        if self.preemptions > limit:
-            raise PreemptedTooOften(f"preempted {self.preemptions} times, more than failure.max_preemptions "
-                                    f"({limit}); its latest checkpoint is kept")
+        self.checkpointer.check_preemptions(self.preemptions, limit)
 
     @property
     def start_step(self) -> int:
         """The batch of `start_epoch` to start at (a mid-epoch checkpoint's cursor; 0 when
         it was saved at another world size: the epoch's rest is sharded anew)."""
-        cursor = self.checkpoint.get(CURSOR) if self.checkpoint else None
-        if not cursor:
-            return 0
-        return int(cursor["step"]) if int(cursor.get("world_size", self.world_size)) == self.world_size else 0
-
-    def _resume_point(self, batch_size: int) -> tuple[int, Segments]:
-        """(first batch, earlier parts) of `start_epoch`'s rest at `batch_size`, from the
-        checkpoint's cursor: a part saved at another world or batch size becomes a done part."""
-        cursor = self.checkpoint.get(CURSOR) if self.checkpoint else None
-        if not cursor:
-            return 0, ()
-        done = tuple((int(w), int(b), int(s)) for w, b, s in cursor.get("done", ()))
-        world, batch = int(cursor.get("world_size", self.world_size)), int(cursor.get("batch_size", batch_size))
-        if (world, batch) == (self.world_size, batch_size):
-            return int(cursor["step"]), done
-        return 0, (*done, (world, batch, int(cursor["step"])))
+        return self.checkpointer.start_step
 
     def checkpoint_due(self, epoch: int) -> bool:
         """Whether `report` keeps a checkpoint for `epoch` (every N, and the last)."""
-        return (epoch + 1) % self.checkpoints.every_epochs == 0 or epoch + 1 >= self.num_epochs
+        return self.checkpointer.due(epoch, self.num_epochs)
 
     def num_train_batches(self, batch_size: int) -> int:
         return num_train_batches(len(self.train), self.world_size, batch_size)
@@ -221,18 +187,12 @@ class TrainContext:
         would hold, as a function): after every N-th step the context saves it with
         the cursor, on every rank together, so a resume continues at the next batch.
         """
-        start, done = self._resume_point(batch_size) if epoch == self.start_epoch else (0, ())
+        start, done = self.checkpointer.resume_point(batch_size) if epoch == self.start_epoch else (0, ())
         every = self.checkpoints.every_steps if state is not None else None
         total = self.num_train_batches(batch_size) if not done else \
             num_train_batches(len(epoch_rows(len(self.train), self.seed, epoch, done)), self.world_size, batch_size)
         self._done, self._batch_size = done, batch_size
-        feed = self._feed(self.train)
-        batches: Iterator[Batch]
-        if feed is not None:
-            batches = feed.train(self.rank, self.world_size, batch_size, self.seed, epoch, start, done)
-        else:
-            blocks = self.train.train_blocks(self.rank, self.world_size, batch_size, self.seed, epoch, start, done)
-            batches = (to_device(b, self.device) for b in self._batches(self.train.layout, blocks, epoch, start))
+        batches = self.source.train(self.train, epoch, batch_size, start, done)
         accumulate = self.parallel.accumulate_steps
         for step, batch in enumerate(batches, start=start):
             if self._first_step_at is None:
@@ -247,11 +207,11 @@ class TrainContext:
                 continue
             if accumulate > 1 and (step + 1) % accumulate:
                 continue  # (checkpoints only between optimizer steps: no half-summed gradients)
-            deadline = self._drain_deadline(step) if self.preempted_at is None else None
+            deadline = self.drain.deadline(step) if self.preempted_at is None else None
             if deadline is not None:
                 self._save_cursor(epoch, step + 1, state, drain_deadline=deadline)
                 self.preempted_at = (epoch, step + 1)
-                self._wait_for_node_to_go(deadline)
+                self.drain.wait_for_node_to_go(deadline)
             elif every and (step + 1) % every == 0:
                 self._save_cursor(epoch, step + 1, state)
 
@@ -268,38 +228,13 @@ class TrainContext:
         if len(self._step_times) >= 6:
             self._compile_s = max(0.0, self._step_times[0] - float(np.median(self._step_times[1:])))
 
-    def _drain_deadline(self, step: int) -> float | None:
-        """A drain notice every rank agrees on at this step (one worker: at every step;
-        a group: every PREEMPTION_CHECK_STEPS, by an all-reduce), as its deadline."""
-        if self.preemption is None:
-            return None
-        if self.world_size == 1 or not dist.is_initialized():
-            return self.preemption()
-        if (step + 1) % PREEMPTION_CHECK_STEPS:
-            return None
-        deadline = self.preemption()
-        agreed = torch.tensor([1.0 if deadline is not None else 0.0, -(deadline or math.inf)],
-                              dtype=torch.float64, device=self.device)
-        dist.all_reduce(agreed, op=dist.ReduceOp.MAX)  # (any rank notified; the earliest deadline)
-        return -float(agreed[1]) if agreed[0] > 0 else None
-
-    def _wait_for_node_to_go(self, deadline: float) -> None:
-        """Take no more batches: Ray Train tears the group down at the deadline and
-        restarts it on other nodes from the checkpoint just saved, so every row of the
-        epoch is still seen once. A drain that never ends in a teardown (cancelled)
-        lets training go on PREEMPTION_WAIT_MARGIN_S after its deadline."""
-        while time.time() < deadline + PREEMPTION_WAIT_MARGIN_S:
-            time.sleep(0.2)
-
     def _save_cursor(self, epoch: int, step: int, state: Callable[[], dict[str, Any]],
                      drain_deadline: float | None = None) -> None:
         """A mid-epoch checkpoint: the trainer's state plus the data cursor (a drain
         notice's when `drain_deadline` is set). Every rank reports (Ray Train's reports
         are collective); rank 0's checkpoint is kept."""
         preemptions = self.preemptions + (drain_deadline is not None)
-        cursor = {"epoch": epoch, "step": step, "world_size": self.world_size, "batch_size": self._batch_size,
-                  "done": [list(d) for d in self._done]}
-        checkpoint = {**state(), CURSOR: cursor, PREEMPTIONS: preemptions} \
+        checkpoint = self.checkpointer.cursor_state(state(), epoch, step, self._batch_size, self._done, preemptions) \
             if self.rank == 0 or self._sharded else None
         self.report_fn(Report.checkpoint(epoch, step, drain_deadline).to_ray(), checkpoint)
 
@@ -309,7 +244,7 @@ class TrainContext:
         all ranks): a rank with fewer ends with empty ones (0 rows)."""
         last: Batch | None = None
         count = 0
-        for last in self._validation_batches(batch_size):
+        for last in self.source.validation(self.validation, batch_size):
             count += 1
             yield last
         if not self._sharded:
@@ -319,76 +254,10 @@ class TrainContext:
             for _ in range(most - count):
                 yield {k: v[:0] for k, v in last.items()} if isinstance(last, dict) else tuple(v[:0] for v in last)
 
-    def _validation_batches(self, batch_size: int) -> Iterator[Batch]:
-        feed = self._feed(self.validation)
-        if feed is not None:
-            yield from feed.validation(self.rank, self.world_size, batch_size)
-            return
-        blocks = self.validation.eval_blocks(self.rank, self.world_size, batch_size)
-        for batch in self._batches(self.validation.layout, blocks, None, 0):
-            yield to_device(batch, self.device)
-
-    def _feed(self, split: DataSplit) -> PinnedFeed | DeviceCache | None:
-        """The GPU feed of an in-memory split (chosen once per split; None: the plain
-        path, as on CPU workers, for streamed splits and with a `transform`)."""
-        if self.transform is not None:
-            return None
-        if id(split) not in self._feeds:
-            self._feeds[id(split)] = choose_feed(split, self.device, self.feed.cache, self.feed.gather_threads,
-                                                 on_cpu=self.feed.on_cpu)
-        return self._feeds[id(split)]
-
-    def _batches(self, layout: Layout, blocks: Iterator[Block], epoch: int | None, first: int) -> Iterator[Batch]:
-        """Host blocks -> the trainer's batches; through `transform` in background
-        threads (in order, a few ahead) when the trainer defines one."""
-        if self.transform is None:
-            for block in blocks:
-                yield layout.deliver(block)
-            return
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.feed.transform_workers, thread_name_prefix="raysweep-transform")
-        ahead: deque[Future[Batch]] = deque()
-        step = first
-        try:
-            for block in blocks:
-                ahead.append(self._pool.submit(self.transformed, layout, block, epoch, step))
-                step += 1
-                if len(ahead) > self.feed.transform_workers:
-                    yield ahead.popleft().result()
-            while ahead:
-                yield ahead.popleft().result()
-        finally:
-            for future in ahead:
-                future.cancel()
-
     def transformed(self, layout: Layout, block: Block, epoch: int | None, step: int) -> Batch:
-        """`block` delivered and run through the transform (epoch None: a validation batch)."""
-        assert self.transform is not None
-        where = (f"epoch {epoch} batch {step}" if epoch is not None else f"validation batch {step}") + \
-            f" (rank {self.rank})"
-        rng = transform_rng(self.seed, epoch, step, self.rank) if epoch is not None else None
-        try:
-            out = self.transform(layout.deliver(block), rng)
-        except Exception as exc:  # the user's transform failed on this batch
-            text = str(exc).strip().splitlines()
-            raise TransformError(f"{self.transform_name} failed on {where}: {type(exc).__name__}: "
-                                 f"{text[0][:300] if text else ''}") from None
-        if not isinstance(out, dict):
-            raise TransformError(f"{self.transform_name} returned {type(out).__name__} on {where}; "
-                                 "it must return a dict of tensors")
-        batch = {}
-        for key, value in out.items():
-            if isinstance(value, np.ndarray):
-                try:  # (a flipped view has negative strides: copied into a contiguous array)
-                    value = torch.from_numpy(np.ascontiguousarray(value))
-                except TypeError:
-                    raise TransformError(f"{self.transform_name} returned a numpy {value.dtype} array for {key!r} "
-                                         f"on {where}; torch takes numbers and bools only") from None
-            if not isinstance(value, torch.Tensor):
-                raise TransformError(f"{self.transform_name} returned {type(value).__name__} for {key!r} on {where}; "
-                                     "every value must be a tensor or numpy array")
-            batch[key] = value
-        return batch
+        """`block` delivered and run through the trainer's transform (epoch None: a
+        validation batch); `check` runs it on a few rows before a run."""
+        return self.source.transformed(layout, block, epoch, step)
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """Move to the device and apply scaling.precision, strategy (DDP or FSDP2 when

@@ -141,7 +141,7 @@ def test_a_trainer_learns_the_same_through_a_feed(cache) -> None:
         ctx.feed = FeedSettings(cache=cache, gather_threads=2, on_cpu=on)
         digits_mlp.train(ctx)
         results.append([{k: m[k] for k in ("train_loss", "val_loss", "val_accuracy")} for m, _ in reports])
-        assert isinstance(ctx._feeds.get(id(train)), (PinnedFeed, DeviceCache) if on else type(None))
+        assert isinstance(ctx.source.feeds.get(id(train)), (PinnedFeed, DeviceCache) if on else type(None))
     assert results[0] == results[1]
 
 
