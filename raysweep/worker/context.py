@@ -26,9 +26,9 @@ from raysweep.worker import parallel
 from raysweep.worker.batches import BatchSource, Transform, TransformError, transform_rng
 from raysweep.worker.checkpoint import SHARDED, CheckpointSettings
 from raysweep.worker.cursor import CURSOR, PREEMPTIONS, Checkpointer, PreemptedTooOften
-from raysweep.worker.drain import DrainAgreement
 from raysweep.worker.feed import FeedSettings
 from raysweep.worker.parallel import ParallelSettings, Prepared
+from raysweep.worker.preemption import DrainAgreement
 
 __all__ = ["CURSOR", "PREEMPTIONS", "LossDiverged", "MissingMetricError", "NonFiniteMetricError", "PreemptedTooOften",
            "TrainContext", "TransformError", "transform_rng"]

@@ -46,7 +46,9 @@ def test_usage_measures_this_processs_cpu_and_peak_memory_and_travels_as_system_
     busy = usage.read()
     time.sleep(0.3)
     idle = usage.read()
-    assert busy["cpu_percent"] > 60 and idle["cpu_percent"] < 40, (busy, idle)
+    # (a loaded machine gives the busy loop less than a core: compared with the idle
+    # stretch, not with a fixed share)
+    assert busy["cpu_percent"] > 10 * max(idle["cpu_percent"], 1.0) and idle["cpu_percent"] < 40, (busy, idle)
     # 200 MiB touched above this process's peak so far (an earlier test of the tier may
     # have left it far above the current RSS): the peak grows by about that much.
     page = os.sysconf("SC_PAGE_SIZE")

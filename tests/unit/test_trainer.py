@@ -98,10 +98,9 @@ def test_drain_notice_saves_one_checkpoint_at_the_next_batch_and_resumes_exactly
     preempted, with the node's deadline) right after the batch it was seen at, once,
     and waits for the node to go; resumed from it, the run ends as an uninterrupted one."""
     from raysweep.worker import context as context_module
+    from raysweep.worker import preemption
 
-    from raysweep.worker import drain as drain_module
-
-    monkeypatch.setattr(drain_module, "PREEMPTION_WAIT_MARGIN_S", 0.0)  # (a past deadline: no wait)
+    monkeypatch.setattr(preemption, "PREEMPTION_WAIT_MARGIN_S", 0.0)  # (a past deadline: no wait)
     full_ctx, full = TrainContext.in_process(*digits, params=PARAMS, num_epochs=3)
     digits_mlp.train(full_ctx)
 
