@@ -21,6 +21,12 @@ if { ! [ -x /usr/sbin/sshd ] || ! command -v rsync >/dev/null; } && command -v a
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server rsync iproute2 \
       >/dev/null; } || echo "setup_env: openssh-server/rsync not installed: the shared-nothing tests skip" >&2
 fi
+# tests/integration/test_report_browser.py: the sweep report in a headless browser (Debian's
+# chromium; skipped without it, failed under CI=true).
+if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+    || echo "setup_env: chromium not installed: the report's browser test skips" >&2
+fi
 if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && [ -z "${PG_BIN:-}" ] \
     && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null

@@ -179,6 +179,7 @@ FILE_SECONDS = {
     "test_strategies.py": 125, "test_column_examples.py": 140, "test_worker_groups.py": 95,
     "test_lightning_on_ray.py": 40, "test_warm_group.py": 36, "test_registry_safety.py": 30,
     "test_record.py": 28, "test_train_run.py": 30, "test_readme_commands.py": 20, "test_on_nan_on_ray.py": 65,
+    "test_report_browser.py": 40,
 }
 """Seconds each slow file of the ray tier took (its tests' --durations summed, rounded):
 what `--shard` balances. A file not listed counts as DEFAULT_FILE_SECONDS."""
