@@ -23,7 +23,9 @@ TRIAL_CONFIG = "raysweep.trial_config"
 """A trial's sampled params as JSON."""
 EARLY_STOPPED = "raysweep.early_stopped"
 NODE = "raysweep.node"
-"""The host (IP) a trial's process ran on, the latest: the report's timeline rows."""
+"""The host (IP) a trial's process ran on, the latest: the report's timeline rows (from
+Tune's node_ip in its results: a trial that failed before its first has none, and the
+timeline puts it under "unknown host")."""
 STOP_REASON = "raysweep.stop_reason"
 """Why the run stopped early by itself (not by the scheduler): e.g. a non-finite loss
 under failure.on_nan: stop."""

@@ -121,8 +121,10 @@ def test_sweep_leaves_parent_children_and_study(ray_cluster, mlflow_uri, write_s
     page = (report / "report.html").read_text()
     for section in ("history", "timeline", "curves", "importance", "parallel", "trials"):
         assert f'id="{section}"' in page
-    # The timeline: every trial on a slot of the host it ran on (Tune's node_ip, tagged).
-    assert {c.data.tags.get("raysweep.node") for c in children} == {"127.0.0.1"}
+    # The timeline: every trial that reported on a slot of the host it ran on (Tune's
+    # node_ip, tagged at its first result); one that failed before any has no host.
+    assert {c.data.tags.get("raysweep.node") for c in by_nan[False]} == {"127.0.0.1"}
+    assert {c.data.tags.get("raysweep.node") for c in by_nan[True]} == {None}
     assert f"{len(children)} trial(s) on " in page and "% of that time" in page
     if "parallel" not in drawn:  # one trial with results: said so in its place
         assert not (report / "parallel.png").exists() and "not drawn: fewer than two trials" in page
