@@ -137,9 +137,15 @@ def test_ctrl_c_kills_the_running_entry(tmp_path: Path) -> None:
         sent.set()
         os.kill(os.getpid(), signal.SIGINT)
 
+    # (Python's Ctrl-C handler, as in a terminal: a shell's background job, as
+    # scripts/test.sh runs the tiers, starts with SIGINT ignored and Python then installs none)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     threading.Thread(target=interrupt, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
-        run_isolated(ENTRIES["spawner"], child(pids=str(pid_path)), timeout_s=120)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_isolated(ENTRIES["spawner"], child(pids=str(pid_path)), timeout_s=120)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert sent.is_set()
     assert all(gone(pid) for pid in pids(pid_path).values())
     assert [k for k in descendants() if k not in before and not resource_tracker(k[0])] == []
