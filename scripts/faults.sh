@@ -10,7 +10,8 @@
 # trials beside a CPU hog; across hosts that share nothing: the head host killed with
 # its disk wiped mid-sweep, then resumed from the bucket; the S3 and tracking servers
 # each stopped for 20 s; a worker host cut off the network; a worker host drained and
-# powered off; a tracking server stopped past MLflow's own retries), then sums the
+# powered off; a tracking server stopped past MLflow's own retries; an elastic run grown by a
+# joining node and shrunk by its loss), then sums the
 # figures every case recorded, with each case's passed/runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +29,7 @@ for run in $(seq "$runs"); do
     tests/faults/test_faults.py \
     tests/integration/test_worker_groups.py::test_twenty_two_worker_trials_beside_a_cpu_hog_lose_none \
     tests/integration/test_in_process_isolation.py tests/faults/test_cluster_faults.py \
-    tests/faults/test_cluster_preemption.py tests/faults/test_tracking_outage.py \
+    tests/faults/test_cluster_preemption.py tests/faults/test_tracking_outage.py tests/faults/test_elastic.py \
     tests/cluster/test_cluster_isolation.py \
     tests/faults/test_cross_host.py || status=$?
 done
