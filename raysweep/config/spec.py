@@ -266,6 +266,12 @@ class SamplerSpec(_Section):
     group: bool = False
     """tpe only (not with multivariate: false): model separately each group of params
     that occur together (for spaces with `when:` conditions)."""
+    rungs: bool | None = None
+    """tpe only: fit the sampler's model on each trial's value at the latest epoch that
+    enough finished trials reached (at least n_startup_trials, BOHB's rule), rather than
+    on how each trial ended, so the many trials early stopping ends at a low rung teach
+    it as much as the few that finish. null: on for one objective with an asha or
+    hyperband scheduler, off otherwise."""
     population_size: PositiveInt | None = None
     """nsga2 only: trials per generation; null: Optuna's default (50)."""
     warm_start: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -282,6 +288,8 @@ class SamplerSpec(_Section):
             raise ValueError(f"multivariate is a tpe option, the sampler is {self.type}")
         if self.group and (self.type != "tpe" or self.multivariate is False):
             raise ValueError("group needs type: tpe, without multivariate: false")
+        if self.rungs and self.type != "tpe":
+            raise ValueError(f"rungs is a tpe option, the sampler is {self.type}")
         if self.population_size is not None and self.type != "nsga2":
             raise ValueError(f"population_size is an nsga2 option, the sampler is {self.type}")
         return self
@@ -642,11 +650,20 @@ class Spec(_Section):
     def parsed_constraints(self) -> list[Constraint]:
         return [Constraint.parse(text) for text in self.constraints]
 
+    def learns_from_rungs(self) -> bool:
+        """sampler.rungs as set, or its default: tpe, one objective, early stopping."""
+        if self.sampler.rungs is not None:
+            return self.sampler.rungs
+        return self.sampler.type == "tpe" and not self.scheduler.multi_objective and self.scheduler.type != "fifo"
+
     @model_validator(mode="after")
     def _sampler_takes_the_objectives(self) -> Spec:
         if self.sampler.type == "cmaes" and self.scheduler.multi_objective:
             raise ValueError(f"sampler.type: cmaes optimizes one objective; scheduler.metric names "
                              f"{len(self.scheduler.metrics)} (use tpe, nsga2, gp or random)")
+        if self.sampler.rungs and self.scheduler.multi_objective:
+            raise ValueError(f"sampler.rungs: Optuna keeps no per-epoch values for several objectives; "
+                             f"scheduler.metric names {len(self.scheduler.metrics)} (drop sampler.rungs)")
         if self.sampler.type == "cmaes" and self.constraints:
             raise ValueError("sampler.type: cmaes takes no constraints (use tpe, nsga2, gp or random)")
         named = set(self.scheduler.metrics) & {c.metric for c in self.parsed_constraints()}

@@ -205,6 +205,7 @@ def seed_study(sweep_dir: str, study_name: str, source_dir: str, source_id: str,
                                 directions=directions, load_if_exists=True)  # type: ignore[arg-type]
     # (with the earlier trial's constraint values, which the samplers read)
     study.add_trials([optuna.trial.create_trial(params=t.params, values=t.values,
+                                                intermediate_values=t.intermediate_values,  # (sampler.rungs reads them)
                                                 distributions={k: space.get(k, t.distributions[k]) for k in t.params},
                                                 user_attrs={WARM_START_ATTR: source_id},
                                                 system_attrs={k: v for k, v in t.system_attrs.items()

@@ -1,0 +1,141 @@
+"""sampler.rungs: the sampler is fitted on every trial's value at one rung (BOHB's rule),
+through Optuna's public API, and learns from trials that early stopping ended."""
+
+from __future__ import annotations
+
+import statistics
+
+import optuna
+import pytest
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from raysweep.config.spec import SamplerSpec, Spec
+from raysweep.driver.rung_sampler import RungSampler, rung_of, rung_view
+from raysweep.driver.sweep import make_sampler
+
+X = {"x": FloatDistribution(0.0, 1.0)}
+
+
+def _trial(x: float, curve: list[float], state: TrialState = TrialState.PRUNED) -> optuna.trial.FrozenTrial:
+    """A trial with `curve[i]` reported at epoch i + 1; COMPLETE ends with its last value."""
+    return create_trial(params={"x": x}, distributions=X, state=state,
+                        value=curve[-1] if state == TrialState.COMPLETE else None,
+                        intermediate_values={epoch: v for epoch, v in enumerate(curve, start=1)})
+
+
+def _study(trials: list[optuna.trial.FrozenTrial], sampler: optuna.samplers.BaseSampler) -> optuna.Study:
+    study = optuna.create_study(sampler=sampler)
+    study.add_trials(trials)
+    return study
+
+
+def _misled() -> list[optuna.trial.FrozenTrial]:
+    """Three trials ran to the end (8 epochs) near x = 0.9, where the loss is high; twelve
+    were stopped at their first epoch, and among those the loss is lowest near x = 0.2.
+    A sampler that ranks every stopped trial below every finished one (TPE on how
+    trials ended) learns from the three; one fitted at epoch 1 learns from all fifteen."""
+    finished = [_trial(x, [0.9] * 8, TrialState.COMPLETE) for x in (0.85, 0.9, 0.95)]
+    stopped = [_trial(x, [0.3 + abs(x - 0.2)]) for x in (0.05, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.55, 0.6, 0.7,
+                                                         0.75, 0.8)]
+    return finished + stopped
+
+
+def _draws(sampler: optuna.samplers.BaseSampler, n: int = 20) -> list[float]:
+    study = _study(_misled(), sampler)
+    return [study.ask(X).params["x"] for _ in range(n)]
+
+
+def test_the_rung_is_the_latest_epoch_enough_trials_reached() -> None:
+    trials = [_trial(0.1, [1.0]), _trial(0.2, [1.0, 0.9, 0.8]), _trial(0.3, [1.0] * 8, TrialState.COMPLETE)]
+    assert rung_of(trials, 1) == 8
+    assert rung_of(trials, 2) == 3
+    assert rung_of(trials, 3) == 1
+    assert rung_of(trials, 4) is None
+
+
+def test_the_view_holds_each_trial_at_the_rung_with_its_value_there() -> None:
+    trials = [_trial(0.1, [0.7]), _trial(0.2, [0.6, 0.5, 0.4]), _trial(0.3, [0.9, 0.8, 0.3, 0.2], TrialState.COMPLETE),
+              create_trial(params={"x": 0.4}, distributions=X, state=TrialState.FAIL)]
+    study = _study(trials, optuna.samplers.RandomSampler(seed=0))
+    rung, view, _ = rung_view(study, min_trials=2)
+    assert rung == 3
+    assert [(t.params["x"], t.value, t.state) for t in view.trials] == [
+        (0.2, 0.4, TrialState.COMPLETE), (0.3, 0.3, TrialState.COMPLETE)]
+    rung, view, _ = rung_view(study, min_trials=3)
+    assert rung == 1 and sorted(t.value for t in view.trials) == [0.6, 0.7, 0.9]
+    assert rung_view(study, min_trials=4) == (None, study, None)
+
+
+def test_the_inner_sampler_receives_every_rung_value() -> None:
+    seen: list[list[tuple[float, float]]] = []
+
+    class Recording(optuna.samplers.RandomSampler):
+        def sample_independent(self, study, trial, name, distribution):  # type: ignore[no-untyped-def]
+            seen.append(sorted((t.params["x"], t.value) for t in study.trials if t.state == TrialState.COMPLETE))
+            return super().sample_independent(study, trial, name, distribution)
+
+    sampler = RungSampler(lambda seed: Recording(seed=seed), min_trials=4)
+    study = _study(_misled(), sampler)
+    study.ask(X)
+    expected = sorted((t.params["x"], t.intermediate_values[1]) for t in _misled())
+    assert seen == [expected]
+    assert sampler.rungs_used == {15: 1}
+
+
+def test_learning_from_rungs_finds_what_the_stopped_trials_showed() -> None:
+    def tpe(seed: int) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=4)
+
+    plain = _draws(tpe(0))
+    rungs = _draws(RungSampler(tpe, min_trials=4, seed=0))
+    # (TPE on how trials ended: its best trials are the three that finished, near 0.9)
+    assert statistics.median(plain) > 0.6, plain
+    assert statistics.median(rungs) < 0.4, rungs
+
+
+def test_the_same_seed_draws_the_same_params() -> None:
+    spec = SamplerSpec(type="tpe", seed=3, n_startup_trials=4)
+    first, again = (_draws(make_sampler(spec, rungs=True), n=5) for _ in range(2))
+    assert first == again
+    assert first != _draws(make_sampler(spec.model_copy(update={"seed": 4}), rungs=True), n=5)
+
+
+def _spec(**sections: object) -> Spec:
+    return Spec.model_validate({
+        "name": "s", "trainer": "trainers.digits_mlp",
+        "data": {"train": "t", "validation": "v", "features": ["x"], "label": "y"},
+        "space": {"lr": {"type": "float", "low": 1e-4, "high": 0.1}}, "budget": {"num_trials": 1},
+        "scheduler": {"max_epochs": 4}, **sections})
+
+
+def test_rungs_default_on_for_one_objective_with_early_stopping() -> None:
+    assert _spec().learns_from_rungs()
+    assert _spec(scheduler={"type": "hyperband", "max_epochs": 4}).learns_from_rungs()
+    assert not _spec(scheduler={"type": "fifo", "max_epochs": 4}).learns_from_rungs()
+    assert not _spec(sampler={"type": "random"}).learns_from_rungs()
+    assert not _spec(sampler={"rungs": False}).learns_from_rungs()
+    two = {"metric": ["val_loss", "params_count"], "mode": ["min", "min"], "max_epochs": 4}
+    assert not _spec(scheduler=two).learns_from_rungs()
+    assert isinstance(make_sampler(_spec().sampler, rungs=True), RungSampler)
+    assert isinstance(make_sampler(_spec().sampler, rungs=False), optuna.samplers.TPESampler)
+
+
+@pytest.mark.parametrize("sections, says", [
+    ({"sampler": {"type": "random", "rungs": True}}, "rungs is a tpe option"),
+    ({"sampler": {"rungs": True}, "scheduler": {"metric": ["val_loss", "params_count"], "mode": ["min", "min"],
+                                                "max_epochs": 4}}, "sampler.rungs: Optuna keeps no per-epoch"),
+])
+def test_rungs_refused_where_they_cannot_apply(sections: dict, says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        _spec(**sections)
+
+
+def test_running_trials_stay_in_the_view_for_the_constant_liar() -> None:
+    study = _study(_misled(), optuna.samplers.RandomSampler(seed=0))
+    other, current = study.ask(X), study.ask()
+    frozen = study.get_trials(deepcopy=False)
+    _, view, stand_in = rung_view(study, 4, frozen[current.number])
+    running = view.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    assert [t.params for t in running] == [other.params, {}]
+    assert stand_in is not None and stand_in.number == running[-1].number
