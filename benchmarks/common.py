@@ -123,7 +123,10 @@ def sweep(spec: Any, store: Any = None) -> Any:
         raise RuntimeError(f"raysweep.run.tune gave two sweeps the same id {result.sweep_id!r}: their trials "
                            f"share {result.sweep_dir} (and one MLflow parent run); this run's figures are void")
     _SWEEP_IDS.add(result.sweep_id)
-    failed = [t for t in result.state.trials.values() if not t.state.ended_well]
+    # (a sweep that spent its budget.total_epochs stops the trial still running: killed, not failed)
+    stopped = (result.stopped_by or "").startswith("budget.total_epochs")
+    failed = [t for t in result.state.trials.values()
+              if not t.state.ended_well and not (stopped and t.state.word == "killed")]
     if failed:
         raise RuntimeError(f"sweep {result.sweep_id}: {len(failed)} trial(s) did not end well, e.g. "
                            f"{failed[0].trial_id}: {failed[0].state.word} {failed[0].error}")

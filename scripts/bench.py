@@ -3,7 +3,8 @@
     .venv/bin/python scripts/bench.py [--pairs 5] [--repeats 2] [--only overhead,step,...] [--out bench.json]
                                       [--quick] [--ingest-gb 1.1]
                                       [--entry-timeout SECONDS] [--entry-timeout ENTRY=SECONDS ...]
-                                      [--search-seeds 5] [--search-tasks digits_mlp,digits_cnn,diabetes_mlp]
+                                      [--search-seeds 5] [--search-seed-base 0] [--search-tasks ...]
+                                      [--search-methods random,default,final,optuna]
 
 A thin runner: the entries are the modules of `benchmarks/` (benchmarks.entries), each
 run in a process of its own (benchmarks.core.run_entries).
@@ -74,7 +75,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import entries  # noqa: E402
 from benchmarks.core import DEFAULT_TIMEOUT_S, MIN_PAIRS, parse_time_limits, run_entries  # noqa: E402
-from benchmarks.search import SEARCH_TASKS  # noqa: E402
+from benchmarks.search import SEARCH_MEASURED, SEARCH_TASKS, search_methods  # noqa: E402
 
 ENTRIES = entries.load_all()
 
@@ -94,6 +95,11 @@ def main() -> None:
     parser.add_argument("--search-tasks", default=",".join(t.key for t in SEARCH_TASKS),
                         help="search entry: comma-separated tasks, each with its own fixed target: "
                         + ", ".join(f"{t.key} (val_loss <= {t.target_val_loss:g})" for t in SEARCH_TASKS))
+    parser.add_argument("--search-seed-base", type=int, default=0,
+                        help="search entry: the first seed (the targets were fixed on pilot seeds 100-109)")
+    parser.add_argument("--search-methods", default=SEARCH_MEASURED,
+                        help="search entry: comma-separated methods: " + ", ".join(
+                            f"{k} ({name})" for k, (name, _) in search_methods().items()))
     parser.add_argument("--entry-timeout", action="append", default=[], metavar="[ENTRY=]SECONDS",
                         help=f"time limit per entry: SECONDS for every entry without one of its own (default "
                         f"{DEFAULT_TIMEOUT_S:g}; dp: {ENTRIES['dp'].timeout_s:g}), ENTRY=SECONDS for one entry "
@@ -107,6 +113,9 @@ def main() -> None:
     unknown_tasks = sorted(set(args.search_tasks.split(",")) - {t.key for t in SEARCH_TASKS})
     if unknown_tasks:
         parser.error(f"--search-tasks: unknown tasks {unknown_tasks}; known: {', '.join(t.key for t in SEARCH_TASKS)}")
+    unknown_methods = sorted(set(args.search_methods.split(",")) - set(search_methods()))
+    if unknown_methods:
+        parser.error(f"--search-methods: unknown methods {unknown_methods}; known: {', '.join(search_methods())}")
     if args.pairs < 1:
         parser.error("--pairs: at least 1")
     try:

@@ -72,6 +72,39 @@ new["MLflow logging cost"] = (
     f"| MLflow logging cost (10-epoch trial; {t['pairs']} interleaved pairs, medians) | {ours['training_s']:.2f} s "
     f"| no tracking {base['training_s']:.2f} s | {c['median']:+.1f} % (pairs {c['min']:+.0f} to {c['max']:+.0f} %) "
     f"| <= 2 % | {yn(t['met'])} |")
+se = res["search"]
+tasks = list(dict.fromkeys(x["task"] for x in se["rows"]))
+comp = list(se["comparisons"].values())
+
+
+def epochs(v):
+    return "not reached" if v is None else f"{v:g}"
+
+
+def factor(v):
+    return "undecided" if v is None else f"{v:.2f}x"
+
+
+def verdict(c):
+    return "not decided" if c["met"] is None else yn(c["met"])
+
+
+new["search: epochs to a fixed val_loss target"] = (
+    f"| search: epochs to a fixed val_loss target, the default search vs random search without early stopping, at equal "
+    f"epochs ({len(tasks)} tasks, {se['epochs']} epochs each, {se['seeds']} seeds; medians) | "
+    + "; ".join(f"{t} (<= {row_of['target_val_loss']:g}): {epochs(row_of['median_epochs_to_target'])} vs "
+                f"{epochs(next(x for x in se['rows'] if x['task'] == t and x['name'] == se['baseline'])['median_epochs_to_target'])}"
+                f" epochs, {factor(row_of['fewer_epochs_factor'])}"
+                for t in tasks for row_of in [next(x for x in se['rows'] if x['task'] == t and x['name'] == 'raysweep default')])
+    + f" | random, no early stopping | {factor(se['overall_fewer_epochs_factor'])} overall (geometric mean of the tasks) "
+    f"| >= 3x | {verdict(comp[0])} |")
+new["search: best val_loss"] = (
+    f"| search: best val_loss in {se['epochs']} epochs, the default search vs random search and vs Optuna alone "
+    f"(TPE + `HyperbandPruner` in `study.optimize`, no Ray) ({se['seeds']} seeds; medians) | "
+    + "; ".join(f"{t}: {comp[1]['per_task'][t]['default']:.3f}" for t in tasks)
+    + " | random: " + "; ".join(f"{comp[1]['per_task'][t][se['baseline']]:.3f}" for t in tasks)
+    + "; Optuna alone: " + "; ".join(f"{comp[2]['per_task'][t]['Optuna alone']:.3f}" for t in tasks)
+    + f" | | lower than random on every task; as low as Optuna alone on every task | {verdict(comp[1])}; {verdict(comp[2])} |")
 
 for path in ("README.md", "docs/benchmarks.md"):
     text = (repo / path).read_text()

@@ -53,43 +53,86 @@ def test_a_seed_that_never_reaches_the_target_ranks_last(bench: Any) -> None:
     assert bench.fewer_epochs_factor(math.inf, 20) is None
 
 
-def result(factors: list[float | None]) -> dict[str, Any]:
+DEFAULT = "raysweep default"
+OPTUNA = "Optuna alone"
+
+
+def result(factors: list[float | None], best: tuple[float, float, float] = (0.1, 0.2, 0.1)) -> dict[str, Any]:
+    """Per task: the baseline, the default with `factors`, Optuna alone; median best
+    val_loss (default, random, Optuna alone) = `best`."""
     rows_: list[dict[str, Any]] = []
     for i, factor in enumerate(factors):
-        common = {"task": f"task {i}", "target_val_loss": 0.1, "reached": 5, "seeds": 5, "median_total_epochs": 128}
-        rows_.append({**common, "name": BASELINE, "median_epochs_to_target": 60, "fewer_epochs_factor": 1.0})
-        rows_.append({**common, "name": "TPE + ASHA", "median_epochs_to_target": None if factor == 0 else 20,
-                      "fewer_epochs_factor": factor})
-    return {"rows": rows_, "trials": 16, "max_epochs": 8, "seeds": 5,
-            "methods": {"TPE + ASHA": {"scheduler.type": "asha"}}}
+        common = {"task": f"task {i}", "target_val_loss": 0.1, "reached": 5, "seeds": 5, "median_total_epochs": 128,
+                  "median_configs": 16}
+        rows_.append({**common, "name": BASELINE, "median_epochs_to_target": 60, "fewer_epochs_factor": 1.0,
+                      "median_best_val_loss": best[1]})
+        rows_.append({**common, "name": DEFAULT, "median_epochs_to_target": None if factor == 0 else 20,
+                      "fewer_epochs_factor": factor, "median_best_val_loss": best[0]})
+        rows_.append({**common, "name": OPTUNA, "median_epochs_to_target": 30, "fewer_epochs_factor": 2.0,
+                      "median_best_val_loss": best[2]})
+    r = {"rows": rows_, "trials": 16, "max_epochs": 8, "epochs": 128, "seeds": 5, "seed_base": 0,
+         "default": {"scheduler.type": "asha"}}
+    r["overall_fewer_epochs_factor"] = bench_module().search_overall(r)
+    r["comparisons"] = bench_module().comparisons(r)
+    return r
+
+
+def bench_module() -> Any:
+    from benchmarks import search
+
+    return search
 
 
 def test_overall_factor_is_the_geometric_mean_of_the_task_factors(bench: Any) -> None:
-    assert bench.SEARCH_BASELINE == BASELINE
+    assert bench.SEARCH_BASELINE == BASELINE and bench.SEARCH_DEFAULT == DEFAULT and bench.OPTUNA_ALONE == OPTUNA
     r = result([2.0, 4.5, 3.0])
     assert bench.search_overall(r) == pytest.approx(3.0)
-    r["overall_fewer_epochs_factor"] = bench.search_overall(r)
     assert bench.search_met(r) is True
     assert bench.search_met(result([2.0, 4.0, 3.0])) is False
     assert bench.search_overall(result([2.0, 0.0, 9.0])) == 0.0
     undecided = result([2.0, None, 3.0])
     assert bench.search_overall(undecided) is None and bench.search_met(undecided) is None
-    undecided["overall_fewer_epochs_factor"] = None
     table = "\n".join(bench.search_table(undecided))
     assert "not reached" not in table and "undecided" in table and "geometric mean" in table
-    lost = result([2.0, 0.0, 3.0])
-    lost["overall_fewer_epochs_factor"] = 0.0
-    assert "not reached" in "\n".join(bench.search_table(lost))
+    assert "not reached" in "\n".join(bench.search_table(result([2.0, 0.0, 3.0])))
+
+
+def test_each_comparison_at_equal_epochs_decides_met(bench: Any) -> None:
+    names = list(result([3.0]).get("comparisons"))
+    assert len(names) == 3
+    # (the default's best val_loss: lower than random's, as low as Optuna alone's)
+    assert [c["met"] for c in result([3.0], best=(0.1, 0.2, 0.1))["comparisons"].values()] == [True, True, True]
+    missed = result([3.0, 3.0], best=(0.2, 0.2, 0.1))
+    assert [c["met"] for c in missed["comparisons"].values()] == [True, False, False]
+    assert bench.search_met(missed) is False
+    table = "\n".join(bench.search_table(missed))
+    assert f"{names[1]}: missed" in table and f"{names[0]}: met" in table
+    no_optuna = result([3.0])
+    no_optuna["rows"] = [x for x in no_optuna["rows"] if x["name"] != OPTUNA]
+    assert [c["met"] for c in bench.comparisons(no_optuna).values()] == [True, True, None]
+
+
+def test_the_default_method_is_the_specs_defaults(bench: Any) -> None:
+    from raysweep.config.spec import SamplerSpec, SchedulerSpec
+
+    default = bench.default_search()
+    assert default["sampler.type"] == SamplerSpec().type and default["sampler.rungs"] == SamplerSpec().rungs
+    assert default["scheduler.reduction_factor"] == SchedulerSpec.model_fields["reduction_factor"].default
+    name, settings = bench.search_methods()["default"]
+    assert name == DEFAULT and settings["budget.total_epochs"] == bench.SEARCH_EPOCHS == 128
+    assert settings["budget.num_trials"] is None
+    assert bench.search_methods()["random"][1]["budget.num_trials"] * 8 == bench.SEARCH_EPOCHS
 
 
 def test_every_task_has_a_fixed_target_and_a_runnable_spec(bench: Any, tmp_path: Path) -> None:
     keys = [t.key for t in bench.SEARCH_TASKS]
-    assert keys == ["digits_mlp", "digits_cnn", "diabetes_mlp"] and len(set(keys)) == len(keys)
+    assert keys == ["digits_mlp", "digits_cnn", "diabetes_mlp", "digits_mlp_wide"] and len(set(keys)) == len(keys)
     for task in bench.SEARCH_TASKS:
         assert 0 < task.target_val_loss < 1
-        for settings in bench.SEARCH_METHODS.values():
+        for _, settings in bench.search_methods().values():
             spec = load_spec(task.spec, [f"data.train={tmp_path}/train", f"data.validation={tmp_path}/validation",
-                                         *[f"{k}={v}" for k, v in {**bench.SEARCH_COMMON, **settings}.items()]])
+                                         *[f"{k}={'null' if v is None else v}"
+                                           for k, v in {**bench.SEARCH_COMMON, **settings}.items()]])
             assert spec.budget.max_concurrent_trials == 1 and spec.scaling.num_workers == 1
             assert spec.scheduler.metric == "val_loss" and spec.scheduler.mode == "min"
 
