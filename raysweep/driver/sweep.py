@@ -49,6 +49,7 @@ from raysweep.errors import UserInputError, cause_of, one_line_cause
 from raysweep.report import EPOCHS_COMPLETED
 from raysweep.tracking.callbacks import SweepTracker
 from raysweep.tracking.study import (
+    RUNG_ATTR,
     TUNE_TRIAL_ATTR,
     fail_stale_trials,
     push_study,
@@ -122,6 +123,8 @@ class _OptunaSearch(OptunaSearch):
         super().__init__(*args, **kwargs)
         self.journal_dir, self.sampler_spec, self.max_epochs = journal_dir, sampler_spec, max_epochs
         self.rungs = rungs
+        self.drawing: optuna.samplers.BaseSampler | None = kwargs.get("sampler")
+        """The sampler the study draws with (from_journal replaces it)."""
         self.sweep_dir = sweep_dir
         self.constraints = tuple(constraints)
         self._reported: dict[str, int] = {}
@@ -153,7 +156,10 @@ class _OptunaSearch(OptunaSearch):
             self.before_journal()
         config = super().suggest(trial_id)
         if new and searcher_knows(self, trial_id):
-            searcher_trial(self, trial_id).set_user_attr(TUNE_TRIAL_ATTR, trial_id)
+            trial = searcher_trial(self, trial_id)
+            trial.set_user_attr(TUNE_TRIAL_ATTR, trial_id)
+            if isinstance(self.drawing, RungSampler):  # (which epoch's values its params were drawn from)
+                trial.set_user_attr(RUNG_ATTR, self.drawing.rungs_used.get(trial.number))
             # The bucket's journal gets the trial before Tune starts it (a driver lost in
             # between left a trial that a resumed sweep would not know).
             push_study(getattr(self, "sweep_dir", ""), searcher_study_name(self))
@@ -211,8 +217,8 @@ class _OptunaSearch(OptunaSearch):
         study = optuna.load_study(study_name=searcher_study_name(self), storage=study_storage(self.journal_dir))
         known = study.get_trials(deepcopy=False)
         self.journal_study = study
-        rebind_searcher(self, study, make_sampler(self.sampler_spec, seed_offset=len(known), rungs=self.rungs),
-                        trials={}, completed=set())
+        self.drawing = make_sampler(self.sampler_spec, seed_offset=len(known), rungs=self.rungs)
+        rebind_searcher(self, study, self.drawing, trials={}, completed=set())
         running = optuna.trial.TrialState.RUNNING
         self.to_continue = [(t.user_attrs.get(TUNE_TRIAL_ATTR), t) for t in known if t.state == running]
         self.finished = {t.user_attrs[TUNE_TRIAL_ATTR]: t.state for t in known

@@ -148,6 +148,9 @@ def fail_stale_trials(sweep_dir: str, study_name: str) -> int:
 
 WARM_START_ATTR = "raysweep.warm_start_from"
 TUNE_TRIAL_ATTR = "raysweep.tune_trial_id"
+RUNG_ATTR = "raysweep.drawn_at_rung"
+"""sampler.rungs: the epoch whose values the trial's params were drawn from (None:
+too few trials at every epoch, drawn from the study as it was)."""
 """User attribute naming the Tune trial an Optuna trial belongs to (the journal alone
 then says which Tune trial is which Optuna trial)."""
 

@@ -20,7 +20,7 @@ from raysweep.config.load import load_spec
 from raysweep.registry import build_from_checkpoint
 from raysweep.testing.helpers import experiment_runs
 from raysweep.testing.probe import build_model
-from raysweep.tracking.study import TUNE_TRIAL_ATTR, load_study
+from raysweep.tracking.study import RUNG_ATTR, TUNE_TRIAL_ATTR, load_study
 
 MAX_EPOCHS = 3
 
@@ -111,6 +111,8 @@ def test_sweep_leaves_parent_children_and_study(ray_cluster, mlflow_uri, write_s
             logged = {m.step: m.value for m in client.get_metric_history(child.info.run_id, "val_loss")}
             assert trial.intermediate_values == logged
     assert Path(sweep_dir, "optuna.journal").stat().st_size > 0
+    # (tpe with asha: sampler.rungs is on by default, and each trial says which epoch it was drawn from)
+    assert all(RUNG_ATTR in t.user_attrs for t in study.trials), [t.user_attrs for t in study.trials]
 
     # The report, written at the end of the sweep and attached to the parent run.
     report = sweep_dir / "report"

@@ -139,3 +139,27 @@ def test_running_trials_stay_in_the_view_for_the_constant_liar() -> None:
     running = view.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     assert [t.params for t in running] == [other.params, {}]
     assert stand_in is not None and stand_in.number == running[-1].number
+
+
+def test_a_sweeps_searcher_tells_which_rung_each_trial_was_drawn_from(tmp_path) -> None:
+    """Through the sweep's searcher on a journal (no Ray): two trials ASHA stopped after
+    epochs 0 and 1, then a third is drawn from epoch 1's values, and the journal says so."""
+    from raysweep.config.space import to_optuna_space
+    from raysweep.driver.sweep import _OptunaSearch
+    from raysweep.tracking.study import RUNG_ATTR, TUNE_TRIAL_ATTR, load_study, study_storage
+
+    spec = _spec(sampler={"n_startup_trials": 2}, scheduler={"max_epochs": 4})
+    assert spec.learns_from_rungs()
+    searcher = _OptunaSearch(space=to_optuna_space(spec.space), metric="val_loss", mode="min",
+                             sampler=make_sampler(spec.sampler, rungs=True), study_name="s",
+                             storage=study_storage(str(tmp_path)), journal_dir=str(tmp_path),
+                             sampler_spec=spec.sampler, rungs=True, max_epochs=4)
+    for tid, losses in (("a", [0.9, 0.8]), ("b", [0.7, 0.5])):
+        searcher.suggest(tid)
+        for epoch, loss in enumerate(losses):
+            searcher.on_trial_result(tid, {"epoch": epoch, "epochs_completed": epoch + 1, "val_loss": loss})
+        searcher.on_trial_complete(tid, {"epoch": 1, "epochs_completed": 2, "val_loss": losses[-1]})
+    searcher.suggest("c")
+    trials = {t.user_attrs[TUNE_TRIAL_ATTR]: t for t in load_study(str(tmp_path), "s").trials}
+    assert trials["a"].state == trials["b"].state == TrialState.PRUNED
+    assert {k: t.user_attrs[RUNG_ATTR] for k, t in trials.items()} == {"a": None, "b": None, "c": 1}
