@@ -70,12 +70,15 @@ def rung_view(study: optuna.Study, min_trials: int, current: FrozenTrial | None 
 class RungSampler(BaseSampler):
     """`make_inner(seed)`'s sampler (TPE), fitted on `rung_view` of the study.
 
-    A fresh inner sampler serves each trial, seeded from (seed, trial number): its
-    search-space caches then never mix views of different rungs, and a sweep draws the
-    same params for the same history (as a resumed sweep needs)."""
+    Until some epoch has `min_trials` finished trials (the start-up), `make_inner(seed)`
+    draws from the study itself, so a sweep's first trials are the ones the plain
+    sampler would draw. After that a fresh inner sampler serves each trial, seeded from
+    (seed, trial number): its search-space caches then never mix views of different
+    rungs, and a sweep draws the same params for the same history."""
 
     def __init__(self, make_inner: Callable[[int], BaseSampler], min_trials: int, seed: int = 0) -> None:
         self.make_inner, self.min_trials, self.seed = make_inner, max(1, min_trials), seed
+        self.plain = make_inner(seed)
         self._for: tuple[int, BaseSampler, optuna.Study, FrozenTrial] | None = None
         self.rungs_used: dict[int, int | None] = {}
         """The rung each trial's params were drawn from (by trial number; None: the study as it is)."""
@@ -84,7 +87,7 @@ class RungSampler(BaseSampler):
         if self._for is None or self._for[0] != trial.number:
             rung, view, stand_in = rung_view(study, self.min_trials, trial)
             assert stand_in is not None
-            inner = self.make_inner((self.seed * 1_000_003 + trial.number) % 2**32)
+            inner = self.plain if rung is None else self.make_inner((self.seed * 1_000_003 + trial.number) % 2**32)
             self._for = (trial.number, inner, view, stand_in)
             self.rungs_used[trial.number] = rung
         return self._for[1], self._for[2], self._for[3]
@@ -105,3 +108,4 @@ class RungSampler(BaseSampler):
 
     def reseed_rng(self) -> None:
         self.seed = int.from_bytes(os.urandom(4), "little")
+        self.plain.reseed_rng()

@@ -94,6 +94,19 @@ def test_learning_from_rungs_finds_what_the_stopped_trials_showed() -> None:
     assert statistics.median(rungs) < 0.4, rungs
 
 
+def test_the_start_up_draws_what_the_plain_sampler_draws() -> None:
+    spec = SamplerSpec(type="tpe", seed=3, n_startup_trials=4)
+    draws = []
+    for rungs in (False, True):
+        study = optuna.create_study(sampler=make_sampler(spec, rungs=rungs))
+        for _ in range(4):  # (each ends at epoch 0: no epoch has 4 finished trials before the fourth)
+            trial = study.ask(X)
+            trial.report(trial.params["x"], 0)
+            study.tell(trial, state=TrialState.PRUNED)
+        draws.append([t.params["x"] for t in study.trials])
+    assert draws[0] == draws[1]
+
+
 def test_the_same_seed_draws_the_same_params() -> None:
     spec = SamplerSpec(type="tpe", seed=3, n_startup_trials=4)
     first, again = (_draws(make_sampler(spec, rungs=True), n=5) for _ in range(2))
