@@ -389,7 +389,9 @@ class BudgetSpec(_Section):
 
     num_trials: PositiveInt | None = None
     """Trials the sweep runs in all (Tune's num_samples); stopped and failed
-    trials count. With total_epochs: a cap (null: no cap); without it: required."""
+    trials count. With a resource budget (total_epochs, max_hours or max_gpu_hours):
+    a cap (null: no cap, new configurations until the resource is spent); without
+    one: required."""
     total_epochs: PositiveInt | None = None
     """Epochs the sweep's trials may train in all (each trial's epochs, not times its
     workers): new configurations are sampled until they are spent, then the sweep
@@ -416,8 +418,10 @@ class BudgetSpec(_Section):
 
     @model_validator(mode="after")
     def _some_end(self) -> BudgetSpec:
-        if self.num_trials is None and self.total_epochs is None:
-            raise ValueError("give num_trials (trials in all) or total_epochs (epochs in all), or both")
+        if self.num_trials is None and self.total_epochs is None and self.max_hours is None \
+                and self.max_gpu_hours is None:
+            raise ValueError("give num_trials (trials in all) or a resource budget to spend (total_epochs, "
+                             "max_hours or max_gpu_hours), or both")
         return self
 
 

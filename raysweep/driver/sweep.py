@@ -551,7 +551,7 @@ def run_sweep(spec: Spec, plan: RunPlan, sweep_id: str, tracker: SweepTracker, c
     callbacks.append(budget)
     if "://" in sweep_dir:
         callbacks.append(StudyMirror(sweep_dir, spec.name))
-    num_samples = spec.budget.num_trials or -1  # (-1: no cap, budget.total_epochs ends the sweep)
+    num_samples = spec.budget.num_trials or -1  # (-1: no cap, a resource budget ends the sweep)
     if resume:
         # (the bucket's journal, on a driver that lost or never had its copy, was fetched and
         # checked before Ray started: run.resume_target -> tracking.study.check_journal)

@@ -331,6 +331,19 @@ def test_a_time_budget_stops_the_sweep_and_resume_continues_it(ray_cluster, mlfl
     assert states == [optuna.trial.TrialState.COMPLETE] * 2, states
 
 
+def test_a_time_budget_alone_samples_until_it_is_spent(ray_cluster, mlflow_uri, write_spec, capsys):
+    """budget.max_hours with no num_trials: a resource budget, new configurations one
+    after another until the hours are spent, then the sweep stops (resumably)."""
+    spec = write_spec(budget={"max_concurrent_trials": 1, "max_hours": 25 / 3600},
+                      scheduler={"type": "fifo", "metric": "val_loss", "mode": "min", "max_epochs": 1})
+    assert main(["tune", str(spec)]) == 0
+    out = capsys.readouterr().out
+    assert any(" stopped: budget.max_hours " in line for line in out.splitlines()), out[-2000:]
+    children = [r for r in experiment_runs(mlflow_uri) if "mlflow.parentRunId" in r.data.tags]
+    finished = [c for c in children if c.info.status == "FINISHED"]
+    assert len(finished) >= 3 and len(children) - len(finished) <= 1, [c.info.status for c in children]
+
+
 def test_a_trial_that_cannot_be_placed_stops_the_sweep_and_resume_continues_it(ray_cluster, mlflow_uri,
                                                                                write_spec, capsys):
     """scaling.pending_timeout_s: with every CPU of the cluster held (a placement group

@@ -30,6 +30,13 @@ def test_set_overrides_nested_fields_with_yaml_values(write_spec) -> None:
     assert spec.params["new"] == "abc"
 
 
+@pytest.mark.parametrize("budget", [{"total_epochs": 64}, {"max_hours": 8}, {"max_gpu_hours": 40, "num_trials": 100}])
+def test_a_resource_budget_needs_no_trial_count(write_spec, budget) -> None:
+    scaling = ["scaling.gpus_per_worker=1"] if "max_gpu_hours" in budget else []
+    spec = load_spec(write_spec(budget=budget), scaling)
+    assert spec.budget.num_trials == budget.get("num_trials")
+
+
 def test_overrides_do_not_touch_the_input() -> None:
     raw = {"a": {"b": 1}}
     assert apply_overrides(raw, ["a.b=2", "c.d=[1, 2]"]) == {"a": {"b": 2}, "c": {"d": [1, 2]}}
@@ -65,7 +72,8 @@ BAD = [
     ("negative trials", "budget.num_trials", -1, "budget.num_trials"),
     ("zero trials", "budget.num_trials", 0, "budget.num_trials"),
     ("no end to the sweep", "budget", {"max_concurrent_trials": 2},
-     "budget: give num_trials (trials in all) or total_epochs (epochs in all), or both"),
+     "budget: give num_trials (trials in all) or a resource budget to spend (total_epochs, max_hours or "
+     "max_gpu_hours), or both"),
     ("zero epochs in all", "budget.total_epochs", 0, "budget.total_epochs"),
     ("grace beyond max", "scheduler.grace_period", 9, "scheduler: grace_period <= max_epochs"),
     ("empty choices", "space.lr", {"type": "categorical", "choices": []}, "space.lr.choices"),
