@@ -266,12 +266,12 @@ class SamplerSpec(_Section):
     group: bool = False
     """tpe only (not with multivariate: false): model separately each group of params
     that occur together (for spaces with `when:` conditions)."""
-    rungs: bool | None = None
-    """tpe only: fit the sampler's model on each trial's value at the latest epoch that
-    enough finished trials reached (at least n_startup_trials, BOHB's rule), rather than
-    on how each trial ended, so the many trials early stopping ends at a low rung teach
-    it as much as the few that finish. null: on for one objective with an asha or
-    hyperband scheduler, off otherwise."""
+    rungs: bool = False
+    """tpe only, one objective: fit the sampler's model on each trial's value at the
+    latest epoch that enough finished trials reached (at least n_startup_trials, BOHB's
+    rule), rather than on how each trial ended (stopped trials ranked below finished
+    ones by how far they got). Off by default: on the search benchmark it tried more
+    configurations in the same epochs but found worse ones (docs/benchmarks.md)."""
     population_size: PositiveInt | None = None
     """nsga2 only: trials per generation; null: Optuna's default (50)."""
     warm_start: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -655,10 +655,8 @@ class Spec(_Section):
         return [Constraint.parse(text) for text in self.constraints]
 
     def learns_from_rungs(self) -> bool:
-        """sampler.rungs as set, or its default: tpe, one objective, early stopping."""
-        if self.sampler.rungs is not None:
-            return self.sampler.rungs
-        return self.sampler.type == "tpe" and not self.scheduler.multi_objective and self.scheduler.type != "fifo"
+        """sampler.rungs (refused where it cannot apply: other samplers, several objectives)."""
+        return self.sampler.rungs
 
     @model_validator(mode="after")
     def _sampler_takes_the_objectives(self) -> Spec:

@@ -37,7 +37,7 @@ def test_sweep_leaves_parent_children_and_study(ray_cluster, mlflow_uri, write_s
     }
     scheduler = {"type": "asha", "metric": "val_loss", "mode": "min", "max_epochs": MAX_EPOCHS, "grace_period": 1}
     spec = write_spec(space=space, scheduler=scheduler, budget={"num_trials": num_trials},
-                      sampler={"type": "tpe", "seed": 3, "n_startup_trials": 2},
+                      sampler={"type": "tpe", "seed": 3, "n_startup_trials": 2, "rungs": True},
                       scaling={"num_workers": 1, "worker_group": worker_group})
     assert main(["tune", str(spec)]) == 0
     out = capsys.readouterr().out
@@ -111,7 +111,7 @@ def test_sweep_leaves_parent_children_and_study(ray_cluster, mlflow_uri, write_s
             logged = {m.step: m.value for m in client.get_metric_history(child.info.run_id, "val_loss")}
             assert trial.intermediate_values == logged
     assert Path(sweep_dir, "optuna.journal").stat().st_size > 0
-    # (tpe with asha: sampler.rungs is on by default, and each trial says which epoch it was drawn from)
+    # (sampler.rungs: each trial says which epoch's values it was drawn from)
     assert all(RUNG_ATTR in t.user_attrs for t in study.trials), [t.user_attrs for t in study.trials]
 
     # The report, written at the end of the sweep and attached to the parent run.

@@ -122,14 +122,10 @@ def _spec(**sections: object) -> Spec:
         "scheduler": {"max_epochs": 4}, **sections})
 
 
-def test_rungs_default_on_for_one_objective_with_early_stopping() -> None:
-    assert _spec().learns_from_rungs()
-    assert _spec(scheduler={"type": "hyperband", "max_epochs": 4}).learns_from_rungs()
-    assert not _spec(scheduler={"type": "fifo", "max_epochs": 4}).learns_from_rungs()
-    assert not _spec(sampler={"type": "random"}).learns_from_rungs()
-    assert not _spec(sampler={"rungs": False}).learns_from_rungs()
-    two = {"metric": ["val_loss", "params_count"], "mode": ["min", "min"], "max_epochs": 4}
-    assert not _spec(scheduler=two).learns_from_rungs()
+def test_rungs_are_off_unless_asked_for() -> None:
+    assert not _spec().learns_from_rungs()
+    assert _spec(sampler={"rungs": True}).learns_from_rungs()
+    assert _spec(sampler={"rungs": True}, scheduler={"type": "hyperband", "max_epochs": 4}).learns_from_rungs()
     assert isinstance(make_sampler(_spec().sampler, rungs=True), RungSampler)
     assert isinstance(make_sampler(_spec().sampler, rungs=False), optuna.samplers.TPESampler)
 
@@ -161,7 +157,7 @@ def test_a_sweeps_searcher_tells_which_rung_each_trial_was_drawn_from(tmp_path) 
     from raysweep.driver.sweep import _OptunaSearch
     from raysweep.tracking.study import RUNG_ATTR, TUNE_TRIAL_ATTR, load_study, study_storage
 
-    spec = _spec(sampler={"n_startup_trials": 2}, scheduler={"max_epochs": 4})
+    spec = _spec(sampler={"n_startup_trials": 2, "rungs": True}, scheduler={"max_epochs": 4})
     assert spec.learns_from_rungs()
     searcher = _OptunaSearch(space=to_optuna_space(spec.space), metric="val_loss", mode="min",
                              sampler=make_sampler(spec.sampler, rungs=True), study_name="s",

@@ -148,16 +148,21 @@ def test_mo_reference_is_the_largest_model_the_space_allows(bench: Any) -> None:
     assert bench.MO_CHANCE_VAL_LOSS > math.log(10)
 
 
-def test_mo_met_needs_both_medians(bench: Any) -> None:
-    def r(hv: float, epochs: float) -> dict[str, Any]:
+def test_mo_met_needs_both_medians_and_the_equal_epochs_arm(bench: Any) -> None:
+    def r(hv: float, epochs: float, equal: float | None = 1.0) -> dict[str, Any]:
         return {"rows": [{"name": bench.MO_BASELINE, "median_hypervolume_ratio": 1.0, "median_epochs_ratio": 1.0},
-                         {"name": "MultiObjectiveASHA", "median_hypervolume_ratio": hv, "median_epochs_ratio": epochs}]}
+                         {"name": "MultiObjectiveASHA", "median_hypervolume_ratio": hv, "median_epochs_ratio": epochs},
+                         {"name": "MultiObjectiveASHA, equal epochs", "median_hypervolume_ratio": equal,
+                          "median_epochs_ratio": 1.0}]}
 
     assert bench.mo_met(r(0.95, 0.5)) is True
     assert bench.mo_met(r(0.94, 0.4)) is False
     assert bench.mo_met(r(1.0, 0.51)) is False
+    assert bench.mo_met(r(0.95, 0.5, equal=0.99)) is False
+    assert bench.mo_met(r(0.95, 0.5, equal=None)) is None
     assert bench.mo_met({"rows": [{"name": "MultiObjectiveASHA", "median_hypervolume_ratio": None,
                                    "median_epochs_ratio": 0.4}]}) is None
+    assert list(bench.mo_comparisons(r(0.9, 0.5, equal=1.2)).values()) == [False, True]
 
 
 def test_unknown_search_task_is_a_usage_error(bench: Any, monkeypatch: pytest.MonkeyPatch,
