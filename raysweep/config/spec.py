@@ -453,7 +453,7 @@ class ScalingSpec(_Section):
     takes to start; always: every trial starts a Ray Train worker group; warm: as
     auto, and a multi-worker sweep trial's workers (its own process as rank 0, N-1
     worker actors in its placement group) and their process group are kept for the
-    next trial Tune runs in that process: no drain-notice watching, no Train worker
+    next trial Tune runs in that process: every rank watches drain notices, no Train worker
     restarts (a failure fails the trial, which Tune retries from its checkpoint), plain
     train(ctx) trainers only. `raysweep train` always runs a Ray Train worker group."""
     strategy: Literal["ddp", "fsdp"] = "ddp"

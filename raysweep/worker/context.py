@@ -98,6 +98,10 @@ class TrainContext:
     """Drain notices for this run's nodes (None: not watched). With a notice, the
     training loop saves a mid-epoch checkpoint at the next step and stops taking
     batches until the node is gone; the run resumes elsewhere at the next batch."""
+    peer_lost: Callable[[], bool] | None = None
+    """True once another rank of the run is gone (a warm group's rank 0 knows): the
+    wait for the node to go ends then, rather than PREEMPTION_WAIT_MARGIN_S after the
+    deadline."""
     feed: FeedSettings = field(default_factory=FeedSettings)
     """Transform threads, data.cache and the host feed's gather threads
     (raysweep.worker.feed)."""
@@ -145,7 +149,7 @@ class TrainContext:
     @functools.cached_property
     def drain(self) -> DrainAgreement:
         """Drain notices the ranks agree on (`preemption`)."""
-        return DrainAgreement(self.preemption, self.world_size, self.device)
+        return DrainAgreement(self.preemption, self.world_size, self.device, self.peer_lost)
 
     @property
     def start_epoch(self) -> int:

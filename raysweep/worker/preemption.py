@@ -22,8 +22,10 @@ class DrainAgreement:
     PREEMPTION_CHECK_STEPS, by an all-reduce), `wait_for_node_to_go` takes no more
     batches until the node goes."""
 
-    def __init__(self, notice: Callable[[], float | None] | None, world_size: int, device: object) -> None:
+    def __init__(self, notice: Callable[[], float | None] | None, world_size: int, device: object,
+                 peer_lost: Callable[[], bool] | None = None) -> None:
         self.notice, self.world_size, self.device = notice, world_size, device
+        self.peer_lost = peer_lost
 
     def deadline(self, step: int) -> float | None:
         if self.notice is None:
@@ -42,11 +44,13 @@ class DrainAgreement:
         dist.all_reduce(agreed, op=dist.ReduceOp.MAX)  # (any rank notified; the earliest deadline)
         return -float(agreed[1]) if agreed[0] > 0 else None
 
-    @staticmethod
-    def wait_for_node_to_go(deadline: float) -> None:
+    def wait_for_node_to_go(self, deadline: float) -> None:
         """Ray Train tears the group down at the deadline and restarts it on other nodes
         from the checkpoint just saved, so every row of the epoch is still seen once. A
         drain that never ends in a teardown (cancelled) lets training go on
-        PREEMPTION_WAIT_MARGIN_S after its deadline."""
+        PREEMPTION_WAIT_MARGIN_S after its deadline; a rank that knows another one is
+        gone (`peer_lost`) stops waiting then, and fails at its next collective."""
         while time.time() < deadline + PREEMPTION_WAIT_MARGIN_S:
+            if self.peer_lost is not None and self.peer_lost():
+                return
             time.sleep(0.2)

@@ -23,10 +23,17 @@ on a laptop, most of a short trial. A warm group is built once per trial slot an
   0's own error kills the workers too. The next trial builds a new group; Tune retries a
   failed trial from its checkpoint (`failure.max_failures`), as for one-worker trials.
 
-What a warm group does not have, against a Train worker group: drain-notice watching (a
-preempted node fails the trial, which Tune retries from its checkpoint), Train's
-worker-level restarts, and LightningModule trainers (they run on Train's Lightning
-integration; `check` refuses them with `warm`).
+Drain notices: every rank watches its own node (raysweep.worker.drain.NodeDrainWatch) and
+the ranks agree on a notice as a Train worker group's do (raysweep.worker.preemption): a
+just-in-time checkpoint, then no more batches until the node goes. A worker rank whose
+node was taken away under the notice dies with Ray's `RayActorError(preempted=True)`;
+rank 0 fails the trial with that very error, which Tune does not count against
+`failure.max_failures` (as when rank 0's own node goes), and runs the trial again from
+the checkpoint on a new group.
+
+What a warm group does not have, against a Train worker group: Train's worker-level
+restarts, and LightningModule trainers (they run on Train's Lightning integration;
+`check` refuses them with `warm`).
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from raysweep._upstream.torch_internals import abort_process_groups
 from raysweep.errors import CAUSE_ATTR, Cause
+from raysweep.worker.drain import NodeDrainWatch
 from raysweep.worker.entry import _report, _state_of, _train, stored_checkpoint
 from raysweep.worker.plan import RunPlan
 
@@ -66,12 +74,18 @@ class RankFailure:
 
     text: str
     cause: Cause | None = None
+    preempted: BaseException | None = None
+    """The worker's RayActorError when its node was taken away under a drain notice."""
 
     @classmethod
     def of(cls, rank: int, exc: BaseException) -> RankFailure:
         return cls(_snippet(rank, traceback.format_exc()), getattr(exc, CAUSE_ATTR, None))
 
-    def error(self) -> WarmGroupError:
+    def error(self) -> BaseException:
+        """What the trial fails with: a preempted worker's own RayActorError (Tune counts
+        no failure for it), else WarmGroupError."""
+        if self.preempted is not None:
+            return self.preempted
         error = WarmGroupError(self.text)
         if self.cause is not None:
             setattr(error, CAUSE_ATTR, self.cause)
@@ -139,7 +153,9 @@ class GroupWorker:
                 raise _Stopped
 
         try:
-            _train(plan, follow, checkpoint, rank=rank, world_size=world, device=device)
+            with NodeDrainWatch(ray.get_runtime_context().get_node_id()) as drain:
+                _train(plan, follow, checkpoint, rank=rank, world_size=world, device=device,
+                       preemption=drain.deadline)
         except _Stopped:
             return None
         except BaseException as exc:  # the trial fails with it: rank 0 is told through the result
@@ -197,8 +213,10 @@ class WarmGroup:
             except Exception:  # (an experimental torch API: the timeout still ends the wait)
                 pass
 
-    def train(self, plan: RunPlan, report: Any, checkpoint: dict[str, Any] | None) -> None:
-        """One trial on every rank; rank 0 (here) reports through `report`."""
+    def train(self, plan: RunPlan, report: Any, checkpoint: dict[str, Any] | None,
+              preemption: Any = None) -> None:
+        """One trial on every rank; rank 0 (here) reports through `report` and watches
+        drain notices for its node through `preemption`."""
         device = _device(plan)
         shared = ray.put(checkpoint)
         runs = {w.run.remote(plan, shared, rank, self.world): rank for rank, w in enumerate(self.workers, start=1)}
@@ -228,7 +246,8 @@ class WarmGroup:
         watcher = threading.Thread(target=watch, name="raysweep-warm-group-watch", daemon=True)
         watcher.start()
         try:
-            _train(plan, lead, checkpoint, rank=0, world_size=self.world, device=device)
+            _train(plan, lead, checkpoint, rank=0, world_size=self.world, device=device, preemption=preemption,
+                   peer_lost=lambda: bool(failure))
         except SystemExit:  # stopped by the scheduler: the workers were told, and leave train() too
             done.set()
             if failure or any(out is not None for out in self._results(runs)):
@@ -256,7 +275,8 @@ class WarmGroup:
             try:
                 outs.append(ray.get(ref, timeout=PROCESS_GROUP_TIMEOUT_S))
             except Exception as exc:
-                outs.append(RankFailure(_snippet(rank, f"{type(exc).__name__}: {exc}")))
+                preempted = exc if isinstance(exc, ray.exceptions.RayActorError) and exc.preempted else None
+                outs.append(RankFailure(_snippet(rank, f"{type(exc).__name__}: {exc}"), preempted=preempted))
         return outs
 
 
@@ -286,8 +306,9 @@ def train_in_warm_group(plan: RunPlan, resume_from: str | None = None) -> None:
         _GROUP = WarmGroup(plan, placement)
     group = _GROUP
     try:
-        group.train(plan, lambda m, s: _report(tune.report, tune.Checkpoint, m, s),
-                    _state_of(tune.get_checkpoint() or stored_checkpoint(resume_from)))
+        with NodeDrainWatch(ray.get_runtime_context().get_node_id()) as drain:
+            group.train(plan, lambda m, s: _report(tune.report, tune.Checkpoint, m, s),
+                        _state_of(tune.get_checkpoint() or stored_checkpoint(resume_from)), preemption=drain.deadline)
     except SystemExit:
         raise
     except BaseException:

@@ -27,7 +27,8 @@ from raysweep.testing.helpers import (
     wait_for_pid,
 )
 from raysweep.tracking import tags
-from tests.support.nodes import node_group_of
+from raysweep.worker.drain import POLL_S
+from tests.support.nodes import add_worker_node, node_group_of
 
 REPO = Path(__file__).resolve().parents[2]
 DEADLINE_S = 8
@@ -150,4 +151,74 @@ def test_a_sweep_trial_on_a_drained_node_checkpoints_and_moves_without_spending_
     change = max_rel_change(uri, trial.info.run_id, reference(spec, 3, tmp_path), metrics=("val_loss",))
     fault_figures(metric_change=change)
     assert change <= 1e-6
+    fault_figures(faults_survived=1, recovery_s=time.time() - drained_at)
+
+
+def test_a_warm_group_trial_whose_worker_node_is_drained_moves_without_spending_failures(
+        nodes, write_spec, tmp_path, fault_figures, probe_data, mlflow_stores):
+    """`scaling.worker_group: warm`, two ranks on two one-CPU nodes (rank 0 in the Tune
+    trial's own process, rank 1 a worker actor). Drain notice for rank 1's node (not the
+    trial's own) mid-epoch 1: the ranks agree on it, save a checkpoint at once and take
+    no more batches; at the deadline the node is taken away, rank 1 dies with Ray's
+    preempted actor error, and Tune runs the trial again from that checkpoint on a new
+    group. With max_failures=0 a counted failure would end the trial: it finishes, rank
+    1 moved, every row of epoch 1 was trained on once across the attempts and ranks,
+    and the trial's MLflow run says it was preempted (and not failed)."""
+    _, state = nodes
+    probe = tmp_path / "probe"
+    added = [add_worker_node(state, tmp_path / f"node-{i}.log") for i in range(2)]  # (room for two moves)
+    uri = mlflow_stores.new(tmp_path / "mlflow.db")
+    spec = write_spec(params=probe_params(tmp_path, pause_epoch=1, pause_s=120),
+                      space={"lr": {"type": "categorical", "choices": [0.1]}},
+                      budget={"num_trials": 1}, failure={"max_failures": 0},
+                      scaling={"num_workers": 2, "cpus_per_worker": 1, "worker_group": "warm"},
+                      scheduler={"type": "fifo", "metric": "val_loss", "mode": "min", "max_epochs": 3})
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    driver = subprocess.Popen([sys.executable, "-m", "raysweep", "tune", str(spec), "--address", state.address],
+                              cwd=REPO, env=env, stdout=(tmp_path / "driver.log").open("w"),
+                              stderr=subprocess.STDOUT)
+    try:
+        wait_for_pid(probe / "pause.pid")  # (rank 0, before its first batch of epoch 1; rank 1 waits on it)
+        rank1_node = (probe / "node-rank1.txt").read_text()
+        assert rank1_node != (probe / "node-rank0.txt").read_text(), "both ranks on one node"
+        (rank1_pid,) = {int(p.name.split("pid")[1].split(".")[0]) for p in probe.glob("modules-rank1-pid*.txt")}
+        group = node_group_of(rank1_pid, [*state.pids[1:], *added])
+        drain_node(state, rank1_node)
+        drained_at = time.time()
+        # (rank 1's watcher asks Ray every second; the ranks agree every 4 steps, and the
+        # epoch has 6 more: let rank 1 see the notice before rank 0 takes its next batch)
+        time.sleep(2.5 * POLL_S)
+        (probe / "go").touch()
+        fault_figures(faults_injected=1)
+        time.sleep(max(0.0, drained_at + DEADLINE_S + 1 - time.time()))
+        os.killpg(group, signal.SIGTERM)  # (the cloud takes the node away at the deadline)
+        code = driver.wait(timeout=400)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        for node in added:
+            try:
+                os.killpg(node, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    log = (tmp_path / "driver.log").read_text()
+    assert code == 0, log[-3000:]
+    assert "a preemption, not counted in failure.max_failures" in log, log[-3000:]
+    assert (probe / "node-rank1.txt").read_text() != rank1_node, "rank 1 did not move off the drained node"
+
+    # Epoch 1: what the first attempt took before its checkpoint, then the second attempt's rest.
+    attempts = {r: list(steps_by_attempt(probe, r).values()) for r in (0, 1)}
+    assert [len(a) for a in attempts.values()] == [2, 2], {r: len(a) for r, a in attempts.items()}
+    resumed_at = min(s.step for r in (0, 1) for s in attempts[r][1] if s.epoch == 1)
+    assert resumed_at > 0, "the second attempt did not resume mid-epoch from the drain checkpoint"
+    taken = Counter(i for r in (0, 1) for s in attempts[r][0] if s.epoch == 1 and s.step < resumed_at
+                    for i in s.ids)
+    taken.update(i for r in (0, 1) for s in attempts[r][1] if s.epoch == 1 for i in s.ids)
+    fault_figures(rows_taken_twice=sum(1 for n in taken.values() if n > 1))
+    assert set(taken) == probe_row_ids(probe_data / "train") and set(taken.values()) == {1}, taken.most_common(3)
+
+    _, (trial,) = sweep_runs(uri)
+    assert trial.info.status == "FINISHED"
+    assert trial.data.tags[tags.PREEMPTIONS] == "1" and tags.FAILURES not in trial.data.tags
+    assert trial.data.tags[tags.PREEMPTED_AT].startswith(f"epoch 1 step {resumed_at}: drain notice")
     fault_figures(faults_survived=1, recovery_s=time.time() - drained_at)
