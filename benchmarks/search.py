@@ -44,8 +44,8 @@ class SearchTask:
 #   the training mean scores 0.84 on this split, least squares 0.56).
 # - digits MLP, 7 params 0.37 (pilot run at this entry's current form: scripts/bench.py --only
 #   search --search-tasks digits_mlp_wide --search-methods random --search-seed-base 100
-#   --search-seeds 10): 9/10; the pilot seeds' best 0.116-0.647; the first trial's best was
-#   2.25-2.31 (chance is ln 10 = 2.30) in 7 of 10 seeds.
+#   --search-seeds 10, docs/bench_search_pilot_targets.json): 9/10; the pilot seeds' best
+#   0.116-0.647; the first trial's best was 2.25-2.31 (chance is ln 10 = 2.30) in 6 of 10 seeds.
 SEARCH_TASKS = (
     SearchTask("digits_mlp", "digits MLP", "search_spaces/digits_mlp.yaml", 0.12),
     SearchTask("digits_cnn", "digits CNN (Lightning)", "search_spaces/digits_cnn.yaml", 0.10),

@@ -77,8 +77,9 @@ tasks = list(dict.fromkeys(x["task"] for x in se["rows"]))
 comp = list(se["comparisons"].values())
 
 
-def epochs(v):
-    return "not reached" if v is None else f"{v:g}"
+def epochs(x):
+    v = x["median_epochs_to_target"]
+    return f"not reached (in {x['reached']}/{x['seeds']} seeds)" if v is None else f"{v:g} epochs"
 
 
 def factor(v):
@@ -92,19 +93,34 @@ def verdict(c):
 new["search: epochs to a fixed val_loss target"] = (
     f"| search: epochs to a fixed val_loss target, the default search vs random search without early stopping, at equal "
     f"epochs ({len(tasks)} tasks, {se['epochs']} epochs each, {se['seeds']} seeds; medians) | "
-    + "; ".join(f"{t} (<= {row_of['target_val_loss']:g}): {epochs(row_of['median_epochs_to_target'])} vs "
-                f"{epochs(next(x for x in se['rows'] if x['task'] == t and x['name'] == se['baseline'])['median_epochs_to_target'])}"
-                f" epochs, {factor(row_of['fewer_epochs_factor'])}"
+    + "; ".join(f"{t} (<= {row_of['target_val_loss']:g}): {epochs(row_of)} vs "
+                f"{epochs(next(x for x in se['rows'] if x['task'] == t and x['name'] == se['baseline']))}"
+                f", {factor(row_of['fewer_epochs_factor'])}"
                 for t in tasks for row_of in [next(x for x in se['rows'] if x['task'] == t and x['name'] == 'raysweep default')])
     + f" | random, no early stopping | {factor(se['overall_fewer_epochs_factor'])} overall (geometric mean of the tasks) "
     f"| >= 3x | {verdict(comp[0])} |")
 new["search: best val_loss"] = (
     f"| search: best val_loss in {se['epochs']} epochs, the default search vs random search and vs Optuna alone "
     f"(TPE + `HyperbandPruner` in `study.optimize`, no Ray) ({se['seeds']} seeds; medians) | "
-    + "; ".join(f"{t}: {comp[1]['per_task'][t]['default']:.3f}" for t in tasks)
-    + " | random: " + "; ".join(f"{comp[1]['per_task'][t][se['baseline']]:.3f}" for t in tasks)
-    + "; Optuna alone: " + "; ".join(f"{comp[2]['per_task'][t]['Optuna alone']:.3f}" for t in tasks)
+    + "; ".join(f"{t}: {comp[1]['per_task'][t]['default']:.4f}" for t in tasks)
+    + " | random: " + "; ".join(f"{comp[1]['per_task'][t][se['baseline']]:.4f}" for t in tasks)
+    + "; Optuna alone: " + "; ".join(f"{comp[2]['per_task'][t]['Optuna alone']:.4f}" for t in tasks)
     + f" | | lower than random on every task; as low as Optuna alone on every task | {verdict(comp[1])}; {verdict(comp[2])} |")
+mo = res["search_mo"]
+mo_rows = {x["name"]: x for x in mo["rows"]}
+base, fewer, equal = (mo_rows[n] for n in ("no early stopping (FIFO)", "MultiObjectiveASHA",
+                                           "MultiObjectiveASHA, equal epochs"))
+mo_verdicts = [fewer["median_hypervolume_ratio"] >= 0.95 and fewer["median_epochs_ratio"] <= 0.5,
+               equal["median_hypervolume_ratio"] >= 1.0]  # (benchmarks/search_mo.py's mo_comparisons)
+new["two objectives"] = (
+    f"| two objectives (val_loss, params_count; val_accuracy >= 0.9), MultiObjectiveASHA (grace {mo['grace_period']}, "
+    f"factor {mo['reduction_factor']:g}) vs no early stopping ({mo['seeds']} seeds) | hypervolume "
+    f"{fewer['median_hypervolume_fraction']:.3g} of the reference box, {fewer['median_total_epochs']:g} epochs; at equal "
+    f"epochs (new configurations until {base['median_total_epochs']:g} are spent): {equal['median_hypervolume_fraction']:.3g} "
+    f"(medians) | {base['median_hypervolume_fraction']:.3g}, {base['median_total_epochs']:g} epochs | hypervolume "
+    f"{fewer['median_hypervolume_ratio']:.3g}x at {fewer['median_epochs_ratio']:.2g}x the epochs; "
+    f"{equal['median_hypervolume_ratio']:.3g}x at equal epochs | >= 0.95x at <= 0.5x; >= 1x at equal epochs "
+    f"| {'; '.join('not decided' if v is None else yn(v) for v in mo_verdicts)} |")
 
 for path in ("README.md", "docs/benchmarks.md"):
     text = (repo / path).read_text()
