@@ -28,7 +28,7 @@ from raysweep.testing.helpers import (
 )
 from raysweep.tracking import tags
 from raysweep.worker.drain import POLL_S
-from tests.support.nodes import add_worker_node, node_group_of
+from tests.support.nodes import add_worker_node, alive_nodes, node_group_of, wait_alive_nodes
 
 REPO = Path(__file__).resolve().parents[2]
 DEADLINE_S = 8
@@ -166,7 +166,7 @@ def test_a_warm_group_trial_whose_worker_node_is_drained_moves_without_spending_
     and the trial's MLflow run says it was preempted (and not failed)."""
     _, state = nodes
     probe = tmp_path / "probe"
-    added = [add_worker_node(state, tmp_path / f"node-{i}.log") for i in range(2)]  # (room for two moves)
+    added: list[int] = []
     uri = mlflow_stores.new(tmp_path / "mlflow.db")
     spec = write_spec(params=probe_params(tmp_path, pause_epoch=1, pause_s=120),
                       space={"lr": {"type": "categorical", "choices": [0.1]}},
@@ -174,10 +174,16 @@ def test_a_warm_group_trial_whose_worker_node_is_drained_moves_without_spending_
                       scaling={"num_workers": 2, "cpus_per_worker": 1, "worker_group": "warm"},
                       scheduler={"type": "fifo", "metric": "val_loss", "mode": "min", "max_epochs": 3})
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    driver = subprocess.Popen([sys.executable, "-m", "raysweep", "tune", str(spec), "--address", state.address],
-                              cwd=REPO, env=env, stdout=(tmp_path / "driver.log").open("w"),
-                              stderr=subprocess.STDOUT)
+    driver = None
     try:
+        for i in range(2):  # (room for the group and its move; one at a time: two raylets starting at once
+            # on this machine time out; and the driver must not count too few CPUs for two workers and refuse)
+            before = alive_nodes(state)
+            added.append(add_worker_node(state, tmp_path / f"node-{i}.log"))
+            wait_alive_nodes(state, before + 1)
+        driver = subprocess.Popen([sys.executable, "-m", "raysweep", "tune", str(spec), "--address", state.address],
+                                  cwd=REPO, env=env, stdout=(tmp_path / "driver.log").open("w"),
+                                  stderr=subprocess.STDOUT)
         wait_for_pid(probe / "pause.pid")  # (rank 0, before its first batch of epoch 1; rank 1 waits on it)
         rank1_node = (probe / "node-rank1.txt").read_text()
         assert rank1_node != (probe / "node-rank0.txt").read_text(), "both ranks on one node"
@@ -194,7 +200,7 @@ def test_a_warm_group_trial_whose_worker_node_is_drained_moves_without_spending_
         os.killpg(group, signal.SIGTERM)  # (the cloud takes the node away at the deadline)
         code = driver.wait(timeout=400)
     finally:
-        if driver.poll() is None:
+        if driver is not None and driver.poll() is None:
             driver.kill()
         for node in added:
             try:

@@ -35,3 +35,30 @@ def add_worker_node(state, log: Path, num_cpus: int = 1) -> int:  # type: ignore
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=cluster_env(state),
             start_new_session=True)
     return process.pid
+
+
+def alive_nodes(state) -> int:  # type: ignore[no-untyped-def]
+    """How many nodes the `cluster up` cluster's head counts as alive (asked from a
+    process of its own, with the cluster's token)."""
+    import subprocess
+    import sys
+
+    from raysweep.cluster.local import cluster_env
+
+    ask = (f"import ray; ray.init(address={state.address!r}, logging_level='ERROR'); "
+           "print('alive', sum(n['Alive'] for n in ray.nodes()))")
+    answer = subprocess.run([sys.executable, "-c", ask], env=cluster_env(state), capture_output=True, text=True,
+                            timeout=120)
+    alive = [int(line.split()[1]) for line in answer.stdout.splitlines() if line.startswith("alive ")]
+    assert alive, answer.stderr[-2000:]
+    return alive[-1]
+
+
+def wait_alive_nodes(state, count: int, timeout: float = 120) -> None:  # type: ignore[no-untyped-def]
+    """Until the head counts `count` alive nodes (added nodes take seconds to join)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while (alive := alive_nodes(state)) < count:
+        assert time.monotonic() < deadline, f"{alive} alive nodes after {timeout:.0f} s, waited for {count}"
+        time.sleep(1)
