@@ -6,13 +6,14 @@ Exit codes: 0 success, 2 invalid input (spec, data, config), 1 a run that failed
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from raysweep import __version__
 from raysweep.config.load import leave_ray_working_dir, resolve_path
-from raysweep.errors import RunFailedError, UserInputError
+from raysweep.errors import STORAGE_FULL, RunFailedError, UserInputError
 from raysweep.prepare import prepare
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
@@ -138,6 +139,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
               f"checkpoints: `raysweep tune {args.spec} --resume {result.sweep_id}` continues it")
         if result.stopped_by.startswith(("budget.max_hours", "budget.max_gpu_hours")):  # (a clean stop)
             return EXIT_OK
+        if result.stopped_by.startswith(STORAGE_FULL):  # (not finished: a trial could not write)
+            return EXIT_FAILED
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
@@ -223,6 +226,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INVALID
     except RunFailedError as exc:
         print(f"raysweep: run failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        print(f"raysweep: run failed: no space left on device ({exc.filename or exc}); free space and run the same "
+              "command again (a sweep: with --resume)", file=sys.stderr)
         return EXIT_FAILED
 
 

@@ -6,6 +6,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+STORAGE_FULL = "storage full"
+"""How a sweep's stop reason starts when a trial ran out of disk space (SweepBudget)."""
+
 
 class UserInputError(Exception):
     """Bad input (spec, data, profile): the CLI prints it as one line and exits 2.

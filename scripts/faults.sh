@@ -30,6 +30,7 @@ for run in $(seq "$runs"); do
     tests/integration/test_worker_groups.py::test_twenty_two_worker_trials_beside_a_cpu_hog_lose_none \
     tests/integration/test_in_process_isolation.py tests/faults/test_cluster_faults.py \
     tests/faults/test_cluster_preemption.py tests/faults/test_tracking_outage.py tests/faults/test_elastic.py \
+    tests/faults/test_storage_full.py \
     tests/cluster/test_cluster_isolation.py \
     tests/faults/test_cross_host.py || status=$?
 done

@@ -45,7 +45,7 @@ from raysweep.data.storage import is_object_store, run_storage, uri_of
 from raysweep.driver.mo_asha import MultiObjectiveASHA
 from raysweep.driver.rung_sampler import RungSampler
 from raysweep.driver.trial import RESUME_KEY, run_in_trial, run_warm_group, run_worker_group, trial_identity
-from raysweep.errors import UserInputError, cause_of, one_line_cause
+from raysweep.errors import STORAGE_FULL, UserInputError, cause_of, one_line_cause
 from raysweep.report import EPOCHS_COMPLETED
 from raysweep.tracking.callbacks import SweepTracker
 from raysweep.tracking.study import (
@@ -439,6 +439,14 @@ class SweepBudget(tune.Callback):
             if late is not None:
                 self._stop(late)
 
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """A trial that could not write for lack of space: every trial after it would fail
+        the same way, so the sweep stops at once (resumable, once there is room)."""
+        cause = error_summary(trial)
+        if self.reason is None and is_disk_full(cause):
+            self._stop(f"{STORAGE_FULL}: trial {trial.trial_id} could not write ({cause}); free space where the sweep "
+                       "writes (storage_path, the Ray and raysweep temp folders)")
+
     def may_start(self) -> bool:
         """Whether a new trial may start (the epoch budget is not spent)."""
         return self.total_epochs is None or self.epochs() < self.total_epochs
@@ -463,6 +471,11 @@ class SweepBudget(tune.Callback):
         else:
             warnings.warn(f"{reason}, but Tune's interrupt handler is not set in this process: the sweep "
                           "runs on", stacklevel=1)
+
+
+def is_disk_full(cause: str) -> bool:
+    """Whether a trial's one-line cause is a write that found no space (ENOSPC)."""
+    return "[Errno 28]" in cause or "No space left on device" in cause
 
 
 def _amounts(resources: dict[str, float]) -> str:
@@ -603,7 +616,11 @@ def run_sweep(spec: Spec, plan: RunPlan, sweep_id: str, tracker: SweepTracker, c
     searcher.may_start = budget.may_start
     started = time.perf_counter()
     if num_samples:  # (a resumed sweep whose trials had all finished has none left to run)
-        tuner.fit()
+        try:
+            tuner.fit()
+        except EOFError:  # (Tune's result grid reads each failed trial's error back: written empty on a full disk)
+            if not (budget.reason or "").startswith(STORAGE_FULL):
+                raise
     if budget.reason is None:  # (stopped by its budget: the running trials are to be resumed, not lost)
         lost = fail_stale_trials(sweep_dir, spec.name)
         if lost:

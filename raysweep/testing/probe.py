@@ -169,7 +169,10 @@ def train(ctx: TrainContext) -> None:
         metrics = {"epoch": epoch, "train_loss": total / count, "val_loss": val_loss / val_n}
         if epoch == int(ctx.params.get("nan_epoch", -1)) or ctx.params.get("fault") == "nan":
             metrics["val_loss"] = float("nan")
-        state = {**ctx.state(model, optimizer), "epoch": epoch}
+        # (`pad_checkpoint_kb`: that much more in each epoch's checkpoint, to fill a small disk)
+        pad = {"pad": torch.zeros(int(ctx.params.get("pad_checkpoint_kb", 0)) * 256)} \
+            if ctx.params.get("pad_checkpoint_kb") else {}
+        state = {**ctx.state(model, optimizer, **pad), "epoch": epoch}
         ctx.report(metrics, checkpoint=state)
     if ctx.rank == 0:  # one line per completed run: a run that ran twice shows two
         with open(probe / f"done-{ctx.params['lr']}", "a") as handle:
