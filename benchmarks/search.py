@@ -95,7 +95,7 @@ def search_methods() -> dict[str, tuple[str, dict[str, Any]]]:
     default = default_search()
     return {
         "random": (SEARCH_BASELINE, {"sampler.type": "random", "scheduler.type": "fifo",
-                                     "budget.num_trials": SEARCH_TRIALS}),
+                                     "budget.num_trials": SEARCH_TRIALS, "budget.total_epochs": None}),
         "default": (SEARCH_DEFAULT, by_epochs(default)),
         "final": (f"{SEARCH_DEFAULT}, sampler.rungs: false", by_epochs({**default, "sampler.rungs": False})),
         "rungs": (f"{SEARCH_DEFAULT}, sampler.rungs: true", by_epochs({**default, "sampler.rungs": True})),

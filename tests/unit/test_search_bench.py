@@ -129,11 +129,15 @@ def test_every_task_has_a_fixed_target_and_a_runnable_spec(bench: Any, tmp_path:
     assert keys == ["digits_mlp", "digits_cnn", "diabetes_mlp", "digits_mlp_wide"] and len(set(keys)) == len(keys)
     for task in bench.SEARCH_TASKS:
         assert 0 < task.target_val_loss < 1
-        for _, settings in bench.search_methods().values():
+        for key, (_, settings) in bench.search_methods().items():
             spec = load_spec(task.spec, [f"data.train={tmp_path}/train", f"data.validation={tmp_path}/validation",
                                          *[f"{k}={'null' if v is None else v}"
                                            for k, v in {**bench.SEARCH_COMMON, **settings}.items()]])
             assert spec.budget.max_concurrent_trials == 1 and spec.scaling.num_workers == 1
+            # (every method gets the same epochs, whatever budget the task's own spec sets;
+            # Optuna alone counts them itself)
+            epochs = spec.budget.total_epochs or spec.budget.num_trials * spec.scheduler.max_epochs
+            assert key == "optuna" or epochs == bench.SEARCH_EPOCHS, (task.key, settings)
             assert spec.scheduler.metric == "val_loss" and spec.scheduler.mode == "min"
 
 
