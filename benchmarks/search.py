@@ -275,7 +275,9 @@ def optuna_alone(bench: Bench, task: SearchTask, seed: int, storage: Path,
                                             max_resource=spec.scheduler.max_epochs,
                                             reduction_factor=round(spec.scheduler.reduction_factor))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction="minimize", sampler=sampler, pruner=pruner)
+    # (named: HyperbandPruner assigns brackets by a hash of the study name, random when unnamed)
+    study = optuna.create_study(direction="minimize", sampler=sampler, pruner=pruner,
+                                study_name=f"optuna-alone-{task.key}-{seed}")
     trials: list[list[dict[str, float]]] = []
     torch.set_num_threads(int(spec.scaling.cpus_per_worker))  # (as a one-CPU trial's process has)
 
