@@ -86,7 +86,7 @@ def by_epochs(settings: dict[str, Any]) -> dict[str, Any]:
 # (Optuna alone: the values its sampler and pruner are read from). The variants after
 # `optuna` are the candidates compared on pilot seeds 100-102 (docs/bench_search_pilot.json).
 # sampler.rungs was then on by default; the run on seeds 0-4 (docs/bench_search_choice.json:
-# default = rungs on, `final` = rungs off) found rungs off better at equal epochs on 3 of the 4
+# default = rungs on, the method then named `final` = rungs off) found rungs off better at equal epochs on 3 of the 4
 # tasks, so the default is now off, and the measured run (seeds 5-9) compares the default
 # with `rungs` (the same, rungs on), the baseline and Optuna alone.
 def search_methods() -> dict[str, tuple[str, dict[str, Any]]]:
@@ -98,7 +98,6 @@ def search_methods() -> dict[str, tuple[str, dict[str, Any]]]:
         "random": (SEARCH_BASELINE, {"sampler.type": "random", "scheduler.type": "fifo",
                                      "budget.num_trials": SEARCH_TRIALS, "budget.total_epochs": None}),
         "default": (SEARCH_DEFAULT, by_epochs(default)),
-        "final": (f"{SEARCH_DEFAULT}, sampler.rungs: false", by_epochs({**default, "sampler.rungs": False})),
         "rungs": (f"{SEARCH_DEFAULT}, sampler.rungs: true", by_epochs({**default, "sampler.rungs": True})),
         "optuna": (OPTUNA_ALONE, default),
         "tpe4_rungs_asha3": ("TPE (4 start-up, rungs) + ASHA (grace 1, factor 3)",

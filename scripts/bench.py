@@ -38,10 +38,12 @@ Entries (each names its baseline):
   its RSS after imports; every row seen once.
 - fingerprint: data_fingerprint's footer mode on 1,000 small files, local and on S3,
   against full mode (content hashes) locally.
-- search: epochs consumed until a target validation loss, TPE + ASHA against
-  random search without early stopping, same space and budget, several seeds, on
-  three tasks (digits MLP, digits CNN, diabetes MLP regression), each with its own
-  fixed target (--search-tasks picks some, --search-seeds sets the seeds).
+- search: the default search against random search without early stopping and
+  Optuna alone, every method at the same 128 epochs: epochs to a fixed target
+  validation loss and the best one reached, several seeds, on four tasks (digits
+  MLP, digits CNN, diabetes MLP regression, a 7-param digits MLP), each with its own
+  fixed target (--search-tasks picks some, --search-seeds and --search-seed-base the
+  seeds, --search-methods the methods).
 - search_mo: the two-objective digits MLP sweep (val_loss, params_count; val_accuracy
   >= 0.9) with MultiObjectiveASHA against the same sweep without early stopping:
   hypervolume of the final Pareto front and epochs trained, several seeds.

@@ -654,10 +654,6 @@ class Spec(_Section):
     def parsed_constraints(self) -> list[Constraint]:
         return [Constraint.parse(text) for text in self.constraints]
 
-    def learns_from_rungs(self) -> bool:
-        """sampler.rungs (refused where it cannot apply: other samplers, several objectives)."""
-        return self.sampler.rungs
-
     @model_validator(mode="after")
     def _sampler_takes_the_objectives(self) -> Spec:
         if self.sampler.type == "cmaes" and self.scheduler.multi_objective:

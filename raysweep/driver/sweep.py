@@ -118,11 +118,9 @@ class _OptunaSearch(OptunaSearch):
     """
 
     def __init__(self, *args: Any, journal_dir: str, sampler_spec: SamplerSpec, max_epochs: int,
-                 constraints: Sequence[Constraint] = (), sweep_dir: str = "", rungs: bool = False,
-                 **kwargs: Any) -> None:
+                 constraints: Sequence[Constraint] = (), sweep_dir: str = "", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.journal_dir, self.sampler_spec, self.max_epochs = journal_dir, sampler_spec, max_epochs
-        self.rungs = rungs
         self.drawing: optuna.samplers.BaseSampler | None = kwargs.get("sampler")
         """The sampler the study draws with (from_journal replaces it)."""
         self.sweep_dir = sweep_dir
@@ -217,7 +215,7 @@ class _OptunaSearch(OptunaSearch):
         study = optuna.load_study(study_name=searcher_study_name(self), storage=study_storage(self.journal_dir))
         known = study.get_trials(deepcopy=False)
         self.journal_study = study
-        self.drawing = make_sampler(self.sampler_spec, seed_offset=len(known), rungs=self.rungs)
+        self.drawing = make_sampler(self.sampler_spec, seed_offset=len(known))
         rebind_searcher(self, study, self.drawing, trials={}, completed=set())
         running = optuna.trial.TrialState.RUNNING
         self.to_continue = [(t.user_attrs.get(TUNE_TRIAL_ATTR), t) for t in known if t.state == running]
@@ -235,12 +233,11 @@ def make_searcher(spec: Spec, sweep_dir: str, resume: bool = False,
         space=search_space(spec),
         metric=spec.scheduler.metric,
         mode=spec.scheduler.mode,
-        sampler=make_sampler(spec.sampler, rungs=spec.learns_from_rungs()),
+        sampler=make_sampler(spec.sampler),
         study_name=spec.name,
         storage=study_storage(study_dir(sweep_dir, spec.name)),
         journal_dir=study_dir(sweep_dir, spec.name),
         sampler_spec=spec.sampler,
-        rungs=spec.learns_from_rungs(),
         max_epochs=spec.scheduler.max_epochs,
         constraints=spec.parsed_constraints(),
         sweep_dir=sweep_dir,
@@ -254,15 +251,15 @@ MAX_VIOLATION = 1e12
 """A constraint on a metric the trial never reported: far outside, finite (the GP sampler fits them)."""
 
 
-def make_sampler(sampler: SamplerSpec, seed_offset: int = 0, rungs: bool = False) -> optuna.samplers.BaseSampler:
+def make_sampler(sampler: SamplerSpec, seed_offset: int = 0) -> optuna.samplers.BaseSampler:
     """The spec's sampler; `seed_offset` (a resumed sweep's trial count) moves its seed;
-    `rungs` (Spec.learns_from_rungs, tpe only): fitted on every rung's values (RungSampler).
+    `sampler.rungs` (tpe only): fitted on every rung's values (RungSampler).
     (Constraints reach it through each trial's constraint values, see _OptunaSearch.)"""
     seed = sampler.seed + seed_offset
     startup = sampler.n_startup_trials
-    if rungs and sampler.type == "tpe":
+    if sampler.rungs:  # (tpe only: the spec refuses it for other samplers)
         def tpe(inner_seed: int) -> optuna.samplers.BaseSampler:
-            return make_sampler(sampler.model_copy(update={"seed": inner_seed}))
+            return make_sampler(sampler.model_copy(update={"seed": inner_seed, "rungs": False}))
 
         return RungSampler(tpe, min_trials=10 if startup is None else startup, seed=seed)
     with warnings.catch_warnings():  # (GPSampler, multivariate TPE and group are "experimental" in Optuna)

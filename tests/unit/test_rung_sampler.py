@@ -95,10 +95,10 @@ def test_learning_from_rungs_finds_what_the_stopped_trials_showed() -> None:
 
 
 def test_the_start_up_draws_what_the_plain_sampler_draws() -> None:
-    spec = SamplerSpec(type="tpe", seed=3, n_startup_trials=4)
     draws = []
     for rungs in (False, True):
-        study = optuna.create_study(sampler=make_sampler(spec, rungs=rungs))
+        study = optuna.create_study(sampler=make_sampler(SamplerSpec(type="tpe", seed=3, n_startup_trials=4,
+                                                                     rungs=rungs)))
         for _ in range(4):  # (each ends at epoch 0: no epoch has 4 finished trials before the fourth)
             trial = study.ask(X)
             trial.report(trial.params["x"], 0)
@@ -108,10 +108,10 @@ def test_the_start_up_draws_what_the_plain_sampler_draws() -> None:
 
 
 def test_the_same_seed_draws_the_same_params() -> None:
-    spec = SamplerSpec(type="tpe", seed=3, n_startup_trials=4)
-    first, again = (_draws(make_sampler(spec, rungs=True), n=5) for _ in range(2))
+    spec = SamplerSpec(type="tpe", seed=3, n_startup_trials=4, rungs=True)
+    first, again = (_draws(make_sampler(spec), n=5) for _ in range(2))
     assert first == again
-    assert first != _draws(make_sampler(spec.model_copy(update={"seed": 4}), rungs=True), n=5)
+    assert first != _draws(make_sampler(spec.model_copy(update={"seed": 4})), n=5)
 
 
 def _spec(**sections: object) -> Spec:
@@ -123,11 +123,10 @@ def _spec(**sections: object) -> Spec:
 
 
 def test_rungs_are_off_unless_asked_for() -> None:
-    assert not _spec().learns_from_rungs()
-    assert _spec(sampler={"rungs": True}).learns_from_rungs()
-    assert _spec(sampler={"rungs": True}, scheduler={"type": "hyperband", "max_epochs": 4}).learns_from_rungs()
-    assert isinstance(make_sampler(_spec().sampler, rungs=True), RungSampler)
-    assert isinstance(make_sampler(_spec().sampler, rungs=False), optuna.samplers.TPESampler)
+    assert not _spec().sampler.rungs
+    assert _spec(sampler={"rungs": True}, scheduler={"type": "hyperband", "max_epochs": 4}).sampler.rungs
+    assert isinstance(make_sampler(_spec(sampler={"rungs": True}).sampler), RungSampler)
+    assert isinstance(make_sampler(_spec().sampler), optuna.samplers.TPESampler)
 
 
 @pytest.mark.parametrize("sections, says", [
@@ -158,11 +157,10 @@ def test_a_sweeps_searcher_tells_which_rung_each_trial_was_drawn_from(tmp_path) 
     from raysweep.tracking.study import RUNG_ATTR, TUNE_TRIAL_ATTR, load_study, study_storage
 
     spec = _spec(sampler={"n_startup_trials": 2, "rungs": True}, scheduler={"max_epochs": 4})
-    assert spec.learns_from_rungs()
     searcher = _OptunaSearch(space=to_optuna_space(spec.space), metric="val_loss", mode="min",
-                             sampler=make_sampler(spec.sampler, rungs=True), study_name="s",
+                             sampler=make_sampler(spec.sampler), study_name="s",
                              storage=study_storage(str(tmp_path)), journal_dir=str(tmp_path),
-                             sampler_spec=spec.sampler, rungs=True, max_epochs=4)
+                             sampler_spec=spec.sampler, max_epochs=4)
     for tid, losses in (("a", [0.9, 0.8]), ("b", [0.7, 0.5])):
         searcher.suggest(tid)
         for epoch, loss in enumerate(losses):
